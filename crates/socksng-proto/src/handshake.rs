@@ -1,0 +1,538 @@
+//! The server side of the SOCKS handshake as a sans-IO state machine.
+//!
+//! One machine serves SOCKS5 and SOCKS4/4a on the same port, told apart by the first byte.
+//! The driver appends received bytes to a buffer, calls [`ServerHandshake::handle_input`],
+//! drops the consumed prefix, writes whatever the machine put into `out`, and acts on the
+//! event: [`Event::Authenticate`] is answered with [`ServerHandshake::auth_result`], a request
+//! with [`ServerHandshake::reply`]. Bytes left over after the request (pipelined data) belong
+//! to the relay. On an error the machine may have written a final reply into `out`; the driver
+//! flushes it and closes.
+
+use crate::wire::{
+    Address, AuthReply, AuthRequest, DecodeError, Greeting, Host, Method, MethodSelection, Reply,
+    ReplyCode, Request, Socks4Command, Socks4Reply, Socks4Request, SOCKS4_GRANTED,
+    SOCKS4_REJECTED,
+};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+
+/// What the server is willing to do during the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeConfig {
+    /// Accept method 0x00 (no authentication).
+    pub no_auth: bool,
+    /// Accept method 0x02 (username/password).
+    pub username_password: bool,
+    /// Accept SOCKS4/4a requests (only meaningful when `no_auth` is set: SOCKS4 cannot log in).
+    pub socks4: bool,
+}
+
+/// Something the driver must decide or act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Verify these credentials, then call [`ServerHandshake::auth_result`].
+    Authenticate(AuthRequest),
+    /// Serve this SOCKS5 request, then call [`ServerHandshake::reply`].
+    Request(Request),
+    /// Serve this SOCKS4 CONNECT, then call [`ServerHandshake::reply`].
+    Socks4Request(Socks4Request),
+}
+
+/// The result of feeding input: how much of it was used, and an event if one is ready.
+/// `consumed == 0 && event.is_none()` means "read more".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of the input that belong to handshake messages handled by this call.
+    pub consumed: usize,
+    /// The decision the driver must now make, if any.
+    pub event: Option<Event>,
+}
+
+/// Why a handshake ended without success.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The first byte is neither 4 nor 5, or a later version byte is wrong.
+    #[error("unsupported protocol version {0:#04x}")]
+    UnsupportedVersion(u8),
+    /// None of the offered methods is acceptable (X'FF' was sent).
+    #[error("no acceptable authentication method offered")]
+    NoAcceptableMethod,
+    /// Username/password rejected (status 1 was sent).
+    #[error("authentication failed")]
+    AuthFailed,
+    /// Unknown command (reply 0x07 was sent).
+    #[error("command {0:#04x} not supported")]
+    CommandNotSupported(u8),
+    /// Unknown address type (reply 0x08 was sent).
+    #[error("address type {0:#04x} not supported")]
+    AddressTypeNotSupported(u8),
+    /// SOCKS4 is disabled or cannot satisfy the authentication policy (reply 91 was sent).
+    #[error("SOCKS4 request refused: {0}")]
+    Socks4Refused(&'static str),
+    /// A message is malformed.
+    #[error("malformed {stage}: {source}")]
+    Malformed {
+        /// Which message.
+        stage: &'static str,
+        /// What is wrong with it.
+        source: DecodeError,
+    },
+    /// The driver called a decision method in the wrong state, or fed input after the end.
+    #[error("handshake is not expecting this ({0})")]
+    WrongState(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitGreeting,
+    AwaitAuth,
+    AuthPending,
+    AwaitRequest,
+    RequestPending { socks4: bool, bind: bool },
+    BindPending,
+    Done,
+    Failed,
+}
+
+/// The server handshake. See the module documentation for the driving loop.
+#[derive(Debug, Clone)]
+pub struct ServerHandshake {
+    config: HandshakeConfig,
+    state: State,
+    method: Option<Method>,
+}
+
+impl ServerHandshake {
+    /// A machine waiting for the client's first byte.
+    pub fn new(config: HandshakeConfig) -> Self {
+        ServerHandshake { config, state: State::AwaitGreeting, method: None }
+    }
+
+    /// The method chosen during negotiation (None for SOCKS4 or before the greeting).
+    pub fn method(&self) -> Option<Method> {
+        self.method
+    }
+
+    /// True once the final reply has been produced successfully.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Feeds buffered input. Handles as many messages as it can without a decision from the
+    /// driver: a greeting and an authentication request arriving together yield one call with
+    /// both consumed and `Authenticate` as the event.
+    pub fn handle_input(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Progress, HandshakeError> {
+        let mut consumed = 0;
+        loop {
+            let rest = &input[consumed..];
+            let step = match self.state {
+                State::AwaitGreeting => self.on_first_message(rest, out),
+                State::AwaitAuth => self.on_auth(rest),
+                State::AwaitRequest => self.on_request(rest, out),
+                State::AuthPending | State::RequestPending { .. } | State::BindPending => {
+                    return Ok(Progress { consumed, event: None })
+                }
+                State::Done | State::Failed => {
+                    return Err(HandshakeError::WrongState("input after the handshake ended"))
+                }
+            };
+            match step {
+                Ok(Some((n, event))) => {
+                    consumed += n;
+                    if event.is_some() {
+                        return Ok(Progress { consumed, event });
+                    }
+                }
+                Ok(None) => return Ok(Progress { consumed, event: None }),
+                Err(e) => {
+                    self.state = State::Failed;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Answers an [`Event::Authenticate`].
+    pub fn auth_result(&mut self, accepted: bool, out: &mut Vec<u8>) -> Result<(), HandshakeError> {
+        if self.state != State::AuthPending {
+            return Err(HandshakeError::WrongState("no authentication pending"));
+        }
+        AuthReply { success: accepted }.encode(out);
+        if accepted {
+            self.state = State::AwaitRequest;
+            Ok(())
+        } else {
+            self.state = State::Failed;
+            Err(HandshakeError::AuthFailed)
+        }
+    }
+
+    /// Answers a request. For BIND a successful first reply is followed by a second one (the
+    /// connecting peer) through another call. For SOCKS4 the code maps to granted/rejected
+    /// and an IPv6 or domain `bound` is sent as 0.0.0.0:0.
+    pub fn reply(
+        &mut self,
+        code: ReplyCode,
+        bound: &Address,
+        out: &mut Vec<u8>,
+    ) -> Result<(), HandshakeError> {
+        let ok = code == ReplyCode::SUCCEEDED;
+        match self.state {
+            State::RequestPending { socks4: true, .. } => {
+                let bound = match (&bound.host, ok) {
+                    (Host::Ip(IpAddr::V4(v4)), true) => SocketAddrV4::new(*v4, bound.port),
+                    _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                };
+                let code = if ok { SOCKS4_GRANTED } else { SOCKS4_REJECTED };
+                Socks4Reply { code, bound }.encode(out);
+                self.state = if ok { State::Done } else { State::Failed };
+            }
+            State::RequestPending { socks4: false, bind } => {
+                Reply { code, bound: bound.clone() }.encode(out);
+                self.state = match (ok, bind) {
+                    (true, true) => State::BindPending,
+                    (true, false) => State::Done,
+                    (false, _) => State::Failed,
+                };
+            }
+            State::BindPending => {
+                Reply { code, bound: bound.clone() }.encode(out);
+                self.state = if ok { State::Done } else { State::Failed };
+            }
+            _ => return Err(HandshakeError::WrongState("no request pending")),
+        }
+        Ok(())
+    }
+
+    fn on_first_message(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
+        match input.first() {
+            None => Ok(None),
+            Some(4) => self.on_socks4(input, out),
+            Some(5) => self.on_greeting(input, out),
+            Some(&v) => Err(HandshakeError::UnsupportedVersion(v)),
+        }
+    }
+
+    fn on_greeting(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
+        let (greeting, n) = match Greeting::decode(input) {
+            Ok(g) => g,
+            Err(DecodeError::Incomplete) => return Ok(None),
+            Err(DecodeError::NoMethods) => {
+                MethodSelection(Method::NO_ACCEPTABLE).encode(out);
+                return Err(HandshakeError::NoAcceptableMethod);
+            }
+            Err(source) => return Err(HandshakeError::Malformed { stage: "greeting", source }),
+        };
+        // Prefer username/password when the client offers it: knowing the user is worth more
+        // to policy and logs than saving one round trip.
+        let chosen = if self.config.username_password && greeting.offers(Method::USERNAME_PASSWORD)
+        {
+            Method::USERNAME_PASSWORD
+        } else if self.config.no_auth && greeting.offers(Method::NO_AUTH) {
+            Method::NO_AUTH
+        } else {
+            MethodSelection(Method::NO_ACCEPTABLE).encode(out);
+            return Err(HandshakeError::NoAcceptableMethod);
+        };
+        MethodSelection(chosen).encode(out);
+        self.method = Some(chosen);
+        self.state = if chosen == Method::USERNAME_PASSWORD {
+            State::AwaitAuth
+        } else {
+            State::AwaitRequest
+        };
+        Ok(Some((n, None)))
+    }
+
+    fn on_auth(&mut self, input: &[u8]) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
+        match AuthRequest::decode(input) {
+            Ok((req, n)) => {
+                self.state = State::AuthPending;
+                Ok(Some((n, Some(Event::Authenticate(req)))))
+            }
+            Err(DecodeError::Incomplete) => Ok(None),
+            Err(DecodeError::Version(v)) => Err(HandshakeError::UnsupportedVersion(v)),
+            Err(source) => Err(HandshakeError::Malformed { stage: "authentication", source }),
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
+        let fail = |out: &mut Vec<u8>, code: ReplyCode| {
+            Reply { code, bound: Address::unspecified() }.encode(out);
+        };
+        match Request::decode(input) {
+            Ok((req, n)) => {
+                let bind = req.command == crate::wire::Command::Bind;
+                self.state = State::RequestPending { socks4: false, bind };
+                Ok(Some((n, Some(Event::Request(req)))))
+            }
+            Err(DecodeError::Incomplete) => Ok(None),
+            Err(DecodeError::Version(v)) => Err(HandshakeError::UnsupportedVersion(v)),
+            Err(DecodeError::UnknownCommand(c)) => {
+                fail(out, ReplyCode::COMMAND_NOT_SUPPORTED);
+                Err(HandshakeError::CommandNotSupported(c))
+            }
+            Err(DecodeError::UnknownAddressType(t)) => {
+                fail(out, ReplyCode::ADDRESS_TYPE_NOT_SUPPORTED);
+                Err(HandshakeError::AddressTypeNotSupported(t))
+            }
+            Err(source) => {
+                fail(out, ReplyCode::GENERAL_FAILURE);
+                Err(HandshakeError::Malformed { stage: "request", source })
+            }
+        }
+    }
+
+    fn on_socks4(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
+        let reject = |out: &mut Vec<u8>| {
+            Socks4Reply { code: SOCKS4_REJECTED, bound: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0) }
+                .encode(out)
+        };
+        let (req, n) = match Socks4Request::decode(input) {
+            Ok(r) => r,
+            Err(DecodeError::Incomplete) => return Ok(None),
+            Err(source) => {
+                reject(out);
+                return Err(HandshakeError::Malformed { stage: "SOCKS4 request", source });
+            }
+        };
+        if !self.config.socks4 {
+            reject(out);
+            return Err(HandshakeError::Socks4Refused("SOCKS4 is disabled"));
+        }
+        if !self.config.no_auth {
+            reject(out);
+            return Err(HandshakeError::Socks4Refused("authentication is required"));
+        }
+        if req.command != Socks4Command::Connect {
+            reject(out);
+            return Err(HandshakeError::Socks4Refused("only CONNECT is supported"));
+        }
+        self.state = State::RequestPending { socks4: true, bind: false };
+        Ok(Some((n, Some(Event::Socks4Request(req)))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Command;
+
+    const OPEN: HandshakeConfig = HandshakeConfig { no_auth: true, username_password: false, socks4: true };
+    const AUTH: HandshakeConfig = HandshakeConfig { no_auth: false, username_password: true, socks4: true };
+    const BOTH: HandshakeConfig = HandshakeConfig { no_auth: true, username_password: true, socks4: true };
+
+    fn connect_req() -> Vec<u8> {
+        vec![5, 1, 0, 1, 127, 0, 0, 1, 0, 80]
+    }
+
+    /// Feeds the input as a driver would, in chunks of `chunk` bytes, collecting events.
+    fn drive(
+        hs: &mut ServerHandshake,
+        input: &[u8],
+        chunk: usize,
+    ) -> (Vec<u8>, Result<Option<Event>, HandshakeError>, usize) {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        let mut consumed_total = 0;
+        loop {
+            match hs.handle_input(&buf, &mut out) {
+                Err(e) => return (out, Err(e), consumed_total),
+                Ok(p) => {
+                    buf.drain(..p.consumed);
+                    consumed_total += p.consumed;
+                    if let Some(ev) = p.event {
+                        return (out, Ok(Some(ev)), consumed_total);
+                    }
+                }
+            }
+            if fed == input.len() {
+                return (out, Ok(None), consumed_total);
+            }
+            let end = (fed + chunk).min(input.len());
+            buf.extend_from_slice(&input[fed..end]);
+            fed = end;
+        }
+    }
+
+    #[test]
+    fn no_auth_connect_pipelined_with_data() {
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut input = vec![5, 1, 0];
+        input.extend(connect_req());
+        input.extend_from_slice(b"GET /");
+        let mut out = Vec::new();
+        let p = hs.handle_input(&input, &mut out).unwrap();
+        assert_eq!(out, [5, 0]);
+        assert_eq!(p.consumed, 3 + 10);
+        assert_eq!(&input[p.consumed..], b"GET /");
+        let Some(Event::Request(req)) = p.event else { panic!() };
+        assert_eq!(req.command, Command::Connect);
+        out.clear();
+        hs.reply(ReplyCode::SUCCEEDED, &Address::ip("127.0.0.1:4000".parse().unwrap()), &mut out)
+            .unwrap();
+        assert_eq!(out, [5, 0, 0, 1, 127, 0, 0, 1, 0x0f, 0xa0]);
+        assert!(hs.is_done());
+        assert!(hs.handle_input(b"x", &mut out).is_err());
+    }
+
+    #[test]
+    fn one_byte_at_a_time_with_auth() {
+        for chunk in [1, 2, 3, 7, 100] {
+            let mut hs = ServerHandshake::new(AUTH);
+            let mut input = vec![5, 2, 0, 2, 1, 1, b'u', 1, b'p'];
+            let (out, ev, used) = drive(&mut hs, &input, chunk);
+            assert_eq!(out, [5, 2]);
+            assert_eq!(used, input.len());
+            let Ok(Some(Event::Authenticate(a))) = ev else { panic!("{ev:?}") };
+            assert_eq!((a.username.as_slice(), a.password.as_slice()), (&b"u"[..], &b"p"[..]));
+            let mut out = Vec::new();
+            hs.auth_result(true, &mut out).unwrap();
+            assert_eq!(out, [1, 0]);
+            input = connect_req();
+            let (_, ev, _) = drive(&mut hs, &input, chunk);
+            assert!(matches!(ev, Ok(Some(Event::Request(_)))));
+        }
+    }
+
+    #[test]
+    fn prefers_password_when_both_offered() {
+        let mut hs = ServerHandshake::new(BOTH);
+        let mut out = Vec::new();
+        let p = hs.handle_input(&[5, 2, 0, 2], &mut out).unwrap();
+        assert_eq!(out, [5, 2]);
+        assert_eq!(p.consumed, 4);
+        assert_eq!(hs.method(), Some(Method::USERNAME_PASSWORD));
+        let mut hs = ServerHandshake::new(BOTH);
+        let mut out = Vec::new();
+        hs.handle_input(&[5, 1, 0], &mut out).unwrap();
+        assert_eq!(out, [5, 0]);
+    }
+
+    #[test]
+    fn auth_rejected() {
+        let mut hs = ServerHandshake::new(AUTH);
+        let mut out = Vec::new();
+        hs.handle_input(&[5, 1, 2, 1, 1, b'u', 1, b'x'], &mut out).unwrap();
+        out.clear();
+        assert_eq!(hs.auth_result(false, &mut out), Err(HandshakeError::AuthFailed));
+        assert_eq!(out, [1, 1]);
+    }
+
+    #[test]
+    fn no_acceptable_method() {
+        let mut hs = ServerHandshake::new(AUTH);
+        let mut out = Vec::new();
+        assert_eq!(hs.handle_input(&[5, 1, 0], &mut out), Err(HandshakeError::NoAcceptableMethod));
+        assert_eq!(out, [5, 0xff]);
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        assert_eq!(hs.handle_input(&[5, 0], &mut out), Err(HandshakeError::NoAcceptableMethod));
+        assert_eq!(out, [5, 0xff]);
+    }
+
+    #[test]
+    fn bad_versions_close_silently() {
+        for first in [0u8, 1, 3, 6, b'G', 0x16, 0xff] {
+            let mut hs = ServerHandshake::new(OPEN);
+            let mut out = Vec::new();
+            assert_eq!(
+                hs.handle_input(&[first, 1, 0], &mut out),
+                Err(HandshakeError::UnsupportedVersion(first))
+            );
+            assert!(out.is_empty());
+        }
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        let r = hs.handle_input(&[5, 1, 0, 4, 1, 0, 1], &mut out);
+        assert_eq!(r, Err(HandshakeError::UnsupportedVersion(4)));
+    }
+
+    #[test]
+    fn unknown_command_and_address_type() {
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        let r = hs.handle_input(&[5, 1, 0, 5, 0x09, 0], &mut out);
+        assert_eq!(r, Err(HandshakeError::CommandNotSupported(9)));
+        assert_eq!(out, [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0]);
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        let r = hs.handle_input(&[5, 1, 0, 5, 1, 0, 0x05, 1, 2], &mut out);
+        assert_eq!(r, Err(HandshakeError::AddressTypeNotSupported(5)));
+        assert_eq!(out[2..4], [5, 8]);
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        let r = hs.handle_input(&[5, 1, 0, 5, 1, 0, 3, 0, 0, 80], &mut out);
+        assert!(matches!(r, Err(HandshakeError::Malformed { stage: "request", .. })));
+        assert_eq!(out[2..4], [5, 1]);
+    }
+
+    #[test]
+    fn bind_takes_two_replies() {
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        hs.handle_input(&[5, 1, 0, 5, 2, 0, 1, 10, 0, 0, 1, 0, 0], &mut out).unwrap();
+        let a = Address::ip("127.0.0.1:5000".parse().unwrap());
+        hs.reply(ReplyCode::SUCCEEDED, &a, &mut out).unwrap();
+        assert!(!hs.is_done());
+        hs.reply(ReplyCode::SUCCEEDED, &a, &mut out).unwrap();
+        assert!(hs.is_done());
+        assert!(hs.reply(ReplyCode::SUCCEEDED, &a, &mut out).is_err());
+    }
+
+    #[test]
+    fn socks4_connect_and_policy() {
+        let req = [4, 1, 0, 80, 10, 0, 0, 1, b'u', 0, b'X'];
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        let p = hs.handle_input(&req, &mut out).unwrap();
+        assert_eq!(p.consumed, 10);
+        assert!(matches!(p.event, Some(Event::Socks4Request(_))));
+        hs.reply(ReplyCode::CONNECTION_REFUSED, &Address::unspecified(), &mut out).unwrap();
+        assert_eq!(out, [0, 91, 0, 0, 0, 0, 0, 0]);
+
+        let mut hs = ServerHandshake::new(AUTH);
+        let mut out = Vec::new();
+        assert!(matches!(hs.handle_input(&req, &mut out), Err(HandshakeError::Socks4Refused(_))));
+        assert_eq!(out, [0, 91, 0, 0, 0, 0, 0, 0]);
+
+        let mut hs = ServerHandshake::new(HandshakeConfig { socks4: false, ..OPEN });
+        let mut out = Vec::new();
+        assert!(hs.handle_input(&req, &mut out).is_err());
+
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        assert!(hs.handle_input(&[4, 2, 0, 80, 10, 0, 0, 1, 0], &mut out).is_err());
+        assert_eq!(out[1], 91);
+    }
+
+    #[test]
+    fn decisions_in_wrong_state() {
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        assert!(hs.auth_result(true, &mut out).is_err());
+        assert!(hs.reply(ReplyCode::SUCCEEDED, &Address::unspecified(), &mut out).is_err());
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,28 @@
+//! socksng-proto: the SOCKS protocol as pure data and state machines.
+//!
+//! This crate owns every byte layout socksng puts on the wire and the server-side handshake
+//! state machine. It performs no I/O, owns no socket, no runtime and reads no clock: callers
+//! feed it bytes and get back bytes to write plus events that ask for a decision (verify these
+//! credentials, serve this request). That keeps it fuzzable, unit-testable byte by byte, and
+//! usable from the tokio server, the async client and the blocking LD_PRELOAD shim alike.
+//!
+//! ```text
+//!   bytes in ──► ServerHandshake::handle_input ──► Event::{Authenticate, Request, Socks4Request}
+//!                         │                                  │ decision by the driver
+//!   bytes out ◄── out: Vec<u8> ◄── auth_result / reply ◄─────┘
+//! ```
+//!
+//! - [`wire`]: encode/decode of SOCKS5 (RFC 1928), username/password (RFC 1929), the UDP
+//!   request header (RFC 1928 section 7) and SOCKS4/4a.
+//! - [`handshake`]: the server handshake machine, SOCKS4 and SOCKS5 on one port.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod handshake;
+pub mod wire;
+
+pub use handshake::{Event, HandshakeConfig, HandshakeError, Progress, ServerHandshake};
+pub use wire::{
+    Address, AuthRequest, Command, DecodeError, Greeting, Host, Method, ReplyCode, Request,
+    Socks4Command, Socks4Request, UdpHeader,
+};
