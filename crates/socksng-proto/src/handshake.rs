@@ -10,8 +10,7 @@
 
 use crate::wire::{
     Address, AuthReply, AuthRequest, DecodeError, Greeting, Host, Method, MethodSelection, Reply,
-    ReplyCode, Request, Socks4Command, Socks4Reply, Socks4Request, SOCKS4_GRANTED,
-    SOCKS4_REJECTED,
+    ReplyCode, Request, Socks4Command, Socks4Reply, Socks4Request, SOCKS4_GRANTED, SOCKS4_REJECTED,
 };
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
@@ -105,7 +104,11 @@ pub struct ServerHandshake {
 impl ServerHandshake {
     /// A machine waiting for the client's first byte.
     pub fn new(config: HandshakeConfig) -> Self {
-        ServerHandshake { config, state: State::AwaitGreeting, method: None }
+        ServerHandshake {
+            config,
+            state: State::AwaitGreeting,
+            method: None,
+        }
     }
 
     /// The method chosen during negotiation (None for SOCKS4 or before the greeting).
@@ -134,10 +137,15 @@ impl ServerHandshake {
                 State::AwaitAuth => self.on_auth(rest),
                 State::AwaitRequest => self.on_request(rest, out),
                 State::AuthPending | State::RequestPending { .. } | State::BindPending => {
-                    return Ok(Progress { consumed, event: None })
+                    return Ok(Progress {
+                        consumed,
+                        event: None,
+                    })
                 }
                 State::Done | State::Failed => {
-                    return Err(HandshakeError::WrongState("input after the handshake ended"))
+                    return Err(HandshakeError::WrongState(
+                        "input after the handshake ended",
+                    ))
                 }
             };
             match step {
@@ -147,7 +155,12 @@ impl ServerHandshake {
                         return Ok(Progress { consumed, event });
                     }
                 }
-                Ok(None) => return Ok(Progress { consumed, event: None }),
+                Ok(None) => {
+                    return Ok(Progress {
+                        consumed,
+                        event: None,
+                    })
+                }
                 Err(e) => {
                     self.state = State::Failed;
                     return Err(e);
@@ -191,8 +204,15 @@ impl ServerHandshake {
                 Socks4Reply { code, bound }.encode(out);
                 self.state = if ok { State::Done } else { State::Failed };
             }
-            State::RequestPending { socks4: false, bind } => {
-                Reply { code, bound: bound.clone() }.encode(out);
+            State::RequestPending {
+                socks4: false,
+                bind,
+            } => {
+                Reply {
+                    code,
+                    bound: bound.clone(),
+                }
+                .encode(out);
                 self.state = match (ok, bind) {
                     (true, true) => State::BindPending,
                     (true, false) => State::Done,
@@ -200,7 +220,11 @@ impl ServerHandshake {
                 };
             }
             State::BindPending => {
-                Reply { code, bound: bound.clone() }.encode(out);
+                Reply {
+                    code,
+                    bound: bound.clone(),
+                }
+                .encode(out);
                 self.state = if ok { State::Done } else { State::Failed };
             }
             _ => return Err(HandshakeError::WrongState("no request pending")),
@@ -233,7 +257,12 @@ impl ServerHandshake {
                 MethodSelection(Method::NO_ACCEPTABLE).encode(out);
                 return Err(HandshakeError::NoAcceptableMethod);
             }
-            Err(source) => return Err(HandshakeError::Malformed { stage: "greeting", source }),
+            Err(source) => {
+                return Err(HandshakeError::Malformed {
+                    stage: "greeting",
+                    source,
+                })
+            }
         };
         // Prefer username/password when the client offers it: knowing the user is worth more
         // to policy and logs than saving one round trip.
@@ -264,7 +293,10 @@ impl ServerHandshake {
             }
             Err(DecodeError::Incomplete) => Ok(None),
             Err(DecodeError::Version(v)) => Err(HandshakeError::UnsupportedVersion(v)),
-            Err(source) => Err(HandshakeError::Malformed { stage: "authentication", source }),
+            Err(source) => Err(HandshakeError::Malformed {
+                stage: "authentication",
+                source,
+            }),
         }
     }
 
@@ -274,12 +306,19 @@ impl ServerHandshake {
         out: &mut Vec<u8>,
     ) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
         let fail = |out: &mut Vec<u8>, code: ReplyCode| {
-            Reply { code, bound: Address::unspecified() }.encode(out);
+            Reply {
+                code,
+                bound: Address::unspecified(),
+            }
+            .encode(out);
         };
         match Request::decode(input) {
             Ok((req, n)) => {
                 let bind = req.command == crate::wire::Command::Bind;
-                self.state = State::RequestPending { socks4: false, bind };
+                self.state = State::RequestPending {
+                    socks4: false,
+                    bind,
+                };
                 Ok(Some((n, Some(Event::Request(req)))))
             }
             Err(DecodeError::Incomplete) => Ok(None),
@@ -294,7 +333,10 @@ impl ServerHandshake {
             }
             Err(source) => {
                 fail(out, ReplyCode::GENERAL_FAILURE);
-                Err(HandshakeError::Malformed { stage: "request", source })
+                Err(HandshakeError::Malformed {
+                    stage: "request",
+                    source,
+                })
             }
         }
     }
@@ -305,15 +347,21 @@ impl ServerHandshake {
         out: &mut Vec<u8>,
     ) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
         let reject = |out: &mut Vec<u8>| {
-            Socks4Reply { code: SOCKS4_REJECTED, bound: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0) }
-                .encode(out)
+            Socks4Reply {
+                code: SOCKS4_REJECTED,
+                bound: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            }
+            .encode(out)
         };
         let (req, n) = match Socks4Request::decode(input) {
             Ok(r) => r,
             Err(DecodeError::Incomplete) => return Ok(None),
             Err(source) => {
                 reject(out);
-                return Err(HandshakeError::Malformed { stage: "SOCKS4 request", source });
+                return Err(HandshakeError::Malformed {
+                    stage: "SOCKS4 request",
+                    source,
+                });
             }
         };
         if !self.config.socks4 {
@@ -328,7 +376,10 @@ impl ServerHandshake {
             reject(out);
             return Err(HandshakeError::Socks4Refused("only CONNECT is supported"));
         }
-        self.state = State::RequestPending { socks4: true, bind: false };
+        self.state = State::RequestPending {
+            socks4: true,
+            bind: false,
+        };
         Ok(Some((n, Some(Event::Socks4Request(req)))))
     }
 }
@@ -338,9 +389,21 @@ mod tests {
     use super::*;
     use crate::wire::Command;
 
-    const OPEN: HandshakeConfig = HandshakeConfig { no_auth: true, username_password: false, socks4: true };
-    const AUTH: HandshakeConfig = HandshakeConfig { no_auth: false, username_password: true, socks4: true };
-    const BOTH: HandshakeConfig = HandshakeConfig { no_auth: true, username_password: true, socks4: true };
+    const OPEN: HandshakeConfig = HandshakeConfig {
+        no_auth: true,
+        username_password: false,
+        socks4: true,
+    };
+    const AUTH: HandshakeConfig = HandshakeConfig {
+        no_auth: false,
+        username_password: true,
+        socks4: true,
+    };
+    const BOTH: HandshakeConfig = HandshakeConfig {
+        no_auth: true,
+        username_password: true,
+        socks4: true,
+    };
 
     fn connect_req() -> Vec<u8> {
         vec![5, 1, 0, 1, 127, 0, 0, 1, 0, 80]
@@ -387,11 +450,17 @@ mod tests {
         assert_eq!(out, [5, 0]);
         assert_eq!(p.consumed, 3 + 10);
         assert_eq!(&input[p.consumed..], b"GET /");
-        let Some(Event::Request(req)) = p.event else { panic!() };
+        let Some(Event::Request(req)) = p.event else {
+            panic!()
+        };
         assert_eq!(req.command, Command::Connect);
         out.clear();
-        hs.reply(ReplyCode::SUCCEEDED, &Address::ip("127.0.0.1:4000".parse().unwrap()), &mut out)
-            .unwrap();
+        hs.reply(
+            ReplyCode::SUCCEEDED,
+            &Address::ip("127.0.0.1:4000".parse().unwrap()),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, [5, 0, 0, 1, 127, 0, 0, 1, 0x0f, 0xa0]);
         assert!(hs.is_done());
         assert!(hs.handle_input(b"x", &mut out).is_err());
@@ -405,8 +474,13 @@ mod tests {
             let (out, ev, used) = drive(&mut hs, &input, chunk);
             assert_eq!(out, [5, 2]);
             assert_eq!(used, input.len());
-            let Ok(Some(Event::Authenticate(a))) = ev else { panic!("{ev:?}") };
-            assert_eq!((a.username.as_slice(), a.password.as_slice()), (&b"u"[..], &b"p"[..]));
+            let Ok(Some(Event::Authenticate(a))) = ev else {
+                panic!("{ev:?}")
+            };
+            assert_eq!(
+                (a.username.as_slice(), a.password.as_slice()),
+                (&b"u"[..], &b"p"[..])
+            );
             let mut out = Vec::new();
             hs.auth_result(true, &mut out).unwrap();
             assert_eq!(out, [1, 0]);
@@ -434,9 +508,13 @@ mod tests {
     fn auth_rejected() {
         let mut hs = ServerHandshake::new(AUTH);
         let mut out = Vec::new();
-        hs.handle_input(&[5, 1, 2, 1, 1, b'u', 1, b'x'], &mut out).unwrap();
+        hs.handle_input(&[5, 1, 2, 1, 1, b'u', 1, b'x'], &mut out)
+            .unwrap();
         out.clear();
-        assert_eq!(hs.auth_result(false, &mut out), Err(HandshakeError::AuthFailed));
+        assert_eq!(
+            hs.auth_result(false, &mut out),
+            Err(HandshakeError::AuthFailed)
+        );
         assert_eq!(out, [1, 1]);
     }
 
@@ -444,11 +522,17 @@ mod tests {
     fn no_acceptable_method() {
         let mut hs = ServerHandshake::new(AUTH);
         let mut out = Vec::new();
-        assert_eq!(hs.handle_input(&[5, 1, 0], &mut out), Err(HandshakeError::NoAcceptableMethod));
+        assert_eq!(
+            hs.handle_input(&[5, 1, 0], &mut out),
+            Err(HandshakeError::NoAcceptableMethod)
+        );
         assert_eq!(out, [5, 0xff]);
         let mut hs = ServerHandshake::new(OPEN);
         let mut out = Vec::new();
-        assert_eq!(hs.handle_input(&[5, 0], &mut out), Err(HandshakeError::NoAcceptableMethod));
+        assert_eq!(
+            hs.handle_input(&[5, 0], &mut out),
+            Err(HandshakeError::NoAcceptableMethod)
+        );
         assert_eq!(out, [5, 0xff]);
     }
 
@@ -484,7 +568,13 @@ mod tests {
         let mut hs = ServerHandshake::new(OPEN);
         let mut out = Vec::new();
         let r = hs.handle_input(&[5, 1, 0, 5, 1, 0, 3, 0, 0, 80], &mut out);
-        assert!(matches!(r, Err(HandshakeError::Malformed { stage: "request", .. })));
+        assert!(matches!(
+            r,
+            Err(HandshakeError::Malformed {
+                stage: "request",
+                ..
+            })
+        ));
         assert_eq!(out[2..4], [5, 1]);
     }
 
@@ -492,7 +582,8 @@ mod tests {
     fn bind_takes_two_replies() {
         let mut hs = ServerHandshake::new(OPEN);
         let mut out = Vec::new();
-        hs.handle_input(&[5, 1, 0, 5, 2, 0, 1, 10, 0, 0, 1, 0, 0], &mut out).unwrap();
+        hs.handle_input(&[5, 1, 0, 5, 2, 0, 1, 10, 0, 0, 1, 0, 0], &mut out)
+            .unwrap();
         let a = Address::ip("127.0.0.1:5000".parse().unwrap());
         hs.reply(ReplyCode::SUCCEEDED, &a, &mut out).unwrap();
         assert!(!hs.is_done());
@@ -509,21 +600,34 @@ mod tests {
         let p = hs.handle_input(&req, &mut out).unwrap();
         assert_eq!(p.consumed, 10);
         assert!(matches!(p.event, Some(Event::Socks4Request(_))));
-        hs.reply(ReplyCode::CONNECTION_REFUSED, &Address::unspecified(), &mut out).unwrap();
+        hs.reply(
+            ReplyCode::CONNECTION_REFUSED,
+            &Address::unspecified(),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, [0, 91, 0, 0, 0, 0, 0, 0]);
 
         let mut hs = ServerHandshake::new(AUTH);
         let mut out = Vec::new();
-        assert!(matches!(hs.handle_input(&req, &mut out), Err(HandshakeError::Socks4Refused(_))));
+        assert!(matches!(
+            hs.handle_input(&req, &mut out),
+            Err(HandshakeError::Socks4Refused(_))
+        ));
         assert_eq!(out, [0, 91, 0, 0, 0, 0, 0, 0]);
 
-        let mut hs = ServerHandshake::new(HandshakeConfig { socks4: false, ..OPEN });
+        let mut hs = ServerHandshake::new(HandshakeConfig {
+            socks4: false,
+            ..OPEN
+        });
         let mut out = Vec::new();
         assert!(hs.handle_input(&req, &mut out).is_err());
 
         let mut hs = ServerHandshake::new(OPEN);
         let mut out = Vec::new();
-        assert!(hs.handle_input(&[4, 2, 0, 80, 10, 0, 0, 1, 0], &mut out).is_err());
+        assert!(hs
+            .handle_input(&[4, 2, 0, 80, 10, 0, 0, 1, 0], &mut out)
+            .is_err());
         assert_eq!(out[1], 91);
     }
 
@@ -532,7 +636,9 @@ mod tests {
         let mut hs = ServerHandshake::new(OPEN);
         let mut out = Vec::new();
         assert!(hs.auth_result(true, &mut out).is_err());
-        assert!(hs.reply(ReplyCode::SUCCEEDED, &Address::unspecified(), &mut out).is_err());
+        assert!(hs
+            .reply(ReplyCode::SUCCEEDED, &Address::unspecified(), &mut out)
+            .is_err());
         assert!(out.is_empty());
     }
 }

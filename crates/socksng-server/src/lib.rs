@@ -1,1 +1,28 @@
+//! socksng-server: the socksng SOCKS server as a library, driving the sans-IO machines of
+//! `socksng-proto` on tokio.
+//!
+//! [`Server::bind`] opens the listeners from a [`config::Config`]; [`Server::run`] serves until
+//! its cancellation token fires. The `socksngd` binary and the integration tests start the
+//! server through exactly these two calls.
+//!
+//! - [`config`]: the TOML schema, defaults and validation;
+//! - [`policy`]: client networks and destination rules, one engine for every command;
+//! - [`users`]: the argon2 users file;
+//! - [`connect`]: resolution, RFC 8305 connection racing, reply codes for failures;
+//! - [`relay`]: the bidirectional TCP relay with half-close;
+//! - `session`, `bind`, `udp`: one connection's life, and the BIND and UDP ASSOCIATE commands.
 
+pub mod config;
+pub mod connect;
+pub mod policy;
+pub mod relay;
+pub mod users;
+
+mod bind;
+mod server;
+mod session;
+mod udp;
+
+pub use config::Config;
+pub use server::{Server, ServerError};
+pub use tokio_util::sync::CancellationToken;

@@ -1,1 +1,211 @@
-fn main() {}
+//! socksngd: command-line parsing, configuration loading, logging and signal wiring around
+//! `socksng_server`. Everything the server does lives in the library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use socksng_server::config::EXAMPLE_CONFIG;
+use socksng_server::{CancellationToken, Config, Server};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+/// socksngd: a SOCKS5 (RFC 1928/1929) and SOCKS4/4a proxy server.
+///
+/// Without a configuration file it listens on 127.0.0.1:1080 and [::1]:1080, asks for no
+/// authentication and serves loopback clients only.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Configuration file (TOML). `socksngd --print-config` shows an annotated example.
+    #[arg(short, long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print an annotated example configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (the default).
+    Run,
+    /// Check the configuration (and users file) and exit: 0 when valid.
+    Check,
+    /// Add a user or change a password in a users file. The password is read from the
+    /// terminal without echo, or as the first line of standard input.
+    Passwd {
+        /// The users file; created (mode 0600) when missing.
+        #[arg(long, value_name = "FILE")]
+        users_file: Option<PathBuf>,
+        /// The user name.
+        name: String,
+    },
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if cli.print_config {
+        print!("{EXAMPLE_CONFIG}");
+        return Ok(());
+    }
+    match cli.command.unwrap_or(Cmd::Run) {
+        Cmd::Run => run(load_config(cli.config.as_deref())?),
+        Cmd::Check => {
+            let cfg = load_config(cli.config.as_deref())?;
+            if let Some(users) = cfg.users_file().filter(|_| cfg.accepts_password()) {
+                let db = socksng_server::users::UserDb::load(&users)?;
+                println!("users file {}: {} user(s)", users.display(), db.len());
+            }
+            println!("configuration OK: listening on {}", list(&cfg.listen));
+            Ok(())
+        }
+        Cmd::Passwd { users_file, name } => {
+            let path = match users_file {
+                Some(p) => p,
+                None => load_config(cli.config.as_deref())?
+                    .users_file()
+                    .context("no --users-file given and the configuration names none")?,
+            };
+            let password = read_password()?;
+            socksng_server::users::set_password(&path, &name, password.as_bytes())?;
+            println!("password for {name} stored in {}", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn list(addrs: &[std::net::SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn run(cfg: Config) -> Result<()> {
+    init_logging(&cfg.log_level);
+    raise_fd_limit();
+    let workers = match cfg.workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(async move {
+        let server = Server::bind(cfg)?;
+        let shutdown = CancellationToken::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            trigger.cancel();
+        });
+        server.run(shutdown).await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A proxy holds two descriptors per session; the usual soft limit of 1024 is far too low.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open file limit");
+            }
+        }
+    }
+}
+
+fn read_password() -> Result<String> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+        if pw.is_empty() {
+            bail!("empty password on standard input");
+        }
+        return Ok(pw);
+    }
+    let first = prompt_hidden("Password: ")?;
+    let second = prompt_hidden("Again: ")?;
+    if first != second {
+        bail!("the passwords differ");
+    }
+    if first.is_empty() {
+        bail!("empty password");
+    }
+    Ok(first)
+}
+
+fn prompt_hidden(prompt: &str) -> Result<String> {
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: termios is plain data; tcgetattr fills it, tcsetattr reads it.
+    let mut term: libc::termios = unsafe { std::mem::zeroed() };
+    let have_term = unsafe { libc::tcgetattr(fd, &mut term) } == 0;
+    if have_term {
+        let mut quiet = term;
+        quiet.c_lflag &= !libc::ECHO;
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    }
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    if have_term {
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &term) };
+    }
+    eprintln!();
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}

@@ -32,18 +32,27 @@ pub struct Address {
 impl Address {
     /// An address naming an IP and port.
     pub fn ip(addr: SocketAddr) -> Self {
-        Address { host: Host::Ip(addr.ip()), port: addr.port() }
+        Address {
+            host: Host::Ip(addr.ip()),
+            port: addr.port(),
+        }
     }
 
     /// An address naming a domain and port. Fails when the name could not be encoded.
     pub fn domain(name: &str, port: u16) -> Result<Self, DecodeError> {
         validate_domain(name.as_bytes())?;
-        Ok(Address { host: Host::Domain(name.to_owned()), port })
+        Ok(Address {
+            host: Host::Domain(name.to_owned()),
+            port,
+        })
     }
 
     /// 0.0.0.0:0, what a reply carries when there is no meaningful address.
     pub fn unspecified() -> Self {
-        Address { host: Host::Ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), port: 0 }
+        Address {
+            host: Host::Ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            port: 0,
+        }
     }
 
     /// The socket address when the host is an IP.
@@ -160,7 +169,10 @@ mod tests {
 
     #[test]
     fn ipv4() {
-        roundtrip(&Address::ip("192.0.2.1:80".parse().unwrap()), &[1, 192, 0, 2, 1, 0, 80]);
+        roundtrip(
+            &Address::ip("192.0.2.1:80".parse().unwrap()),
+            &[1, 192, 0, 2, 1, 0, 80],
+        );
     }
 
     #[test]
@@ -191,19 +203,37 @@ mod tests {
 
     #[test]
     fn invalid_fields() {
-        assert_eq!(Address::decode(&[2, 1, 2, 3, 4, 0, 0]), Err(DecodeError::UnknownAddressType(2)));
-        assert_eq!(Address::decode(&[0, 0]), Err(DecodeError::UnknownAddressType(0)));
+        assert_eq!(
+            Address::decode(&[2, 1, 2, 3, 4, 0, 0]),
+            Err(DecodeError::UnknownAddressType(2))
+        );
+        assert_eq!(
+            Address::decode(&[0, 0]),
+            Err(DecodeError::UnknownAddressType(0))
+        );
         assert_eq!(Address::decode(&[3, 0, 0, 80]), Err(DecodeError::BadDomain));
-        assert_eq!(Address::decode(&[3, 3, b'a', 0, b'b', 0, 80]), Err(DecodeError::BadDomain));
-        assert_eq!(Address::decode(&[3, 2, 0xff, 0xfe, 0, 80]), Err(DecodeError::BadDomain));
-        assert_eq!(Address::decode(&[3, 2, b'a', b'\n', 0, 80]), Err(DecodeError::BadDomain));
+        assert_eq!(
+            Address::decode(&[3, 3, b'a', 0, b'b', 0, 80]),
+            Err(DecodeError::BadDomain)
+        );
+        assert_eq!(
+            Address::decode(&[3, 2, 0xff, 0xfe, 0, 80]),
+            Err(DecodeError::BadDomain)
+        );
+        assert_eq!(
+            Address::decode(&[3, 2, b'a', b'\n', 0, 80]),
+            Err(DecodeError::BadDomain)
+        );
         assert!(Address::domain(&"a".repeat(256), 1).is_err());
         assert!(Address::domain("", 1).is_err());
     }
 
     #[test]
     fn display() {
-        assert_eq!(Address::ip("[::1]:5".parse().unwrap()).to_string(), "[::1]:5");
+        assert_eq!(
+            Address::ip("[::1]:5".parse().unwrap()).to_string(),
+            "[::1]:5"
+        );
         assert_eq!(Address::domain("a.b", 7).unwrap().to_string(), "a.b:7");
     }
 }

@@ -13,7 +13,7 @@ mod udp;
 pub use addr::{Address, Host, MAX_DOMAIN_LEN};
 pub use socks4::{Socks4Command, Socks4Reply, Socks4Request, SOCKS4_GRANTED, SOCKS4_REJECTED};
 pub use socks5::{
-    AuthReply, AuthRequest, Command, Greeting, Method, MethodSelection, ReplyCode, Reply, Request,
+    AuthReply, AuthRequest, Command, Greeting, Method, MethodSelection, Reply, ReplyCode, Request,
     RequestHeader, AUTH_VERSION, SOCKS5_VERSION,
 };
 pub use udp::UdpHeader;
@@ -88,7 +88,11 @@ impl<'a> Reader<'a> {
     }
 
     /// Bytes up to (not including) a NUL terminator, consuming the terminator; at most `max`.
-    pub(crate) fn cstring(&mut self, max: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn cstring(
+        &mut self,
+        max: usize,
+        what: &'static str,
+    ) -> Result<&'a [u8], DecodeError> {
         let rest = &self.buf[self.pos..];
         match rest.iter().position(|&b| b == 0) {
             Some(n) if n > max => Err(DecodeError::TooLong(what)),

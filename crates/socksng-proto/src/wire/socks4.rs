@@ -56,7 +56,14 @@ impl Socks4Request {
         } else {
             Host::Ip(IpAddr::V4(ip))
         };
-        Ok((Socks4Request { command, address: Address { host, port }, user_id }, r.position()))
+        Ok((
+            Socks4Request {
+                command,
+                address: Address { host, port },
+                user_id,
+            },
+            r.position(),
+        ))
     }
 
     /// Appends the encoding (4a form for domain targets). IPv6 targets cannot be expressed.
@@ -109,7 +116,13 @@ impl Socks4Reply {
         let code = r.u8()?;
         let port = r.u16()?;
         let ip = Ipv4Addr::from(r.array::<4>()?);
-        Ok((Socks4Reply { code, bound: SocketAddrV4::new(ip, port) }, 8))
+        Ok((
+            Socks4Reply {
+                code,
+                bound: SocketAddrV4::new(ip, port),
+            },
+            8,
+        ))
     }
 }
 
@@ -147,25 +160,43 @@ mod tests {
     #[test]
     fn socks4_invalid() {
         assert_eq!(Socks4Request::decode(&[5, 1]), Err(DecodeError::Version(5)));
-        assert_eq!(Socks4Request::decode(&[4, 3]), Err(DecodeError::UnknownCommand(3)));
+        assert_eq!(
+            Socks4Request::decode(&[4, 3]),
+            Err(DecodeError::UnknownCommand(3))
+        );
         let mut long = vec![4, 1, 0, 80, 1, 2, 3, 4];
         long.extend(std::iter::repeat_n(b'x', 300));
-        assert_eq!(Socks4Request::decode(&long), Err(DecodeError::TooLong("SOCKS4 user id")));
+        assert_eq!(
+            Socks4Request::decode(&long),
+            Err(DecodeError::TooLong("SOCKS4 user id"))
+        );
         let mut long = vec![4, 1, 0, 80, 0, 0, 0, 1, 0];
         long.extend(std::iter::repeat_n(b'x', 256));
         long.push(0);
-        assert_eq!(Socks4Request::decode(&long), Err(DecodeError::TooLong("SOCKS4a hostname")));
-        assert_eq!(Socks4Request::decode(&[4, 1, 0, 80, 0, 0, 0, 1, 0, 0]), Err(DecodeError::BadDomain));
+        assert_eq!(
+            Socks4Request::decode(&long),
+            Err(DecodeError::TooLong("SOCKS4a hostname"))
+        );
+        assert_eq!(
+            Socks4Request::decode(&[4, 1, 0, 80, 0, 0, 0, 1, 0, 0]),
+            Err(DecodeError::BadDomain)
+        );
     }
 
     #[test]
     fn socks4_reply() {
-        let rep = Socks4Reply { code: SOCKS4_GRANTED, bound: "10.0.0.1:1234".parse().unwrap() };
+        let rep = Socks4Reply {
+            code: SOCKS4_GRANTED,
+            bound: "10.0.0.1:1234".parse().unwrap(),
+        };
         let mut out = Vec::new();
         rep.encode(&mut out);
         assert_eq!(out, [0, 90, 4, 210, 10, 0, 0, 1]);
         assert_every_prefix_incomplete(&out, Socks4Reply::decode);
         assert_eq!(Socks4Reply::decode(&out).unwrap().0, rep);
-        assert_eq!(Socks4Reply::decode(&[4, 90, 0, 0, 0, 0, 0, 0]), Err(DecodeError::Version(4)));
+        assert_eq!(
+            Socks4Reply::decode(&[4, 90, 0, 0, 0, 0, 0, 0]),
+            Err(DecodeError::Version(4))
+        );
     }
 }

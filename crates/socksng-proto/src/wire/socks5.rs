@@ -151,7 +151,12 @@ impl AuthReply {
         if ver != AUTH_VERSION {
             return Err(DecodeError::Version(ver));
         }
-        Ok((AuthReply { success: r.u8()? == 0 }, 2))
+        Ok((
+            AuthReply {
+                success: r.u8()? == 0,
+            },
+            2,
+        ))
     }
 }
 
@@ -346,7 +351,10 @@ mod tests {
     fn greeting_invalid() {
         assert_eq!(Greeting::decode(&[4, 1, 0]), Err(DecodeError::Version(4)));
         assert_eq!(Greeting::decode(&[5, 0]), Err(DecodeError::NoMethods));
-        assert_eq!(Greeting::decode(&[0x47, 0x45, 0x54]), Err(DecodeError::Version(0x47)));
+        assert_eq!(
+            Greeting::decode(&[0x47, 0x45, 0x54]),
+            Err(DecodeError::Version(0x47))
+        );
         let mut all = vec![5, 255];
         all.extend(0..=254u8);
         assert_eq!(Greeting::decode(&all).unwrap().0.methods.len(), 255);
@@ -358,7 +366,10 @@ mod tests {
         MethodSelection(Method::NO_ACCEPTABLE).encode(&mut out);
         assert_eq!(out, [5, 0xff]);
         assert_every_prefix_incomplete(&out, MethodSelection::decode);
-        assert_eq!(MethodSelection::decode(&[4, 0]), Err(DecodeError::Version(4)));
+        assert_eq!(
+            MethodSelection::decode(&[4, 0]),
+            Err(DecodeError::Version(4))
+        );
     }
 
     #[test]
@@ -376,14 +387,26 @@ mod tests {
 
     #[test]
     fn auth_request_edge_cases() {
-        assert_eq!(AuthRequest::decode(&[5, 1, b'a', 1, b'b']), Err(DecodeError::Version(5)));
+        assert_eq!(
+            AuthRequest::decode(&[5, 1, b'a', 1, b'b']),
+            Err(DecodeError::Version(5))
+        );
         let (a, n) = AuthRequest::decode(&[1, 0, 0]).unwrap();
         assert!(a.username.is_empty() && a.password.is_empty() && n == 3);
-        let long = AuthRequest { username: vec![b'u'; 256], password: vec![] };
+        let long = AuthRequest {
+            username: vec![b'u'; 256],
+            password: vec![],
+        };
         assert!(long.encode(&mut Vec::new()).is_err());
-        let long = AuthRequest { username: vec![], password: vec![b'p'; 256] };
+        let long = AuthRequest {
+            username: vec![],
+            password: vec![b'p'; 256],
+        };
         assert!(long.encode(&mut Vec::new()).is_err());
-        let max = AuthRequest { username: vec![b'u'; 255], password: vec![b'p'; 255] };
+        let max = AuthRequest {
+            username: vec![b'u'; 255],
+            password: vec![b'p'; 255],
+        };
         let mut out = Vec::new();
         max.encode(&mut out).unwrap();
         assert_eq!(AuthRequest::decode(&out).unwrap().0, max);
@@ -408,7 +431,10 @@ mod tests {
                 Address::ip("[fe80::1]:22".parse().unwrap()),
                 Address::domain("host.example", 22).unwrap(),
             ] {
-                let req = Request { command: cmd, address: addr };
+                let req = Request {
+                    command: cmd,
+                    address: addr,
+                };
                 let mut out = Vec::new();
                 req.encode(&mut out);
                 assert_eq!(out[..3], [5, cmd.code(), 0]);
@@ -422,10 +448,22 @@ mod tests {
     fn request_invalid() {
         assert_eq!(Request::decode(&[4, 1, 0, 1]), Err(DecodeError::Version(4)));
         // An unknown command is reported as soon as its byte is seen.
-        assert_eq!(Request::decode(&[5, 9]), Err(DecodeError::UnknownCommand(9)));
-        assert_eq!(Request::decode(&[5, 0]), Err(DecodeError::UnknownCommand(0)));
-        assert_eq!(Request::decode(&[5, 1, 0, 5, 0]), Err(DecodeError::UnknownAddressType(5)));
-        assert_eq!(Request::decode(&[5, 1, 0, 3, 0, 0, 80]), Err(DecodeError::BadDomain));
+        assert_eq!(
+            Request::decode(&[5, 9]),
+            Err(DecodeError::UnknownCommand(9))
+        );
+        assert_eq!(
+            Request::decode(&[5, 0]),
+            Err(DecodeError::UnknownCommand(0))
+        );
+        assert_eq!(
+            Request::decode(&[5, 1, 0, 5, 0]),
+            Err(DecodeError::UnknownAddressType(5))
+        );
+        assert_eq!(
+            Request::decode(&[5, 1, 0, 3, 0, 0, 80]),
+            Err(DecodeError::BadDomain)
+        );
         // A non-zero RSV is tolerated.
         assert!(Request::decode(&[5, 1, 7, 1, 1, 2, 3, 4, 0, 80]).is_ok());
     }
@@ -443,7 +481,10 @@ mod tests {
         assert_every_prefix_incomplete(&out, Reply::decode);
         assert_eq!(Reply::decode(&out).unwrap().0, rep);
         assert_eq!(Reply::decode(&[4, 0, 0, 1]), Err(DecodeError::Version(4)));
-        assert_eq!(Reply::decode(&[5, 0, 0, 9]), Err(DecodeError::UnknownAddressType(9)));
+        assert_eq!(
+            Reply::decode(&[5, 0, 0, 9]),
+            Err(DecodeError::UnknownAddressType(9))
+        );
     }
 
     #[test]

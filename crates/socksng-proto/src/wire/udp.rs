@@ -39,9 +39,15 @@ mod tests {
         for (addr, len) in [
             (Address::ip("127.0.0.1:53".parse().unwrap()), 10),
             (Address::ip("[::1]:53".parse().unwrap()), 22),
-            (Address::domain("dns.example", 53).unwrap(), 3 + 1 + 1 + 11 + 2),
+            (
+                Address::domain("dns.example", 53).unwrap(),
+                3 + 1 + 1 + 11 + 2,
+            ),
         ] {
-            let h = UdpHeader { frag: 0, address: addr };
+            let h = UdpHeader {
+                frag: 0,
+                address: addr,
+            };
             let mut out = Vec::new();
             h.encode(&mut out);
             assert_eq!(out.len(), len);
@@ -55,7 +61,10 @@ mod tests {
 
     #[test]
     fn header_invalid() {
-        assert_eq!(UdpHeader::decode(&[0, 0, 0, 7, 1]), Err(DecodeError::UnknownAddressType(7)));
+        assert_eq!(
+            UdpHeader::decode(&[0, 0, 0, 7, 1]),
+            Err(DecodeError::UnknownAddressType(7))
+        );
         let (h, _) = UdpHeader::decode(&[0, 0, 0x81, 1, 1, 1, 1, 1, 0, 1]).unwrap();
         assert_eq!(h.frag, 0x81);
     }

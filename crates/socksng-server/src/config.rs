@@ -1,0 +1,477 @@
+//! Server configuration: the TOML schema, its built-in defaults and the checks that run before
+//! a single socket is opened (so a bad file fails with a line number, not at 3 a.m.).
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use socksng_proto::Command;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or schema error; the message carries line and column.
+    #[error("{0}")]
+    Parse(String),
+    /// The file parses but describes something the server must not or cannot do.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Which authentication methods the server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// Method 0x00.
+    None,
+    /// Method 0x02, checked against the users file.
+    Password,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accepted methods; a client offering both gets username/password.
+    pub methods: Vec<AuthMethod>,
+    /// File of `name:argon2-hash` lines; relative paths are relative to the config file.
+    pub users_file: Option<PathBuf>,
+    /// Serve SOCKS4/4a CONNECT (only possible when "none" is accepted).
+    pub socks4: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            methods: vec![AuthMethod::None],
+            users_file: None,
+            socks4: true,
+        }
+    }
+}
+
+/// `[timeouts]`. A zero duration switches the optional ones off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// From accept to a complete request; slow or silent clients are cut off after it.
+    #[serde(with = "humantime_serde")]
+    pub handshake: Duration,
+    /// Connecting to a target, all address attempts together (reply 0x06 when it runs out).
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// Close a relay with no traffic either way for this long; 0 = never (default).
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// How long a BIND waits for its peer.
+    #[serde(with = "humantime_serde")]
+    pub bind: Duration,
+    /// TCP keepalive idle time on both legs; 0 = off.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// After SIGTERM/SIGINT, how long running sessions may drain before they are cut.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Duration::from_secs(10),
+            connect: Duration::from_secs(10),
+            idle: Duration::ZERO,
+            bind: Duration::from_secs(120),
+            tcp_keepalive: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[limits]`. Zero means unlimited.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent sessions in total.
+    pub max_sessions: usize,
+    /// Concurrent sessions per authenticated user.
+    pub max_sessions_per_user: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions: 10_000,
+            max_sessions_per_user: 0,
+        }
+    }
+}
+
+/// Address family tried first when a name has both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FamilyPreference {
+    /// IPv6 first (RFC 8305's recommendation).
+    Ipv6,
+    /// IPv4 first.
+    Ipv4,
+}
+
+/// `[resolver]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResolverConfig {
+    /// Which family gets the first connection attempt.
+    pub prefer: FamilyPreference,
+    /// Delay before racing the next address (RFC 8305 "Connection Attempt Delay").
+    #[serde(with = "humantime_serde")]
+    pub attempt_delay: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            prefer: FamilyPreference::Ipv6,
+            attempt_delay: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What a rule does when it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let it through.
+    Allow,
+    /// Refuse with reply 0x02 (or drop, for datagrams).
+    Deny,
+}
+
+/// A port or an inclusive port range, written `"443"`, `443` or `"8000-8999"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "PortSpec")]
+pub struct PortRange(pub RangeInclusive<u16>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PortSpec {
+    Number(u16),
+    Text(String),
+}
+
+impl TryFrom<PortSpec> for PortRange {
+    type Error = String;
+    fn try_from(spec: PortSpec) -> Result<Self, String> {
+        let text = match spec {
+            PortSpec::Number(p) => return Ok(PortRange(p..=p)),
+            PortSpec::Text(t) => t,
+        };
+        let parse = |s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("bad port {s:?} in {text:?}"))
+        };
+        let range = match text.split_once('-') {
+            Some((a, b)) => parse(a)?..=parse(b)?,
+            None => parse(&text)?..=parse(&text)?,
+        };
+        if range.is_empty() {
+            return Err(format!("empty port range {text:?}"));
+        }
+        Ok(PortRange(range))
+    }
+}
+
+/// A command name as written in rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleCommand {
+    /// CONNECT (SOCKS5 and SOCKS4).
+    Connect,
+    /// BIND.
+    Bind,
+    /// UDP ASSOCIATE, checked per datagram.
+    Udp,
+}
+
+impl RuleCommand {
+    /// Whether this names `c`.
+    pub fn matches(self, c: Command) -> bool {
+        matches!(
+            (self, c),
+            (RuleCommand::Connect, Command::Connect)
+                | (RuleCommand::Bind, Command::Bind)
+                | (RuleCommand::Udp, Command::UdpAssociate)
+        )
+    }
+}
+
+/// One `[[rules]]` entry. Empty lists match everything; rules are tried in order and the
+/// first match decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// allow or deny.
+    pub action: Action,
+    /// User names; `"*"` is any authenticated user. Absent: anyone, even unauthenticated.
+    pub users: Option<Vec<String>>,
+    /// Destination networks.
+    #[serde(default)]
+    pub to: Vec<IpNet>,
+    /// Destination domain suffixes: `"example.com"` matches it and every subdomain, a leading
+    /// dot (`".example.com"`) only subdomains.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Destination ports.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    /// Commands; absent: all.
+    pub commands: Option<Vec<RuleCommand>>,
+}
+
+/// `[access]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Client networks that may use the server at all.
+    pub clients: Vec<IpNet>,
+    /// What happens when no rule matches.
+    pub default: Action,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            clients: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            default: Action::Allow,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Allow listening on a non-loopback address with no authentication and no client network
+    /// restriction, i.e. run an open proxy on purpose.
+    pub allow_open_proxy: bool,
+    /// Log level filter (RUST_LOG overrides it).
+    pub log_level: String,
+    /// Runtime worker threads; 0 picks one per core.
+    pub workers: usize,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// `[access]`.
+    pub access: AccessConfig,
+    /// `[timeouts]`.
+    pub timeouts: Timeouts,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[resolver]`.
+    pub resolver: ResolverConfig,
+    /// `[[rules]]`.
+    pub rules: Vec<RuleConfig>,
+    /// Directory relative paths are resolved against (the config file's).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![
+                "127.0.0.1:1080".parse().unwrap(),
+                "[::1]:1080".parse().unwrap(),
+            ],
+            allow_open_proxy: false,
+            log_level: "info".into(),
+            workers: 0,
+            auth: AuthConfig::default(),
+            access: AccessConfig::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            resolver: ResolverConfig::default(),
+            rules: Vec::new(),
+            base_dir: PathBuf::from("."),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates configuration text.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.base_dir = base_dir.to_path_buf();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).map_err(|e| match e {
+            ConfigError::Parse(msg) => ConfigError::Parse(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    /// The users file path, resolved against the config file's directory.
+    pub fn users_file(&self) -> Option<PathBuf> {
+        self.auth.users_file.as_ref().map(|p| self.base_dir.join(p))
+    }
+
+    /// Whether method 0x00 is accepted.
+    pub fn accepts_no_auth(&self) -> bool {
+        self.auth.methods.contains(&AuthMethod::None)
+    }
+
+    /// Whether method 0x02 is accepted.
+    pub fn accepts_password(&self) -> bool {
+        self.auth.methods.contains(&AuthMethod::Password)
+    }
+
+    /// Checks what serde cannot: consistency, and that no open proxy starts by accident.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.listen.is_empty() {
+            return invalid("`listen` is empty: give at least one address".into());
+        }
+        if self.auth.methods.is_empty() {
+            return invalid("`auth.methods` is empty: use \"none\", \"password\" or both".into());
+        }
+        if self.accepts_password() && self.auth.users_file.is_none() {
+            return invalid(
+                "`auth.methods` includes \"password\" but `auth.users_file` is not set".into(),
+            );
+        }
+        if self.access.clients.is_empty() {
+            return invalid("`access.clients` is empty: no client could ever connect".into());
+        }
+        if self.timeouts.handshake.is_zero() || self.timeouts.connect.is_zero() {
+            return invalid(
+                "`timeouts.handshake` and `timeouts.connect` must be above zero".into(),
+            );
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            for d in &rule.domains {
+                if d.trim_start_matches('.').is_empty() {
+                    return invalid(format!("rules[{i}]: empty domain suffix {d:?}"));
+                }
+            }
+        }
+        let any_client = self.access.clients.iter().any(|n| n.prefix_len() == 0);
+        if self.accepts_no_auth() && any_client && !self.allow_open_proxy {
+            if let Some(a) = self.listen.iter().find(|a| !a.ip().is_loopback()) {
+                return invalid(format!(
+                    "refusing to listen on {a} without authentication for any client address: \
+                     this would be an open proxy. Require \"password\" in `auth.methods`, \
+                     narrow `access.clients`, or set `allow_open_proxy = true` if you mean it"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An annotated example configuration, shown by `socksngd --print-config` and in the README.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../docs/socksngd.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(s, Path::new("/etc/socksng"))
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert!(c.accepts_no_auth() && !c.accepts_password());
+        assert_eq!(c.timeouts.idle, Duration::ZERO);
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let c = parse(EXAMPLE_CONFIG).unwrap();
+        assert!(c.accepts_password());
+        assert!(!c.rules.is_empty());
+        assert_eq!(c.users_file().unwrap(), Path::new("/etc/socksng/users"));
+    }
+
+    #[test]
+    fn errors_carry_line_numbers() {
+        let e =
+            parse("listen = [\"127.0.0.1:1080\"]\n[timeouts]\nconnect = \"ten\"\n").unwrap_err();
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let e = parse("[[rules]]\naction = \"allow\"\nto = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let e = parse("\n\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let e = parse("[[rules]]\naction = \"allow\"\nports = [\"90-80\"]\n").unwrap_err();
+        assert!(
+            e.to_string().contains("line 3") && e.to_string().contains("empty"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ports_and_durations() {
+        let c = parse(
+            "[timeouts]\nidle = \"5m\"\n[[rules]]\naction = \"deny\"\nports = [25, \"6000-6063\"]\ncommands = [\"udp\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.timeouts.idle, Duration::from_secs(300));
+        assert_eq!(
+            c.rules[0].ports,
+            vec![PortRange(25..=25), PortRange(6000..=6063)]
+        );
+    }
+
+    #[test]
+    fn refuses_accidental_open_proxy() {
+        let open = "listen = [\"0.0.0.0:1080\"]\n[access]\nclients = [\"0.0.0.0/0\", \"::/0\"]\n";
+        let e = parse(open).unwrap_err();
+        assert!(e.to_string().contains("open proxy"), "{e}");
+        assert!(parse(&format!("allow_open_proxy = true\n{open}")).is_ok());
+        // Restricted client networks or authentication make it acceptable.
+        assert!(
+            parse("listen = [\"0.0.0.0:1080\"]\n[access]\nclients = [\"192.168.0.0/16\"]\n")
+                .is_ok()
+        );
+        assert!(parse(
+            "listen = [\"0.0.0.0:1080\"]\n[auth]\nmethods = [\"password\"]\nusers_file = \"u\"\n[access]\nclients = [\"0.0.0.0/0\"]\n"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn inconsistent_settings() {
+        assert!(parse("listen = []").is_err());
+        assert!(parse("[auth]\nmethods = [\"password\"]\n").is_err());
+        assert!(parse("[auth]\nmethods = []\n").is_err());
+        assert!(parse("[access]\nclients = []\n").is_err());
+        assert!(parse("[[rules]]\naction = \"allow\"\ndomains = [\".\"]\n").is_err());
+    }
+}

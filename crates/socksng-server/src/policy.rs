@@ -1,0 +1,520 @@
+//! The policy engine: which clients may use the server and which destinations each user may
+//! reach. One engine answers for every command (CONNECT targets, BIND peers, every UDP
+//! datagram), so no command becomes the way around the rules.
+//!
+//! Destinations on the server host itself (loopback, unspecified, link-local including the
+//! cloud metadata address, and the host's own interface addresses) are refused unless an allow
+//! rule names them in `to`: a catch-all allow does not open them. Names are checked again
+//! after resolution, so a name pointing at 127.0.0.1 is refused like the address itself.
+
+use crate::config::{Action, Config, RuleCommand};
+use ipnet::IpNet;
+use socksng_proto::Command;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+/// The outcome of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Permitted.
+    Allow,
+    /// Refused, with the reason for the log line.
+    Deny(DenyReason),
+}
+
+/// Why a destination was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// Rule number N (0-based, in file order) denies it.
+    Rule(usize),
+    /// No rule matched and `access.default` is deny.
+    Default,
+    /// It is an address of this host and no rule names it explicitly.
+    HostLocal,
+}
+
+impl std::fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DenyReason::Rule(i) => write!(f, "denied by rules[{i}]"),
+            DenyReason::Default => f.write_str("denied by the default action"),
+            DenyReason::HostLocal => f.write_str("destination is on the proxy host"),
+        }
+    }
+}
+
+struct Rule {
+    action: Action,
+    users: Option<Vec<String>>,
+    nets: Vec<IpNet>,
+    domains: Vec<String>,
+    ports: Vec<RangeInclusive<u16>>,
+    commands: Option<Vec<RuleCommand>>,
+}
+
+/// What is known about a destination when it is checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    /// The name the client asked for, if it asked by name.
+    pub name: Option<&'a str>,
+    /// The address; `None` before resolution.
+    pub ip: Option<IpAddr>,
+    /// The port.
+    pub port: u16,
+}
+
+/// How a rule relates to a destination whose address is not known yet.
+enum Match {
+    Yes,
+    No,
+    DependsOnAddress,
+}
+
+impl Rule {
+    fn applies_to(&self, user: Option<&str>, cmd: Command, port: u16) -> bool {
+        let user_ok = match (&self.users, user) {
+            (None, _) => true,
+            (Some(list), Some(u)) => list.iter().any(|x| x == "*" || x == u),
+            (Some(_), None) => false,
+        };
+        user_ok
+            && self
+                .commands
+                .as_ref()
+                .is_none_or(|cs| cs.iter().any(|c| c.matches(cmd)))
+            && (self.ports.is_empty() || self.ports.iter().any(|r| r.contains(&port)))
+    }
+
+    fn matches_destination(&self, dest: &Destination<'_>) -> Match {
+        if self.nets.is_empty() && self.domains.is_empty() {
+            return Match::Yes;
+        }
+        if let Some(name) = dest.name {
+            if self.domains.iter().any(|d| domain_matches(d, name)) {
+                return Match::Yes;
+            }
+        }
+        match dest.ip {
+            Some(ip) if self.nets.iter().any(|n| n.contains(&ip)) => Match::Yes,
+            Some(_) => Match::No,
+            None if self.nets.is_empty() => Match::No,
+            None => Match::DependsOnAddress,
+        }
+    }
+}
+
+/// `suffix` matches `name` itself and its subdomains; with a leading dot, only subdomains.
+/// Case-insensitive, and a trailing root dot on the name is ignored.
+fn domain_matches(suffix: &str, name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let (suffix, subdomains_only) = match suffix.strip_prefix('.') {
+        Some(s) => (s, true),
+        None => (suffix, false),
+    };
+    if name.len() == suffix.len() {
+        return !subdomains_only && name.eq_ignore_ascii_case(suffix);
+    }
+    name.len() > suffix.len()
+        && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+        && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+/// Addresses that are this host, from any client's point of view.
+fn is_always_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.octets()[0] == 0 || v4.is_link_local() || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 (::ffff:a.b.c.d) reaches the IPv4 address, so it is judged as one.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+struct HostAddrs {
+    addrs: Vec<IpAddr>,
+    read_at: Instant,
+}
+
+/// How long a snapshot of the host's interface addresses is trusted (addresses change when
+/// DHCP renews or an interface comes up).
+const HOST_ADDR_TTL: Duration = Duration::from_secs(30);
+
+/// Client and destination policy, built once from the configuration.
+pub struct Policy {
+    clients: Vec<IpNet>,
+    rules: Vec<Rule>,
+    default: Action,
+    host: RwLock<HostAddrs>,
+}
+
+impl Policy {
+    /// Builds the engine from the configuration.
+    pub fn new(cfg: &Config) -> Self {
+        let rules = cfg
+            .rules
+            .iter()
+            .map(|r| Rule {
+                action: r.action,
+                users: r.users.clone(),
+                nets: r.to.iter().map(|n| n.trunc()).collect(),
+                domains: r.domains.clone(),
+                ports: r.ports.iter().map(|p| p.0.clone()).collect(),
+                commands: r.commands.clone(),
+            })
+            .collect();
+        Policy {
+            clients: cfg.access.clients.clone(),
+            rules,
+            default: cfg.access.default,
+            host: RwLock::new(HostAddrs {
+                addrs: read_host_addrs(),
+                read_at: Instant::now(),
+            }),
+        }
+    }
+
+    /// Whether a client at `ip` may use the server at all.
+    pub fn client_allowed(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.clients.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Checks a named destination before resolving it: `Some(verdict)` when the name alone
+    /// decides (no DNS query is made for a denied name), `None` when it depends on the address.
+    pub fn check_name(
+        &self,
+        user: Option<&str>,
+        cmd: Command,
+        name: &str,
+        port: u16,
+    ) -> Option<Verdict> {
+        let dest = Destination {
+            name: Some(name),
+            ip: None,
+            port,
+        };
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.applies_to(user, cmd, port) {
+                continue;
+            }
+            match rule.matches_destination(&dest) {
+                Match::No => continue,
+                Match::DependsOnAddress => return None,
+                Match::Yes => {
+                    return match rule.action {
+                        Action::Deny => Some(Verdict::Deny(DenyReason::Rule(i))),
+                        Action::Allow => None,
+                    }
+                }
+            }
+        }
+        match self.default {
+            Action::Deny => Some(Verdict::Deny(DenyReason::Default)),
+            Action::Allow => None,
+        }
+    }
+
+    /// Checks a destination address (resolved, or as given), with the name it came from.
+    pub fn check(
+        &self,
+        user: Option<&str>,
+        cmd: Command,
+        name: Option<&str>,
+        ip: IpAddr,
+        port: u16,
+    ) -> Verdict {
+        let ip = canonical(ip);
+        let dest = Destination {
+            name,
+            ip: Some(ip),
+            port,
+        };
+        let local = self.is_host_local(ip);
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.applies_to(user, cmd, port)
+                || !matches!(rule.matches_destination(&dest), Match::Yes)
+            {
+                continue;
+            }
+            return match rule.action {
+                Action::Deny => Verdict::Deny(DenyReason::Rule(i)),
+                Action::Allow if local && !rule.nets.iter().any(|n| n.contains(&ip)) => {
+                    Verdict::Deny(DenyReason::HostLocal)
+                }
+                Action::Allow => Verdict::Allow,
+            };
+        }
+        if local {
+            return Verdict::Deny(DenyReason::HostLocal);
+        }
+        match self.default {
+            Action::Allow => Verdict::Allow,
+            Action::Deny => Verdict::Deny(DenyReason::Default),
+        }
+    }
+
+    fn is_host_local(&self, ip: IpAddr) -> bool {
+        if is_always_local(ip) {
+            return true;
+        }
+        let fresh = {
+            let host = self.host.read().unwrap_or_else(|p| p.into_inner());
+            if host.read_at.elapsed() < HOST_ADDR_TTL {
+                return host.addrs.contains(&ip);
+            }
+            read_host_addrs()
+        };
+        let found = fresh.contains(&ip);
+        let mut host = self.host.write().unwrap_or_else(|p| p.into_inner());
+        *host = HostAddrs {
+            addrs: fresh,
+            read_at: Instant::now(),
+        };
+        found
+    }
+}
+
+fn read_host_addrs() -> Vec<IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(ifs) => ifs.into_iter().map(|i| canonical(i.ip())).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this host's addresses; only fixed local ranges are guarded");
+            Vec::new()
+        }
+    }
+}
+
+/// The fixed part of the host-local set, for documentation and tests.
+pub const ALWAYS_LOCAL_EXAMPLES: [IpAddr; 6] = [
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+    IpAddr::V6(Ipv6Addr::LOCALHOST),
+    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn policy(toml: &str) -> Policy {
+        Policy::new(&Config::from_toml(toml, Path::new(".")).unwrap())
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn host_local_denied_by_default() {
+        let p = policy("");
+        for a in ALWAYS_LOCAL_EXAMPLES {
+            for cmd in [Command::Connect, Command::Bind, Command::UdpAssociate] {
+                assert_eq!(
+                    p.check(None, cmd, None, a, 80),
+                    Verdict::Deny(DenyReason::HostLocal),
+                    "{a}"
+                );
+            }
+        }
+        for a in [
+            "127.1.2.3",
+            "::ffff:127.0.0.1",
+            "0.1.2.3",
+            "169.254.0.1",
+            "fe80::abcd",
+            "febf::1",
+        ] {
+            assert_eq!(
+                p.check(None, Command::Connect, None, ip(a), 80),
+                Verdict::Deny(DenyReason::HostLocal),
+                "{a}"
+            );
+        }
+        for iface in if_addrs::get_if_addrs().unwrap() {
+            assert_eq!(
+                p.check(None, Command::Connect, None, iface.ip(), 80),
+                Verdict::Deny(DenyReason::HostLocal)
+            );
+        }
+        assert_eq!(
+            p.check(None, Command::Connect, Some("x.test"), ip("192.0.2.1"), 80),
+            Verdict::Allow
+        );
+        assert_eq!(
+            p.check(None, Command::Connect, None, ip("2001:db8::1"), 80),
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn catch_all_allow_does_not_open_host_local_but_explicit_net_does() {
+        let p = policy("[[rules]]\naction = \"allow\"\n");
+        assert_eq!(
+            p.check(None, Command::Connect, None, ip("127.0.0.1"), 80),
+            Verdict::Deny(DenyReason::HostLocal)
+        );
+        let p = policy("[[rules]]\naction = \"allow\"\ndomains = [\"localhost\"]\n");
+        assert_eq!(
+            p.check(
+                None,
+                Command::Connect,
+                Some("localhost"),
+                ip("127.0.0.1"),
+                80
+            ),
+            Verdict::Deny(DenyReason::HostLocal)
+        );
+        let p = policy("[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\"]\nports = [8080]\n");
+        assert_eq!(
+            p.check(None, Command::Connect, None, ip("127.0.0.1"), 8080),
+            Verdict::Allow
+        );
+        assert_eq!(
+            p.check(None, Command::Connect, None, ip("::ffff:127.0.0.1"), 8080),
+            Verdict::Allow
+        );
+        assert_eq!(
+            p.check(None, Command::Connect, None, ip("127.0.0.1"), 8081),
+            Verdict::Deny(DenyReason::HostLocal)
+        );
+    }
+
+    #[test]
+    fn first_match_wins_with_users_ports_commands() {
+        let p = policy(
+            r#"
+[access]
+default = "deny"
+[[rules]]
+action = "deny"
+to = ["10.0.0.0/8"]
+[[rules]]
+action = "allow"
+users = ["alice"]
+domains = ["example.com"]
+ports = ["80", "443"]
+commands = ["connect"]
+[[rules]]
+action = "allow"
+users = ["*"]
+to = ["192.0.2.0/24"]
+"#,
+        );
+        let c = Command::Connect;
+        assert_eq!(
+            p.check(
+                Some("alice"),
+                c,
+                Some("www.example.com"),
+                ip("198.51.100.1"),
+                443
+            ),
+            Verdict::Allow
+        );
+        assert_eq!(
+            p.check(
+                Some("alice"),
+                c,
+                Some("www.example.com"),
+                ip("10.1.1.1"),
+                443
+            ),
+            Verdict::Deny(DenyReason::Rule(0))
+        );
+        assert_eq!(
+            p.check(
+                Some("alice"),
+                c,
+                Some("www.example.com"),
+                ip("198.51.100.1"),
+                22
+            ),
+            Verdict::Deny(DenyReason::Default)
+        );
+        assert_eq!(
+            p.check(
+                Some("alice"),
+                Command::Bind,
+                Some("example.com"),
+                ip("198.51.100.1"),
+                80
+            ),
+            Verdict::Deny(DenyReason::Default)
+        );
+        assert_eq!(
+            p.check(Some("bob"), c, Some("example.com"), ip("198.51.100.1"), 80),
+            Verdict::Deny(DenyReason::Default)
+        );
+        assert_eq!(
+            p.check(
+                Some("bob"),
+                Command::UdpAssociate,
+                None,
+                ip("192.0.2.9"),
+                53
+            ),
+            Verdict::Allow
+        );
+        assert_eq!(
+            p.check(None, c, None, ip("192.0.2.9"), 53),
+            Verdict::Deny(DenyReason::Default)
+        );
+        // Before resolution: a net rule may match, so the name alone does not decide.
+        assert_eq!(p.check_name(Some("alice"), c, "example.com", 80), None);
+        assert_eq!(p.check_name(None, c, "other.org", 80), None);
+    }
+
+    #[test]
+    fn deny_by_name_before_resolution() {
+        let p = policy("[[rules]]\naction = \"deny\"\ndomains = [\".blocked.test\"]\n");
+        assert_eq!(
+            p.check_name(None, Command::Connect, "a.blocked.test", 80),
+            Some(Verdict::Deny(DenyReason::Rule(0)))
+        );
+        assert_eq!(
+            p.check_name(None, Command::Connect, "blocked.test", 80),
+            None
+        );
+        let p = policy("[access]\ndefault = \"deny\"\n");
+        assert_eq!(
+            p.check_name(None, Command::Connect, "x.test", 80),
+            Some(Verdict::Deny(DenyReason::Default))
+        );
+    }
+
+    #[test]
+    fn domain_suffixes() {
+        assert!(domain_matches("example.com", "example.com"));
+        assert!(domain_matches("example.com", "A.Example.COM."));
+        assert!(!domain_matches("example.com", "badexample.com"));
+        assert!(!domain_matches(".example.com", "example.com"));
+        assert!(domain_matches(".example.com", "x.example.com"));
+        assert!(!domain_matches("example.com", "com"));
+    }
+
+    #[test]
+    fn client_networks() {
+        let p = policy("");
+        assert!(p.client_allowed(ip("127.0.0.1")));
+        assert!(p.client_allowed(ip("::ffff:127.0.0.1")));
+        assert!(p.client_allowed(ip("::1")));
+        assert!(!p.client_allowed(ip("192.0.2.1")));
+    }
+}

@@ -1,0 +1,268 @@
+//! The server: listening sockets, accept loops with back-off on descriptor exhaustion, the
+//! session limits, and graceful shutdown (stop accepting, drain for the grace period, then cut).
+
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::users::{UserDb, UsersError};
+use socket2::{Domain, Protocol, Socket, Type};
+use socksng_proto::HandshakeConfig;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The users file is missing or broken.
+    #[error(transparent)]
+    Users(#[from] UsersError),
+}
+
+/// State every session shares.
+pub(crate) struct Shared {
+    pub cfg: Arc<Config>,
+    pub policy: Policy,
+    pub users: Option<Arc<UserDb>>,
+    pub handshake_config: HandshakeConfig,
+    per_user: Mutex<HashMap<String, usize>>,
+}
+
+/// Holds one of a user's concurrent-session slots until dropped.
+pub(crate) struct UserSlot {
+    shared: Arc<Shared>,
+    user: Option<String>,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        if let Some(u) = self.user.take() {
+            let mut map = self
+                .shared
+                .per_user
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&u) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&u);
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Checks a username/password, off the runtime threads when argon2 has to run.
+    pub(crate) async fn authenticate(&self, name: &str, password: Vec<u8>) -> bool {
+        let Some(db) = self.users.clone() else {
+            return false;
+        };
+        if let Some(ok) = db.verify_cached(name, &password) {
+            return ok;
+        }
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || db.verify(&name, &password))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Takes a per-user session slot; `None` when the user is at the limit.
+    pub(crate) fn user_slot(self: &Arc<Self>, user: Option<&str>) -> Option<UserSlot> {
+        let limit = self.cfg.limits.max_sessions_per_user;
+        let Some(user) = user.filter(|_| limit > 0) else {
+            return Some(UserSlot {
+                shared: self.clone(),
+                user: None,
+            });
+        };
+        let mut map = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(user.to_owned()).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            shared: self.clone(),
+            user: Some(user.to_owned()),
+        })
+    }
+}
+
+/// A server with its sockets bound, ready to [`Server::run`].
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+}
+
+fn listen_socket(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // So that [::]:1080 and 0.0.0.0:1080 can both be listed.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+impl Server {
+    /// Loads the users file, builds the policy and binds every listen address. Must be called
+    /// within a tokio runtime.
+    pub fn bind(cfg: Config) -> Result<Server, ServerError> {
+        let users = match cfg.users_file() {
+            Some(path) if cfg.accepts_password() => Some(Arc::new(UserDb::load(&path)?)),
+            _ => None,
+        };
+        let handshake_config = HandshakeConfig {
+            no_auth: cfg.accepts_no_auth(),
+            username_password: cfg.accepts_password(),
+            socks4: cfg.auth.socks4,
+        };
+        let mut listeners = Vec::with_capacity(cfg.listen.len());
+        for &addr in &cfg.listen {
+            listeners
+                .push(listen_socket(addr).map_err(|source| ServerError::Listen { addr, source })?);
+        }
+        let shared = Arc::new(Shared {
+            policy: Policy::new(&cfg),
+            cfg: Arc::new(cfg),
+            users,
+            handshake_config,
+            per_user: Mutex::new(HashMap::new()),
+        });
+        Ok(Server { shared, listeners })
+    }
+
+    /// The bound addresses (useful when a port was 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets sessions drain for
+    /// the configured grace period and cuts the rest.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        let max = self.shared.cfg.limits.max_sessions;
+        let sessions = (max > 0).then(|| Arc::new(Semaphore::new(max)));
+        for listener in self.listeners {
+            if let Ok(a) = listener.local_addr() {
+                tracing::info!(listen = %a, "accepting SOCKS connections");
+            }
+            tracker.spawn(accept_loop(
+                listener,
+                self.shared.clone(),
+                sessions.clone(),
+                shutdown.clone(),
+                hard_stop.clone(),
+                tracker.clone(),
+            ));
+        }
+        shutdown.cancelled().await;
+        let grace = self.shared.cfg.timeouts.shutdown_grace;
+        tracker.close();
+        tracing::info!(
+            sessions = tracker.len().saturating_sub(0),
+            ?grace,
+            "shutting down: draining sessions"
+        );
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "grace period over: closing remaining sessions"
+            );
+            hard_stop.cancel();
+            tracker.wait().await;
+        }
+        tracing::info!("shutdown complete");
+    }
+}
+
+/// Accept errors that mean "no resources right now": retrying at once would spin.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    sessions: Option<Arc<Semaphore>>,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(10);
+    const MAX_BACKOFF: Duration = Duration::from_secs(1);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = MIN_BACKOFF;
+                x
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                if backoff == MIN_BACKOFF {
+                    tracing::warn!(error = %e, "accept: out of resources, backing off");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let permit: Option<OwnedSemaphorePermit> = match &sessions {
+            None => None,
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    tracing::warn!(client = %peer, "session limit reached: connection closed");
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let hard_stop = hard_stop.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = crate::session::serve(shared, stream, peer) => {}
+                _ = hard_stop.cancelled() => {
+                    tracing::info!(client = %peer, outcome = "cut at shutdown", "session");
+                }
+            }
+        });
+    }
+}

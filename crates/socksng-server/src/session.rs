@@ -1,0 +1,358 @@
+//! One client connection from accept to close: client-network check, the handshake driven
+//! through the sans-IO machine under the handshake timeout, authentication, the per-user
+//! session limit, dispatch to CONNECT / BIND / UDP ASSOCIATE, and the one log line that
+//! records the session when it ends.
+
+use crate::connect::{
+    canonical_addr, connect_racing, interleave, reply_code_for, resolve, tune_stream,
+};
+use crate::policy::Verdict;
+use crate::relay::relay;
+use crate::server::Shared;
+use socksng_proto::{Address, Command, Event, Host, ReplyCode, ServerHandshake};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+/// Largest handshake input buffered before a complete message; every SOCKS4/5 handshake
+/// message fits well within it, so reaching it means the client is misbehaving.
+const MAX_HANDSHAKE_BUFFER: usize = 4096;
+
+/// Everything the end-of-session log line reports.
+pub(crate) struct SessionLog {
+    pub client: SocketAddr,
+    pub user: Option<String>,
+    pub command: &'static str,
+    pub target: Option<Address>,
+    pub connected: Option<SocketAddr>,
+    pub up: u64,
+    pub down: u64,
+    pub outcome: String,
+    started: Instant,
+}
+
+impl SessionLog {
+    fn new(client: SocketAddr) -> Self {
+        SessionLog {
+            client,
+            user: None,
+            command: "-",
+            target: None,
+            connected: None,
+            up: 0,
+            down: 0,
+            outcome: String::new(),
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn fail(&mut self, code: ReplyCode, why: impl std::fmt::Display) {
+        self.outcome = format!("{}: {why}", code.description());
+    }
+
+    fn emit(&self) {
+        let target = self.target.as_ref().map(|t| t.to_string());
+        let connected = self.connected.map(|c| c.to_string());
+        tracing::info!(
+            client = %self.client,
+            user = self.user.as_deref().unwrap_or("-"),
+            command = self.command,
+            target = target.as_deref().unwrap_or("-"),
+            connected = connected.as_deref().unwrap_or("-"),
+            bytes_up = self.up,
+            bytes_down = self.down,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            outcome = %self.outcome,
+            "session"
+        );
+    }
+}
+
+/// A connection after a successful handshake, holding the machine for the reply(s).
+pub(crate) struct Handshaken {
+    pub stream: TcpStream,
+    pub hs: ServerHandshake,
+    /// Bytes the client sent after its request (pipelined data for the target).
+    pub early_data: Vec<u8>,
+    pub user: Option<String>,
+    pub peer: SocketAddr,
+    pub shared: Arc<Shared>,
+}
+
+impl Handshaken {
+    /// Sends a reply through the machine.
+    pub async fn reply(&mut self, code: ReplyCode, bound: &Address) -> io::Result<()> {
+        let mut out = Vec::with_capacity(32);
+        self.hs
+            .reply(code, bound, &mut out)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.stream.write_all(&out).await
+    }
+
+    /// Sends a failure reply (best effort: the client may be gone) and records why.
+    pub async fn refuse(
+        &mut self,
+        log: &mut SessionLog,
+        code: ReplyCode,
+        why: impl std::fmt::Display,
+    ) {
+        log.fail(code, why);
+        let _ = self.reply(code, &Address::unspecified()).await;
+    }
+}
+
+/// Serves one accepted connection to its end and logs it.
+pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let peer = canonical_addr(peer);
+    let mut log = SessionLog::new(peer);
+    if !shared.policy.client_allowed(peer.ip()) {
+        log.outcome = "client network not allowed".into();
+        log.emit();
+        return;
+    }
+    tune_stream(&stream, shared.cfg.timeouts.tcp_keepalive);
+    let handshake_timeout = shared.cfg.timeouts.handshake;
+    let result = timeout(handshake_timeout, handshake(shared, stream, peer, &mut log)).await;
+    let (conn, asked) = match result {
+        Err(_) => {
+            log.outcome = format!("handshake timed out after {handshake_timeout:?}");
+            log.emit();
+            return;
+        }
+        Ok(Err(why)) => {
+            log.outcome = why;
+            log.emit();
+            return;
+        }
+        Ok(Ok(x)) => x,
+    };
+    dispatch(conn, asked, &mut log).await;
+    log.emit();
+}
+
+async fn handshake(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    log: &mut SessionLog,
+) -> Result<(Handshaken, Asked), String> {
+    let mut hs = ServerHandshake::new(shared.handshake_config);
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    let mut out = Vec::with_capacity(16);
+    let mut user = None;
+    loop {
+        let progress = hs.handle_input(&buf, &mut out);
+        if !out.is_empty() {
+            let written = stream.write_all(&out).await;
+            out.clear();
+            written.map_err(|e| format!("handshake write failed: {e}"))?;
+        }
+        let progress = progress.map_err(|e| format!("handshake failed: {e}"))?;
+        buf.drain(..progress.consumed);
+        match progress.event {
+            Some(Event::Authenticate(auth)) => {
+                let name = String::from_utf8_lossy(&auth.username).into_owned();
+                let ok = shared.authenticate(&name, auth.password).await;
+                log.user = Some(name.clone());
+                let res = hs.auth_result(ok, &mut out);
+                stream
+                    .write_all(&out)
+                    .await
+                    .map_err(|e| format!("handshake write failed: {e}"))?;
+                out.clear();
+                res.map_err(|e| format!("handshake failed: {e}"))?;
+                user = Some(name);
+            }
+            Some(Event::Request(r)) => {
+                let conn = Handshaken {
+                    stream,
+                    hs,
+                    early_data: buf,
+                    user,
+                    peer,
+                    shared,
+                };
+                return Ok((
+                    conn,
+                    Asked {
+                        command: r.command,
+                        address: r.address,
+                        socks4: false,
+                    },
+                ));
+            }
+            Some(Event::Socks4Request(r)) => {
+                let conn = Handshaken {
+                    stream,
+                    hs,
+                    early_data: buf,
+                    user,
+                    peer,
+                    shared,
+                };
+                return Ok((
+                    conn,
+                    Asked {
+                        command: Command::Connect,
+                        address: r.address,
+                        socks4: true,
+                    },
+                ));
+            }
+            None => {
+                if buf.len() >= MAX_HANDSHAKE_BUFFER {
+                    return Err("handshake failed: oversized message".into());
+                }
+                buf.reserve(512);
+                let n = stream
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| format!("handshake read failed: {e}"))?;
+                if n == 0 {
+                    return Err(if buf.is_empty() && hs.method().is_none() {
+                        "client closed before the greeting".into()
+                    } else {
+                        "client closed during the handshake".into()
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The request a handshake ended with.
+struct Asked {
+    command: Command,
+    address: Address,
+    socks4: bool,
+}
+
+async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
+    let Asked {
+        command,
+        address,
+        socks4,
+    } = asked;
+    log.command = match (command, socks4) {
+        (Command::Connect, true) => "socks4-connect",
+        (c, _) => c.name(),
+    };
+    log.target = Some(address.clone());
+    let _slot = match conn.shared.user_slot(conn.user.as_deref()) {
+        Some(slot) => slot,
+        None => {
+            conn.refuse(
+                log,
+                ReplyCode::NOT_ALLOWED,
+                "per-user session limit reached",
+            )
+            .await;
+            return;
+        }
+    };
+    match command {
+        Command::Connect => connect(conn, address, log).await,
+        Command::Bind => crate::bind::bind(conn, address, log).await,
+        Command::UdpAssociate => crate::udp::associate(conn, address, log).await,
+    }
+}
+
+/// Resolves and policy-checks a destination: the allowed addresses in connection order, or
+/// the reply code and reason for refusing it.
+pub(crate) async fn allowed_addresses(
+    shared: &Shared,
+    user: Option<&str>,
+    command: Command,
+    address: &Address,
+) -> Result<Vec<SocketAddr>, (ReplyCode, String)> {
+    let policy = &shared.policy;
+    let port = address.port;
+    let (name, candidates) = match &address.host {
+        Host::Ip(ip) => (None, vec![SocketAddr::new(*ip, port)]),
+        Host::Domain(name) => {
+            if let Some(Verdict::Deny(why)) = policy.check_name(user, command, name, port) {
+                return Err((ReplyCode::NOT_ALLOWED, why.to_string()));
+            }
+            let resolved = timeout(shared.cfg.timeouts.connect, resolve(name, port))
+                .await
+                .map_err(|_| {
+                    (
+                        ReplyCode::HOST_UNREACHABLE,
+                        format!("resolving {name} timed out"),
+                    )
+                })?
+                .map_err(|e| {
+                    (
+                        ReplyCode::HOST_UNREACHABLE,
+                        format!("cannot resolve {name}: {e}"),
+                    )
+                })?;
+            (Some(name.as_str()), resolved)
+        }
+    };
+    let mut refusal = None;
+    let allowed: Vec<SocketAddr> = candidates
+        .into_iter()
+        .filter(|a| match policy.check(user, command, name, a.ip(), port) {
+            Verdict::Allow => true,
+            Verdict::Deny(why) => {
+                refusal.get_or_insert(format!("{} {why}", a.ip()));
+                false
+            }
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Err((
+            ReplyCode::NOT_ALLOWED,
+            refusal.unwrap_or_else(|| "no address allowed".into()),
+        ));
+    }
+    Ok(interleave(&allowed, shared.cfg.resolver.prefer))
+}
+
+async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
+    let shared = conn.shared.clone();
+    let addrs =
+        match allowed_addresses(&shared, conn.user.as_deref(), Command::Connect, &address).await {
+            Ok(a) => a,
+            Err((code, why)) => return conn.refuse(log, code, why).await,
+        };
+    let limit = shared.cfg.timeouts.connect;
+    let (mut target, used) = match timeout(
+        limit,
+        connect_racing(&addrs, shared.cfg.resolver.attempt_delay),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return conn.refuse(log, reply_code_for(&e), e).await,
+        Err(_) => {
+            let why = format!("connect timed out after {limit:?}");
+            return conn.refuse(log, ReplyCode::TTL_EXPIRED, why).await;
+        }
+    };
+    log.connected = Some(used);
+    tune_stream(&target, shared.cfg.timeouts.tcp_keepalive);
+    let bound = match target.local_addr() {
+        Ok(a) => Address::ip(canonical_addr(a)),
+        Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
+    };
+    if let Err(e) = conn.reply(ReplyCode::SUCCEEDED, &bound).await {
+        log.outcome = format!("client gone before the reply: {e}");
+        return;
+    }
+    if !conn.early_data.is_empty() {
+        if let Err(e) = target.write_all(&conn.early_data).await {
+            log.outcome = format!("target write failed: {e}");
+            return;
+        }
+        log.up += conn.early_data.len() as u64;
+    }
+    let stats = relay(&mut conn.stream, &mut target, shared.cfg.timeouts.idle).await;
+    log.up += stats.up;
+    log.down += stats.down;
+    log.outcome = stats.end.as_str().into();
+}
