@@ -23,6 +23,6 @@ pub mod wire;
 
 pub use handshake::{Event, HandshakeConfig, HandshakeError, Progress, ServerHandshake};
 pub use wire::{
-    Address, AuthRequest, Command, DecodeError, Greeting, Host, Method, ReplyCode, Request,
-    Socks4Command, Socks4Request, UdpHeader,
+    Address, AuthReply, AuthRequest, Command, DecodeError, Greeting, Host, Method, MethodSelection,
+    Reply, ReplyCode, Request, Socks4Command, Socks4Reply, Socks4Request, UdpHeader,
 };

@@ -1,0 +1,187 @@
+//! Shared harness for the server's integration tests: an in-process server on an ephemeral
+//! loopback port, target servers, and a byte-level SOCKS5 client.
+#![allow(dead_code)]
+
+use socksng_proto::{Address, Reply};
+use socksng_server::{CancellationToken, Config, Server};
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+
+/// Lets tests reach loopback targets, which the default policy refuses.
+pub const ALLOW_LOOPBACK: &str =
+    "[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\", \"::1/128\"]\n";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// Starts a server from configuration text; `listen` defaults to 127.0.0.1:0.
+pub async fn start(config: &str) -> TestServer {
+    start_in(config, Path::new(".")).await
+}
+
+pub async fn start_in(config: &str, dir: &Path) -> TestServer {
+    let text = if config.contains("listen") {
+        config.to_string()
+    } else {
+        format!("listen = [\"127.0.0.1:0\"]\n{config}")
+    };
+    let cfg = Config::from_toml(&text, dir).expect("test config");
+    let server = Server::bind(cfg).expect("bind");
+    let addrs = server.local_addrs();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    TestServer {
+        addr: addrs[0],
+        addrs,
+        shutdown,
+        task,
+    }
+}
+
+/// A TCP echo server; returns its address.
+pub async fn echo_server(bind: &str) -> SocketAddr {
+    let l = TcpListener::bind(bind).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP server that hands each accepted connection (with the peer address) to the test.
+pub async fn accepting_server(
+    bind: &str,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::Receiver<(TcpStream, SocketAddr)>,
+) {
+    let l = TcpListener::bind(bind).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok(x) = l.accept().await {
+            if tx.send(x).await.is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// A UDP echo server; returns its address and a counter of datagrams received.
+pub async fn udp_echo(bind: &str) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let s = UdpSocket::bind(bind).await.unwrap();
+    let addr = s.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.send_to(&buf[..n], from).await;
+        }
+    });
+    (addr, count)
+}
+
+pub async fn read_reply(s: &mut TcpStream) -> Reply {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match Reply::decode(&buf) {
+            Ok((r, _)) => return r,
+            Err(socksng_proto::DecodeError::Incomplete) => {}
+            Err(e) => panic!("bad reply {buf:?}: {e}"),
+        }
+        let n = s.read(&mut byte).await.unwrap();
+        assert_eq!(n, 1, "server closed mid-reply after {buf:?}");
+        buf.push(byte[0]);
+    }
+}
+
+/// Greets with no authentication and sends a request; returns the reply.
+pub async fn request(s: &mut TcpStream, cmd: u8, addr: &Address) -> Reply {
+    let mut msg = vec![5, 1, 0, 5, cmd, 0];
+    addr.encode(&mut msg);
+    s.write_all(&msg).await.unwrap();
+    let mut sel = [0u8; 2];
+    s.read_exact(&mut sel).await.unwrap();
+    assert_eq!(sel, [5, 0]);
+    read_reply(s).await
+}
+
+/// Opens a connection to the proxy and asks for CONNECT to `target`.
+pub async fn socks_connect(proxy: SocketAddr, target: &Address) -> (TcpStream, Reply) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let r = request(&mut s, 1, target).await;
+    (s, r)
+}
+
+/// Reads until EOF; panics on error.
+pub async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).await.unwrap();
+    v
+}
+
+/// True when the peer closed the connection (EOF or reset) without sending anything more.
+pub async fn closed_silently(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf).await, Ok(0) | Err(_))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so checksums need no extra crate.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// FNV-1a, enough to tell corrupted transfers apart.
+pub fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
