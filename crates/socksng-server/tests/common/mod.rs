@@ -39,7 +39,11 @@ pub async fn start_in(config: &str, dir: &Path) -> TestServer {
     } else {
         format!("listen = [\"127.0.0.1:0\"]\n{config}")
     };
-    let cfg = Config::from_toml(&text, dir).expect("test config");
+    let mut cfg = Config::from_toml(&text, dir).expect("test config");
+    if !text.contains("shutdown_grace") {
+        // Tests stop servers with sessions still open; no need to wait out a drain.
+        cfg.timeouts.shutdown_grace = std::time::Duration::from_millis(100);
+    }
     let server = Server::bind(cfg).expect("bind");
     let addrs = server.local_addrs();
     let shutdown = CancellationToken::new();

@@ -1,0 +1,654 @@
+"""Helpers for the socksngd interop tests: running socksngd and reading its log, the target
+servers the proxied clients talk to, and running client programs with bounded timeouts.
+
+Everything here talks to loopback addresses only (or to addresses inside network namespaces
+that a test creates itself). Nothing waits by sleeping: readiness is taken from socksngd's
+log lines, from a child's "READY" line, or from sockets that are already listening before
+anything connects to them.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import re
+import select
+import signal
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+REPO = Path(__file__).resolve().parents[2]
+SOCKSNGD = Path(os.environ.get("SOCKSNGD") or REPO / "target" / "debug" / "socksngd")
+
+STARTUP_TIMEOUT = 15.0  # socksngd logging its listen line(s)
+LOG_TIMEOUT = 10.0  # a session line appearing once the client is done
+IO_TIMEOUT = 10.0  # any single socket operation
+PROC_TIMEOUT = 30.0  # any client program as a whole
+CURL_MAX_TIME = 20  # curl's own --max-time, below PROC_TIMEOUT so curl reports it itself
+STOP_TIMEOUT = 10.0  # socksngd exiting after SIGTERM
+
+# curl's exit code for "the SOCKS proxy handshake failed" (CURLE_PROXY).
+CURL_PROXY_ERROR = 97
+
+LOOPBACK_ALLOW = {"action": "allow", "to": ["127.0.0.0/8", "::1/128"]}
+
+
+def clean_env(**extra):
+    """The environment for child processes: no proxy variables (curl would obey NO_PROXY or
+    ALL_PROXY) and no RUST_LOG (it overrides socksngd's log_level and could hide the lines the
+    tests read)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.lower().endswith("_proxy") and k != "RUST_LOG"
+    }
+    env.update(extra)
+    return env
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def ipv6_loopback_available():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, (str, Path)):
+        return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(cfg):
+    """Writes the subset of TOML socksngd configurations use: top-level keys, tables and
+    arrays of tables, one level deep."""
+    top, tables, arrays = [], [], []
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
+            arrays.append((key, value))
+        else:
+            top.append(f"{key} = {_toml_value(value)}")
+    out = top[:]
+    for key, table in tables:
+        out.append(f"\n[{key}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+    for key, items in arrays:
+        for item in items:
+            out.append(f"\n[[{key}]]")
+            out.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
+    return "\n".join(out) + "\n"
+
+
+def proxy_config(
+    listen=("127.0.0.1:0",),
+    methods=("none",),
+    users_file=None,
+    socks4=True,
+    rules=(LOOPBACK_ALLOW,),
+    timeouts=None,
+    clients=("127.0.0.0/8", "::1/128"),
+):
+    """A socksngd configuration as a dict (see `to_toml`). By default: no authentication,
+    SOCKS4 on, loopback clients, and loopback destinations explicitly allowed (the built-in
+    policy refuses destinations on the proxy host)."""
+    auth = {"methods": list(methods), "socks4": socks4}
+    if users_file is not None:
+        auth["users_file"] = str(users_file)
+    t = {"handshake": "10s", "connect": "10s", "shutdown_grace": "2s"}
+    t.update(timeouts or {})
+    cfg = {
+        "listen": list(listen),
+        "log_level": "info",
+        "workers": 2,
+        "auth": auth,
+        "access": {"clients": list(clients), "default": "allow"},
+        "timeouts": t,
+    }
+    if rules:
+        cfg["rules"] = [dict(r) for r in rules]
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# socksngd's log
+
+
+_FIELD_RE = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_session(line):
+    """Fields of a `session` log line as a dict of strings, or None for other lines.
+    `outcome` is the last field and runs to the end of the line."""
+    at = line.find(" session client=")
+    if at < 0:
+        return None
+    rest = line[at + len(" session ") :]
+    fields = {}
+    pos = 0
+    while pos < len(rest):
+        m = _FIELD_RE.match(rest, pos)
+        if not m:
+            break
+        key, raw = m.group(1), m.group(2)
+        if key == "outcome":
+            raw = rest[m.start(2) :]
+            fields[key] = json.loads(raw) if raw.startswith('"') and raw.endswith('"') else raw
+            break
+        fields[key] = json.loads(raw) if raw.startswith('"') else raw
+        pos = m.end()
+        while pos < len(rest) and rest[pos] == " ":
+            pos += 1
+    return fields
+
+
+class LogReader:
+    """Collects a child's stderr lines in a thread and lets tests wait for a line."""
+
+    def __init__(self, stream):
+        self._lines = []
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream):
+        try:
+            for raw in iter(stream.readline, b""):
+                with self._cond:
+                    self._lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+
+    def lines(self):
+        with self._cond:
+            return list(self._lines)
+
+    def text(self):
+        return "\n".join(self.lines())
+
+    def mark(self):
+        """Position to pass as `start` to only see lines logged from now on."""
+        with self._cond:
+            return len(self._lines)
+
+    def wait_for(self, match, timeout=LOG_TIMEOUT, start=0, what=None):
+        """Waits until `match(line)` returns something truthy for a line at index >= start
+        and returns that value. Fails when the deadline passes or the stream ends first."""
+        deadline = time.monotonic() + timeout
+        i = start
+        with self._cond:
+            while True:
+                while i < len(self._lines):
+                    found = match(self._lines[i])
+                    if found:
+                        return found
+                    i += 1
+                if self._closed:
+                    raise AssertionError(
+                        f"socksngd's log ended without {what or 'the expected line'}:\n"
+                        + "\n".join(self._lines)
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"no {what or 'expected line'} in socksngd's log within {timeout}s:\n"
+                        + "\n".join(self._lines)
+                    )
+                self._cond.wait(remaining)
+
+    def join(self, timeout):
+        self._thread.join(timeout)
+
+
+def _parse_sockaddr(text):
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Proxy:
+    """A running socksngd."""
+
+    def __init__(self, name, proc, log, addrs, config_path):
+        self.name = name
+        self.proc = proc
+        self.log = log
+        self.addrs = addrs  # [(host, port)] in listen order
+        self.config_path = config_path
+
+    @property
+    def host(self):
+        return self.addrs[0][0]
+
+    @property
+    def port(self):
+        return self.addrs[0][1]
+
+    @property
+    def hostport(self):
+        """host:port as curl and nc take it (IPv6 in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def sessions(self):
+        return [s for s in map(parse_session, self.log.lines()) if s]
+
+    def wait_session(self, timeout=LOG_TIMEOUT, start=0, **want):
+        """Waits for a session line whose fields equal `want` (as strings) and returns its
+        fields."""
+        want = {k: str(v) for k, v in want.items()}
+
+        def match(line):
+            s = parse_session(line)
+            if s and all(s.get(k) == v for k, v in want.items()):
+                return s
+            return None
+
+        return self.log.wait_for(match, timeout=timeout, start=start, what=f"session line {want}")
+
+    def stop(self):
+        """SIGTERM, a bounded wait, then SIGKILL. Returns the exit status (None if killed)."""
+        rc = self.proc.poll()
+        if rc is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+                rc = None
+        self.log.join(STOP_TIMEOUT)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        return rc
+
+
+_LISTEN_RE = re.compile(r"accepting SOCKS connections listen=(\S+)")
+
+
+def start_socksngd(cfg, directory, name="socksngd", netns=None):
+    """Writes `cfg` (a dict or TOML text) to DIRECTORY/NAME.toml, starts socksngd on it and
+    waits for one listen line per listen address."""
+    if not SOCKSNGD.is_file():
+        raise AssertionError(
+            f"socksngd binary not found at {SOCKSNGD}: build it with `cargo build -p socksngd` "
+            "or set SOCKSNGD to its path"
+        )
+    text = cfg if isinstance(cfg, str) else to_toml(cfg)
+    expected = len(cfg["listen"]) if isinstance(cfg, dict) else 1
+    path = Path(directory) / f"{name}.toml"
+    path.write_text(text)
+    argv = [str(SOCKSNGD), "--config", str(path)]
+    if netns:
+        argv = ["ip", "netns", "exec", netns] + argv
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+        start_new_session=True,
+    )
+    log = LogReader(proc.stderr)
+    proxy = Proxy(name, proc, log, [], path)
+    try:
+        addrs = []
+
+        def listen_line(line):
+            m = _LISTEN_RE.search(line)
+            if m:
+                addrs.append(_parse_sockaddr(m.group(1)))
+                return len(addrs) == expected
+            return False
+
+        log.wait_for(listen_line, timeout=STARTUP_TIMEOUT, what="listen line")
+    except BaseException:
+        proxy.stop()
+        raise
+    proxy.addrs = addrs
+    return proxy
+
+
+def socksngd_passwd(users_file, name, password):
+    r = subprocess.run(
+        [str(SOCKSNGD), "passwd", "--users-file", str(users_file), name],
+        input=(password + "\n").encode(),
+        capture_output=True,
+        timeout=120,  # argon2 in a debug build takes about a second
+        env=clean_env(),
+    )
+    assert r.returncode == 0, f"socksngd passwd failed: {r.stderr.decode(errors='replace')}"
+
+
+# --------------------------------------------------------------------------------------------
+# Client programs
+
+
+def run(argv, input=None, timeout=PROC_TIMEOUT, netns=None):
+    """Runs a program to completion with a bounded time (it is killed when the time is up,
+    and the test fails with TimeoutExpired)."""
+    if netns:
+        argv = ["ip", "netns", "exec", netns] + list(argv)
+    return subprocess.run(
+        [str(a) for a in argv],
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        env=clean_env(),
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+
+
+def curl(*args, output=None, headers=None, netns=None):
+    """curl with its configuration file ignored (-q), the proxy environment overridden, and
+    bounded times. Returns the CompletedProcess."""
+    argv = [
+        "curl",
+        "-q",
+        "--silent",
+        "--show-error",
+        "--noproxy",
+        "",
+        "--connect-timeout",
+        "10",
+        "--max-time",
+        str(CURL_MAX_TIME),
+    ]
+    if output is not None:
+        argv += ["--output", str(output)]
+    if headers is not None:
+        argv += ["--dump-header", str(headers)]
+    argv += list(args)
+    return run(argv, netns=netns)
+
+
+def read_ready_line(proc, timeout=STARTUP_TIMEOUT):
+    """Reads the first stdout line of a helper child that announces itself with
+    "READY <port>", with a deadline."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    fd = proc.stdout.fileno()
+    while b"\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"helper gave no READY line within {timeout}s: {buf!r}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise AssertionError(f"helper exited before READY: {buf!r} {err}")
+            buf += chunk
+    line = buf.split(b"\n", 1)[0].decode()
+    assert line.startswith("READY "), line
+    return int(line.split()[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Target servers
+
+
+class _QuietHTTPServer(HTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def server_bind(self):
+        # HTTPServer.server_bind would look up the FQDN of the address (a DNS query for ::1
+        # on hosts without an /etc/hosts entry). Not wanted.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = host
+        self.server_port = port
+
+    def process_request(self, request, client_address):
+        t = threading.Thread(target=self._serve_one, args=(request, client_address), daemon=True)
+        t.start()
+
+    def _serve_one(self, request, client_address):
+        try:
+            request.settimeout(IO_TIMEOUT)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        pass  # a client that hangs up early is no server error; tests check what arrived
+
+
+class _HTTP4(_QuietHTTPServer):
+    address_family = socket.AF_INET
+
+
+class _HTTP6(_QuietHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _BlobHandler(BaseHTTPRequestHandler):
+    """GET /blob[?tag=...] answers the target's body; everything else 404."""
+
+    def do_GET(self):
+        target = self.server.target
+        url = urlsplit(self.path)
+        tag = parse_qs(url.query).get("tag", [None])[0]
+        target.record(self.server.family_name, url.path, tag, self.client_address)
+        if url.path != "/blob":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(target.body)))
+        self.send_header("X-Listener", self.server.family_name)
+        self.end_headers()
+        self.wfile.write(target.body)
+
+    def log_message(self, *args):
+        pass
+
+
+class HttpTarget:
+    """An HTTP server on 127.0.0.1 and (when the host has IPv6 loopback) on [::1], both on the
+    same port so that `localhost` works whichever family it resolves to. It serves a random
+    body of known SHA-256 and records every request."""
+
+    def __init__(self, size=1 << 20):
+        self.body = os.urandom(size)
+        self.sha256 = sha256(self.body)
+        self.requests = []
+        self._lock = threading.Lock()
+        self.servers = []
+        self.port = None
+        self.has_ipv6 = False
+        self._bind()
+        self._threads = []
+        for srv in self.servers:
+            srv.target = self
+            srv.server_activate()
+            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _bind(self):
+        for _ in range(50):
+            v4 = _HTTP4(("127.0.0.1", 0), _BlobHandler, bind_and_activate=False)
+            v4.family_name = "ipv4"
+            v4.server_bind()
+            port = v4.server_address[1]
+            v6 = _HTTP6(("::1", port), _BlobHandler, bind_and_activate=False)
+            v6.family_name = "ipv6"
+            try:
+                v6.server_bind()
+            except OSError as e:
+                v6.server_close()
+                if e.errno == errno.EADDRINUSE:
+                    v4.server_close()
+                    continue
+                self.servers, self.port = [v4], port  # no IPv6 loopback here
+                return
+            self.servers, self.port, self.has_ipv6 = [v4, v6], port, True
+            return
+        raise AssertionError("could not bind the HTTP target on one port for both families")
+
+    def record(self, family, path, tag, client):
+        with self._lock:
+            self.requests.append({"family": family, "path": path, "tag": tag, "client": client})
+
+    def tagged(self, tag):
+        with self._lock:
+            return [r for r in self.requests if r["tag"] == tag]
+
+    def close(self):
+        for srv in self.servers:
+            srv.shutdown()
+            srv.server_close()
+        for t in self._threads:
+            t.join(STOP_TIMEOUT)
+
+
+class _ThreadedTCP(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def handle_error(self, request, client_address):
+        pass
+
+
+class _EchoHandler(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.server.owner.peers.append(self.client_address)
+        sock = self.request
+        sock.settimeout(IO_TIMEOUT)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+
+
+class _CountHandler(socketserver.BaseRequestHandler):
+    """Reads to EOF, then answers "<byte count> <sha256>\\n": an answer only comes once the
+    client's half-close has arrived."""
+
+    def handle(self):
+        self.server.owner.peers.append(self.client_address)
+        sock = self.request
+        sock.settimeout(IO_TIMEOUT)
+        h = hashlib.sha256()
+        n = 0
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            h.update(data)
+            n += len(data)
+        sock.sendall(f"{n} {h.hexdigest()}\n".encode())
+        sock.shutdown(socket.SHUT_WR)
+
+
+class TcpTarget:
+    """A threaded TCP server on 127.0.0.1 (echo or count); records peer addresses."""
+
+    def __init__(self, handler, host="127.0.0.1"):
+        self.peers = []
+        self.server = _ThreadedTCP((host, 0), handler)
+        self.server.owner = self
+        self.host = host
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+        self._thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(STOP_TIMEOUT)
+
+
+class UdpEchoTarget:
+    """UDP on 127.0.0.1: answers each datagram with b"ECHO " + datagram; records senders."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)  # only how often the loop looks at the stop flag
+        self.port = self.sock.getsockname()[1]
+        self.received = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                data, src = self.sock.recvfrom(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.received.append((src, data))
+            try:
+                self.sock.sendto(b"ECHO " + data, src)
+            except OSError:
+                pass
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(STOP_TIMEOUT)
+        self.sock.close()
+
+
+def exchange(sock, payload, timeout=IO_TIMEOUT):
+    """Sends `payload` from a thread, half-closes, and reads until EOF in this one (so a large
+    echo cannot deadlock on full buffers). Returns the bytes read."""
+    sock.settimeout(timeout)
+    errors = []
+
+    def send():
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+    t.join(timeout)
+    assert not t.is_alive(), "sender thread still blocked"
+    assert not errors, errors
+    return b"".join(chunks)
