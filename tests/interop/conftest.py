@@ -15,6 +15,8 @@ import pytest
 from interop_support import (
     HttpTarget,
     IO_TIMEOUT,
+    PASSWORD,
+    USER,
     TcpTarget,
     UdpEchoTarget,
     _CountHandler,
@@ -23,10 +25,6 @@ from interop_support import (
     socksngd_passwd,
     start_socksngd,
 )
-
-USER = "alice"
-PASSWORD = "c0rrect-horse"
-
 
 @pytest.fixture(autouse=True)
 def _bounded_sockets():

@@ -36,6 +36,9 @@ STOP_TIMEOUT = 10.0  # socksngd exiting after SIGTERM
 # curl's exit code for "the SOCKS proxy handshake failed" (CURLE_PROXY).
 CURL_PROXY_ERROR = 97
 
+USER = "alice"
+PASSWORD = "c0rrect-horse"
+
 LOOPBACK_ALLOW = {"action": "allow", "to": ["127.0.0.0/8", "::1/128"]}
 
 
