@@ -376,8 +376,8 @@ def test_pysocks_deny_rule_by_port(start_proxy, echo_target, count_target):
 
 
 @pytest.mark.parametrize("auth", [False, True], ids=["no-auth", "password"])
-def test_pysocks_udp_associate(proxy, password_proxy, udp_target, auth):
-    p = password_proxy if auth else proxy
+def test_pysocks_udp_associate(request, udp_target, auth):
+    p = request.getfixturevalue("password_proxy" if auth else "proxy")
     creds = {"username": USER, "password": PASSWORD} if auth else {}
     s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
     s.set_proxy(socks.SOCKS5, p.host, p.port, **creds)
@@ -409,19 +409,26 @@ def test_pysocks_udp_associate(proxy, password_proxy, udp_target, auth):
     ), session
 
 
-def test_pysocks_udp_to_loopback_dropped_by_default(start_proxy, udp_target):
-    """UDP datagrams go through the same policy: without the loopback rule the association
-    is granted but datagrams to 127.0.0.1 are dropped, never reaching the target."""
-    p = start_proxy(name="default-policy", rules=[])
-    before = len(udp_target.received)
-    s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.set_proxy(socks.SOCKS5, p.host, p.port)
-    s.settimeout(2)
-    with s:
-        s.bind(("127.0.0.1", 0))
-        s.sendto(b"should not arrive", ("127.0.0.1", udp_target.port))
-        with pytest.raises(socket.timeout):
-            s.recvfrom(65536)
+def test_pysocks_udp_policy_applies_per_datagram(start_proxy, udp_target):
+    """UDP datagrams go through the same policy as CONNECT: with loopback allowed only for
+    the echo port, a datagram to another loopback port is dropped, never reaching it.
+    The relay handles datagrams in order, so once the echo of the allowed datagram sent
+    after it is back, the refused one has been dealt with: no waiting for a non-event."""
+    allow_echo_only = {"action": "allow", "to": ["127.0.0.0/8"], "ports": [udp_target.port]}
+    p = start_proxy(name="udp-policy", rules=[allow_echo_only])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        sink.setblocking(False)
+        s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.set_proxy(socks.SOCKS5, p.host, p.port)
+        s.settimeout(IO_TIMEOUT)
+        with s:
+            s.bind(("127.0.0.1", 0))
+            s.sendto(b"must not arrive", ("127.0.0.1", sink.getsockname()[1]))
+            s.sendto(b"allowed", ("127.0.0.1", udp_target.port))
+            data, src = s.recvfrom(65536)
+            assert (data, src) == (b"ECHO allowed", ("127.0.0.1", udp_target.port))
+            with pytest.raises(BlockingIOError):
+                sink.recvfrom(65536)
     session = p.wait_session(command="udp")
-    assert session["outcome"].endswith("datagrams up 0 down 0 dropped 1"), session
-    assert len(udp_target.received) == before
+    assert session["outcome"].endswith("datagrams up 1 down 1 dropped 1"), session

@@ -1,0 +1,210 @@
+//! The socksngd binary as users run it: the config check, password management, SIGTERM, and
+//! running out of file descriptors.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_socksngd");
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("socksngd-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts socksngd and waits for its "accepting" log line to learn the port.
+fn spawn(cmd: &mut Command) -> (Child, SocketAddr, BufReader<std::process::ChildStderr>) {
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..50 {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("socksngd exited before listening");
+        }
+        if let Some(rest) = line.split("listen=").nth(1) {
+            let addr = rest.trim().parse().unwrap();
+            return (child, addr, err);
+        }
+    }
+    panic!("no listen line");
+}
+
+fn socks_connect_works(proxy: SocketAddr, target: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(proxy) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let SocketAddr::V4(t) = target else { panic!() };
+    let mut msg = vec![5, 1, 0, 5, 1, 0, 1];
+    msg.extend_from_slice(&t.ip().octets());
+    msg.extend_from_slice(&t.port().to_be_bytes());
+    if s.write_all(&msg).is_err() {
+        return false;
+    }
+    let mut rep = [0u8; 12];
+    s.read_exact(&mut rep).is_ok() && rep[..2] == [5, 0] && rep[3] == 0
+}
+
+#[test]
+fn check_reports_errors_with_line_numbers() {
+    let dir = tmpdir("check");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = [\"127.0.0.1:1080\"]\n\n[timeouts]\nconnect = 5\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+
+    let open = dir.join("open.toml");
+    std::fs::write(
+        &open,
+        "listen = [\"0.0.0.0:1080\"]\n[access]\nclients = [\"0.0.0.0/0\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&open)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("open proxy"));
+
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "").unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn passwd_creates_and_updates_users_file() {
+    let dir = tmpdir("passwd");
+    let users = dir.join("users");
+    for pw in ["first\n", "second\n"] {
+        let mut child = Command::new(BIN)
+            .args(["passwd", "--users-file"])
+            .arg(&users)
+            .arg("carol")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(pw.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    let db = socksng_server::users::UserDb::load(&users).unwrap();
+    assert_eq!(db.len(), 1);
+    assert!(db.verify("carol", b"second") && !db.verify("carol", b"first"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&users).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With the descriptor limit at 64 and 100 clients holding connections open, accept hits
+/// EMFILE: the server backs off instead of crashing or spinning, and serves again once the
+/// clients leave.
+#[test]
+fn survives_file_descriptor_exhaustion() {
+    let dir = tmpdir("emfile");
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "listen = [\"127.0.0.1:0\"]\nworkers = 1\n[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in target.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let (mut child, addr, mut err) = spawn(
+        Command::new("prlimit")
+            .args(["--nofile=64:64", BIN, "--config"])
+            .arg(&cfg),
+    );
+    let hogs: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    // Wait until the server reports the exhaustion (bounded by the lines it prints).
+    let mut saw_backoff = false;
+    let mut line = String::new();
+    for _ in 0..1000 {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if line.contains("out of resources") {
+            saw_backoff = true;
+            break;
+        }
+    }
+    assert!(saw_backoff, "no EMFILE back-off reported");
+    assert!(child.try_wait().unwrap().is_none(), "server died");
+    drop(hogs);
+    let mut served = false;
+    for _ in 0..100 {
+        if socks_connect_works(addr, target_addr) {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "not serving after descriptors were freed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sigterm_stops_gracefully() {
+    let dir = tmpdir("term");
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, "listen = [\"127.0.0.1:0\"]\n").unwrap();
+    let (mut child, addr, mut err) = spawn(Command::new(BIN).arg("--config").arg(&cfg));
+    assert!(TcpStream::connect(addr).is_ok());
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.contains("SIGTERM received") && rest.contains("shutdown complete"),
+        "{rest}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
