@@ -476,6 +476,36 @@ class _BlobHandler(BaseHTTPRequestHandler):
         pass
 
 
+def bind_loopback_pair(create, port_of):
+    """Binds something on 127.0.0.1 and on [::1] with the same port, so that `localhost`
+    reaches it whichever family the resolver answers first (hosts files differ: some map
+    localhost to ::1 as well). `create(host, port)` returns a bound object with a
+    `server_close` or `close` method, or raises OSError. Returns ([objects], port); only the
+    IPv4 one when the host has no IPv6 loopback."""
+    for _ in range(50):
+        v4 = create("127.0.0.1", 0)
+        port = port_of(v4)
+        try:
+            v6 = create("::1", port)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                getattr(v4, "server_close", getattr(v4, "close", None))()
+                continue
+            return [v4], port
+        return [v4, v6], port
+    raise AssertionError("could not bind 127.0.0.1 and ::1 on one port")
+
+
+def _bind_server(cls, address, handler):
+    srv = cls(address, handler, bind_and_activate=False)
+    try:
+        srv.server_bind()
+    except OSError:
+        srv.server_close()
+        raise
+    return srv
+
+
 class HttpTarget:
     """An HTTP server on 127.0.0.1 and (when the host has IPv6 loopback) on [::1], both on the
     same port so that `localhost` works whichever family it resolves to. It serves a random
@@ -499,25 +529,14 @@ class HttpTarget:
             self._threads.append(t)
 
     def _bind(self):
-        for _ in range(50):
-            v4 = _HTTP4(("127.0.0.1", 0), _BlobHandler, bind_and_activate=False)
-            v4.family_name = "ipv4"
-            v4.server_bind()
-            port = v4.server_address[1]
-            v6 = _HTTP6(("::1", port), _BlobHandler, bind_and_activate=False)
-            v6.family_name = "ipv6"
-            try:
-                v6.server_bind()
-            except OSError as e:
-                v6.server_close()
-                if e.errno == errno.EADDRINUSE:
-                    v4.server_close()
-                    continue
-                self.servers, self.port = [v4], port  # no IPv6 loopback here
-                return
-            self.servers, self.port, self.has_ipv6 = [v4, v6], port, True
-            return
-        raise AssertionError("could not bind the HTTP target on one port for both families")
+        def create(host, port):
+            cls = _HTTP6 if ":" in host else _HTTP4
+            srv = _bind_server(cls, (host, port), _BlobHandler)
+            srv.family_name = "ipv6" if ":" in host else "ipv4"
+            return srv
+
+        self.servers, self.port = bind_loopback_pair(create, lambda srv: srv.server_address[1])
+        self.has_ipv6 = len(self.servers) == 2
 
     def record(self, family, path, tag, client):
         with self._lock:
@@ -544,9 +563,13 @@ class _ThreadedTCP(socketserver.ThreadingTCPServer):
         pass
 
 
+class _ThreadedTCP6(_ThreadedTCP):
+    address_family = socket.AF_INET6
+
+
 class _EchoHandler(socketserver.BaseRequestHandler):
     def handle(self):
-        self.server.owner.peers.append(self.client_address)
+        self.server.owner.peers.append(tuple(self.client_address[:2]))
         sock = self.request
         sock.settimeout(IO_TIMEOUT)
         while True:
@@ -562,7 +585,7 @@ class _CountHandler(socketserver.BaseRequestHandler):
     client's half-close has arrived."""
 
     def handle(self):
-        self.server.owner.peers.append(self.client_address)
+        self.server.owner.peers.append(tuple(self.client_address[:2]))
         sock = self.request
         sock.settimeout(IO_TIMEOUT)
         h = hashlib.sha256()
@@ -578,56 +601,76 @@ class _CountHandler(socketserver.BaseRequestHandler):
 
 
 class TcpTarget:
-    """A threaded TCP server on 127.0.0.1 (echo or count); records peer addresses."""
+    """A threaded TCP server (echo or count) on 127.0.0.1 and [::1], same port; records peer
+    addresses as (host, port)."""
 
-    def __init__(self, handler, host="127.0.0.1"):
+    def __init__(self, handler):
         self.peers = []
-        self.server = _ThreadedTCP((host, 0), handler)
-        self.server.owner = self
-        self.host = host
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-        self._thread.start()
+
+        def create(host, port):
+            return _bind_server(_ThreadedTCP6 if ":" in host else _ThreadedTCP, (host, port), handler)
+
+        self.servers, self.port = bind_loopback_pair(create, lambda srv: srv.server_address[1])
+        self._threads = []
+        for srv in self.servers:
+            srv.owner = self
+            srv.server_activate()
+            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+            t.start()
+            self._threads.append(t)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(STOP_TIMEOUT)
+        for srv in self.servers:
+            srv.shutdown()
+            srv.server_close()
+        for t in self._threads:
+            t.join(STOP_TIMEOUT)
 
 
 class UdpEchoTarget:
-    """UDP on 127.0.0.1: answers each datagram with b"ECHO " + datagram; records senders."""
+    """UDP on 127.0.0.1 and [::1] (same port): answers each datagram with b"ECHO " + datagram;
+    records (sender (host, port), datagram)."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)  # only how often the loop looks at the stop flag
-        self.port = self.sock.getsockname()[1]
-        self.received = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        def create(host, port):
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                raise
+            return sock
 
-    def _serve(self):
+        self.socks, self.port = bind_loopback_pair(create, lambda s: s.getsockname()[1])
+        self.received = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._serve, args=(s,), daemon=True) for s in self.socks]
+        for t in self._threads:
+            t.start()
+
+    def _serve(self, sock):
+        sock.settimeout(0.2)  # only how often the loop looks at the stop flag
         while not self._stop.is_set():
             try:
-                data, src = self.sock.recvfrom(65536)
+                data, src = sock.recvfrom(65536)
             except socket.timeout:
                 continue
             except OSError:
                 return
-            self.received.append((src, data))
+            with self._lock:
+                self.received.append((tuple(src[:2]), data))
             try:
-                self.sock.sendto(b"ECHO " + data, src)
+                sock.sendto(b"ECHO " + data, src)
             except OSError:
                 pass
 
     def close(self):
         self._stop.set()
-        self._thread.join(STOP_TIMEOUT)
-        self.sock.close()
+        for t in self._threads:
+            t.join(STOP_TIMEOUT)
+        for s in self.socks:
+            s.close()
 
 
 def exchange(sock, payload, timeout=IO_TIMEOUT):
