@@ -27,13 +27,16 @@ fn spawn(cmd: &mut Command) -> (Child, SocketAddr, BufReader<std::process::Child
     for _ in 0..50 {
         line.clear();
         if err.read_line(&mut line).unwrap() == 0 {
-            panic!("socksngd exited before listening");
+            let status = child.wait();
+            panic!("socksngd exited before listening: {status:?}");
         }
         if let Some(rest) = line.split("listen=").nth(1) {
             let addr = rest.trim().parse().unwrap();
             return (child, addr, err);
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("no listen line");
 }
 
