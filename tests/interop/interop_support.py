@@ -114,6 +114,7 @@ def proxy_config(
     rules=(LOOPBACK_ALLOW,),
     timeouts=None,
     clients=("127.0.0.0/8", "::1/128"),
+    extra=None,
 ):
     """A socksngd configuration as a dict (see `to_toml`). By default: no authentication,
     SOCKS4 on, loopback clients, and loopback destinations explicitly allowed (the built-in
@@ -131,6 +132,7 @@ def proxy_config(
         "access": {"clients": list(clients), "default": "allow"},
         "timeouts": t,
     }
+    cfg.update(extra or {})
     if rules:
         cfg["rules"] = [dict(r) for r in rules]
     return cfg
@@ -244,6 +246,7 @@ class Proxy:
         self.log = log
         self.addrs = addrs  # [(host, port)] in listen order
         self.config_path = config_path
+        self.stop_status = "running"  # exit status once stop() has run
 
     @property
     def host(self):
@@ -289,6 +292,7 @@ class Proxy:
         self.log.join(STOP_TIMEOUT)
         if self.proc.stderr:
             self.proc.stderr.close()
+        self.stop_status = rc
         return rc
 
 

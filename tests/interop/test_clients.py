@@ -215,9 +215,11 @@ def test_loopback_destinations_refused_by_default(start_proxy, http_target, tmp_
         cases.append(("--socks5", blob_url("[::1]", port, new_tag()), f"[::1]:{port}"))
     for option, url, target in cases:
         tag = url.rsplit("=", 1)[1]
+        mark = p.log.mark()
         r = curl(option, p.hostport, url, output=tmp_path / "b")
         assert_refused_by_curl(r, http_target, tag)
-        s = p.wait_session(target=target)
+        s = p.wait_session(target=target, start=mark)
+        assert s["command"] == ("socks4-connect" if option == "--socks4" else "connect")
         assert s["outcome"].startswith("connection not allowed by ruleset"), s
         assert "destination is on the proxy host" in s["outcome"], s
 

@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     pub users: Option<Arc<UserDb>>,
     pub handshake_config: HandshakeConfig,
     per_user: Mutex<HashMap<String, usize>>,
+    /// Argon2 takes ~19 MiB and tens of milliseconds per check; a flood of bad logins must
+    /// queue here rather than fill the blocking pool and the memory.
+    password_checks: Semaphore,
 }
 
 /// Holds one of a user's concurrent-session slots until dropped.
@@ -146,6 +149,9 @@ impl Server {
             users,
             handshake_config,
             per_user: Mutex::new(HashMap::new()),
+            password_checks: Semaphore::new(
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            ),
         });
         Ok(Server { shared, listeners })
     }
@@ -182,7 +188,7 @@ impl Server {
         let grace = self.shared.cfg.timeouts.shutdown_grace;
         tracker.close();
         tracing::info!(
-            sessions = tracker.len().saturating_sub(0),
+            sessions = tracker.len(),
             ?grace,
             "shutting down: draining sessions"
         );
