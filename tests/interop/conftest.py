@@ -56,15 +56,13 @@ def start_proxy(tmp_path):
 
     problems = []
     for p in started:
-        if p.stop_status != "running":  # the test stopped it and checked the exit itself
-            print(f"----- {p.name} log -----\n{p.log.text()}")
-            continue
-        died = p.proc.poll()
-        rc = p.stop()
-        if died is not None:
-            problems.append(f"{p.name} exited during the test with status {died}")
-        elif rc != 0:
-            problems.append(f"{p.name} exited with status {rc} after SIGTERM")
+        if p.stop_status == "running":  # else the test stopped it and checked the exit itself
+            died = p.proc.poll()
+            rc = p.stop()
+            if died is not None:
+                problems.append(f"{p.name} exited during the test with status {died}")
+            elif rc != 0:
+                problems.append(f"{p.name} exited with status {rc} after SIGTERM")
         if any("panicked" in line for line in p.log.lines()):
             problems.append(f"{p.name} panicked")
         print(f"----- {p.name} log -----\n{p.log.text()}")

@@ -78,6 +78,9 @@ impl Shared {
         if let Some(ok) = db.verify_cached(name, &password) {
             return ok;
         }
+        let Ok(_turn) = self.password_checks.acquire().await else {
+            return false;
+        };
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || db.verify(&name, &password))
             .await
@@ -150,7 +153,9 @@ impl Server {
             handshake_config,
             per_user: Mutex::new(HashMap::new()),
             password_checks: Semaphore::new(
-                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
             ),
         });
         Ok(Server { shared, listeners })
