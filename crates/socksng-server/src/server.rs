@@ -142,9 +142,23 @@ impl Server {
             socks4: cfg.auth.socks4,
         };
         let mut listeners = Vec::with_capacity(cfg.listen.len());
+        let mut unavailable = None;
         for &addr in &cfg.listen {
-            listeners
-                .push(listen_socket(addr).map_err(|source| ServerError::Listen { addr, source })?);
+            match listen_socket(addr) {
+                Ok(l) => listeners.push(l),
+                // A host without IPv6 (or without that address) should still serve the rest,
+                // as the built-in default lists both 127.0.0.1 and ::1.
+                Err(source) if is_address_unavailable(&source) => {
+                    tracing::warn!(listen = %addr, error = %source, "address not available here; not listening on it");
+                    unavailable = Some(ServerError::Listen { addr, source });
+                }
+                Err(source) => return Err(ServerError::Listen { addr, source }),
+            }
+        }
+        if listeners.is_empty() {
+            if let Some(e) = unavailable {
+                return Err(e);
+            }
         }
         let shared = Arc::new(Shared {
             policy: Policy::new(&cfg),
@@ -207,6 +221,10 @@ impl Server {
         }
         tracing::info!("shutdown complete");
     }
+}
+
+fn is_address_unavailable(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
 }
 
 /// Accept errors that mean "no resources right now": retrying at once would spin.
