@@ -397,7 +397,7 @@ def curl(*args, output=None, headers=None, netns=None):
 
 def read_ready_line(proc, timeout=STARTUP_TIMEOUT):
     """Reads the first stdout line of a helper child that announces itself with
-    "READY <port>", with a deadline."""
+    "READY <port> [<port>...]", with a deadline. Returns the port, or the list of them."""
     deadline = time.monotonic() + timeout
     buf = b""
     fd = proc.stdout.fileno()
@@ -414,7 +414,8 @@ def read_ready_line(proc, timeout=STARTUP_TIMEOUT):
             buf += chunk
     line = buf.split(b"\n", 1)[0].decode()
     assert line.startswith("READY "), line
-    return int(line.split()[1])
+    ports = [int(x) for x in line.split()[1:]]
+    return ports[0] if len(ports) == 1 else ports
 
 
 # --------------------------------------------------------------------------------------------

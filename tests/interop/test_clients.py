@@ -421,15 +421,21 @@ def test_pysocks_udp_associate(request, udp_target, auth):
         assert data == b"ECHO by-name"
         # localhost may resolve to ::1 first (then the reply header carries ATYP 0x04).
         assert src in (("127.0.0.1", udp_target.port), ("::1", udp_target.port))
+        expected = len(sizes) + 1
+        if len(udp_target.socks) == 2:
+            # An IPv6 destination over the IPv4 association (ATYP 0x04 both ways).
+            s.sendto(b"to-v6", ("::1", udp_target.port))
+            data, src = s.recvfrom(65536)
+            assert (data, src) == (b"ECHO to-v6", ("::1", udp_target.port))
+            expected += 1
     got = udp_target.received[before:]
-    assert len(got) == len(sizes) + 1
+    assert len(got) == expected
     # The target heard the proxy's relay socket, not the client's own socket.
     assert all(src != local for src, _ in got)
     session = p.wait_session(command="udp")
     assert session["user"] == (USER if auth else "-")
-    n = len(sizes) + 1
     assert session["outcome"] == (
-        f"control connection closed; datagrams up {n} down {n} dropped 0"
+        f"control connection closed; datagrams up {expected} down {expected} dropped 0"
     ), session
 
 

@@ -35,7 +35,7 @@ TARGET_IP6 = "fd00:5ca::2"
 NAME = "v6only.test"
 
 TARGET_SERVER = r"""
-import socket, socketserver, sys
+import socket, socketserver, sys, threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 body = open(sys.argv[1], "rb").read()
@@ -62,8 +62,16 @@ class Server(socketserver.ThreadingMixIn, HTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
+def udp_echo(sock):
+    while True:
+        data, src = sock.recvfrom(65536)
+        sock.sendto(b"ECHO " + data + b" from " + src[0].encode(), src)
+
 srv = Server((sys.argv[2], 0), Handler)
-print("READY", srv.server_address[1], flush=True)
+udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+udp.bind((sys.argv[2], 0))
+threading.Thread(target=udp_echo, args=(udp,), daemon=True).start()
+print("READY", srv.server_address[1], udp.getsockname()[1], flush=True)
 srv.serve_forever()
 """
 
@@ -84,6 +92,22 @@ while True:
     data += chunk
 head, _, body = data.partition(b"\r\n\r\n")
 print(head.split(b"\r\n")[0].decode(), len(body), hashlib.sha256(body).hexdigest())
+"""
+
+
+PYSOCKS_UDP_CLIENT = r"""
+import socket, sys
+import socks
+
+s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+s.set_proxy(socks.SOCKS5, "127.0.0.1", int(sys.argv[1]), rdns=True)
+s.settimeout(10)
+s.bind(("127.0.0.1", 0))
+for i in range(3):
+    s.sendto(b"dgram%d" % i, (sys.argv[2], int(sys.argv[3])))
+    data, src = s.recvfrom(65536)
+    print(data.decode(), src[0], src[1])
+s.close()
 """
 
 
@@ -147,7 +171,7 @@ def v6only(tmp_path_factory):
             env=clean_env(),
             start_new_session=True,
         )
-        env.target_port = read_ready_line(target)
+        env.target_port, env.udp_port = read_ready_line(target)
         yield env
     finally:
         if target is not None:
@@ -238,3 +262,19 @@ def test_unroutable_literal_is_network_unreachable(v6only, ns_proxy, tmp_path, u
     target = url.split("//", 1)[1].rstrip("/")
     s = ns_proxy.wait_session(target=target)
     assert s["outcome"].startswith("network unreachable"), s
+
+
+def test_pysocks_udp_ipv4_client_ipv6_only_name(v6only, ns_proxy):
+    """UDP ASSOCIATE over an IPv4 control connection; datagrams addressed by the name go out
+    over IPv6 and the answers come back with the target's IPv6 address (ATYP 0x04)."""
+    r = run(
+        [sys.executable, "-c", PYSOCKS_UDP_CLIENT, ns_proxy.port, NAME, v6only.udp_port],
+        netns=v6only.proxy_ns,
+    )
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert r.stdout.decode().splitlines() == [
+        f"ECHO dgram{i} from {PROXY_IP6} {TARGET_IP6} {v6only.udp_port}" for i in range(3)
+    ]
+    s = ns_proxy.wait_session(command="udp")
+    assert s["client"].startswith("127.0.0.1:")
+    assert s["outcome"] == "control connection closed; datagrams up 3 down 3 dropped 0", s

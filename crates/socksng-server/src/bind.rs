@@ -45,11 +45,7 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
         Ok(a) => a,
         Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
     };
-    if let Err(e) = conn
-        .reply(ReplyCode::SUCCEEDED, &Address::ip(listen_addr))
-        .await
-    {
-        log.outcome = format!("client gone before the first reply: {e}");
+    if !conn.succeed(log, listen_addr).await {
         return;
     }
     let deadline = Instant::now() + shared.cfg.timeouts.bind;
@@ -87,8 +83,7 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
     drop(listener);
     log.connected = Some(peer);
     tune_stream(&peer_stream, shared.cfg.timeouts.tcp_keepalive);
-    if let Err(e) = conn.reply(ReplyCode::SUCCEEDED, &Address::ip(peer)).await {
-        log.outcome = format!("client gone before the second reply: {e}");
+    if !conn.succeed(log, peer).await {
         return;
     }
     if !early.is_empty() {

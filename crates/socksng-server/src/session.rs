@@ -92,6 +92,18 @@ impl Handshaken {
         self.stream.write_all(&out).await
     }
 
+    /// Sends the success reply naming `bound`; false, with the outcome recorded, when the
+    /// client is already gone.
+    pub async fn succeed(&mut self, log: &mut SessionLog, bound: SocketAddr) -> bool {
+        match self.reply(ReplyCode::SUCCEEDED, &Address::ip(bound)).await {
+            Ok(()) => true,
+            Err(e) => {
+                log.outcome = format!("client gone before the reply: {e}");
+                false
+            }
+        }
+    }
+
     /// Sends a failure reply (best effort: the client may be gone) and records why.
     pub async fn refuse(
         &mut self,
@@ -152,7 +164,7 @@ async fn handshake(
         }
         let progress = progress.map_err(|e| format!("handshake failed: {e}"))?;
         buf.drain(..progress.consumed);
-        match progress.event {
+        let asked = match progress.event {
             Some(Event::Authenticate(auth)) => {
                 let name = String::from_utf8_lossy(&auth.username).into_owned();
                 let ok = shared.authenticate(&name, auth.password).await;
@@ -165,43 +177,18 @@ async fn handshake(
                 out.clear();
                 res.map_err(|e| format!("handshake failed: {e}"))?;
                 user = Some(name);
+                continue;
             }
-            Some(Event::Request(r)) => {
-                let conn = Handshaken {
-                    stream,
-                    hs,
-                    early_data: buf,
-                    user,
-                    peer,
-                    shared,
-                };
-                return Ok((
-                    conn,
-                    Asked {
-                        command: r.command,
-                        address: r.address,
-                        socks4: false,
-                    },
-                ));
-            }
-            Some(Event::Socks4Request(r)) => {
-                let conn = Handshaken {
-                    stream,
-                    hs,
-                    early_data: buf,
-                    user,
-                    peer,
-                    shared,
-                };
-                return Ok((
-                    conn,
-                    Asked {
-                        command: Command::Connect,
-                        address: r.address,
-                        socks4: true,
-                    },
-                ));
-            }
+            Some(Event::Request(r)) => Asked {
+                command: r.command,
+                address: r.address,
+                socks4: false,
+            },
+            Some(Event::Socks4Request(r)) => Asked {
+                command: Command::Connect,
+                address: r.address,
+                socks4: true,
+            },
             None => {
                 if buf.len() >= MAX_HANDSHAKE_BUFFER {
                     return Err("handshake failed: oversized message".into());
@@ -218,8 +205,18 @@ async fn handshake(
                         "client closed during the handshake".into()
                     });
                 }
+                continue;
             }
-        }
+        };
+        let conn = Handshaken {
+            stream,
+            hs,
+            early_data: buf,
+            user,
+            peer,
+            shared,
+        };
+        return Ok((conn, asked));
     }
 }
 
@@ -337,11 +334,10 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
     log.connected = Some(used);
     tune_stream(&target, shared.cfg.timeouts.tcp_keepalive);
     let bound = match target.local_addr() {
-        Ok(a) => Address::ip(canonical_addr(a)),
+        Ok(a) => canonical_addr(a),
         Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
     };
-    if let Err(e) = conn.reply(ReplyCode::SUCCEEDED, &bound).await {
-        log.outcome = format!("client gone before the reply: {e}");
+    if !conn.succeed(log, bound).await {
         return;
     }
     if !conn.early_data.is_empty() {

@@ -64,11 +64,7 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
         Ok(a) => a,
         Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
     };
-    if let Err(e) = conn
-        .reply(ReplyCode::SUCCEEDED, &Address::ip(relay_addr))
-        .await
-    {
-        log.outcome = format!("client gone before the reply: {e}");
+    if !conn.succeed(log, relay_addr).await {
         return;
     }
     log.connected = Some(relay_addr);
