@@ -26,11 +26,11 @@ from urllib.parse import parse_qs, urlsplit
 REPO = Path(__file__).resolve().parents[2]
 SOCKSNGD = Path(os.environ.get("SOCKSNGD") or REPO / "target" / "debug" / "socksngd")
 
-STARTUP_TIMEOUT = 15.0  # socksngd logging its listen line(s)
-LOG_TIMEOUT = 10.0  # a session line appearing once the client is done
-IO_TIMEOUT = 10.0  # any single socket operation
-PROC_TIMEOUT = 30.0  # any client program as a whole
-CURL_MAX_TIME = 20  # curl's own --max-time, below PROC_TIMEOUT so curl reports it itself
+STARTUP_TIMEOUT = 20.0  # socksngd logging its listen line(s)
+LOG_TIMEOUT = 15.0  # a session line appearing once the client is done
+IO_TIMEOUT = 15.0  # any single socket operation
+PROC_TIMEOUT = 45.0  # any client program as a whole
+CURL_MAX_TIME = 30  # curl's own --max-time, below PROC_TIMEOUT so curl reports it itself
 STOP_TIMEOUT = 10.0  # socksngd exiting after SIGTERM
 
 # curl's exit code for "the SOCKS proxy handshake failed" (CURLE_PROXY).
@@ -145,6 +145,15 @@ def proxy_config(
 _FIELD_RE = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 
 
+def _unquote(raw):
+    if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
+        try:
+            return json.loads(raw)
+        except ValueError:  # a Rust escape JSON does not know, e.g. \u{1b}
+            return raw[1:-1]
+    return raw
+
+
 def parse_session(line):
     """Fields of a `session` log line as a dict of strings, or None for other lines.
     `outcome` is the last field and runs to the end of the line."""
@@ -160,10 +169,9 @@ def parse_session(line):
             break
         key, raw = m.group(1), m.group(2)
         if key == "outcome":
-            raw = rest[m.start(2) :]
-            fields[key] = json.loads(raw) if raw.startswith('"') and raw.endswith('"') else raw
+            fields[key] = _unquote(rest[m.start(2) :])
             break
-        fields[key] = json.loads(raw) if raw.startswith('"') else raw
+        fields[key] = _unquote(raw)
         pos = m.end()
         while pos < len(rest) and rest[pos] == " ":
             pos += 1

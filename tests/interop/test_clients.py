@@ -7,7 +7,6 @@ client's error and that the target never saw the request.
 
 import os
 import socket
-import subprocess
 import uuid
 
 import pytest
@@ -18,7 +17,6 @@ from interop_support import (
     IO_TIMEOUT,
     PASSWORD,
     USER,
-    PROC_TIMEOUT,
     SOCKSNGD,
     curl,
     exchange,
@@ -60,6 +58,8 @@ def blob_url(host, port, tag):
 
 
 def test_check_accepts_valid_config_and_rejects_invalid(tmp_path, users_file):
+    assert users_file.stat().st_mode & 0o777 == 0o600  # `socksngd passwd` creates it private
+    assert users_file.read_text().startswith(f"{USER}:$argon2id$")
     good = tmp_path / "good.toml"
     good.write_text(to_toml(proxy_config(methods=["password"], users_file=users_file)))
     r = run([SOCKSNGD, "check", "--config", good])
@@ -397,12 +397,18 @@ def test_pysocks_deny_rule_by_port(start_proxy, echo_target, count_target):
         assert exchange(s, b"abc") == f"3 {sha256(b'abc')}\n".encode()
 
 
-@pytest.mark.parametrize("auth", [False, True], ids=["no-auth", "password"])
-def test_pysocks_udp_associate(request, udp_target, auth):
+@pytest.mark.parametrize(
+    "auth,rdns",
+    [(False, True), (True, True), (False, False)],
+    ids=["no-auth", "password", "no-auth-local-dns"],
+)
+def test_pysocks_udp_associate(request, udp_target, auth, rdns):
+    """PySocks sends UDP ASSOCIATE naming its UDP port, with the host as the name "0"
+    (rdns) or as 0.0.0.0 (local DNS); names in datagrams go to the proxy only with rdns."""
     p = request.getfixturevalue("password_proxy" if auth else "proxy")
     creds = {"username": USER, "password": PASSWORD} if auth else {}
     s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.set_proxy(socks.SOCKS5, p.host, p.port, **creds)
+    s.set_proxy(socks.SOCKS5, p.host, p.port, rdns=rdns, **creds)
     s.settimeout(IO_TIMEOUT)
     before = len(udp_target.received)
     sizes = [1, 100, 1400, 8000, 30000]
@@ -434,6 +440,7 @@ def test_pysocks_udp_associate(request, udp_target, auth):
     assert all(src != local for src, _ in got)
     session = p.wait_session(command="udp")
     assert session["user"] == (USER if auth else "-")
+    assert session["target"] == f"{'0' if rdns else '0.0.0.0'}:{local[1]}"
     assert session["outcome"] == (
         f"control connection closed; datagrams up {expected} down {expected} dropped 0"
     ), session

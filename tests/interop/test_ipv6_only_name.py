@@ -12,6 +12,7 @@ Needs root; everything is removed at teardown, also after a failure.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,6 @@ from interop_support import (
     STOP_TIMEOUT,
     clean_env,
     curl,
-    proxy_config,
     read_ready_line,
     run,
     sha256,
@@ -33,6 +33,7 @@ from interop_support import (
 PROXY_IP6 = "fd00:5ca::1"
 TARGET_IP6 = "fd00:5ca::2"
 NAME = "v6only.test"
+SELF_NAME = "self.test"  # the proxy namespace's own veth address
 
 TARGET_SERVER = r"""
 import socket, socketserver, sys, threading
@@ -146,6 +147,10 @@ def v6only(tmp_path_factory):
     body_file = work / "body"
     body_file.write_bytes(env.body)
     target = None
+    # Leftovers of an earlier run that was killed and had the same pid.
+    quiet("ip", "netns", "del", env.proxy_ns)
+    quiet("ip", "netns", "del", env.target_ns)
+    quiet("ip", "link", "del", veth_px)
     try:
         sh("ip", "netns", "add", env.proxy_ns)
         sh("ip", "netns", "add", env.target_ns)
@@ -160,7 +165,12 @@ def v6only(tmp_path_factory):
             sh("ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", dev, "nodad")
             sh("ip", "-n", ns, "link", "set", dev, "up")
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{TARGET_IP6} {NAME}\n")
+        (etc / "hosts").write_text(
+            f"127.0.0.1 localhost\n{TARGET_IP6} {NAME}\n{PROXY_IP6} {SELF_NAME}\n"
+        )
+        # The namespace's own resolver: a DNS server address inside it where nothing listens,
+        # so a name missing from hosts fails at once and no query leaves the namespace.
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions attempts:1 timeout:1\n")
 
         target = subprocess.Popen(
             ["ip", "netns", "exec", env.target_ns, sys.executable, "-c", TARGET_SERVER,
@@ -186,9 +196,7 @@ def v6only(tmp_path_factory):
         quiet("ip", "netns", "del", env.proxy_ns)
         quiet("ip", "netns", "del", env.target_ns)
         quiet("ip", "link", "del", veth_px)  # only still here if the move failed
-        if etc.exists():
-            (etc / "hosts").unlink(missing_ok=True)
-            etc.rmdir()
+        shutil.rmtree(etc, ignore_errors=True)  # named after our pid: ours alone
         if made_netns_etc and netns_etc.exists() and not any(netns_etc.iterdir()):
             netns_etc.rmdir()
 
@@ -252,6 +260,16 @@ def test_ipv6_only_name_refused_port(v6only, ns_proxy, tmp_path):
     assert s["outcome"].startswith("connection refused"), s
 
 
+def test_unresolvable_name_is_host_unreachable(v6only, ns_proxy, tmp_path):
+    """A name neither in hosts nor answered by the namespace's resolver: reply 0x04."""
+    r = curl("--socks5-hostname", ns_proxy.hostport, "http://nowhere.test:80/",
+             output=tmp_path / "b", netns=v6only.proxy_ns)
+    assert r.returncode == CURL_PROXY_ERROR, r.stderr
+    assert b"(4)" in r.stderr
+    s = ns_proxy.wait_session(target="nowhere.test:80")
+    assert s["outcome"].startswith("host unreachable"), s
+
+
 @pytest.mark.parametrize("url", ["http://192.0.2.1:80/", "http://[2001:db8::1]:80/"])
 def test_unroutable_literal_is_network_unreachable(v6only, ns_proxy, tmp_path, url):
     """The proxy namespace has no IPv4 route and no IPv6 route outside fd00:5ca::/64: the
@@ -278,3 +296,25 @@ def test_pysocks_udp_ipv4_client_ipv6_only_name(v6only, ns_proxy):
     s = ns_proxy.wait_session(command="udp")
     assert s["client"].startswith("127.0.0.1:")
     assert s["outcome"] == "control connection closed; datagrams up 3 down 3 dropped 0", s
+
+
+@pytest.mark.parametrize(
+    "option,host",
+    [
+        ("--socks5", "169.254.169.254"),  # cloud metadata (link-local)
+        ("--socks5", "[fe80::1]"),  # IPv6 link-local
+        ("--socks5", f"[{PROXY_IP6}]"),  # the proxy host's own interface address
+        ("--socks5-hostname", SELF_NAME),  # a name resolving to it
+    ],
+)
+def test_host_local_destinations_refused(v6only, ns_proxy, tmp_path, option, host):
+    """Destinations on the proxy host beyond loopback are refused by default (reply 0x02).
+    Done inside the namespace, where nothing could leave even if the policy failed (it
+    would then show as 0x03/0x05/0x01 instead)."""
+    r = curl(option, ns_proxy.hostport, f"http://{host}:80/", output=tmp_path / "b",
+             netns=v6only.proxy_ns)
+    assert r.returncode == CURL_PROXY_ERROR, r.stderr
+    assert b"(2)" in r.stderr, r.stderr
+    s = ns_proxy.wait_session(target=f"{host}:80")
+    assert s["outcome"].endswith("destination is on the proxy host"), s
+    assert s["connected"] == "-"

@@ -3,11 +3,14 @@ user, mixed authentication methods, SOCKS4 switched off, the per-user session li
 graceful drain on SIGTERM."""
 
 import os
+import select
 import signal
 import socket
+import subprocess
 import time
 import uuid
 
+import pytest
 import socks
 
 from interop_support import (
@@ -15,11 +18,16 @@ from interop_support import (
     IO_TIMEOUT,
     LOOPBACK_ALLOW,
     PASSWORD,
+    SOCKSNGD,
+    STARTUP_TIMEOUT,
     STOP_TIMEOUT,
     USER,
+    clean_env,
     curl,
     exchange,
+    proxy_config,
     sha256,
+    to_toml,
 )
 
 
@@ -192,3 +200,78 @@ def test_sigterm_drains_running_session(start_proxy, echo_target):
     sess = p.wait_session(target=f"127.0.0.1:{echo_target.port}")
     assert sess["outcome"] == "closed"
     assert sess["bytes_up"] == str(6 + len(payload))
+
+
+def test_loopback_in_disguise_refused(start_proxy, echo_target):
+    """IPv4-mapped loopback and the unspecified addresses reach this host too. By default all
+    are refused with 0x02; allowing 127.0.0.0/8 opens the mapped form (same address) but not
+    0.0.0.0 or ::, which must be named explicitly."""
+    port = echo_target.port
+    before = len(echo_target.peers)
+    p = start_proxy(name="default", rules=[])
+    for host in ("::ffff:127.0.0.1", "0.0.0.0", "::"):
+        with pysocks_stream(p) as s:
+            e = socks5_error(s, (host, port))
+        assert isinstance(e, socks.SOCKS5Error) and str(e).startswith("0x02"), (host, e)
+    assert len(echo_target.peers) == before
+
+    q = start_proxy(name="loopback-allowed")
+    for host in ("0.0.0.0", "::"):
+        with pysocks_stream(q) as s:
+            e = socks5_error(s, (host, port))
+        assert isinstance(e, socks.SOCKS5Error) and str(e).startswith("0x02"), (host, e)
+    assert len(echo_target.peers) == before
+    with pysocks_stream(q) as s:
+        s.connect(("::ffff:127.0.0.1", port))
+        assert exchange(s, b"mapped") == b"mapped"
+    assert len(echo_target.peers) == before + 1
+
+
+def test_pipelined_request_and_data(proxy, echo_target):
+    """A client may send greeting, request and first data in one write without waiting for
+    the replies (no-auth "optimistic" clients do); the data must reach the target."""
+    request = b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
+    request += echo_target.port.to_bytes(2, "big") + b"early-data"
+    with socket.create_connection((proxy.host, proxy.port), timeout=IO_TIMEOUT) as c:
+        reply = exchange(c, request)
+    assert reply[:2] == b"\x05\x00"  # method: no authentication
+    assert reply[2:6] == b"\x05\x00\x00\x01"  # succeeded, IPv4 bound address
+    assert reply[12:] == b"early-data"
+    s = proxy.wait_session(target=f"127.0.0.1:{echo_target.port}")
+    assert (s["bytes_up"], s["bytes_down"], s["outcome"]) == ("10", "10", "closed")
+
+
+def test_sigterm_with_stderr_closed(tmp_path):
+    """A log reader that goes away (`socksngd ... 2>&1 | head`, a dead log collector) must
+    not make socksngd deaf to SIGTERM."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(to_toml(proxy_config()))
+    proc = subprocess.Popen(
+        [str(SOCKSNGD), "--config", str(cfg)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        seen = b""
+        while b"accepting SOCKS connections" not in seen:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, seen
+            if select.select([proc.stderr], [], [], remaining)[0]:
+                chunk = os.read(proc.stderr.fileno(), 4096)
+                assert chunk, f"socksngd exited: {seen!r}"
+                seen += chunk
+        proc.stderr.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(5)
+        except subprocess.TimeoutExpired:
+            rc = None
+        assert rc == 0, "socksngd did not exit after SIGTERM with its stderr closed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)

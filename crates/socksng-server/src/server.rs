@@ -190,20 +190,25 @@ impl Server {
         let hard_stop = CancellationToken::new();
         let max = self.shared.cfg.limits.max_sessions;
         let sessions = (max > 0).then(|| Arc::new(Semaphore::new(max)));
+        let mut accept_loops = Vec::new();
         for listener in self.listeners {
             if let Ok(a) = listener.local_addr() {
                 tracing::info!(listen = %a, "accepting SOCKS connections");
             }
-            tracker.spawn(accept_loop(
+            accept_loops.push(tokio::spawn(accept_loop(
                 listener,
                 self.shared.clone(),
                 sessions.clone(),
                 shutdown.clone(),
                 hard_stop.clone(),
                 tracker.clone(),
-            ));
+            )));
         }
         shutdown.cancelled().await;
+        for l in accept_loops {
+            let _ = l.await;
+        }
+        // Only sessions are tracked, so this count is exact.
         let grace = self.shared.cfg.timeouts.shutdown_grace;
         tracker.close();
         tracing::info!(

@@ -268,7 +268,10 @@ pub(crate) async fn allowed_addresses(
     let policy = &shared.policy;
     let port = address.port;
     let (name, candidates) = match &address.host {
-        Host::Ip(ip) => (None, vec![SocketAddr::new(*ip, port)]),
+        Host::Ip(ip) => (
+            None,
+            vec![SocketAddr::new(crate::policy::canonical(*ip), port)],
+        ),
         Host::Domain(name) => {
             if let Some(Verdict::Deny(why)) = policy.check_name(user, command, name, port) {
                 return Err((ReplyCode::NOT_ALLOWED, why.to_string()));

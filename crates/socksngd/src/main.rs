@@ -113,27 +113,30 @@ fn run(cfg: Config) -> Result<()> {
         let shutdown = CancellationToken::new();
         let trigger = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            let which = wait_for_signal().await;
+            // Cancel before logging: a log write may fail (a closed stderr pipe) and must not
+            // keep the server from stopping.
             trigger.cancel();
+            tracing::info!("{which} received");
         });
         server.run(shutdown).await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() {
+async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot watch SIGTERM");
-            std::future::pending::<()>().await;
-            return;
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
         }
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }
 
@@ -145,6 +148,8 @@ fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
+        // A vanished log reader must not turn every log call into a panic.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .init();
 }
