@@ -110,10 +110,11 @@ pub fn wire_roundtrip(data: &[u8]) {
         h.encode(&mut out);
         assert_eq!(UdpHeader::decode(&out).map(|x| x.0), Ok(h));
     }
-    if let Ok((r, n)) = Socks4Request::decode(data) {
+    if let Ok((r, _)) = Socks4Request::decode(data) {
+        // Not byte-exact: any 0.0.0.x (x != 0) marks SOCKS4a, and we always write 0.0.0.1.
         let mut out = Vec::new();
         r.encode(&mut out)
             .expect("SOCKS4 targets are IPv4 or names");
-        assert_eq!(out, &data[..n]);
+        assert_eq!(Socks4Request::decode(&out).map(|x| x.0), Ok(r));
     }
 }
