@@ -109,34 +109,46 @@ fn run(cfg: Config) -> Result<()> {
             .build()?
     };
     runtime.block_on(async move {
+        // Handlers go in before the first "accepting" line, so a supervisor that signals as
+        // soon as it sees the server listening is never met by the default (killing) action.
+        let mut signals = Signals::install()?;
         let server = Server::bind(cfg)?;
         let shutdown = CancellationToken::new();
         let trigger = shutdown.clone();
         tokio::spawn(async move {
-            let which = wait_for_signal().await;
+            let which = signals.next().await;
             // Cancel before logging: a log write may fail (a closed stderr pipe) and must not
             // keep the server from stopping.
             trigger.cancel();
-            tracing::info!("{which} received");
+            tracing::info!("{which} received: stopping (send it again to stop at once)");
+            let again = signals.next().await;
+            tracing::warn!("{again} received again: exiting without waiting for sessions");
+            std::process::exit(1);
         });
         server.run(shutdown).await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }
 
