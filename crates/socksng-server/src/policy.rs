@@ -121,16 +121,23 @@ fn domain_matches(suffix: &str, name: &str) -> bool {
         && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
-/// Addresses that are this host, from any client's point of view.
-fn is_always_local(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.octets()[0] == 0 || v4.is_link_local() || v4.is_broadcast()
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-    }
+/// Networks that are this host (or its cloud metadata service) from any client's point of
+/// view: loopback, "this network", link-local (169.254.169.254 included), broadcast, the
+/// unspecified address, and the IPv6 and Alibaba metadata addresses.
+const FIXED_LOCAL: [&str; 9] = [
+    "127.0.0.0/8",
+    "0.0.0.0/8",
+    "169.254.0.0/16",
+    "255.255.255.255/32",
+    "100.100.100.200/32",
+    "::1/128",
+    "::/128",
+    "fe80::/10",
+    "fd00:ec2::254/128",
+];
+
+fn fixed_local() -> Vec<IpNet> {
+    FIXED_LOCAL.iter().filter_map(|n| n.parse().ok()).collect()
 }
 
 /// IPv4-mapped IPv6 (::ffff:a.b.c.d) reaches the IPv4 address, so it is judged as one.
@@ -158,6 +165,7 @@ pub struct Policy {
     clients: Vec<IpNet>,
     rules: Vec<Rule>,
     default: Action,
+    fixed_local: Vec<IpNet>,
     host: RwLock<HostAddrs>,
 }
 
@@ -180,8 +188,9 @@ impl Policy {
             clients: cfg.access.clients.clone(),
             rules,
             default: cfg.access.default,
+            fixed_local: fixed_local(),
             host: RwLock::new(HostAddrs {
-                addrs: read_host_addrs(),
+                addrs: read_host_addrs().unwrap_or_default(),
                 read_at: Instant::now(),
             }),
         }
@@ -252,7 +261,7 @@ impl Policy {
             }
             return match rule.action {
                 Action::Deny => Verdict::Deny(DenyReason::Rule(i)),
-                Action::Allow if local && !rule.nets.iter().any(|n| n.contains(&ip)) => {
+                Action::Allow if local && !self.opens_host_local(rule, ip) => {
                     Verdict::Deny(DenyReason::HostLocal)
                 }
                 Action::Allow => Verdict::Allow,
@@ -267,45 +276,61 @@ impl Policy {
         }
     }
 
+    /// A rule opens a host-local address only by naming it narrowly: with a net that lies
+    /// inside one of the fixed local ranges, or with exactly that host address. A broad net
+    /// such as 0.0.0.0/0, or the LAN's /24 that happens to hold the proxy's own address, does
+    /// not.
+    fn opens_host_local(&self, rule: &Rule, ip: IpAddr) -> bool {
+        rule.nets.iter().any(|n| {
+            n.contains(&ip)
+                && (self.fixed_local.iter().any(|f| f.contains(n))
+                    || n.prefix_len() == n.max_prefix_len())
+        })
+    }
+
     fn is_host_local(&self, ip: IpAddr) -> bool {
-        if is_always_local(ip) {
+        if self.fixed_local.iter().any(|n| n.contains(&ip)) {
             return true;
         }
-        let fresh = {
+        {
             let host = self.host.read().unwrap_or_else(|p| p.into_inner());
             if host.read_at.elapsed() < HOST_ADDR_TTL {
                 return host.addrs.contains(&ip);
             }
-            read_host_addrs()
-        };
-        let found = fresh.contains(&ip);
+        }
         let mut host = self.host.write().unwrap_or_else(|p| p.into_inner());
-        *host = HostAddrs {
-            addrs: fresh,
-            read_at: Instant::now(),
-        };
-        found
+        // Failing to list the addresses (out of descriptors, say) keeps the last good list and
+        // tries again on the next check: it must not open the host's addresses.
+        if let Some(fresh) = read_host_addrs() {
+            *host = HostAddrs {
+                addrs: fresh,
+                read_at: Instant::now(),
+            };
+        }
+        host.addrs.contains(&ip)
     }
 }
 
-fn read_host_addrs() -> Vec<IpAddr> {
+fn read_host_addrs() -> Option<Vec<IpAddr>> {
     match if_addrs::get_if_addrs() {
-        Ok(ifs) => ifs.into_iter().map(|i| canonical(i.ip())).collect(),
+        Ok(ifs) => Some(ifs.into_iter().map(|i| canonical(i.ip())).collect()),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list this host's addresses; only fixed local ranges are guarded");
-            Vec::new()
+            tracing::warn!(error = %e, "cannot list this host's addresses; keeping the last known list");
+            None
         }
     }
 }
 
 /// The fixed part of the host-local set, for documentation and tests.
-pub const ALWAYS_LOCAL_EXAMPLES: [IpAddr; 6] = [
+pub const ALWAYS_LOCAL_EXAMPLES: [IpAddr; 8] = [
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
     IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
     IpAddr::V6(Ipv6Addr::LOCALHOST),
     IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
 ];
 
 #[cfg(test)]
@@ -394,6 +419,26 @@ mod tests {
             p.check(None, Command::Connect, None, ip("127.0.0.1"), 8081),
             Verdict::Deny(DenyReason::HostLocal)
         );
+    }
+
+    #[test]
+    fn broad_nets_do_not_open_host_local() {
+        let own = if_addrs::get_if_addrs()
+            .unwrap()
+            .into_iter()
+            .map(|i| canonical(i.ip()))
+            .find(|a| !a.is_loopback());
+        let p = policy("[[rules]]\naction = \"allow\"\nusers = [\"alice\"]\nto = [\"0.0.0.0/0\", \"::/0\", \"127.0.0.0/7\"]\n");
+        for a in ["127.0.0.1", "169.254.169.254", "::1", "fe80::1"] {
+            assert_eq!(p.check(Some("alice"), Command::Connect, None, ip(a), 80), Verdict::Deny(DenyReason::HostLocal), "{a}");
+        }
+        if let Some(own) = own {
+            assert_eq!(p.check(Some("alice"), Command::Connect, None, own, 80), Verdict::Deny(DenyReason::HostLocal));
+            // Naming exactly the host's own address opens it.
+            let p = policy(&format!("[[rules]]\naction = \"allow\"\nto = [\"{own}/{}\"]\n", if own.is_ipv4() { 32 } else { 128 }));
+            assert_eq!(p.check(None, Command::Connect, None, own, 80), Verdict::Allow);
+        }
+        assert_eq!(p.check(Some("alice"), Command::Connect, None, ip("192.0.2.1"), 80), Verdict::Allow);
     }
 
     #[test]
