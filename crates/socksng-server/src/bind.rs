@@ -8,6 +8,7 @@
 use crate::connect::{canonical_addr, tune_stream};
 use crate::policy::{canonical, Verdict};
 use crate::relay::relay;
+use crate::server::is_resource_exhaustion;
 use crate::session::{allowed_addresses, Handshaken, SessionLog};
 use socksng_proto::{Address, Command, Host, ReplyCode};
 use std::net::{IpAddr, SocketAddr};
@@ -29,11 +30,12 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
             Err((code, why)) => return conn.refuse(log, code, why).await,
         },
     };
-    let local_ip = match conn.stream.local_addr() {
-        Ok(a) => canonical_addr(a).ip(),
+    let control_local = match conn.stream.local_addr() {
+        Ok(a) => a,
         Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
     };
-    let listener = match TcpListener::bind(SocketAddr::new(local_ip, 0)).await {
+    let toward = expected_ips.as_ref().and_then(|ips| ips.first().copied());
+    let listener = match TcpListener::bind(listen_address(control_local, toward)).await {
         Ok(l) => l,
         Err(e) => {
             return conn
@@ -51,26 +53,39 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
     let deadline = Instant::now() + shared.cfg.timeouts.bind;
     let mut early = std::mem::take(&mut conn.early_data);
     let mut chunk = [0u8; 4096];
+    let mut client_eof = false;
     let (mut peer_stream, peer) = loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (s, from) = match accepted {
                     Ok(x) => x,
+                    Err(e) if is_resource_exhaustion(&e) => {
+                        // Retrying would spin on the still-pending connection.
+                        return conn.refuse(log, ReplyCode::GENERAL_FAILURE, format!("BIND accept: {e}")).await;
+                    }
                     Err(e) => { tracing::debug!(error = %e, "BIND accept failed"); continue; }
                 };
                 let from = canonical_addr(from);
-                if expected_ips.as_ref().is_some_and(|ips| !ips.contains(&from.ip())) {
-                    tracing::info!(client = %conn.peer, from = %from, "BIND: connection from an unexpected host closed");
-                    continue;
-                }
-                if let Verdict::Deny(why) = shared.policy.check(user.as_deref(), Command::Bind, None, from.ip(), from.port()) {
-                    tracing::info!(client = %conn.peer, from = %from, %why, "BIND: peer refused by policy");
-                    continue;
+                match &expected_ips {
+                    // The expected peer was checked by name and port before listening.
+                    Some(ips) if ips.contains(&from.ip()) => {}
+                    Some(_) => {
+                        tracing::info!(client = %conn.peer, from = %from, "BIND: connection from an unexpected host closed");
+                        continue;
+                    }
+                    None => {
+                        if let Verdict::Deny(why) = shared.policy.check(user.as_deref(), Command::Bind, None, from.ip(), expected.port) {
+                            tracing::info!(client = %conn.peer, from = %from, %why, "BIND: peer refused by policy");
+                            continue;
+                        }
+                    }
                 }
                 break (s, from);
             }
-            r = conn.stream.read(&mut chunk) => match r {
-                Ok(0) | Err(_) => { log.outcome = "client closed while waiting for the peer".into(); return; }
+            r = conn.stream.read(&mut chunk), if !client_eof => match r {
+                // A half-close is passed on to the peer once it is connected.
+                Ok(0) => client_eof = true,
+                Err(_) => { log.outcome = "client closed while waiting for the peer".into(); return; }
                 Ok(k) if early.len() + k <= MAX_EARLY_DATA => early.extend_from_slice(&chunk[..k]),
                 Ok(_) => { log.outcome = "client sent too much before the peer arrived".into(); return; }
             },
@@ -97,4 +112,30 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
     log.up += stats.up;
     log.down += stats.down;
     log.outcome = stats.end.as_str().into();
+}
+
+/// Where to listen so the expected peer can reach us: the source address this host would use
+/// toward it (on a gateway that is the outside interface, not the one the client came in on),
+/// else the control connection's own address. Port 0 either way; a link-local scope is kept.
+fn listen_address(control_local: SocketAddr, toward: Option<IpAddr>) -> SocketAddr {
+    let routed = toward.and_then(|ip| {
+        let any: SocketAddr = match ip {
+            IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        // Connecting a UDP socket sends nothing; it only asks the routing table.
+        let probe = std::net::UdpSocket::bind(any).ok()?;
+        probe.connect((ip, 9)).ok()?;
+        probe.local_addr().ok()
+    });
+    let mut addr = routed.unwrap_or_else(|| canonical_addr(control_local));
+    if let SocketAddr::V6(v6) = control_local {
+        if let SocketAddr::V6(a) = &mut addr {
+            if a.ip() == v6.ip() {
+                a.set_scope_id(v6.scope_id());
+            }
+        }
+    }
+    addr.set_port(0);
+    addr
 }

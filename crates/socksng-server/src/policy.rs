@@ -430,15 +430,31 @@ mod tests {
             .find(|a| !a.is_loopback());
         let p = policy("[[rules]]\naction = \"allow\"\nusers = [\"alice\"]\nto = [\"0.0.0.0/0\", \"::/0\", \"127.0.0.0/7\"]\n");
         for a in ["127.0.0.1", "169.254.169.254", "::1", "fe80::1"] {
-            assert_eq!(p.check(Some("alice"), Command::Connect, None, ip(a), 80), Verdict::Deny(DenyReason::HostLocal), "{a}");
+            assert_eq!(
+                p.check(Some("alice"), Command::Connect, None, ip(a), 80),
+                Verdict::Deny(DenyReason::HostLocal),
+                "{a}"
+            );
         }
         if let Some(own) = own {
-            assert_eq!(p.check(Some("alice"), Command::Connect, None, own, 80), Verdict::Deny(DenyReason::HostLocal));
+            assert_eq!(
+                p.check(Some("alice"), Command::Connect, None, own, 80),
+                Verdict::Deny(DenyReason::HostLocal)
+            );
             // Naming exactly the host's own address opens it.
-            let p = policy(&format!("[[rules]]\naction = \"allow\"\nto = [\"{own}/{}\"]\n", if own.is_ipv4() { 32 } else { 128 }));
-            assert_eq!(p.check(None, Command::Connect, None, own, 80), Verdict::Allow);
+            let p = policy(&format!(
+                "[[rules]]\naction = \"allow\"\nto = [\"{own}/{}\"]\n",
+                if own.is_ipv4() { 32 } else { 128 }
+            ));
+            assert_eq!(
+                p.check(None, Command::Connect, None, own, 80),
+                Verdict::Allow
+            );
         }
-        assert_eq!(p.check(Some("alice"), Command::Connect, None, ip("192.0.2.1"), 80), Verdict::Allow);
+        assert_eq!(
+            p.check(Some("alice"), Command::Connect, None, ip("192.0.2.1"), 80),
+            Verdict::Allow
+        );
     }
 
     #[test]

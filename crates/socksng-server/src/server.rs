@@ -233,7 +233,7 @@ fn is_address_unavailable(e: &io::Error) -> bool {
 }
 
 /// Accept errors that mean "no resources right now": retrying at once would spin.
-fn is_resource_exhaustion(e: &io::Error) -> bool {
+pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)

@@ -75,3 +75,22 @@ async fn bind_peer_checked_by_policy() {
     assert_eq!(read_reply(&mut ctl).await.code, ReplyCode::TTL_EXPIRED);
     srv.stop().await;
 }
+
+/// A client that half-closes while waiting still gets its data and its EOF delivered to the
+/// peer, and the peer's answer back.
+#[tokio::test]
+async fn bind_half_close_before_peer_arrives() {
+    let srv = start(ALLOW_LOOPBACK).await;
+    let mut ctl = TcpStream::connect(srv.addr).await.unwrap();
+    let first = request(&mut ctl, 2, &Address::ip("127.0.0.5:0".parse().unwrap())).await;
+    let listen = first.bound.socket_addr().unwrap();
+    ctl.write_all(b"sent early").await.unwrap();
+    ctl.shutdown().await.unwrap();
+    let mut peer = connect_from("127.0.0.5:0", listen).await;
+    assert_eq!(read_reply(&mut ctl).await.code, ReplyCode::SUCCEEDED);
+    assert_eq!(read_to_end(&mut peer).await, b"sent early");
+    peer.write_all(b"answer").await.unwrap();
+    peer.shutdown().await.unwrap();
+    assert_eq!(read_to_end(&mut ctl).await, b"answer");
+    srv.stop().await;
+}
