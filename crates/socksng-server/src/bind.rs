@@ -5,7 +5,7 @@
 //! Connections from other hosts, or refused by policy, are closed and the wait goes on until
 //! the BIND timeout, which is answered with TTL expired.
 
-use crate::connect::{canonical_addr, tune_stream};
+use crate::connect::{canonical_addr, port_zero, tune_stream};
 use crate::policy::{canonical, Verdict};
 use crate::relay::relay;
 use crate::server::is_resource_exhaustion;
@@ -128,14 +128,5 @@ fn listen_address(control_local: SocketAddr, toward: Option<IpAddr>) -> SocketAd
         probe.connect((ip, 9)).ok()?;
         probe.local_addr().ok()
     });
-    let mut addr = routed.unwrap_or_else(|| canonical_addr(control_local));
-    if let SocketAddr::V6(v6) = control_local {
-        if let SocketAddr::V6(a) = &mut addr {
-            if a.ip() == v6.ip() {
-                a.set_scope_id(v6.scope_id());
-            }
-        }
-    }
-    addr.set_port(0);
-    addr
+    port_zero(routed.unwrap_or(control_local))
 }

@@ -11,7 +11,7 @@ use crate::config::FamilyPreference;
 use socket2::{SockRef, TcpKeepalive};
 use socksng_proto::ReplyCode;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
@@ -156,9 +156,15 @@ pub fn canonical_addr(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(crate::policy::canonical(a.ip()), a.port())
 }
 
-/// Whether an address is the unspecified one of its family.
-pub fn is_unspecified(ip: IpAddr) -> bool {
-    ip.is_unspecified()
+/// The same address with port 0, to bind a new socket beside an existing one. IPv4-mapped
+/// forms are unmapped; a link-local IPv6 address keeps its scope (interface).
+pub fn port_zero(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none() => SocketAddr::V6(
+            std::net::SocketAddrV6::new(*v6.ip(), 0, v6.flowinfo(), v6.scope_id()),
+        ),
+        other => SocketAddr::new(crate::policy::canonical(other.ip()), 0),
+    }
 }
 
 #[cfg(test)]
