@@ -109,15 +109,15 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
                 Err(e) => break format!("control connection failed: {e}"),
             },
             r = assoc.relay.readable() => match r {
-                Ok(()) => assoc.from_client(log).await,
+                Ok(()) => assoc.relay_outgoing(log).await,
                 Err(e) => break format!("relay socket failed: {e}"),
             },
             r = readable(&assoc.out4) => match r {
-                Ok(()) => assoc.from_outside(false, log).await,
+                Ok(()) => assoc.relay_incoming(false, log).await,
                 Err(_) => assoc.out4 = None,
             },
             r = readable(&assoc.out6) => match r {
-                Ok(()) => assoc.from_outside(true, log).await,
+                Ok(()) => assoc.relay_incoming(true, log).await,
                 Err(_) => assoc.out6 = None,
             },
         }
@@ -129,7 +129,7 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
 }
 
 impl Association {
-    async fn from_client(&mut self, log: &mut SessionLog) {
+    async fn relay_outgoing(&mut self, log: &mut SessionLog) {
         let (len, src) = match self.relay.try_recv_from(&mut self.buf) {
             Ok(x) => x,
             // WouldBlock after a spurious wake-up, or an ICMP error about one earlier datagram.
@@ -237,7 +237,7 @@ impl Association {
         }
     }
 
-    async fn from_outside(&mut self, v6: bool, log: &mut SessionLog) {
+    async fn relay_incoming(&mut self, v6: bool, log: &mut SessionLog) {
         let sock = if v6 { &self.out6 } else { &self.out4 };
         let Some(sock) = sock.as_ref() else { return };
         let (len, src) = match sock.try_recv_from(&mut self.buf) {
