@@ -367,6 +367,21 @@ impl Config {
         if self.access.clients.is_empty() {
             return invalid("`access.clients` is empty: no client could ever connect".into());
         }
+        // Deadlines are computed as now + duration; absurd values would overflow the clock.
+        const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+        let t = &self.timeouts;
+        for (key, d) in [
+            ("handshake", t.handshake),
+            ("connect", t.connect),
+            ("idle", t.idle),
+            ("bind", t.bind),
+            ("tcp_keepalive", t.tcp_keepalive),
+            ("shutdown_grace", t.shutdown_grace),
+        ] {
+            if d > MAX_DURATION {
+                return invalid(format!("`timeouts.{key}` is over ten years"));
+            }
+        }
         if self.timeouts.handshake.is_zero() || self.timeouts.connect.is_zero() {
             return invalid(
                 "`timeouts.handshake` and `timeouts.connect` must be above zero".into(),
@@ -472,6 +487,7 @@ mod tests {
         assert!(parse("[auth]\nmethods = [\"password\"]\n").is_err());
         assert!(parse("[auth]\nmethods = []\n").is_err());
         assert!(parse("[access]\nclients = []\n").is_err());
+        assert!(parse("[timeouts]\nbind = \"600000000y\"\n").is_err());
         assert!(parse("[[rules]]\naction = \"allow\"\ndomains = [\".\"]\n").is_err());
     }
 }

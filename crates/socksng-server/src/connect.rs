@@ -142,6 +142,7 @@ pub fn reply_code_for(e: &io::Error) -> ReplyCode {
         io::ErrorKind::HostUnreachable => ReplyCode::HOST_UNREACHABLE,
         io::ErrorKind::TimedOut => ReplyCode::TTL_EXPIRED,
         io::ErrorKind::AddrNotAvailable => ReplyCode::NETWORK_UNREACHABLE,
+        io::ErrorKind::PermissionDenied => ReplyCode::NOT_ALLOWED,
         _ => match e.raw_os_error() {
             Some(libc::ENETUNREACH) | Some(libc::EAFNOSUPPORT) => ReplyCode::NETWORK_UNREACHABLE,
             Some(libc::EHOSTUNREACH) | Some(libc::EHOSTDOWN) => ReplyCode::HOST_UNREACHABLE,

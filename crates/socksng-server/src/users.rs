@@ -193,9 +193,12 @@ pub fn set_password(path: &Path, name: &str, password: &[u8]) -> Result<(), User
     if !replaced {
         lines.push(entry);
     }
+    // The replacement keeps the old file's mode and owner (a root:socksng 0640 file must stay
+    // readable by the daemon); a new file is private to its creator.
+    let existing = std::fs::metadata(path).ok();
     let tmp = path.with_extension("tmp");
     {
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -203,6 +206,12 @@ pub fn set_password(path: &Path, name: &str, password: &[u8]) -> Result<(), User
             .mode(0o600)
             .open(&tmp)
             .map_err(io)?;
+        if let Some(meta) = &existing {
+            f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(io)?;
+            // Only root can give a file away; anyone else keeps ownership as it falls.
+            let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+        }
         f.write_all((lines.join("\n") + "\n").as_bytes())
             .map_err(io)?;
         f.sync_all().map_err(io)?;
@@ -230,7 +239,11 @@ mod tests {
         assert_eq!(db.verify_cached("alice", b"wrong"), None);
         assert!(!db.verify("alice", b"wrong"));
         assert!(!db.verify("carol", b"s3cret"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         set_password(&path, "alice", b"new").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "mode of an existing users file is kept");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# comment\n"));
         assert_eq!(text.matches("alice:").count(), 1);
