@@ -106,12 +106,17 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
             log.outcome = "peer write failed".into();
             return;
         }
-        log.up += early.len() as u64;
+        log.add_up(early.len() as u64);
     }
-    let stats = relay(&mut conn.stream, &mut peer_stream, shared.cfg.timeouts.idle).await;
-    log.up += stats.up;
-    log.down += stats.down;
-    log.outcome = stats.end.as_str().into();
+    let end = relay(
+        &mut conn.stream,
+        &mut peer_stream,
+        shared.cfg.timeouts.idle,
+        &log.up,
+        &log.down,
+    )
+    .await;
+    log.outcome = end.as_str().into();
 }
 
 /// Where to listen so the expected peer can reach us: the source address this host would use

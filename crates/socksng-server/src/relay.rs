@@ -10,17 +10,6 @@ use tokio::time::Instant;
 
 const BUF_SIZE: usize = 16 * 1024;
 
-/// Bytes moved and how the relay ended.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RelayStats {
-    /// Client to target.
-    pub up: u64,
-    /// Target to client.
-    pub down: u64,
-    /// How it ended.
-    pub end: RelayEnd,
-}
-
 /// How a relay ended.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum RelayEnd {
@@ -69,23 +58,30 @@ where
 }
 
 /// Relays between `client` and `target` until both directions are done, one fails, or the
-/// relay sits idle for `idle` (zero: never).
-pub async fn relay(client: &mut TcpStream, target: &mut TcpStream, idle: Duration) -> RelayStats {
+/// relay sits idle for `idle` (zero: never). Bytes are added to `up` (client to target) and
+/// `down` as they move, so a relay cut short still reports what it carried.
+pub async fn relay(
+    client: &mut TcpStream,
+    target: &mut TcpStream,
+    idle: Duration,
+    up: &AtomicU64,
+    down: &AtomicU64,
+) -> RelayEnd {
     let (cr, cw) = client.split();
     let (tr, tw) = target.split();
-    let (up, down, activity) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let activity = AtomicU64::new(0);
     let epoch = Instant::now();
     let both = async {
         // One failing direction (a reset, say) ends both: the other may never see EOF.
         match tokio::try_join!(
-            pump(cr, tw, &up, &activity, epoch),
-            pump(tr, cw, &down, &activity, epoch)
+            pump(cr, tw, up, &activity, epoch),
+            pump(tr, cw, down, &activity, epoch)
         ) {
             Ok(_) => RelayEnd::Closed,
             Err(_) => RelayEnd::Error,
         }
     };
-    let end = if idle.is_zero() {
+    if idle.is_zero() {
         both.await
     } else {
         let watchdog = async {
@@ -102,10 +98,5 @@ pub async fn relay(client: &mut TcpStream, target: &mut TcpStream, idle: Duratio
             end = both => end,
             end = watchdog => end,
         }
-    };
-    RelayStats {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
-        end,
     }
 }

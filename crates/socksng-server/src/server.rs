@@ -282,7 +282,7 @@ async fn accept_loop(
             Some(sem) => match sem.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    tracing::warn!(client = %peer, "session limit reached: connection closed");
+                    crate::session::log_refused(peer, "session limit reached");
                     continue;
                 }
             },
@@ -291,11 +291,10 @@ async fn accept_loop(
         let hard_stop = hard_stop.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            // Dropping the session at the hard stop still writes its log line.
             tokio::select! {
                 _ = crate::session::serve(shared, stream, peer) => {}
-                _ = hard_stop.cancelled() => {
-                    tracing::info!(client = %peer, outcome = "cut at shutdown", "session");
-                }
+                _ = hard_stop.cancelled() => {}
             }
         });
     }

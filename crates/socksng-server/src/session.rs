@@ -12,6 +12,7 @@ use crate::server::Shared;
 use socksng_proto::{Address, Command, Event, Host, ReplyCode, ServerHandshake};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,10 +29,27 @@ pub(crate) struct SessionLog {
     pub command: &'static str,
     pub target: Option<Address>,
     pub connected: Option<SocketAddr>,
-    pub up: u64,
-    pub down: u64,
+    pub up: AtomicU64,
+    pub down: AtomicU64,
     pub outcome: String,
     started: Instant,
+}
+
+/// The line is written when the session ends, however it ends: a session dropped at shutdown
+/// still reports who it was and what it moved.
+impl Drop for SessionLog {
+    fn drop(&mut self) {
+        if self.outcome.is_empty() {
+            self.outcome = "cut at shutdown".into();
+        }
+        self.emit();
+    }
+}
+
+/// Logs a connection refused before it became a session (the server is at its session limit).
+pub(crate) fn log_refused(client: SocketAddr, why: &str) {
+    let mut log = SessionLog::new(canonical_addr(client));
+    log.outcome = why.to_owned();
 }
 
 impl SessionLog {
@@ -42,11 +60,19 @@ impl SessionLog {
             command: "-",
             target: None,
             connected: None,
-            up: 0,
-            down: 0,
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
             outcome: String::new(),
             started: Instant::now(),
         }
+    }
+
+    pub(crate) fn add_up(&self, n: u64) {
+        self.up.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_down(&self, n: u64) {
+        self.down.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn fail(&mut self, code: ReplyCode, why: impl std::fmt::Display) {
@@ -62,8 +88,8 @@ impl SessionLog {
             command = self.command,
             target = target.as_deref().unwrap_or("-"),
             connected = connected.as_deref().unwrap_or("-"),
-            bytes_up = self.up,
-            bytes_down = self.down,
+            bytes_up = self.up.load(Ordering::Relaxed),
+            bytes_down = self.down.load(Ordering::Relaxed),
             duration_ms = self.started.elapsed().as_millis() as u64,
             outcome = %self.outcome,
             "session"
@@ -122,7 +148,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     let mut log = SessionLog::new(peer);
     if !shared.policy.client_allowed(peer.ip()) {
         log.outcome = "client network not allowed".into();
-        log.emit();
         return;
     }
     tune_stream(&stream, shared.cfg.timeouts.tcp_keepalive);
@@ -131,18 +156,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     let (conn, asked) = match result {
         Err(_) => {
             log.outcome = format!("handshake timed out after {handshake_timeout:?}");
-            log.emit();
             return;
         }
         Ok(Err(why)) => {
             log.outcome = why;
-            log.emit();
             return;
         }
         Ok(Ok(x)) => x,
     };
     dispatch(conn, asked, &mut log).await;
-    log.emit();
 }
 
 async fn handshake(
@@ -348,10 +370,15 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
             log.outcome = format!("target write failed: {e}");
             return;
         }
-        log.up += conn.early_data.len() as u64;
+        log.add_up(conn.early_data.len() as u64);
     }
-    let stats = relay(&mut conn.stream, &mut target, shared.cfg.timeouts.idle).await;
-    log.up += stats.up;
-    log.down += stats.down;
-    log.outcome = stats.end.as_str().into();
+    let end = relay(
+        &mut conn.stream,
+        &mut target,
+        shared.cfg.timeouts.idle,
+        &log.up,
+        &log.down,
+    )
+    .await;
+    log.outcome = end.as_str().into();
 }

@@ -186,7 +186,7 @@ impl Association {
         let payload = &self.buf[head_len..len];
         if sock.send_to(payload, dest).await.is_ok() {
             self.up_datagrams += 1;
-            log.up += payload.len() as u64;
+            log.add_up(payload.len() as u64);
             if self.contacted.len() >= CONTACTED_MAX {
                 self.contacted.clear();
             }
@@ -272,7 +272,7 @@ impl Association {
         let to = SocketAddr::new(self.client_ip, port);
         if self.relay.send_to(&self.packet, to).await.is_ok() {
             self.down_datagrams += 1;
-            log.down += len as u64;
+            log.add_down(len as u64);
         } else {
             self.dropped += 1;
         }
