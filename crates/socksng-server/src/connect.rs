@@ -16,8 +16,13 @@ use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
+/// getaddrinfo runs on tokio's blocking pool (512 threads), which password checks share; slow
+/// names must queue here instead of filling it.
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(256);
+
 /// Resolves `name` with the system resolver; IPv4-mapped answers are unmapped.
 pub async fn resolve(name: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    let _turn = LOOKUPS.acquire().await.map_err(io::Error::other)?;
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
         .await?
         .map(|a| SocketAddr::new(crate::policy::canonical(a.ip()), a.port()))
