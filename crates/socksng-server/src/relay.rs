@@ -122,8 +122,9 @@ impl Direction<'_> {
         let mut bulk = false;
         loop {
             if bulk {
+                // Boxed: only bulk flows get here, and idle relays should not carry its size.
                 #[cfg(target_os = "linux")]
-                return splice::pump(&self).await;
+                return Box::pin(splice::pump(&self)).await;
             }
             self.from.readable().await?;
             let mut buf = PooledBuf::take();

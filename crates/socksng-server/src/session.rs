@@ -152,7 +152,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     }
     tune_stream(&stream, shared.cfg.timeouts.tcp_keepalive);
     let handshake_timeout = shared.cfg.timeouts.handshake;
-    let result = timeout(handshake_timeout, handshake(shared, stream, peer, &mut log)).await;
+    // The transient phases are boxed so that a long-lived relay's task is not sized for them.
+    let result = Box::pin(timeout(
+        handshake_timeout,
+        handshake(shared, stream, peer, &mut log),
+    ))
+    .await;
     let (conn, asked) = match result {
         Err(_) => {
             log.outcome = format!("handshake timed out after {handshake_timeout:?}");
@@ -230,10 +235,13 @@ async fn handshake(
                 continue;
             }
         };
+        // Most clients wait for the reply: drop the handshake buffer rather than keep it for
+        // the session's lifetime.
+        let early_data = if buf.is_empty() { Vec::new() } else { buf };
         let conn = Handshaken {
             stream,
             hs,
-            early_data: buf,
+            early_data,
             user,
             peer,
             shared,
@@ -274,8 +282,9 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
     };
     match command {
         Command::Connect => connect(conn, address, log).await,
-        Command::Bind => crate::bind::bind(conn, address, log).await,
-        Command::UdpAssociate => crate::udp::associate(conn, address, log).await,
+        // Boxed: their state is large and rare; inline, it would size every session's task.
+        Command::Bind => Box::pin(crate::bind::bind(conn, address, log)).await,
+        Command::UdpAssociate => Box::pin(crate::udp::associate(conn, address, log)).await,
     }
 }
 
@@ -337,16 +346,22 @@ pub(crate) async fn allowed_addresses(
 
 async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
     let shared = conn.shared.clone();
-    let addrs =
-        match allowed_addresses(&shared, conn.user.as_deref(), Command::Connect, &address).await {
-            Ok(a) => a,
-            Err((code, why)) => return conn.refuse(log, code, why).await,
-        };
+    let addrs = match Box::pin(allowed_addresses(
+        &shared,
+        conn.user.as_deref(),
+        Command::Connect,
+        &address,
+    ))
+    .await
+    {
+        Ok(a) => a,
+        Err((code, why)) => return conn.refuse(log, code, why).await,
+    };
     let limit = shared.cfg.timeouts.connect;
-    let (mut target, used) = match timeout(
+    let (mut target, used) = match Box::pin(timeout(
         limit,
         connect_racing(&addrs, shared.cfg.resolver.attempt_delay),
-    )
+    ))
     .await
     {
         Ok(Ok(t)) => t,
@@ -371,6 +386,7 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
             return;
         }
         log.add_up(conn.early_data.len() as u64);
+        conn.early_data = Vec::new();
     }
     let end = relay(
         &mut conn.stream,
