@@ -152,6 +152,7 @@ impl Signals {
     }
 }
 
+#[cfg(feature = "env-filter")]
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -161,6 +162,23 @@ fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         // A vanished log reader must not turn every log call into a panic.
+        .log_internal_errors(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[cfg(not(feature = "env-filter"))]
+fn init_logging(level: &str) {
+    use tracing_subscriber::filter::LevelFilter;
+    let from_env = std::env::var("RUST_LOG").ok();
+    let filter = from_env
+        .as_deref()
+        .and_then(|v| v.parse::<LevelFilter>().ok())
+        .or_else(|| level.parse().ok())
+        .unwrap_or(LevelFilter::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .init();
