@@ -138,8 +138,32 @@ impl Handshaken {
         why: impl std::fmt::Display,
     ) {
         log.fail(code, why);
-        let _ = self.reply(code, &Address::unspecified()).await;
+        if self.reply(code, &Address::unspecified()).await.is_ok() {
+            linger_close(&mut self.stream).await;
+        }
     }
+}
+
+/// Closes after a final failure reply so that the reply survives: send FIN, then read and
+/// discard what the client already sent (pipelined data) for a moment. Closing with unread
+/// input would make the kernel send a reset, which can destroy the reply before it is read.
+async fn linger_close(stream: &mut TcpStream) {
+    const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+    const MAX_DISCARD: usize = 64 * 1024;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    let mut discarded = 0;
+    let drain = async {
+        while discarded < MAX_DISCARD {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    };
+    let _ = timeout(LINGER, drain).await;
 }
 
 /// Serves one accepted connection to its end and logs it.
@@ -184,12 +208,21 @@ async fn handshake(
     let mut user = None;
     loop {
         let progress = hs.handle_input(&buf, &mut out);
-        if !out.is_empty() {
+        let replied = !out.is_empty();
+        if replied {
             let written = stream.write_all(&out).await;
             out.clear();
             written.map_err(|e| format!("handshake write failed: {e}"))?;
         }
-        let progress = progress.map_err(|e| format!("handshake failed: {e}"))?;
+        let progress = match progress {
+            Ok(p) => p,
+            Err(e) => {
+                if replied {
+                    linger_close(&mut stream).await;
+                }
+                return Err(format!("handshake failed: {e}"));
+            }
+        };
         buf.drain(..progress.consumed);
         let asked = match progress.event {
             Some(Event::Authenticate(auth)) => {
@@ -202,7 +235,10 @@ async fn handshake(
                     .await
                     .map_err(|e| format!("handshake write failed: {e}"))?;
                 out.clear();
-                res.map_err(|e| format!("handshake failed: {e}"))?;
+                if let Err(e) = res {
+                    linger_close(&mut stream).await;
+                    return Err(format!("handshake failed: {e}"));
+                }
                 user = Some(name);
                 continue;
             }
