@@ -169,6 +169,16 @@ async fn bad_input_then_valid_client() {
             vec![0, 91, 0, 0, 0, 0, 0, 0],
         ), // oversized SOCKS4 user id
         (vec![5, 1, 2, 1, 1, b'u', 1, b'p'], vec![5, 0xff]),     // password not accepted here
+        // Unknown command with 32 KiB pipelined behind it: the reply must survive the close
+        // (no reset discarding it).
+        (
+            {
+                let mut v = vec![5, 1, 0, 5, 9, 0, 1, 1, 2, 3, 4, 0, 80];
+                v.extend(pattern(32 * 1024, 5));
+                v
+            },
+            vec![5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0],
+        ),
     ];
     for (i, (send, expect)) in cases.iter().enumerate() {
         let mut s = TcpStream::connect(srv.addr).await.unwrap();
