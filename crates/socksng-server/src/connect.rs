@@ -83,6 +83,10 @@ pub async fn connect_racing(
     addrs: &[SocketAddr],
     attempt_delay: Duration,
 ) -> io::Result<(TcpStream, SocketAddr)> {
+    // One address has nothing to race: connect in this task, without spawning.
+    if let [only] = addrs {
+        return connect_one(*only).await.map(|s| (s, *only));
+    }
     let mut pending = addrs.iter().copied();
     let mut attempts = JoinSet::new();
     let mut best_error: Option<io::Error> = None;
