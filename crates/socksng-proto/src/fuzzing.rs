@@ -17,6 +17,8 @@ pub fn server_handshake(data: &[u8]) {
         no_auth: flags & 1 != 0,
         username_password: flags & 2 != 0,
         socks4: flags & 4 != 0,
+        // Shares a bit with the chunk size; both still vary independently enough.
+        ng: flags & 8 != 0,
     };
     let chunk = usize::from((flags >> 3) & 7) + 1;
     let accept_auth = flags & 0x40 != 0;
@@ -53,6 +55,11 @@ pub fn server_handshake(data: &[u8]) {
                 };
                 let _ = hs.reply(code, &r.address, &mut out);
                 let _ = hs.reply(code, &r.address, &mut out);
+                return;
+            }
+            Some(Event::NgRequest(_)) => {
+                let code = if reply_ok { ReplyCode::SUCCEEDED } else { ReplyCode::NOT_ALLOWED };
+                let _ = hs.reply(code, &Address::unspecified(), &mut out);
                 return;
             }
             Some(Event::Socks4Request(r)) => {

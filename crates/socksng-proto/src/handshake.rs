@@ -8,6 +8,7 @@
 //! to the relay. On an error the machine may have written a final reply into `out`; the driver
 //! flushes it and closes.
 
+use crate::wire::ng::{welcome, NgAuth, NgHello, NgRequest, NgWelcome, NG_METHOD, NG_REVISION};
 use crate::wire::{
     Address, AuthReply, AuthRequest, DecodeError, Greeting, Host, Method, MethodSelection, Reply,
     ReplyCode, Request, Socks4Command, Socks4Reply, Socks4Request, SOCKS4_GRANTED, SOCKS4_REJECTED,
@@ -23,6 +24,8 @@ pub struct HandshakeConfig {
     pub username_password: bool,
     /// Accept SOCKS4/4a requests (only meaningful when `no_auth` is set: SOCKS4 cannot log in).
     pub socks4: bool,
+    /// Select the SOCKS-NG method when offered, and accept the NG commands after it.
+    pub ng: bool,
 }
 
 /// Something the driver must decide or act on.
@@ -34,6 +37,9 @@ pub enum Event {
     Request(Request),
     /// Serve this SOCKS4 CONNECT, then call [`ServerHandshake::reply`].
     Socks4Request(Socks4Request),
+    /// Serve this SOCKS-NG request, then call [`ServerHandshake::reply`] (for CAPABILITIES the
+    /// driver appends the capability block after the reply).
+    NgRequest(NgRequest),
 }
 
 /// The result of feeding input: how much of it was used, and an event if one is ready.
@@ -85,6 +91,7 @@ pub enum HandshakeError {
 enum State {
     AwaitGreeting,
     AwaitAuth,
+    AwaitNgHello,
     AuthPending,
     AwaitRequest,
     RequestPending { socks4: bool, bind: bool },
@@ -99,6 +106,10 @@ pub struct ServerHandshake {
     config: HandshakeConfig,
     state: State,
     method: Option<Method>,
+}
+
+fn ng_selected(method: Option<Method>) -> bool {
+    method == Some(Method(NG_METHOD))
 }
 
 impl ServerHandshake {
@@ -135,6 +146,7 @@ impl ServerHandshake {
             let step = match self.state {
                 State::AwaitGreeting => self.on_first_message(rest, out),
                 State::AwaitAuth => self.on_auth(rest),
+                State::AwaitNgHello => self.on_ng_hello(rest, out),
                 State::AwaitRequest => self.on_request(rest, out),
                 State::AuthPending | State::RequestPending { .. } | State::BindPending => {
                     return Ok(Progress {
@@ -174,7 +186,12 @@ impl ServerHandshake {
         if self.state != State::AuthPending {
             return Err(HandshakeError::WrongState("no authentication pending"));
         }
-        AuthReply { success: accepted }.encode(out);
+        if ng_selected(self.method) {
+            let status = if accepted { welcome::OK } else { welcome::AUTH_FAILED };
+            NgWelcome { status, revision: NG_REVISION }.encode(out);
+        } else {
+            AuthReply { success: accepted }.encode(out);
+        }
         if accepted {
             self.state = State::AwaitRequest;
             Ok(())
@@ -264,10 +281,12 @@ impl ServerHandshake {
                 })
             }
         };
-        // Prefer username/password when the client offers it: knowing the user is worth more
-        // to policy and logs than saving one round trip.
-        let chosen = if self.config.username_password && greeting.offers(Method::USERNAME_PASSWORD)
-        {
+        // SOCKS-NG first: a client offering it wants it, and it carries credentials too.
+        // Then username/password when offered: knowing the user is worth more to policy and
+        // logs than saving one round trip.
+        let chosen = if self.config.ng && greeting.offers(Method(NG_METHOD)) {
+            Method(NG_METHOD)
+        } else if self.config.username_password && greeting.offers(Method::USERNAME_PASSWORD) {
             Method::USERNAME_PASSWORD
         } else if self.config.no_auth && greeting.offers(Method::NO_AUTH) {
             Method::NO_AUTH
@@ -277,12 +296,41 @@ impl ServerHandshake {
         };
         MethodSelection(chosen).encode(out);
         self.method = Some(chosen);
-        self.state = if chosen == Method::USERNAME_PASSWORD {
-            State::AwaitAuth
-        } else {
-            State::AwaitRequest
+        self.state = match chosen {
+            Method::USERNAME_PASSWORD => State::AwaitAuth,
+            Method(NG_METHOD) => State::AwaitNgHello,
+            _ => State::AwaitRequest,
         };
         Ok(Some((n, None)))
+    }
+
+    fn on_ng_hello(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
+        let (hello, n) = match NgHello::decode(input) {
+            Ok(h) => h,
+            Err(DecodeError::Incomplete) => return Ok(None),
+            Err(DecodeError::Version(v)) => return Err(HandshakeError::UnsupportedVersion(v)),
+            Err(source) => return Err(HandshakeError::Malformed { stage: "NG-HELLO", source }),
+        };
+        let refuse = |out: &mut Vec<u8>| {
+            NgWelcome { status: welcome::AUTH_NOT_ACCEPTABLE, revision: NG_REVISION }.encode(out);
+            Err(HandshakeError::NoAcceptableMethod)
+        };
+        match hello.auth {
+            NgAuth::None if self.config.no_auth => {
+                NgWelcome { status: welcome::OK, revision: NG_REVISION }.encode(out);
+                self.state = State::AwaitRequest;
+                Ok(Some((n, None)))
+            }
+            NgAuth::Password { username, password } if self.config.username_password => {
+                self.state = State::AuthPending;
+                Ok(Some((n, Some(Event::Authenticate(AuthRequest { username, password })))))
+            }
+            _ => refuse(out),
+        }
     }
 
     fn on_auth(&mut self, input: &[u8]) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
@@ -312,6 +360,23 @@ impl ServerHandshake {
             }
             .encode(out);
         };
+        if ng_selected(self.method) && input.len() >= 2 && NgRequest::is_ng_command(input[1]) {
+            return match NgRequest::decode(input) {
+                Ok((req, n)) => {
+                    self.state = State::RequestPending { socks4: false, bind: false };
+                    Ok(Some((n, Some(Event::NgRequest(req)))))
+                }
+                Err(DecodeError::Incomplete) => Ok(None),
+                Err(DecodeError::UnknownAddressType(t)) => {
+                    fail(out, ReplyCode::ADDRESS_TYPE_NOT_SUPPORTED);
+                    Err(HandshakeError::AddressTypeNotSupported(t))
+                }
+                Err(source) => {
+                    fail(out, ReplyCode::GENERAL_FAILURE);
+                    Err(HandshakeError::Malformed { stage: "NG request", source })
+                }
+            };
+        }
         match Request::decode(input) {
             Ok((req, n)) => {
                 let bind = req.command == crate::wire::Command::Bind;
@@ -393,16 +458,19 @@ mod tests {
         no_auth: true,
         username_password: false,
         socks4: true,
+        ng: false,
     };
     const AUTH: HandshakeConfig = HandshakeConfig {
         no_auth: false,
         username_password: true,
         socks4: true,
+        ng: true,
     };
     const BOTH: HandshakeConfig = HandshakeConfig {
         no_auth: true,
         username_password: true,
         socks4: true,
+        ng: true,
     };
 
     fn connect_req() -> Vec<u8> {
@@ -640,5 +708,57 @@ mod tests {
             .reply(ReplyCode::SUCCEEDED, &Address::unspecified(), &mut out)
             .is_err());
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn ng_negotiation_with_password_and_listen() {
+        let mut hs = ServerHandshake::new(AUTH);
+        let mut input = vec![5, 3, 0xa5, 2, 0];
+        input.extend_from_slice(&[1, 2, 0, 5, 1, b'u', 2, b'p', b'w']);
+        let mut out = Vec::new();
+        let p = hs.handle_input(&input, &mut out).unwrap();
+        assert_eq!(out, [5, 0xa5]);
+        assert_eq!(p.consumed, input.len());
+        let Some(Event::Authenticate(a)) = p.event else { panic!("{p:?}") };
+        assert_eq!((a.username.as_slice(), a.password.as_slice()), (&b"u"[..], &b"pw"[..]));
+        out.clear();
+        hs.auth_result(true, &mut out).unwrap();
+        assert_eq!(out, [1, 0, 1], "NG-WELCOME, not an RFC 1929 reply");
+        let listen = [5, 0x12, 0, 1, 0, 0, 0, 0, 0x1f, 0x90, 1, 0, 8];
+        out.clear();
+        let p = hs.handle_input(&listen, &mut out).unwrap();
+        assert_eq!(p.consumed, listen.len());
+        assert!(matches!(p.event, Some(Event::NgRequest(NgRequest::Listen { exact: true, backlog: 8, .. }))));
+        hs.reply(ReplyCode::SUCCEEDED, &Address::unspecified(), &mut out).unwrap();
+        assert!(hs.is_done());
+    }
+
+    #[test]
+    fn ng_refusals() {
+        // Failed login: NG-WELCOME with status 1.
+        let mut hs = ServerHandshake::new(AUTH);
+        let mut out = Vec::new();
+        hs.handle_input(&[5, 1, 0xa5, 1, 2, 0, 3, 1, b'u', 0], &mut out).unwrap();
+        out.clear();
+        assert_eq!(hs.auth_result(false, &mut out), Err(HandshakeError::AuthFailed));
+        assert_eq!(out, [1, 1, 1]);
+        // AUTH none on a server that requires a login: status 2.
+        let mut hs = ServerHandshake::new(AUTH);
+        let mut out = Vec::new();
+        let r = hs.handle_input(&[5, 1, 0xa5, 1, 0, 0, 0], &mut out);
+        assert_eq!(r, Err(HandshakeError::NoAcceptableMethod));
+        assert_eq!(out, [5, 0xa5, 1, 2, 1]);
+        // Without NG the method is not selected, and NG commands are unknown commands.
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        let r = hs.handle_input(&[5, 2, 0xa5, 0, 5, 0x11, 0], &mut out);
+        assert_eq!(r, Err(HandshakeError::CommandNotSupported(0x11)));
+        assert_eq!(out[..4], [5, 0, 5, 7]);
+        // With NG and no authentication: AUTH none is welcome, and CAPABILITIES is a request.
+        let mut hs = ServerHandshake::new(BOTH);
+        let mut out = Vec::new();
+        let p = hs.handle_input(&[5, 1, 0xa5, 1, 0, 0, 0, 5, 0x11, 0], &mut out).unwrap();
+        assert_eq!(out, [5, 0xa5, 1, 0, 1]);
+        assert_eq!(p.event, Some(Event::NgRequest(NgRequest::Capabilities)));
     }
 }
