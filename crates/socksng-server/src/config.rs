@@ -239,6 +239,41 @@ pub struct RuleConfig {
     pub commands: Option<Vec<RuleCommand>>,
 }
 
+/// One served range announced in CAPABILITIES: destinations matching every kind of field given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServedRangeConfig {
+    /// Networks.
+    #[serde(default)]
+    pub to: Vec<IpNet>,
+    /// Domain suffixes.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+}
+
+/// `[ng]`: the SOCKS-NG extensions (docs/draft-socksng.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NgConfig {
+    /// Select the SOCKS-NG method when a client offers it. Plain SOCKS5 clients never offer
+    /// it, so they are unaffected either way.
+    pub enabled: bool,
+    /// Ranges announced by CAPABILITIES; empty: derived from the access rules.
+    pub served: Vec<ServedRangeConfig>,
+}
+
+impl Default for NgConfig {
+    fn default() -> Self {
+        NgConfig {
+            enabled: true,
+            served: Vec::new(),
+        }
+    }
+}
+
 /// `[access]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -283,6 +318,8 @@ pub struct Config {
     pub resolver: ResolverConfig,
     /// `[[rules]]`.
     pub rules: Vec<RuleConfig>,
+    /// `[ng]`.
+    pub ng: NgConfig,
     /// Directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -304,6 +341,7 @@ impl Default for Config {
             limits: Limits::default(),
             resolver: ResolverConfig::default(),
             rules: Vec::new(),
+            ng: NgConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }

@@ -140,6 +140,7 @@ impl Server {
             no_auth: cfg.accepts_no_auth(),
             username_password: cfg.accepts_password(),
             socks4: cfg.auth.socks4,
+            ng: cfg.ng.enabled,
         };
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         let mut unavailable = None;

@@ -9,6 +9,7 @@ use crate::connect::{
 use crate::policy::Verdict;
 use crate::relay::relay;
 use crate::server::Shared;
+use socksng_proto::wire::ng::NgRequest;
 use socksng_proto::{Address, Command, Event, Host, ReplyCode, ServerHandshake};
 use std::io;
 use std::net::SocketAddr;
@@ -242,12 +243,13 @@ async fn handshake(
                 user = Some(name);
                 continue;
             }
-            Some(Event::Request(r)) => Asked {
+            Some(Event::Request(r)) => Asked::Socks {
                 command: r.command,
                 address: r.address,
                 socks4: false,
             },
-            Some(Event::Socks4Request(r)) => Asked {
+            Some(Event::NgRequest(r)) => Asked::Ng(r),
+            Some(Event::Socks4Request(r)) => Asked::Socks {
                 command: Command::Connect,
                 address: r.address,
                 socks4: true,
@@ -287,35 +289,42 @@ async fn handshake(
 }
 
 /// The request a handshake ended with.
-struct Asked {
-    command: Command,
-    address: Address,
-    socks4: bool,
+enum Asked {
+    /// A SOCKS5 or SOCKS4 request.
+    Socks {
+        command: Command,
+        address: Address,
+        socks4: bool,
+    },
+    /// A request only valid after SOCKS-NG negotiation.
+    Ng(NgRequest),
 }
 
 async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
-    let Asked {
-        command,
-        address,
-        socks4,
-    } = asked;
+    let _slot = match conn.shared.user_slot(conn.user.as_deref()) {
+        Some(slot) => slot,
+        None => {
+            let why = "per-user session limit reached";
+            conn.refuse(log, ReplyCode::NOT_ALLOWED, why).await;
+            return;
+        }
+    };
+    let (command, address, socks4) = match asked {
+        Asked::Socks {
+            command,
+            address,
+            socks4,
+        } => (command, address, socks4),
+        Asked::Ng(request) => {
+            log.command = crate::ng::command_name(&request);
+            return Box::pin(crate::ng::serve(conn, request, log)).await;
+        }
+    };
     log.command = match (command, socks4) {
         (Command::Connect, true) => "socks4-connect",
         (c, _) => c.name(),
     };
     log.target = Some(address.clone());
-    let _slot = match conn.shared.user_slot(conn.user.as_deref()) {
-        Some(slot) => slot,
-        None => {
-            conn.refuse(
-                log,
-                ReplyCode::NOT_ALLOWED,
-                "per-user session limit reached",
-            )
-            .await;
-            return;
-        }
-    };
     match command {
         Command::Connect => connect(conn, address, log).await,
         // Boxed: their state is large and rare; inline, it would size every session's task.

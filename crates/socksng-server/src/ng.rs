@@ -1,0 +1,154 @@
+//! The SOCKS-NG commands (docs/draft-socksng.md) on the server side: CAPABILITIES with the
+//! served ranges, and the dispatch of LISTEN, ACCEPT and UDP-TUNNEL.
+
+use crate::config::{Action, Config};
+use crate::session::{Handshaken, SessionLog};
+use socksng_proto::wire::ng::{cmd, Capabilities, NgRequest, ServedRange, NG_REVISION};
+use socksng_proto::{Address, ReplyCode};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use tokio::io::AsyncWriteExt;
+
+/// Largest UDP payload an IPv4 datagram can carry; announced as the relay's limit.
+pub(crate) const MAX_UDP_PAYLOAD: u16 = 65_507;
+
+/// The log's name for an NG request.
+pub(crate) fn command_name(request: &NgRequest) -> &'static str {
+    match request {
+        NgRequest::Capabilities => "capabilities",
+        NgRequest::Listen { .. } => "listen",
+        NgRequest::Accept { .. } => "accept",
+        NgRequest::UdpTunnel => "udp-tunnel",
+    }
+}
+
+pub(crate) async fn serve(mut conn: Handshaken, request: NgRequest, log: &mut SessionLog) {
+    match request {
+        NgRequest::Capabilities => capabilities(conn, log).await,
+        NgRequest::Listen { .. } | NgRequest::Accept { .. } | NgRequest::UdpTunnel => {
+            conn.refuse(
+                log,
+                ReplyCode::COMMAND_NOT_SUPPORTED,
+                "not offered by this server",
+            )
+            .await
+        }
+    }
+}
+
+async fn capabilities(mut conn: Handshaken, log: &mut SessionLog) {
+    let caps = Capabilities {
+        revision: NG_REVISION,
+        commands: vec![0x01, 0x02, 0x03, cmd::CAPABILITIES],
+        max_udp_payload: MAX_UDP_PAYLOAD,
+        token_lifetime: None,
+        ranges: served_ranges(&conn.shared.cfg, conn.user.as_deref()),
+    };
+    let mut block = Vec::with_capacity(128);
+    if let Err(e) = caps.encode(&mut block) {
+        return conn
+            .refuse(
+                log,
+                ReplyCode::GENERAL_FAILURE,
+                format!("capabilities: {e}"),
+            )
+            .await;
+    }
+    if conn
+        .reply(ReplyCode::SUCCEEDED, &Address::unspecified())
+        .await
+        .is_err()
+        || conn.stream.write_all(&block).await.is_err()
+    {
+        log.outcome = "client gone before the capabilities".into();
+        return;
+    }
+    log.outcome = format!("{} range(s) announced", caps.ranges.len());
+}
+
+fn everything() -> ServedRange {
+    ServedRange {
+        prefixes: vec![
+            (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        ],
+        ..Default::default()
+    }
+}
+
+/// What this user may reach, as served ranges: the configured `[[ng.served]]` list, or else
+/// derived from the access rules: everything when unmatched traffic is allowed, otherwise the
+/// allow rules that apply to the user. Deny rules are not subtracted, so the announcement can
+/// be wider than the truth, never narrower: a client routes by it, the policy still decides.
+pub(crate) fn served_ranges(cfg: &Config, user: Option<&str>) -> Vec<ServedRange> {
+    if !cfg.ng.served.is_empty() {
+        return cfg
+            .ng
+            .served
+            .iter()
+            .map(|r| ServedRange {
+                prefixes: r.to.iter().map(|n| (n.network(), n.prefix_len())).collect(),
+                domains: r.domains.clone(),
+                ports: r.ports.iter().map(|p| (*p.0.start(), *p.0.end())).collect(),
+            })
+            .collect();
+    }
+    if cfg.access.default == Action::Allow {
+        return vec![everything()];
+    }
+    cfg.rules
+        .iter()
+        .filter(|r| r.action == Action::Allow)
+        .filter(|r| match (&r.users, user) {
+            (None, _) => true,
+            (Some(list), Some(u)) => list.iter().any(|x| x == "*" || x == u),
+            (Some(_), None) => false,
+        })
+        .map(|r| {
+            let mut range = ServedRange {
+                prefixes: r.to.iter().map(|n| (n.network(), n.prefix_len())).collect(),
+                domains: r.domains.clone(),
+                ports: r.ports.iter().map(|p| (*p.0.start(), *p.0.end())).collect(),
+            };
+            if range.prefixes.is_empty() && range.domains.is_empty() {
+                range.prefixes = everything().prefixes;
+            }
+            range
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(text: &str) -> Config {
+        Config::from_toml(text, Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn gateway_serves_everything() {
+        assert_eq!(served_ranges(&cfg(""), None), vec![everything()]);
+    }
+
+    #[test]
+    fn configured_ranges_win() {
+        let c = cfg("[[ng.served]]\nto = [\"10.0.0.0/8\"]\ndomains = [\"corp.example\"]\nports = [\"1-1024\"]\n");
+        let r = served_ranges(&c, Some("x"));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].prefixes, vec![("10.0.0.0".parse().unwrap(), 8)]);
+        assert_eq!(r[0].domains, vec!["corp.example".to_string()]);
+        assert_eq!(r[0].ports, vec![(1, 1024)]);
+    }
+
+    #[test]
+    fn derived_from_allow_rules_per_user() {
+        let c = cfg(
+            "[access]\ndefault = \"deny\"\n[[rules]]\naction = \"allow\"\nusers = [\"alice\"]\nto = [\"10.1.0.0/16\"]\n[[rules]]\naction = \"allow\"\ndomains = [\"intra.example\"]\n[[rules]]\naction = \"deny\"\nto = [\"0.0.0.0/0\"]\n",
+        );
+        assert_eq!(served_ranges(&c, Some("alice")).len(), 2);
+        let bob = served_ranges(&c, Some("bob"));
+        assert_eq!(bob.len(), 1);
+        assert_eq!(bob[0].domains, vec!["intra.example".to_string()]);
+    }
+}
