@@ -58,7 +58,11 @@ pub fn server_handshake(data: &[u8]) {
                 return;
             }
             Some(Event::NgRequest(_)) => {
-                let code = if reply_ok { ReplyCode::SUCCEEDED } else { ReplyCode::NOT_ALLOWED };
+                let code = if reply_ok {
+                    ReplyCode::SUCCEEDED
+                } else {
+                    ReplyCode::NOT_ALLOWED
+                };
                 let _ = hs.reply(code, &Address::unspecified(), &mut out);
                 return;
             }

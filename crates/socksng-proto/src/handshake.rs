@@ -187,8 +187,16 @@ impl ServerHandshake {
             return Err(HandshakeError::WrongState("no authentication pending"));
         }
         if ng_selected(self.method) {
-            let status = if accepted { welcome::OK } else { welcome::AUTH_FAILED };
-            NgWelcome { status, revision: NG_REVISION }.encode(out);
+            let status = if accepted {
+                welcome::OK
+            } else {
+                welcome::AUTH_FAILED
+            };
+            NgWelcome {
+                status,
+                revision: NG_REVISION,
+            }
+            .encode(out);
         } else {
             AuthReply { success: accepted }.encode(out);
         }
@@ -313,21 +321,37 @@ impl ServerHandshake {
             Ok(h) => h,
             Err(DecodeError::Incomplete) => return Ok(None),
             Err(DecodeError::Version(v)) => return Err(HandshakeError::UnsupportedVersion(v)),
-            Err(source) => return Err(HandshakeError::Malformed { stage: "NG-HELLO", source }),
+            Err(source) => {
+                return Err(HandshakeError::Malformed {
+                    stage: "NG-HELLO",
+                    source,
+                })
+            }
         };
         let refuse = |out: &mut Vec<u8>| {
-            NgWelcome { status: welcome::AUTH_NOT_ACCEPTABLE, revision: NG_REVISION }.encode(out);
+            NgWelcome {
+                status: welcome::AUTH_NOT_ACCEPTABLE,
+                revision: NG_REVISION,
+            }
+            .encode(out);
             Err(HandshakeError::NoAcceptableMethod)
         };
         match hello.auth {
             NgAuth::None if self.config.no_auth => {
-                NgWelcome { status: welcome::OK, revision: NG_REVISION }.encode(out);
+                NgWelcome {
+                    status: welcome::OK,
+                    revision: NG_REVISION,
+                }
+                .encode(out);
                 self.state = State::AwaitRequest;
                 Ok(Some((n, None)))
             }
             NgAuth::Password { username, password } if self.config.username_password => {
                 self.state = State::AuthPending;
-                Ok(Some((n, Some(Event::Authenticate(AuthRequest { username, password })))))
+                Ok(Some((
+                    n,
+                    Some(Event::Authenticate(AuthRequest { username, password })),
+                )))
             }
             _ => refuse(out),
         }
@@ -363,7 +387,10 @@ impl ServerHandshake {
         if ng_selected(self.method) && input.len() >= 2 && NgRequest::is_ng_command(input[1]) {
             return match NgRequest::decode(input) {
                 Ok((req, n)) => {
-                    self.state = State::RequestPending { socks4: false, bind: false };
+                    self.state = State::RequestPending {
+                        socks4: false,
+                        bind: false,
+                    };
                     Ok(Some((n, Some(Event::NgRequest(req)))))
                 }
                 Err(DecodeError::Incomplete) => Ok(None),
@@ -373,7 +400,10 @@ impl ServerHandshake {
                 }
                 Err(source) => {
                     fail(out, ReplyCode::GENERAL_FAILURE);
-                    Err(HandshakeError::Malformed { stage: "NG request", source })
+                    Err(HandshakeError::Malformed {
+                        stage: "NG request",
+                        source,
+                    })
                 }
             };
         }
@@ -719,8 +749,13 @@ mod tests {
         let p = hs.handle_input(&input, &mut out).unwrap();
         assert_eq!(out, [5, 0xa5]);
         assert_eq!(p.consumed, input.len());
-        let Some(Event::Authenticate(a)) = p.event else { panic!("{p:?}") };
-        assert_eq!((a.username.as_slice(), a.password.as_slice()), (&b"u"[..], &b"pw"[..]));
+        let Some(Event::Authenticate(a)) = p.event else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            (a.username.as_slice(), a.password.as_slice()),
+            (&b"u"[..], &b"pw"[..])
+        );
         out.clear();
         hs.auth_result(true, &mut out).unwrap();
         assert_eq!(out, [1, 0, 1], "NG-WELCOME, not an RFC 1929 reply");
@@ -728,8 +763,16 @@ mod tests {
         out.clear();
         let p = hs.handle_input(&listen, &mut out).unwrap();
         assert_eq!(p.consumed, listen.len());
-        assert!(matches!(p.event, Some(Event::NgRequest(NgRequest::Listen { exact: true, backlog: 8, .. }))));
-        hs.reply(ReplyCode::SUCCEEDED, &Address::unspecified(), &mut out).unwrap();
+        assert!(matches!(
+            p.event,
+            Some(Event::NgRequest(NgRequest::Listen {
+                exact: true,
+                backlog: 8,
+                ..
+            }))
+        ));
+        hs.reply(ReplyCode::SUCCEEDED, &Address::unspecified(), &mut out)
+            .unwrap();
         assert!(hs.is_done());
     }
 
@@ -738,9 +781,13 @@ mod tests {
         // Failed login: NG-WELCOME with status 1.
         let mut hs = ServerHandshake::new(AUTH);
         let mut out = Vec::new();
-        hs.handle_input(&[5, 1, 0xa5, 1, 2, 0, 3, 1, b'u', 0], &mut out).unwrap();
+        hs.handle_input(&[5, 1, 0xa5, 1, 2, 0, 3, 1, b'u', 0], &mut out)
+            .unwrap();
         out.clear();
-        assert_eq!(hs.auth_result(false, &mut out), Err(HandshakeError::AuthFailed));
+        assert_eq!(
+            hs.auth_result(false, &mut out),
+            Err(HandshakeError::AuthFailed)
+        );
         assert_eq!(out, [1, 1, 1]);
         // AUTH none on a server that requires a login: status 2.
         let mut hs = ServerHandshake::new(AUTH);
@@ -757,7 +804,9 @@ mod tests {
         // With NG and no authentication: AUTH none is welcome, and CAPABILITIES is a request.
         let mut hs = ServerHandshake::new(BOTH);
         let mut out = Vec::new();
-        let p = hs.handle_input(&[5, 1, 0xa5, 1, 0, 0, 0, 5, 0x11, 0], &mut out).unwrap();
+        let p = hs
+            .handle_input(&[5, 1, 0xa5, 1, 0, 0, 0, 5, 0x11, 0], &mut out)
+            .unwrap();
         assert_eq!(out, [5, 0xa5, 1, 0, 1]);
         assert_eq!(p.event, Some(Event::NgRequest(NgRequest::Capabilities)));
     }
