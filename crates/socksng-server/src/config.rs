@@ -254,6 +254,18 @@ pub struct ServedRangeConfig {
     pub ports: Vec<PortRange>,
 }
 
+/// One `[[ng.ports]]` grant: ports LISTEN may take, and for whom.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortGrant {
+    /// The ports.
+    pub ports: Vec<PortRange>,
+    /// Who may listen on them: user names, `"*"` for any authenticated user; absent for
+    /// anyone, unauthenticated clients included. A port listed for some users is reserved:
+    /// others get "port reserved".
+    pub users: Option<Vec<String>>,
+}
+
 /// `[ng]`: the SOCKS-NG extensions (docs/draft-socksng.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -263,6 +275,16 @@ pub struct NgConfig {
     pub enabled: bool,
     /// Ranges announced by CAPABILITIES; empty: derived from the access rules.
     pub served: Vec<ServedRangeConfig>,
+    /// Port grants for LISTEN. Default: 1024-65535 for any authenticated user, nothing for
+    /// unauthenticated clients.
+    pub ports: Vec<PortGrant>,
+    /// How long an accept token waits to be claimed.
+    #[serde(with = "humantime_serde")]
+    pub token_lifetime: Duration,
+    /// Listeners one user may hold at once.
+    pub max_listeners_per_user: usize,
+    /// Bytes queued towards a UDP-TUNNEL client before datagrams are dropped.
+    pub udp_tunnel_queue: usize,
 }
 
 impl Default for NgConfig {
@@ -270,6 +292,13 @@ impl Default for NgConfig {
         NgConfig {
             enabled: true,
             served: Vec::new(),
+            ports: vec![PortGrant {
+                ports: vec![PortRange(1024..=65535)],
+                users: Some(vec!["*".into()]),
+            }],
+            token_lifetime: Duration::from_secs(30),
+            max_listeners_per_user: 16,
+            udp_tunnel_queue: 256 * 1024,
         }
     }
 }
@@ -409,15 +438,16 @@ impl Config {
         const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
         let t = &self.timeouts;
         for (key, d) in [
-            ("handshake", t.handshake),
-            ("connect", t.connect),
-            ("idle", t.idle),
-            ("bind", t.bind),
-            ("tcp_keepalive", t.tcp_keepalive),
-            ("shutdown_grace", t.shutdown_grace),
+            ("timeouts.handshake", t.handshake),
+            ("timeouts.connect", t.connect),
+            ("timeouts.idle", t.idle),
+            ("timeouts.bind", t.bind),
+            ("timeouts.tcp_keepalive", t.tcp_keepalive),
+            ("timeouts.shutdown_grace", t.shutdown_grace),
+            ("ng.token_lifetime", self.ng.token_lifetime),
         ] {
             if d > MAX_DURATION {
-                return invalid(format!("`timeouts.{key}` is over ten years"));
+                return invalid(format!("`{key}` is over ten years"));
             }
         }
         if self.timeouts.handshake.is_zero() || self.timeouts.connect.is_zero() {

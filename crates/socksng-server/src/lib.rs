@@ -19,6 +19,7 @@ pub mod relay;
 pub mod users;
 
 mod bind;
+mod listen;
 mod ng;
 mod server;
 mod session;

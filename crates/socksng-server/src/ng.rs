@@ -24,13 +24,16 @@ pub(crate) fn command_name(request: &NgRequest) -> &'static str {
 pub(crate) async fn serve(mut conn: Handshaken, request: NgRequest, log: &mut SessionLog) {
     match request {
         NgRequest::Capabilities => capabilities(conn, log).await,
-        NgRequest::Listen { .. } | NgRequest::Accept { .. } | NgRequest::UdpTunnel => {
-            conn.refuse(
-                log,
-                ReplyCode::COMMAND_NOT_SUPPORTED,
-                "not offered by this server",
-            )
-            .await
+        NgRequest::Listen {
+            address,
+            exact,
+            backlog,
+        } => crate::listen::listen(conn, address, exact, backlog, log).await,
+        NgRequest::Accept { token } => crate::listen::accept(conn, token, log).await,
+        NgRequest::UdpTunnel => {
+            let why = "not offered by this server";
+            conn.refuse(log, ReplyCode::COMMAND_NOT_SUPPORTED, why)
+                .await
         }
     }
 }
@@ -38,9 +41,23 @@ pub(crate) async fn serve(mut conn: Handshaken, request: NgRequest, log: &mut Se
 async fn capabilities(mut conn: Handshaken, log: &mut SessionLog) {
     let caps = Capabilities {
         revision: NG_REVISION,
-        commands: vec![0x01, 0x02, 0x03, cmd::CAPABILITIES],
+        commands: vec![
+            0x01,
+            0x02,
+            0x03,
+            cmd::CAPABILITIES,
+            cmd::LISTEN,
+            cmd::ACCEPT,
+        ],
         max_udp_payload: MAX_UDP_PAYLOAD,
-        token_lifetime: None,
+        token_lifetime: Some(
+            conn.shared
+                .cfg
+                .ng
+                .token_lifetime
+                .as_secs()
+                .min(u32::MAX as u64) as u32,
+        ),
         ranges: served_ranges(&conn.shared.cfg, conn.user.as_deref()),
     };
     let mut block = Vec::with_capacity(128);

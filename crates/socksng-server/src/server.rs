@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     /// Argon2 takes ~19 MiB and tens of milliseconds per check; a flood of bad logins must
     /// queue here rather than fill the blocking pool and the memory.
     password_checks: Semaphore,
+    /// SOCKS-NG listeners and their pending tokens.
+    pub listeners: crate::listen::Registry,
 }
 
 /// Holds one of a user's concurrent-session slots until dropped.
@@ -167,6 +169,7 @@ impl Server {
             users,
             handshake_config,
             per_user: Mutex::new(HashMap::new()),
+            listeners: Default::default(),
             password_checks: Semaphore::new(
                 std::thread::available_parallelism()
                     .map(|n| n.get())

@@ -82,3 +82,317 @@ async fn plain_clients_and_fallback() {
     );
     srv.stop().await;
 }
+
+// ---- LISTEN and ACCEPT -------------------------------------------------------------------
+
+use socksng_proto::wire::ng::{rep, ControlMessage, Token};
+use socksng_proto::Address;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+struct Fixture {
+    srv: TestServer,
+    dir: PathBuf,
+}
+
+/// A server with users alice and bob, loopback allowed, and extra configuration.
+async fn fixture(tag: &str, extra: &str) -> Fixture {
+    let dir = std::env::temp_dir().join(format!("socksng-ng-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (u, p) in [("alice", "wonder"), ("bob", "builder")] {
+        socksng_server::users::set_password(&dir.join("users"), u, p.as_bytes()).unwrap();
+    }
+    let cfg = format!(
+        "[auth]\nmethods = [\"password\"]\nusers_file = \"users\"\n{extra}\n{ALLOW_LOOPBACK}"
+    );
+    let srv = start_in(&cfg, &dir).await;
+    Fixture { srv, dir }
+}
+
+impl Fixture {
+    async fn done(self) {
+        self.srv.stop().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn ng_login(proxy: SocketAddr, user: &str, pass: &str) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let mut msg = vec![5, 1, 0xa5];
+    NgHello {
+        auth: NgAuth::Password {
+            username: user.into(),
+            password: pass.into(),
+        },
+    }
+    .encode(&mut msg)
+    .unwrap();
+    s.write_all(&msg).await.unwrap();
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head, [5, 0xa5, 1, 0, 1], "login as {user}");
+    s
+}
+
+async fn listen(
+    proxy: SocketAddr,
+    user: &str,
+    pass: &str,
+    port: u16,
+    exact: bool,
+    backlog: u16,
+) -> (TcpStream, socksng_proto::Reply) {
+    let mut s = ng_login(proxy, user, pass).await;
+    let mut req = Vec::new();
+    NgRequest::Listen {
+        address: Address::ip(SocketAddr::new("127.0.0.1".parse().unwrap(), port)),
+        exact,
+        backlog,
+    }
+    .encode(&mut req);
+    s.write_all(&req).await.unwrap();
+    let r = read_reply(&mut s).await;
+    (s, r)
+}
+
+async fn read_control(s: &mut TcpStream) -> ControlMessage {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match ControlMessage::decode(&buf) {
+            Ok((m, _)) => return m,
+            Err(socksng_proto::DecodeError::Incomplete) => {}
+            Err(e) => panic!("bad control message {buf:?}: {e}"),
+        }
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "control connection closed"
+        );
+        buf.push(byte[0]);
+    }
+}
+
+async fn claim(
+    proxy: SocketAddr,
+    user: &str,
+    pass: &str,
+    token: Token,
+) -> (TcpStream, socksng_proto::Reply) {
+    let mut s = ng_login(proxy, user, pass).await;
+    let mut req = Vec::new();
+    NgRequest::Accept { token }.encode(&mut req);
+    s.write_all(&req).await.unwrap();
+    let r = read_reply(&mut s).await;
+    (s, r)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn listen_any_exact_and_fallback() {
+    let f = fixture("ports", "").await;
+    let (_c1, r) = listen(f.srv.addr, "alice", "wonder", 0, false, 8).await;
+    assert_eq!(r.code, ReplyCode::SUCCEEDED);
+    let any = r.bound.socket_addr().unwrap();
+    assert!(any.port() >= 1024 && any.ip().is_loopback(), "{any}");
+
+    let wanted = free_port();
+    let (_c2, r) = listen(f.srv.addr, "alice", "wonder", wanted, true, 8).await;
+    assert_eq!(r.code, ReplyCode::SUCCEEDED);
+    assert_eq!(r.bound.socket_addr().unwrap().port(), wanted);
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let (_c3, r) = listen(f.srv.addr, "alice", "wonder", busy_port, true, 8).await;
+    assert_eq!(r.code, rep::PORT_IN_USE);
+    let (_c4, r) = listen(f.srv.addr, "alice", "wonder", busy_port, false, 8).await;
+    assert_eq!(r.code, ReplyCode::SUCCEEDED, "else-any falls back");
+    assert_ne!(r.bound.socket_addr().unwrap().port(), busy_port);
+    f.done().await;
+}
+
+/// 50 incoming connections to one listener, claimed concurrently over 50 claim connections,
+/// data checked both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_incoming_claimed_concurrently() {
+    let f = fixture("fifty", "").await;
+    let proxy = f.srv.addr;
+    let (mut control, r) = listen(proxy, "alice", "wonder", 0, false, 64).await;
+    assert_eq!(r.code, ReplyCode::SUCCEEDED);
+    let public = r.bound.socket_addr().unwrap();
+    let mut outside = Vec::new();
+    for i in 0..50u64 {
+        outside.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(public).await.unwrap();
+            let local = s.local_addr().unwrap();
+            let msg = pattern(1000 + i as usize, i + 1);
+            s.write_all(&msg).await.unwrap();
+            s.shutdown().await.unwrap();
+            let back = read_to_end(&mut s).await;
+            let reversed: Vec<u8> = msg.iter().rev().copied().collect();
+            (local, checksum(&back), checksum(&reversed))
+        }));
+    }
+    let mut claims = Vec::new();
+    for _ in 0..50 {
+        let ControlMessage::AcceptNotice { token, peer } = read_control(&mut control).await else {
+            panic!("expected an accept notice")
+        };
+        claims.push(tokio::spawn(async move {
+            let (mut s, r) = claim(proxy, "alice", "wonder", token).await;
+            assert_eq!(r.code, ReplyCode::SUCCEEDED);
+            assert_eq!(r.bound, peer, "ACCEPT reply names the peer of the notice");
+            let got = read_to_end(&mut s).await;
+            // Answer with the reversed bytes, so each side checks the other's data.
+            let answer: Vec<u8> = got.iter().rev().copied().collect();
+            s.write_all(&answer).await.unwrap();
+            s.shutdown().await.unwrap();
+        }));
+    }
+    for c in claims {
+        c.await.unwrap();
+    }
+    for o in outside {
+        let (_, back_sum, expected_sum) = o.await.unwrap();
+        assert_eq!(
+            back_sum, expected_sum,
+            "each outside client gets its own data reversed"
+        );
+    }
+    f.done().await;
+}
+
+#[tokio::test]
+async fn refused_notice_and_invalid_tokens() {
+    let f = fixture("tokens", "").await;
+    let proxy = f.srv.addr;
+    let (mut control, r) = listen(proxy, "alice", "wonder", 0, false, 8).await;
+    let public = r.bound.socket_addr().unwrap();
+
+    // Refused on the control connection: the incoming connection is closed.
+    let mut refused = TcpStream::connect(public).await.unwrap();
+    let ControlMessage::AcceptNotice { token, .. } = read_control(&mut control).await else {
+        panic!()
+    };
+    let mut msg = Vec::new();
+    ControlMessage::Refuse { token }.encode(&mut msg);
+    control.write_all(&msg).await.unwrap();
+    assert!(closed_silently(&mut refused).await);
+    let (_, r) = claim(proxy, "alice", "wonder", token).await;
+    assert_eq!(r.code, rep::TOKEN_NOT_VALID, "a refused token is gone");
+
+    // Unknown token.
+    let (_, r) = claim(proxy, "alice", "wonder", [7u8; 16]).await;
+    assert_eq!(r.code, rep::TOKEN_NOT_VALID);
+
+    // Another user's claim fails and does not consume the token; reuse fails.
+    let mut waiting = TcpStream::connect(public).await.unwrap();
+    let ControlMessage::AcceptNotice { token, .. } = read_control(&mut control).await else {
+        panic!()
+    };
+    let (_, r) = claim(proxy, "bob", "builder", token).await;
+    assert_eq!(r.code, rep::TOKEN_NOT_VALID);
+    let (mut mine, r) = claim(proxy, "alice", "wonder", token).await;
+    assert_eq!(r.code, ReplyCode::SUCCEEDED);
+    let (_, r) = claim(proxy, "alice", "wonder", token).await;
+    assert_eq!(r.code, rep::TOKEN_NOT_VALID, "tokens are single use");
+    waiting.write_all(b"ok").await.unwrap();
+    let mut two = [0u8; 2];
+    mine.read_exact(&mut two).await.unwrap();
+    assert_eq!(&two, b"ok");
+    f.done().await;
+}
+
+#[tokio::test]
+async fn expired_tokens() {
+    let f = fixture("expiry", "[ng]\ntoken_lifetime = \"300ms\"").await;
+    let (mut control, r) = listen(f.srv.addr, "alice", "wonder", 0, false, 8).await;
+    let mut incoming = TcpStream::connect(r.bound.socket_addr().unwrap())
+        .await
+        .unwrap();
+    let ControlMessage::AcceptNotice { token, .. } = read_control(&mut control).await else {
+        panic!()
+    };
+    assert_eq!(
+        read_control(&mut control).await,
+        ControlMessage::Expired { token }
+    );
+    assert!(closed_silently(&mut incoming).await);
+    let (_, r) = claim(f.srv.addr, "alice", "wonder", token).await;
+    assert_eq!(r.code, rep::TOKEN_NOT_VALID);
+    f.done().await;
+}
+
+/// Closing the control connection closes the listener and every unclaimed connection.
+#[tokio::test]
+async fn listener_gone_with_control_connection() {
+    let f = fixture("gone", "").await;
+    let (mut control, r) = listen(f.srv.addr, "alice", "wonder", 0, false, 8).await;
+    let public = r.bound.socket_addr().unwrap();
+    let mut pending = TcpStream::connect(public).await.unwrap();
+    let _ = read_control(&mut control).await;
+    drop(control);
+    assert!(closed_silently(&mut pending).await);
+    let mut gone = false;
+    for _ in 0..500 {
+        if TcpStream::connect(public).await.is_err() {
+            gone = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(gone, "listener still accepting");
+    f.done().await;
+}
+
+#[tokio::test]
+async fn reserved_ports_backlog_and_anonymous() {
+    let reserved = free_port();
+    let extra = format!(
+        "[[ng.ports]]\nports = [{reserved}]\nusers = [\"alice\"]\n[[ng.ports]]\nports = [\"1024-65535\"]\nusers = [\"*\"]"
+    );
+    let f = fixture("reserved", &extra).await;
+    let (_b, r) = listen(f.srv.addr, "bob", "builder", reserved, true, 8).await;
+    assert_eq!(r.code, rep::PORT_RESERVED);
+    let (mut control, r) = listen(f.srv.addr, "alice", "wonder", reserved, true, 2).await;
+    assert_eq!(r.code, ReplyCode::SUCCEEDED);
+
+    // Backlog 2: the third unclaimed connection is refused (closed).
+    let public = r.bound.socket_addr().unwrap();
+    let mut first = TcpStream::connect(public).await.unwrap();
+    let _second = TcpStream::connect(public).await.unwrap();
+    let ControlMessage::AcceptNotice { token, .. } = read_control(&mut control).await else {
+        panic!()
+    };
+    let _ = read_control(&mut control).await;
+    let mut third = TcpStream::connect(public).await.unwrap();
+    assert!(closed_silently(&mut third).await);
+    // The waiting ones are still there.
+    let (mut claimed, r) = claim(f.srv.addr, "alice", "wonder", token).await;
+    assert_eq!(r.code, ReplyCode::SUCCEEDED);
+    first.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    claimed.read_exact(&mut b).await.unwrap();
+    f.done().await;
+
+    // Unauthenticated clients get no port by default.
+    let srv = start(ALLOW_LOOPBACK).await;
+    let mut s = ng_session(srv.addr).await;
+    let mut req = Vec::new();
+    NgRequest::Listen {
+        address: Address::ip("127.0.0.1:0".parse().unwrap()),
+        exact: false,
+        backlog: 1,
+    }
+    .encode(&mut req);
+    s.write_all(&req).await.unwrap();
+    assert_eq!(read_reply(&mut s).await.code, ReplyCode::NOT_ALLOWED);
+    srv.stop().await;
+}
