@@ -21,7 +21,7 @@ pub(crate) fn command_name(request: &NgRequest) -> &'static str {
     }
 }
 
-pub(crate) async fn serve(mut conn: Handshaken, request: NgRequest, log: &mut SessionLog) {
+pub(crate) async fn serve(conn: Handshaken, request: NgRequest, log: &mut SessionLog) {
     match request {
         NgRequest::Capabilities => capabilities(conn, log).await,
         NgRequest::Listen {
@@ -30,11 +30,7 @@ pub(crate) async fn serve(mut conn: Handshaken, request: NgRequest, log: &mut Se
             backlog,
         } => crate::listen::listen(conn, address, exact, backlog, log).await,
         NgRequest::Accept { token } => crate::listen::accept(conn, token, log).await,
-        NgRequest::UdpTunnel => {
-            let why = "not offered by this server";
-            conn.refuse(log, ReplyCode::COMMAND_NOT_SUPPORTED, why)
-                .await
-        }
+        NgRequest::UdpTunnel => crate::udp::tunnel(conn, log).await,
     }
 }
 
@@ -48,6 +44,7 @@ async fn capabilities(mut conn: Handshaken, log: &mut SessionLog) {
             cmd::CAPABILITIES,
             cmd::LISTEN,
             cmd::ACCEPT,
+            cmd::UDP_TUNNEL,
         ],
         max_udp_payload: MAX_UDP_PAYLOAD,
         token_lifetime: Some(

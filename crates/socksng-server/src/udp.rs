@@ -1,18 +1,22 @@
-//! UDP ASSOCIATE: one relay socket per association, bound next to the control connection.
+//! UDP relaying: the outside half shared by both ways a client can send UDP, UDP ASSOCIATE
+//! (RFC 1928) and the SOCKS-NG UDP-TUNNEL (datagrams framed inside the TCP connection).
 //!
+//! UDP ASSOCIATE: one relay socket per association, bound next to the control connection.
 //! Datagrams are taken only from the control connection's client IP; the client's UDP port is
 //! the one named in the request when it is non-zero (and the request names this client), else
 //! it is learned from the first datagram, since real clients send 0.0.0.0:0. Datagrams with
-//! FRAG != 0 are dropped (no reassembly). Every destination goes through the policy engine;
-//! replies from a destination the client has sent to are relayed (that destination was checked
-//! with its name and port), replies from anyone else are checked by address. The association
-//! ends with its control connection.
+//! FRAG != 0 are dropped (no reassembly). The association ends with its control connection.
+//!
+//! Both: every destination goes through the policy engine; replies from a destination the
+//! client has sent to are relayed (that destination was checked with its name and port),
+//! replies from anyone else are checked by address.
 
 use crate::connect::{interleave, port_zero, resolve};
 use crate::policy::{canonical, Verdict};
 use crate::server::Shared;
 use crate::session::{Handshaken, SessionLog};
-use socksng_proto::{Address, Command, Host, ReplyCode, UdpHeader};
+use socksng_proto::wire::ng::UdpFrameHeader;
+use socksng_proto::{Address, Command, DecodeError, Host, ReplyCode, UdpHeader};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -21,12 +25,14 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 
-/// Names resolved per association are remembered, but not without bound.
+/// Names resolved per client are remembered, but not without bound.
 const NAME_CACHE_MAX: usize = 256;
-/// Destinations remembered for reply matching, per association.
+/// Destinations remembered for reply matching, per client.
 const CONTACTED_MAX: usize = 4096;
-/// A name lookup holds up the association's other datagrams, so it gets a short leash.
+/// A name lookup holds up the client's other datagrams, so it gets a short leash.
 const UDP_RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest datagram received from anywhere.
+const DATAGRAM_MAX: usize = 65_536;
 
 async fn readable(sock: &Option<UdpSocket>) -> io::Result<()> {
     match sock {
@@ -35,132 +41,41 @@ async fn readable(sock: &Option<UdpSocket>) -> io::Result<()> {
     }
 }
 
-struct Association {
+/// Counters for the session log.
+#[derive(Default)]
+struct Counts {
+    up: u64,
+    down: u64,
+    dropped: u64,
+}
+
+/// The outside of a client's UDP relay: policy-checked destinations, the outgoing sockets
+/// (opened per family on first use), and the peers the client has sent to.
+pub(crate) struct UdpOutside {
     shared: Arc<Shared>,
     user: Option<String>,
-    client_ip: IpAddr,
-    client_port: Option<u16>,
-    relay: UdpSocket,
     out4: Option<UdpSocket>,
     out6: Option<UdpSocket>,
     names: HashMap<String, Vec<IpAddr>>,
     contacted: HashSet<SocketAddr>,
-    buf: Vec<u8>,
-    packet: Vec<u8>,
-    up_datagrams: u64,
-    down_datagrams: u64,
-    dropped: u64,
 }
 
-pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mut SessionLog) {
-    let client_ip = conn.peer.ip();
-    // The request names the client's own UDP source. Clients that misread the field put the
-    // target there instead; such a port is no use for matching, so it is learned instead.
-    let client_port = match requested.host {
-        Host::Ip(ip)
-            if requested.port != 0 && (ip.is_unspecified() || canonical(ip) == client_ip) =>
-        {
-            Some(requested.port)
+impl UdpOutside {
+    fn new(shared: Arc<Shared>, user: Option<String>) -> Self {
+        UdpOutside {
+            shared,
+            user,
+            out4: None,
+            out6: None,
+            names: HashMap::new(),
+            contacted: HashSet::new(),
         }
-        _ => None,
-    };
-    let bind_to = match conn.stream.local_addr() {
-        Ok(a) => port_zero(a),
-        Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
-    };
-    let relay = match UdpSocket::bind(bind_to).await {
-        Ok(s) => s,
-        Err(e) => {
-            let why = format!("UDP relay socket: {e}");
-            return conn.refuse(log, ReplyCode::GENERAL_FAILURE, why).await;
-        }
-    };
-    let relay_addr = match relay.local_addr() {
-        Ok(a) => a,
-        Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
-    };
-    if !conn.succeed(log, relay_addr).await {
-        return;
     }
-    log.connected = Some(relay_addr);
 
-    let mut assoc = Association {
-        shared: conn.shared.clone(),
-        user: conn.user.clone(),
-        client_ip,
-        client_port,
-        relay,
-        out4: None,
-        out6: None,
-        names: HashMap::new(),
-        contacted: HashSet::new(),
-        buf: vec![0u8; 65_536],
-        packet: Vec::with_capacity(2048),
-        up_datagrams: 0,
-        down_datagrams: 0,
-        dropped: 0,
-    };
-    let mut control_buf = [0u8; 512];
-    let end = loop {
-        tokio::select! {
-            r = conn.stream.read(&mut control_buf) => match r {
-                Ok(0) => break "control connection closed".to_string(),
-                Ok(_) => continue, // Nothing is defined for the client to send here.
-                Err(e) => break format!("control connection failed: {e}"),
-            },
-            r = assoc.relay.readable() => match r {
-                Ok(()) => assoc.relay_outgoing(log).await,
-                Err(e) => break format!("relay socket failed: {e}"),
-            },
-            r = readable(&assoc.out4) => match r {
-                Ok(()) => assoc.relay_incoming(false, log).await,
-                Err(_) => assoc.out4 = None,
-            },
-            r = readable(&assoc.out6) => match r {
-                Ok(()) => assoc.relay_incoming(true, log).await,
-                Err(_) => assoc.out6 = None,
-            },
-        }
-    };
-    log.outcome = format!(
-        "{end}; datagrams up {} down {} dropped {}",
-        assoc.up_datagrams, assoc.down_datagrams, assoc.dropped
-    );
-}
-
-impl Association {
-    async fn relay_outgoing(&mut self, log: &mut SessionLog) {
-        let (len, src) = match self.relay.try_recv_from(&mut self.buf) {
-            Ok(x) => x,
-            // WouldBlock after a spurious wake-up, or an ICMP error about one earlier datagram.
-            Err(_) => return,
-        };
-        let src = SocketAddr::new(canonical(src.ip()), src.port());
-        if src.ip() != self.client_ip {
-            self.dropped += 1;
-            tracing::debug!(client = %self.client_ip, from = %src, "UDP datagram from a foreign host dropped");
-            return;
-        }
-        match self.client_port {
-            Some(p) if p != src.port() => {
-                self.dropped += 1;
-                tracing::debug!(client = %self.client_ip, from = %src, "UDP datagram from an unexpected port dropped");
-                return;
-            }
-            Some(_) => {}
-            None => self.client_port = Some(src.port()),
-        }
-        let Ok((header, head_len)) = UdpHeader::decode(&self.buf[..len]) else {
-            self.dropped += 1;
-            return;
-        };
-        if header.frag != 0 {
-            self.dropped += 1;
-            return;
-        }
-        let Some(dest) = self.destination(&header.address).await else {
-            self.dropped += 1;
-            return;
+    /// Sends `payload` to `to` if the policy allows it; false when it was dropped.
+    async fn send(&mut self, to: &Address, payload: &[u8]) -> bool {
+        let Some(dest) = self.destination(to).await else {
+            return false;
         };
         let slot = if dest.is_ipv4() {
             &mut self.out4
@@ -177,23 +92,21 @@ impl Association {
                 Ok(s) => *slot = Some(s),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot open outgoing UDP socket");
-                    self.dropped += 1;
-                    return;
+                    return false;
                 }
             }
         }
-        let Some(sock) = slot.as_ref() else { return };
-        let payload = &self.buf[head_len..len];
-        if sock.send_to(payload, dest).await.is_ok() {
-            self.up_datagrams += 1;
-            log.add_up(payload.len() as u64);
-            if self.contacted.len() >= CONTACTED_MAX {
-                self.contacted.clear();
-            }
-            self.contacted.insert(dest);
-        } else {
-            self.dropped += 1;
+        let Some(sock) = slot.as_ref() else {
+            return false;
+        };
+        if sock.send_to(payload, dest).await.is_err() {
+            return false;
         }
+        if self.contacted.len() >= CONTACTED_MAX {
+            self.contacted.clear();
+        }
+        self.contacted.insert(dest);
+        true
     }
 
     /// The address to send to, resolved and allowed by policy; `None` drops the datagram.
@@ -237,44 +150,209 @@ impl Association {
         }
     }
 
-    async fn relay_incoming(&mut self, v6: bool, log: &mut SessionLog) {
+    /// Waits until an outgoing socket has a datagram; true for the IPv6 one.
+    async fn readable(&mut self) -> bool {
+        tokio::select! {
+            r = readable(&self.out4) => { if r.is_err() { self.out4 = None; } false }
+            r = readable(&self.out6) => { if r.is_err() { self.out6 = None; } true }
+        }
+    }
+
+    /// Takes one datagram from the outside: `Ok(Some)` to relay, `Ok(None)` when it was
+    /// refused by policy or nothing was there after all.
+    fn try_recv(&mut self, v6: bool, buf: &mut [u8]) -> Option<(usize, SocketAddr, bool)> {
         let sock = if v6 { &self.out6 } else { &self.out4 };
-        let Some(sock) = sock.as_ref() else { return };
-        let (len, src) = match sock.try_recv_from(&mut self.buf) {
-            Ok(x) => x,
-            Err(_) => return,
-        };
+        let (len, src) = sock.as_ref()?.try_recv_from(buf).ok()?;
         let src = SocketAddr::new(canonical(src.ip()), src.port());
-        let Some(port) = self.client_port else {
-            self.dropped += 1;
-            return;
-        };
-        if !self.contacted.contains(&src) {
-            let verdict = self.shared.policy.check(
+        let allowed = self.contacted.contains(&src)
+            || self.shared.policy.check(
                 self.user.as_deref(),
                 Command::UdpAssociate,
                 None,
                 src.ip(),
                 src.port(),
-            );
-            if verdict != Verdict::Allow {
-                self.dropped += 1;
-                return;
+            ) == Verdict::Allow;
+        Some((len, src, allowed))
+    }
+}
+
+pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mut SessionLog) {
+    let client_ip = conn.peer.ip();
+    // The request names the client's own UDP source. Clients that misread the field put the
+    // target there instead; such a port is no use for matching, so it is learned instead.
+    let mut client_port = match requested.host {
+        Host::Ip(ip)
+            if requested.port != 0 && (ip.is_unspecified() || canonical(ip) == client_ip) =>
+        {
+            Some(requested.port)
+        }
+        _ => None,
+    };
+    let bind_to = match conn.stream.local_addr() {
+        Ok(a) => port_zero(a),
+        Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
+    };
+    let relay = match UdpSocket::bind(bind_to).await {
+        Ok(s) => s,
+        Err(e) => {
+            let why = format!("UDP relay socket: {e}");
+            return conn.refuse(log, ReplyCode::GENERAL_FAILURE, why).await;
+        }
+    };
+    let relay_addr = match relay.local_addr() {
+        Ok(a) => a,
+        Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
+    };
+    if !conn.succeed(log, relay_addr).await {
+        return;
+    }
+    log.connected = Some(relay_addr);
+
+    let mut outside = UdpOutside::new(conn.shared.clone(), conn.user.clone());
+    let mut buf = vec![0u8; DATAGRAM_MAX];
+    let mut packet = Vec::with_capacity(2048);
+    let mut n = Counts::default();
+    let mut control_buf = [0u8; 512];
+    let end = loop {
+        tokio::select! {
+            r = conn.stream.read(&mut control_buf) => match r {
+                Ok(0) => break "control connection closed".to_string(),
+                Ok(_) => continue, // Nothing is defined for the client to send here.
+                Err(e) => break format!("control connection failed: {e}"),
+            },
+            r = relay.readable() => {
+                if let Err(e) = r {
+                    break format!("relay socket failed: {e}");
+                }
+                // WouldBlock after a spurious wake-up, or an ICMP error about one datagram.
+                let Ok((len, src)) = relay.try_recv_from(&mut buf) else { continue };
+                let src = SocketAddr::new(canonical(src.ip()), src.port());
+                if src.ip() != client_ip || client_port.is_some_and(|p| p != src.port()) {
+                    n.dropped += 1;
+                    tracing::debug!(client = %client_ip, from = %src, "UDP datagram from a foreign source dropped");
+                    continue;
+                }
+                client_port = Some(src.port());
+                let sent = match UdpHeader::decode(&buf[..len]) {
+                    Ok((h, head)) if h.frag == 0 => outside.send(&h.address, &buf[head..len]).await.then_some(len - head),
+                    _ => None,
+                };
+                match sent {
+                    Some(bytes) => { n.up += 1; log.add_up(bytes as u64); }
+                    None => n.dropped += 1,
+                }
+            },
+            v6 = outside.readable() => {
+                let Some((len, src, allowed)) = outside.try_recv(v6, &mut buf) else { continue };
+                let Some(port) = client_port.filter(|_| allowed) else {
+                    n.dropped += 1;
+                    continue;
+                };
+                packet.clear();
+                UdpHeader { frag: 0, address: Address::ip(src) }.encode(&mut packet);
+                packet.extend_from_slice(&buf[..len]);
+                if relay.send_to(&packet, SocketAddr::new(client_ip, port)).await.is_ok() {
+                    n.down += 1;
+                    log.add_down(len as u64);
+                } else {
+                    n.dropped += 1;
+                }
+            },
+        }
+    };
+    log.outcome = format!(
+        "{end}; datagrams up {} down {} dropped {}",
+        n.up, n.down, n.dropped
+    );
+}
+
+/// SOCKS-NG UDP-TUNNEL: datagrams framed as `LEN(2) ADDR DATA` inside the connection. Frames
+/// queued towards a client that does not read are bounded by `ng.udp_tunnel_queue`; beyond it
+/// datagrams are dropped, as UDP would drop them.
+pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
+    if !conn
+        .succeed(log, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+        .await
+    {
+        return;
+    }
+    let limit = conn.shared.cfg.ng.udp_tunnel_queue;
+    let mut outside = UdpOutside::new(conn.shared.clone(), conn.user.clone());
+    let stream = &conn.stream;
+    // Frames may already have arrived behind the request.
+    let mut inbox = std::mem::take(&mut conn.early_data);
+    let mut outq: Vec<u8> = Vec::new();
+    let mut sent_off = 0usize;
+    let mut buf = vec![0u8; DATAGRAM_MAX];
+    let mut n = Counts::default();
+    let end = 'session: loop {
+        // Relay every complete frame the client has sent.
+        loop {
+            match UdpFrameHeader::decode(&inbox) {
+                Ok((h, head)) if inbox.len() >= head + usize::from(h.len) => {
+                    let total = head + usize::from(h.len);
+                    if outside.send(&h.address, &inbox[head..total]).await {
+                        n.up += 1;
+                        log.add_up(u64::from(h.len));
+                    } else {
+                        n.dropped += 1;
+                    }
+                    inbox.drain(..total);
+                }
+                Ok(_) | Err(DecodeError::Incomplete) => break,
+                Err(e) => break 'session format!("malformed frame: {e}"),
             }
         }
-        self.packet.clear();
-        UdpHeader {
-            frag: 0,
-            address: Address::ip(src),
+        let want_write = sent_off < outq.len();
+        tokio::select! {
+            r = stream.readable() => {
+                if let Err(e) = r { break format!("connection failed: {e}"); }
+                // A partial frame is at most one frame long, so the inbox stays bounded.
+                inbox.reserve(DATAGRAM_MAX);
+                let start = inbox.len();
+                inbox.resize(start + DATAGRAM_MAX, 0);
+                match stream.try_read(&mut inbox[start..]) {
+                    Ok(0) => { inbox.truncate(start); break "client closed".to_string(); }
+                    Ok(k) => inbox.truncate(start + k),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => inbox.truncate(start),
+                    Err(e) => break format!("connection failed: {e}"),
+                }
+            }
+            v6 = outside.readable() => {
+                let Some((len, src, allowed)) = outside.try_recv(v6, &mut buf) else { continue };
+                let frame_len = 2 + Address::ip(src).encoded_len() + len;
+                if !allowed || outq.len() - sent_off + frame_len > limit {
+                    n.dropped += 1;
+                    continue;
+                }
+                if sent_off > 0 && sent_off == outq.len() {
+                    outq.clear();
+                    sent_off = 0;
+                }
+                if UdpFrameHeader::encode_frame(&Address::ip(src), &buf[..len], &mut outq).is_ok() {
+                    n.down += 1;
+                    log.add_down(len as u64);
+                }
+            }
+            r = stream.writable(), if want_write => {
+                if let Err(e) = r { break format!("connection failed: {e}"); }
+                match stream.try_write(&outq[sent_off..]) {
+                    Ok(k) => sent_off += k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => break format!("connection failed: {e}"),
+                }
+                if sent_off == outq.len() {
+                    outq.clear();
+                    sent_off = 0;
+                } else if sent_off > limit {
+                    outq.drain(..sent_off);
+                    sent_off = 0;
+                }
+            }
         }
-        .encode(&mut self.packet);
-        self.packet.extend_from_slice(&self.buf[..len]);
-        let to = SocketAddr::new(self.client_ip, port);
-        if self.relay.send_to(&self.packet, to).await.is_ok() {
-            self.down_datagrams += 1;
-            log.add_down(len as u64);
-        } else {
-            self.dropped += 1;
-        }
-    }
+    };
+    log.outcome = format!(
+        "{end}; datagrams up {} down {} dropped {}",
+        n.up, n.down, n.dropped
+    );
 }
