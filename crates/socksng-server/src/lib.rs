@@ -20,7 +20,7 @@ pub mod users;
 
 mod bind;
 mod listen;
-mod ng;
+pub mod ng;
 mod server;
 mod session;
 mod udp;

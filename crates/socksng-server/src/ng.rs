@@ -79,6 +79,64 @@ async fn capabilities(mut conn: Handshaken, log: &mut SessionLog) {
     log.outcome = format!("{} range(s) announced", caps.ranges.len());
 }
 
+/// The served ranges as draft-ietf-intarea-proxy-config JSON (a `proxies` entry for this
+/// server and one `proxy-match` rule per range), for systems that read that format.
+pub fn served_ranges_json(cfg: &Config, user: Option<&str>, proxy: &str) -> String {
+    fn quoted(s: &str) -> String {
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+    fn list(items: impl Iterator<Item = String>) -> String {
+        format!("[{}]", items.collect::<Vec<_>>().join(", "))
+    }
+    let rules: Vec<String> = served_ranges(cfg, user)
+        .iter()
+        .map(|r| {
+            let mut keys = Vec::new();
+            if !r.prefixes.is_empty() {
+                let subnets = r
+                    .prefixes
+                    .iter()
+                    .map(|(ip, len)| quoted(&format!("{ip}/{len}")));
+                keys.push(format!("\"subnets\": {}", list(subnets)));
+            }
+            if !r.domains.is_empty() {
+                keys.push(format!(
+                    "\"domains\": {}",
+                    list(r.domains.iter().map(|d| quoted(d)))
+                ));
+            }
+            if !r.ports.is_empty() {
+                let ports = r.ports.iter().map(|(lo, hi)| {
+                    quoted(&if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("{lo}-{hi}")
+                    })
+                });
+                keys.push(format!("\"ports\": {}", list(ports)));
+            }
+            keys.push("\"proxies\": [\"socksng\"]".into());
+            format!("    {{ {} }}", keys.join(", "))
+        })
+        .collect();
+    format!(
+        "{{\n  \"proxies\": [ {{ \"protocol\": \"socks5\", \"proxy\": {}, \"identifier\": \"socksng\" }} ],\n  \"proxy-match\": [\n{}\n  ]\n}}\n",
+        quoted(proxy),
+        rules.join(",\n")
+    )
+}
+
 fn everything() -> ServedRange {
     ServedRange {
         prefixes: vec![
@@ -138,6 +196,20 @@ mod tests {
 
     fn cfg(text: &str) -> Config {
         Config::from_toml(text, Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn json_publication() {
+        let c = cfg("[[ng.served]]\nto = [\"10.0.0.0/8\"]\ndomains = [\"corp.example\"]\nports = [443, \"8000-8080\"]\n");
+        let json = served_ranges_json(&c, None, "proxy.example:1080");
+        assert!(json.contains("\"proxy\": \"proxy.example:1080\""), "{json}");
+        assert!(json.contains("\"subnets\": [\"10.0.0.0/8\"]"), "{json}");
+        assert!(json.contains("\"domains\": [\"corp.example\"]"), "{json}");
+        assert!(
+            json.contains("\"ports\": [\"443\", \"8000-8080\"]"),
+            "{json}"
+        );
+        assert!(json.contains("\"proxies\": [\"socksng\"]"), "{json}");
     }
 
     #[test]

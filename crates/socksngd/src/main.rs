@@ -31,6 +31,16 @@ enum Cmd {
     Run,
     /// Check the configuration (and users file) and exit: 0 when valid.
     Check,
+    /// Print the ranges this server announces in SOCKS-NG CAPABILITIES, as
+    /// draft-ietf-intarea-proxy-config JSON (`proxies` and `proxy-match`).
+    Served {
+        /// Announce what this user may reach (the ranges can differ per user).
+        #[arg(long)]
+        user: Option<String>,
+        /// The proxy address to publish; default: the first listen address.
+        #[arg(long, value_name = "HOST:PORT")]
+        proxy: Option<String>,
+    },
     /// Add a user or change a password in a users file. The password is read from the
     /// terminal without echo, or as the first line of standard input.
     Passwd {
@@ -64,6 +74,15 @@ fn main() -> Result<()> {
                 println!("users file {}: {} user(s)", users.display(), db.len());
             }
             println!("configuration OK: listening on {}", list(&cfg.listen));
+            Ok(())
+        }
+        Cmd::Served { user, proxy } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let proxy = proxy.unwrap_or_else(|| cfg.listen[0].to_string());
+            print!(
+                "{}",
+                socksng_server::ng::served_ranges_json(&cfg, user.as_deref(), &proxy)
+            );
             Ok(())
         }
         Cmd::Passwd { users_file, name } => {

@@ -211,3 +211,25 @@ fn sigterm_stops_gracefully() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn served_ranges_as_proxy_config_json() {
+    let dir = tmpdir("served");
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[ng.served]]\nto = [\"10.0.0.0/8\"]\ndomains = [\"corp.example\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["served", "--proxy", "vpn.example:1080", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json = String::from_utf8(out.stdout).unwrap();
+    assert!(json.contains("\"proxy\": \"vpn.example:1080\""), "{json}");
+    assert!(json.contains("\"subnets\": [\"10.0.0.0/8\"]"), "{json}");
+    assert!(json.contains("\"domains\": [\"corp.example\"]"), "{json}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
