@@ -3,6 +3,7 @@
 //! panic; internal invariants are asserted so the fuzzer also finds logic slips.
 
 use crate::handshake::{Event, HandshakeConfig, ServerHandshake};
+use crate::wire::ng::{Capabilities, ControlMessage, NgHello, NgRequest, UdpFrameHeader};
 use crate::wire::{
     Address, AuthRequest, Greeting, Reply, ReplyCode, Request, Socks4Request, UdpHeader,
 };
@@ -120,6 +121,35 @@ pub fn wire_roundtrip(data: &[u8]) {
         let mut out = Vec::new();
         h.encode(&mut out);
         assert_eq!(UdpHeader::decode(&out).map(|x| x.0), Ok(h));
+    }
+    if let Ok((h, _)) = NgHello::decode(data) {
+        let mut out = Vec::new();
+        h.encode(&mut out).expect("decoded credentials fit");
+        assert_eq!(NgHello::decode(&out).map(|x| x.0), Ok(h));
+    }
+    if let Ok((r, _)) = NgRequest::decode(data) {
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        assert_eq!(NgRequest::decode(&out).map(|x| x.0), Ok(r));
+    }
+    if let Ok((m, n)) = ControlMessage::decode(data) {
+        let mut out = Vec::new();
+        m.encode(&mut out);
+        assert_eq!(out, &data[..n]);
+    }
+    if let Ok((c, _)) = Capabilities::decode(data) {
+        let mut out = Vec::new();
+        if c.encode(&mut out).is_ok() {
+            assert_eq!(Capabilities::decode(&out).map(|x| x.0), Ok(c));
+        }
+    }
+    if let Ok((h, _)) = UdpFrameHeader::decode(data) {
+        let mut out = Vec::new();
+        UdpFrameHeader::encode_frame(&h.address, &[], &mut out).expect("empty payload fits");
+        assert_eq!(
+            UdpFrameHeader::decode(&out).map(|x| x.0.address),
+            Ok(h.address)
+        );
     }
     if let Ok((r, _)) = Socks4Request::decode(data) {
         // Not byte-exact: any 0.0.0.x (x != 0) marks SOCKS4a, and we always write 0.0.0.1.
