@@ -301,6 +301,21 @@ enum Asked {
 }
 
 async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
+    // Named in the log before anything can refuse it.
+    match &asked {
+        Asked::Socks {
+            command,
+            address,
+            socks4,
+        } => {
+            log.command = match (command, socks4) {
+                (Command::Connect, true) => "socks4-connect",
+                (c, _) => c.name(),
+            };
+            log.target = Some(address.clone());
+        }
+        Asked::Ng(request) => log.command = crate::ng::command_name(request),
+    }
     let _slot = match conn.shared.user_slot(conn.user.as_deref()) {
         Some(slot) => slot,
         None => {
@@ -309,27 +324,24 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
             return;
         }
     };
-    let (command, address, socks4) = match asked {
+    match asked {
         Asked::Socks {
-            command,
+            command: Command::Connect,
             address,
-            socks4,
-        } => (command, address, socks4),
-        Asked::Ng(request) => {
-            log.command = crate::ng::command_name(&request);
-            return Box::pin(crate::ng::serve(conn, request, log)).await;
-        }
-    };
-    log.command = match (command, socks4) {
-        (Command::Connect, true) => "socks4-connect",
-        (c, _) => c.name(),
-    };
-    log.target = Some(address.clone());
-    match command {
-        Command::Connect => connect(conn, address, log).await,
+            ..
+        } => connect(conn, address, log).await,
         // Boxed: their state is large and rare; inline, it would size every session's task.
-        Command::Bind => Box::pin(crate::bind::bind(conn, address, log)).await,
-        Command::UdpAssociate => Box::pin(crate::udp::associate(conn, address, log)).await,
+        Asked::Socks {
+            command: Command::Bind,
+            address,
+            ..
+        } => Box::pin(crate::bind::bind(conn, address, log)).await,
+        Asked::Socks {
+            command: Command::UdpAssociate,
+            address,
+            ..
+        } => Box::pin(crate::udp::associate(conn, address, log)).await,
+        Asked::Ng(request) => Box::pin(crate::ng::serve(conn, request, log)).await,
     }
 }
 
