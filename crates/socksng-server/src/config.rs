@@ -349,6 +349,9 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// `[ng]`.
     pub ng: NgConfig,
+    /// `[groups]`: group name to member user names. Rules and port grants name a group as
+    /// `"@name"` in their `users` lists.
+    pub groups: std::collections::HashMap<String, Vec<String>>,
     /// Directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -371,6 +374,7 @@ impl Default for Config {
             resolver: ResolverConfig::default(),
             rules: Vec::new(),
             ng: NgConfig::default(),
+            groups: Default::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -420,6 +424,18 @@ impl Config {
     /// Checks what serde cannot: consistency, and that no open proxy starts by accident.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let user_lists = self
+            .rules
+            .iter()
+            .filter_map(|r| r.users.as_ref())
+            .chain(self.ng.ports.iter().filter_map(|g| g.users.as_ref()));
+        for name in user_lists.flatten() {
+            if let Some(group) = name.strip_prefix('@') {
+                if !self.groups.contains_key(group) {
+                    return invalid(format!("{name:?} names a group missing from [groups]"));
+                }
+            }
+        }
         if self.listen.is_empty() {
             return invalid("`listen` is empty: give at least one address".into());
         }
@@ -474,6 +490,25 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether a `users` list (absent: anyone, unauthenticated clients included) names `user`:
+/// by name, `"*"` for any authenticated user, or `"@group"` for a member of `[groups]`.
+pub fn names_user(
+    list: Option<&[String]>,
+    user: Option<&str>,
+    groups: &std::collections::HashMap<String, Vec<String>>,
+) -> bool {
+    let Some(list) = list else { return true };
+    let Some(user) = user else { return false };
+    list.iter().any(|entry| {
+        entry == "*"
+            || entry == user
+            || entry
+                .strip_prefix('@')
+                .and_then(|g| groups.get(g))
+                .is_some_and(|members| members.iter().any(|m| m == user))
+    })
 }
 
 /// An annotated example configuration, shown by `socksngd --print-config` and in the README.
@@ -547,6 +582,17 @@ mod tests {
             "listen = [\"0.0.0.0:1080\"]\n[auth]\nmethods = [\"password\"]\nusers_file = \"u\"\n[access]\nclients = [\"0.0.0.0/0\"]\n"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn groups_in_user_lists() {
+        let c = parse("[groups]\nops = [\"alice\", \"bob\"]\n[[rules]]\naction = \"allow\"\nusers = [\"@ops\"]\n").unwrap();
+        let list = c.rules[0].users.as_deref();
+        assert!(names_user(list, Some("bob"), &c.groups));
+        assert!(!names_user(list, Some("carol"), &c.groups));
+        assert!(!names_user(list, None, &c.groups));
+        assert!(names_user(None, None, &c.groups));
+        assert!(parse("[[rules]]\naction = \"allow\"\nusers = [\"@nobody\"]\n").is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! incoming connections, honours REFUSE, expires unclaimed tokens, bounds the unclaimed ones
 //! by the backlog, and on the control connection's close removes everything it announced.
 
-use crate::config::PortGrant;
+use crate::config::{names_user, PortGrant};
 use crate::connect::{canonical_addr, port_zero, tune_stream};
 use crate::policy::Verdict;
 use crate::relay::relay;
@@ -105,16 +105,19 @@ pub(crate) enum PortVerdict {
     NotAllowed,
 }
 
-fn grant_applies(grant: &PortGrant, user: Option<&str>) -> bool {
-    match (&grant.users, user) {
-        (None, _) => true,
-        (Some(list), Some(u)) => list.iter().any(|x| x == "*" || x == u),
-        (Some(_), None) => false,
-    }
+fn grant_applies(grant: &PortGrant, user: Option<&str>, groups: &Groups) -> bool {
+    names_user(grant.users.as_deref(), user, groups)
 }
 
+type Groups = std::collections::HashMap<String, Vec<String>>;
+
 /// Ports named for particular users are reserved to them, whatever broader grants say.
-pub(crate) fn port_verdict(grants: &[PortGrant], user: Option<&str>, port: u16) -> PortVerdict {
+pub(crate) fn port_verdict(
+    grants: &[PortGrant],
+    groups: &Groups,
+    user: Option<&str>,
+    port: u16,
+) -> PortVerdict {
     let covering = || {
         grants
             .iter()
@@ -126,13 +129,16 @@ pub(crate) fn port_verdict(grants: &[PortGrant], user: Option<&str>, port: u16) 
             .is_some_and(|l| !l.iter().any(|u| u == "*"))
     };
     if covering().any(|g| is_named(&g)) {
-        return if covering().filter(is_named).any(|g| grant_applies(g, user)) {
+        return if covering()
+            .filter(is_named)
+            .any(|g| grant_applies(g, user, groups))
+        {
             PortVerdict::Allowed
         } else {
             PortVerdict::Reserved
         };
     }
-    if covering().any(|g| grant_applies(g, user)) {
+    if covering().any(|g| grant_applies(g, user, groups)) {
         PortVerdict::Allowed
     } else {
         PortVerdict::NotAllowed
@@ -157,6 +163,7 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 /// Binds a port the user may take: the one asked for, or with `exact` unset any allowed one.
 fn choose_and_bind(
     grants: &[PortGrant],
+    groups: &Groups,
     user: Option<&str>,
     ip: IpAddr,
     port: u16,
@@ -164,7 +171,7 @@ fn choose_and_bind(
     backlog: u32,
 ) -> Result<TcpListener, (ReplyCode, String)> {
     if port != 0 {
-        let refusal = match port_verdict(grants, user, port) {
+        let refusal = match port_verdict(grants, groups, user, port) {
             PortVerdict::Allowed => match bind_listener(SocketAddr::new(ip, port), backlog) {
                 Ok(l) => return Ok(l),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -179,7 +186,7 @@ fn choose_and_bind(
             return Err(refusal);
         }
     }
-    if !grants.iter().any(|g| grant_applies(g, user)) {
+    if !grants.iter().any(|g| grant_applies(g, user, groups)) {
         return Err((
             ReplyCode::NOT_ALLOWED,
             "no port granted to this user".into(),
@@ -189,13 +196,13 @@ fn choose_and_bind(
     let any = bind_listener(SocketAddr::new(ip, 0), backlog)
         .map_err(|e| (ReplyCode::GENERAL_FAILURE, format!("listen: {e}")))?;
     let picked = any.local_addr().map(|a| a.port()).unwrap_or(0);
-    if port_verdict(grants, user, picked) == PortVerdict::Allowed {
+    if port_verdict(grants, groups, user, picked) == PortVerdict::Allowed {
         return Ok(any);
     }
     drop(any);
     let ranges: Vec<_> = grants
         .iter()
-        .filter(|g| grant_applies(g, user))
+        .filter(|g| grant_applies(g, user, groups))
         .flat_map(|g| g.ports.iter().map(|r| r.0.clone()))
         .collect();
     let mut rng = rand_core::OsRng;
@@ -203,7 +210,7 @@ fn choose_and_bind(
         let range = &ranges[rng.next_u32() as usize % ranges.len()];
         let span = u32::from(*range.end()) - u32::from(*range.start()) + 1;
         let candidate = (u32::from(*range.start()) + rng.next_u32() % span) as u16;
-        if candidate == 0 || port_verdict(grants, user, candidate) != PortVerdict::Allowed {
+        if candidate == 0 || port_verdict(grants, groups, user, candidate) != PortVerdict::Allowed {
             continue;
         }
         if let Ok(l) = bind_listener(SocketAddr::new(ip, candidate), backlog) {
@@ -247,6 +254,7 @@ pub(crate) async fn listen(
     let grants = &shared.cfg.ng.ports;
     let bound = choose_and_bind(
         grants,
+        &shared.cfg.groups,
         user.as_deref(),
         ip,
         address.port,
@@ -432,14 +440,29 @@ mod tests {
     #[test]
     fn port_grants() {
         let g = grants();
-        assert_eq!(port_verdict(&g, Some("alice"), 20005), PortVerdict::Allowed);
-        // Named for alice: reserved to her even though the "*" grant covers it too.
-        assert_eq!(port_verdict(&g, Some("bob"), 20005), PortVerdict::Reserved);
-        assert_eq!(port_verdict(&g, Some("bob"), 25000), PortVerdict::Allowed);
-        assert_eq!(port_verdict(&g, None, 25000), PortVerdict::NotAllowed);
-        assert_eq!(port_verdict(&g, None, 30000), PortVerdict::Allowed);
         assert_eq!(
-            port_verdict(&g, Some("bob"), 31000),
+            port_verdict(&g, &Groups::new(), Some("alice"), 20005),
+            PortVerdict::Allowed
+        );
+        // Named for alice: reserved to her even though the "*" grant covers it too.
+        assert_eq!(
+            port_verdict(&g, &Groups::new(), Some("bob"), 20005),
+            PortVerdict::Reserved
+        );
+        assert_eq!(
+            port_verdict(&g, &Groups::new(), Some("bob"), 25000),
+            PortVerdict::Allowed
+        );
+        assert_eq!(
+            port_verdict(&g, &Groups::new(), None, 25000),
+            PortVerdict::NotAllowed
+        );
+        assert_eq!(
+            port_verdict(&g, &Groups::new(), None, 30000),
+            PortVerdict::Allowed
+        );
+        assert_eq!(
+            port_verdict(&g, &Groups::new(), Some("bob"), 31000),
             PortVerdict::NotAllowed
         );
         let only_alice = vec![PortGrant {
@@ -447,8 +470,36 @@ mod tests {
             users: Some(vec!["alice".into()]),
         }];
         assert_eq!(
-            port_verdict(&only_alice, Some("bob"), 20001),
+            port_verdict(&only_alice, &Groups::new(), Some("bob"), 20001),
             PortVerdict::Reserved
+        );
+    }
+
+    #[test]
+    fn ports_reserved_for_a_group() {
+        let grants = vec![
+            PortGrant {
+                ports: vec![PortRange(5000..=5009)],
+                users: Some(vec!["@ops".into()]),
+            },
+            PortGrant {
+                ports: vec![PortRange(1024..=65535)],
+                users: Some(vec!["*".into()]),
+            },
+        ];
+        let mut groups = Groups::new();
+        groups.insert("ops".into(), vec!["alice".into()]);
+        assert_eq!(
+            port_verdict(&grants, &groups, Some("alice"), 5001),
+            PortVerdict::Allowed
+        );
+        assert_eq!(
+            port_verdict(&grants, &groups, Some("bob"), 5001),
+            PortVerdict::Reserved
+        );
+        assert_eq!(
+            port_verdict(&grants, &groups, Some("bob"), 6000),
+            PortVerdict::Allowed
         );
     }
 

@@ -170,11 +170,7 @@ pub(crate) fn served_ranges(cfg: &Config, user: Option<&str>) -> Vec<ServedRange
     cfg.rules
         .iter()
         .filter(|r| r.action == Action::Allow)
-        .filter(|r| match (&r.users, user) {
-            (None, _) => true,
-            (Some(list), Some(u)) => list.iter().any(|x| x == "*" || x == u),
-            (Some(_), None) => false,
-        })
+        .filter(|r| crate::config::names_user(r.users.as_deref(), user, &cfg.groups))
         .map(|r| {
             let mut range = ServedRange {
                 prefixes: r.to.iter().map(|n| (n.network(), n.prefix_len())).collect(),

@@ -7,7 +7,9 @@
 //! rule names them in `to`: a catch-all allow does not open them. Names are checked again
 //! after resolution, so a name pointing at 127.0.0.1 is refused like the address itself.
 
-use crate::config::{Action, Config, RuleCommand};
+use crate::config::{names_user, Action, Config, RuleCommand};
+
+type Groups = std::collections::HashMap<String, Vec<String>>;
 use ipnet::IpNet;
 use socksng_proto::Command;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -73,13 +75,8 @@ enum Match {
 }
 
 impl Rule {
-    fn applies_to(&self, user: Option<&str>, cmd: Command, port: u16) -> bool {
-        let user_ok = match (&self.users, user) {
-            (None, _) => true,
-            (Some(list), Some(u)) => list.iter().any(|x| x == "*" || x == u),
-            (Some(_), None) => false,
-        };
-        user_ok
+    fn applies_to(&self, user: Option<&str>, cmd: Command, port: u16, groups: &Groups) -> bool {
+        names_user(self.users.as_deref(), user, groups)
             && self
                 .commands
                 .as_ref()
@@ -165,6 +162,7 @@ pub struct Policy {
     clients: Vec<IpNet>,
     rules: Vec<Rule>,
     default: Action,
+    groups: Groups,
     fixed_local: Vec<IpNet>,
     host: RwLock<HostAddrs>,
 }
@@ -188,6 +186,7 @@ impl Policy {
             clients: cfg.access.clients.clone(),
             rules,
             default: cfg.access.default,
+            groups: cfg.groups.clone(),
             fixed_local: fixed_local(),
             host: RwLock::new(HostAddrs {
                 addrs: read_host_addrs().unwrap_or_default(),
@@ -217,7 +216,7 @@ impl Policy {
             port,
         };
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.applies_to(user, cmd, port) {
+            if !rule.applies_to(user, cmd, port, &self.groups) {
                 continue;
             }
             match rule.matches_destination(&dest) {
@@ -254,7 +253,7 @@ impl Policy {
         };
         let local = self.is_host_local(ip);
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.applies_to(user, cmd, port)
+            if !rule.applies_to(user, cmd, port, &self.groups)
                 || !matches!(rule.matches_destination(&dest), Match::Yes)
             {
                 continue;
