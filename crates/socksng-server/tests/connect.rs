@@ -341,15 +341,25 @@ async fn full_duplex_without_stall() {
 async fn thousand_concurrent_clients_with_checksums() {
     raise_fd_limit();
     let srv = start(ALLOW_LOOPBACK).await;
-    let target = echo_server("127.0.0.1:0").await;
+    // Spread over several loopback addresses so 2,000 connections in quick succession never
+    // need a 4-tuple still in TIME_WAIT from an earlier run.
+    let mut targets = Vec::new();
+    for k in 2..10 {
+        targets.push(echo_server(&format!("127.0.0.{k}:0")).await);
+    }
     // Every client first completes its handshake, so all 1,000 sessions are open at once.
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(1000));
     let proxy = srv.addr;
     let mut tasks = Vec::new();
     for i in 0..1000u64 {
         let barrier = barrier.clone();
+        let target = targets[i as usize % targets.len()];
         tasks.push(tokio::spawn(async move {
-            let (mut s, r) = socks_connect(proxy, &Address::ip(target)).await;
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(format!("127.0.1.{}:0", 1 + i % 200).parse().unwrap())
+                .unwrap();
+            let mut s = sock.connect(proxy).await.unwrap();
+            let r = request(&mut s, 1, &Address::ip(target)).await;
             assert_eq!(r.code, ReplyCode::SUCCEEDED);
             barrier.wait().await;
             let data = pattern(16 * 1024 + i as usize, i + 7);
