@@ -377,63 +377,48 @@ impl ServerHandshake {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
-        let fail = |out: &mut Vec<u8>, code: ReplyCode| {
-            Reply {
-                code,
-                bound: Address::unspecified(),
-            }
-            .encode(out);
-        };
-        if ng_selected(self.method) && input.len() >= 2 && NgRequest::is_ng_command(input[1]) {
-            return match NgRequest::decode(input) {
-                Ok((req, n)) => {
-                    self.state = State::RequestPending {
-                        socks4: false,
-                        bind: false,
-                    };
-                    Ok(Some((n, Some(Event::NgRequest(req)))))
-                }
-                Err(DecodeError::Incomplete) => Ok(None),
-                Err(DecodeError::UnknownAddressType(t)) => {
-                    fail(out, ReplyCode::ADDRESS_TYPE_NOT_SUPPORTED);
-                    Err(HandshakeError::AddressTypeNotSupported(t))
-                }
-                Err(source) => {
-                    fail(out, ReplyCode::GENERAL_FAILURE);
-                    Err(HandshakeError::Malformed {
-                        stage: "NG request",
-                        source,
-                    })
-                }
-            };
-        }
-        match Request::decode(input) {
-            Ok((req, n)) => {
+        let ng = ng_selected(self.method) && input.len() >= 2 && NgRequest::is_ng_command(input[1]);
+        let decoded = if ng {
+            NgRequest::decode(input).map(|(req, n)| (Event::NgRequest(req), false, n))
+        } else {
+            Request::decode(input).map(|(req, n)| {
                 let bind = req.command == crate::wire::Command::Bind;
+                (Event::Request(req), bind, n)
+            })
+        };
+        // One mapping from decode failures to replies for both request kinds.
+        let (code, err) = match decoded {
+            Ok((event, bind, n)) => {
                 self.state = State::RequestPending {
                     socks4: false,
                     bind,
                 };
-                Ok(Some((n, Some(Event::Request(req)))))
+                return Ok(Some((n, Some(event))));
             }
-            Err(DecodeError::Incomplete) => Ok(None),
-            Err(DecodeError::Version(v)) => Err(HandshakeError::UnsupportedVersion(v)),
-            Err(DecodeError::UnknownCommand(c)) => {
-                fail(out, ReplyCode::COMMAND_NOT_SUPPORTED);
-                Err(HandshakeError::CommandNotSupported(c))
-            }
-            Err(DecodeError::UnknownAddressType(t)) => {
-                fail(out, ReplyCode::ADDRESS_TYPE_NOT_SUPPORTED);
-                Err(HandshakeError::AddressTypeNotSupported(t))
-            }
-            Err(source) => {
-                fail(out, ReplyCode::GENERAL_FAILURE);
-                Err(HandshakeError::Malformed {
-                    stage: "request",
+            Err(DecodeError::Incomplete) => return Ok(None),
+            Err(DecodeError::Version(v)) => return Err(HandshakeError::UnsupportedVersion(v)),
+            Err(DecodeError::UnknownCommand(c)) => (
+                ReplyCode::COMMAND_NOT_SUPPORTED,
+                HandshakeError::CommandNotSupported(c),
+            ),
+            Err(DecodeError::UnknownAddressType(t)) => (
+                ReplyCode::ADDRESS_TYPE_NOT_SUPPORTED,
+                HandshakeError::AddressTypeNotSupported(t),
+            ),
+            Err(source) => (
+                ReplyCode::GENERAL_FAILURE,
+                HandshakeError::Malformed {
+                    stage: if ng { "NG request" } else { "request" },
                     source,
-                })
-            }
+                },
+            ),
+        };
+        Reply {
+            code,
+            bound: Address::unspecified(),
         }
+        .encode(out);
+        Err(err)
     }
 
     fn on_socks4(
