@@ -60,12 +60,18 @@ pub fn interleave(addrs: &[SocketAddr], prefer: FamilyPreference) -> Vec<SocketA
 
 /// Applies the options every relayed TCP leg gets: no Nagle delay, and keepalive when set.
 pub fn tune_stream(stream: &TcpStream, keepalive: Duration) {
-    let _ = stream.set_nodelay(true);
+    tune_socket(SockRef::from(stream), keepalive);
+}
+
+/// The same options on any TCP socket. Set on a listening socket, Linux copies them to every
+/// accepted connection, which saves the calls per session.
+pub fn tune_socket(socket: SockRef<'_>, keepalive: Duration) {
+    let _ = socket.set_tcp_nodelay(true);
     if !keepalive.is_zero() {
         let ka = TcpKeepalive::new()
             .with_time(keepalive)
             .with_interval(keepalive / 4 + Duration::from_secs(1));
-        let _ = SockRef::from(stream).set_tcp_keepalive(&ka);
+        let _ = socket.set_tcp_keepalive(&ka);
     }
 }
 

@@ -117,9 +117,11 @@ pub struct Server {
     listeners: Vec<TcpListener>,
 }
 
-fn listen_socket(addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen_socket(addr: SocketAddr, keepalive: std::time::Duration) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    // Inherited by every accepted client connection (Linux copies them on accept).
+    crate::connect::tune_socket(socket2::SockRef::from(&socket), keepalive);
     if addr.is_ipv6() {
         // So that [::]:1080 and 0.0.0.0:1080 can both be listed.
         socket.set_only_v6(true)?;
@@ -147,7 +149,7 @@ impl Server {
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         let mut unavailable = None;
         for &addr in &cfg.listen {
-            match listen_socket(addr) {
+            match listen_socket(addr, cfg.timeouts.tcp_keepalive) {
                 Ok(l) => listeners.push(l),
                 // A host without IPv6 (or without that address) should still serve the rest,
                 // as the built-in default lists both 127.0.0.1 and ::1.

@@ -175,6 +175,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         log.outcome = "client network not allowed".into();
         return;
     }
+    // Nodelay and keepalive came with the accepted socket from the listener (server.rs).
+    #[cfg(not(target_os = "linux"))]
     tune_stream(&stream, shared.cfg.timeouts.tcp_keepalive);
     let handshake_timeout = shared.cfg.timeouts.handshake;
     // The transient phases are boxed so that a long-lived relay's task is not sized for them.
