@@ -1,0 +1,337 @@
+//! socksng-client: an async (tokio) client for SOCKS5 and SOCKS-NG proxies, built on the
+//! sans-IO codec of `socksng-proto`.
+//!
+//! A [`Client`] talks to one proxy given as a [`ProxyUrl`]. Every connection first offers
+//! SOCKS-NG together with the plain methods; against a plain SOCKS5 server it falls back with
+//! no extra round trip, and [`ProxyStream::path`] tells which protocol was used.
+//!
+//! - [`Client::connect`]: CONNECT to an address or a name (resolved by the proxy for
+//!   `socks5h://`, locally for `socks5://`);
+//! - [`Client::capabilities`]: the SOCKS-NG capabilities and served ranges;
+//! - [`Client::udp`]: a datagram socket over the SOCKS-NG UDP-TUNNEL.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), socksng_client::ClientError> {
+//! use socksng_client::{Address, Client, ProxyUrl};
+//! let client = Client::new(ProxyUrl::parse("socks5h://alice:secret@127.0.0.1:1080")?);
+//! let stream = client.connect(Address::domain("example.org", 80)?).await?;
+//! println!("connected via {:?}, proxy bound {}", stream.path(), stream.bound());
+//! # Ok(()) }
+//! ```
+
+mod url;
+
+pub use socksng_proto::wire::ng::{Capabilities, ServedRange};
+pub use socksng_proto::{Address, ReplyCode};
+pub use url::{no_proxy_matches, ProxyUrl, Resolve};
+
+use socksng_proto::wire::ng::{
+    welcome, NgAuth, NgHello, NgRequest, NgWelcome, UdpFrameHeader, NG_METHOD,
+};
+use socksng_proto::wire::MethodSelection;
+use socksng_proto::{
+    AuthReply, AuthRequest, Command, DecodeError, Greeting, Host, Method, Reply, Request,
+};
+use std::io;
+use std::net::SocketAddr;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What went wrong, in words and with the SOCKS reply code where there is one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Connecting to or talking with the proxy failed.
+    #[error("proxy connection: {0}")]
+    Io(#[from] io::Error),
+    /// The proxy URL cannot be used.
+    #[error("bad proxy URL: {0}")]
+    BadUrl(String),
+    /// The proxy accepts none of the authentication methods offered.
+    #[error("the proxy accepts none of the offered authentication methods")]
+    NoAcceptableMethod,
+    /// The proxy rejected the username or password.
+    #[error("the proxy rejected the username or password")]
+    AuthFailed,
+    /// The proxy answered the request with a failure reply.
+    #[error("the proxy refused: {code}")]
+    Refused {
+        /// The reply code (0x01 to 0x08 from RFC 1928, 0x0A to 0x0D from SOCKS-NG).
+        code: ReplyCode,
+    },
+    /// The proxy sent something that is not SOCKS.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The target cannot be expressed in SOCKS (an empty or overlong name, say).
+    #[error("bad target: {0}")]
+    BadTarget(#[from] DecodeError),
+    /// The proxy does not offer what was asked for (for example SOCKS-NG).
+    #[error("not supported by this proxy: {0}")]
+    NotSupported(&'static str),
+}
+
+impl ClientError {
+    /// The SOCKS reply code, when the proxy refused a request.
+    pub fn reply_code(&self) -> Option<ReplyCode> {
+        match self {
+            ClientError::Refused { code } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Which protocol a connection ended up speaking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolPath {
+    /// SOCKS-NG was negotiated.
+    Ng,
+    /// Plain SOCKS5 (the proxy did not select SOCKS-NG).
+    Socks5,
+}
+
+/// A connection through the proxy, ready for data.
+#[derive(Debug)]
+pub struct ProxyStream {
+    stream: TcpStream,
+    bound: Address,
+    path: ProtocolPath,
+}
+
+impl ProxyStream {
+    /// The address the proxy reported (for CONNECT: its outgoing socket's local address).
+    pub fn bound(&self) -> &Address {
+        &self.bound
+    }
+
+    /// Which protocol was negotiated.
+    pub fn path(&self) -> ProtocolPath {
+        self.path
+    }
+
+    /// The underlying TCP stream to the proxy, now relayed to the target.
+    pub fn into_inner(self) -> TcpStream {
+        self.stream
+    }
+}
+
+/// A client for one proxy.
+#[derive(Debug, Clone)]
+pub struct Client {
+    proxy: ProxyUrl,
+    offer_ng: bool,
+}
+
+/// Reads from `stream` into `buf` until `decode` yields a message, which is removed from `buf`.
+async fn read_message<T, R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    decode: impl Fn(&[u8]) -> Result<(T, usize), DecodeError>,
+) -> Result<T, ClientError> {
+    loop {
+        match decode(buf) {
+            Ok((msg, used)) => {
+                buf.drain(..used);
+                return Ok(msg);
+            }
+            Err(DecodeError::Incomplete) => {}
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        }
+        let mut chunk = [0u8; 512];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(ClientError::Protocol(
+                "the proxy closed the connection".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+impl Client {
+    /// A client for `proxy`; SOCKS-NG is offered on every connection.
+    pub fn new(proxy: ProxyUrl) -> Client {
+        Client {
+            proxy,
+            offer_ng: true,
+        }
+    }
+
+    /// Offer only plain SOCKS5 methods (to talk to servers that mishandle unknown methods).
+    pub fn plain_socks5_only(mut self) -> Client {
+        self.offer_ng = false;
+        self
+    }
+
+    /// Connects to the proxy and authenticates; returns the stream and the negotiated path.
+    async fn negotiate(&self) -> Result<(TcpStream, Vec<u8>, ProtocolPath), ClientError> {
+        let mut stream = TcpStream::connect((self.proxy.host.as_str(), self.proxy.port)).await?;
+        let _ = stream.set_nodelay(true);
+        let mut methods = Vec::with_capacity(3);
+        if self.offer_ng {
+            methods.push(Method(NG_METHOD));
+        }
+        if self.proxy.credentials.is_some() {
+            methods.push(Method::USERNAME_PASSWORD);
+        }
+        methods.push(Method::NO_AUTH);
+        let mut out = Vec::with_capacity(64);
+        Greeting { methods }.encode(&mut out);
+        stream.write_all(&out).await?;
+        let mut buf = Vec::new();
+        let MethodSelection(chosen) =
+            read_message(&mut stream, &mut buf, MethodSelection::decode).await?;
+        let credentials = || {
+            let (u, p) = self.proxy.credentials.clone().unwrap_or_default();
+            (u.into_bytes(), p.into_bytes())
+        };
+        let path = match chosen {
+            Method(NG_METHOD) if self.offer_ng => {
+                let auth = match &self.proxy.credentials {
+                    Some(_) => {
+                        let (username, password) = credentials();
+                        NgAuth::Password { username, password }
+                    }
+                    None => NgAuth::None,
+                };
+                out.clear();
+                NgHello { auth }
+                    .encode(&mut out)
+                    .map_err(|e| ClientError::BadUrl(e.to_string()))?;
+                stream.write_all(&out).await?;
+                let w = read_message(&mut stream, &mut buf, NgWelcome::decode).await?;
+                match w.status {
+                    welcome::OK => ProtocolPath::Ng,
+                    welcome::AUTH_FAILED => return Err(ClientError::AuthFailed),
+                    _ => return Err(ClientError::NoAcceptableMethod),
+                }
+            }
+            Method::USERNAME_PASSWORD if self.proxy.credentials.is_some() => {
+                let (username, password) = credentials();
+                out.clear();
+                AuthRequest { username, password }
+                    .encode(&mut out)
+                    .map_err(|e| ClientError::BadUrl(e.to_string()))?;
+                stream.write_all(&out).await?;
+                let r = read_message(&mut stream, &mut buf, AuthReply::decode).await?;
+                if !r.success {
+                    return Err(ClientError::AuthFailed);
+                }
+                ProtocolPath::Socks5
+            }
+            Method::NO_AUTH => ProtocolPath::Socks5,
+            _ => return Err(ClientError::NoAcceptableMethod),
+        };
+        Ok((stream, buf, path))
+    }
+
+    async fn reply(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Address, ClientError> {
+        let reply = read_message(stream, buf, Reply::decode).await?;
+        if reply.code != ReplyCode::SUCCEEDED {
+            return Err(ClientError::Refused { code: reply.code });
+        }
+        Ok(reply.bound)
+    }
+
+    /// Opens a connection to `target` through the proxy.
+    pub async fn connect(&self, target: Address) -> Result<ProxyStream, ClientError> {
+        let target = match (&target.host, self.proxy.resolve) {
+            (Host::Domain(name), Resolve::Local) => {
+                let addr = tokio::net::lookup_host((name.as_str(), target.port))
+                    .await?
+                    .next()
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, format!("{name} has no address"))
+                    })?;
+                Address::ip(addr)
+            }
+            _ => target,
+        };
+        let (mut stream, mut buf, path) = self.negotiate().await?;
+        let mut out = Vec::with_capacity(300);
+        Request {
+            command: Command::Connect,
+            address: target,
+        }
+        .encode(&mut out);
+        stream.write_all(&out).await?;
+        let bound = Self::reply(&mut stream, &mut buf).await?;
+        if !buf.is_empty() {
+            return Err(ClientError::Protocol(
+                "data before the relay started".into(),
+            ));
+        }
+        Ok(ProxyStream {
+            stream,
+            bound,
+            path,
+        })
+    }
+
+    async fn ng_request(&self, request: NgRequest) -> Result<(TcpStream, Vec<u8>), ClientError> {
+        let (mut stream, mut buf, path) = self.negotiate().await?;
+        if path != ProtocolPath::Ng {
+            return Err(ClientError::NotSupported("SOCKS-NG"));
+        }
+        let mut out = Vec::with_capacity(32);
+        request.encode(&mut out);
+        stream.write_all(&out).await?;
+        Self::reply(&mut stream, &mut buf).await?;
+        Ok((stream, buf))
+    }
+
+    /// Asks the proxy what it offers and which ranges it serves (SOCKS-NG only).
+    pub async fn capabilities(&self) -> Result<Capabilities, ClientError> {
+        let (mut stream, mut buf) = self.ng_request(NgRequest::Capabilities).await?;
+        read_message(&mut stream, &mut buf, Capabilities::decode).await
+    }
+
+    /// Opens a UDP tunnel inside a TCP connection (SOCKS-NG UDP-TUNNEL).
+    pub async fn udp(&self) -> Result<UdpTunnel, ClientError> {
+        let (stream, buf) = self.ng_request(NgRequest::UdpTunnel).await?;
+        Ok(UdpTunnel { stream, inbox: buf })
+    }
+}
+
+/// Datagrams through the proxy, framed inside one TCP connection.
+#[derive(Debug)]
+pub struct UdpTunnel {
+    stream: TcpStream,
+    inbox: Vec<u8>,
+}
+
+impl UdpTunnel {
+    /// Sends one datagram (at most 65,535 bytes) to `to`, which may be a name.
+    pub async fn send_to(&mut self, payload: &[u8], to: &Address) -> Result<(), ClientError> {
+        let mut frame = Vec::with_capacity(payload.len() + 32);
+        UdpFrameHeader::encode_frame(to, payload, &mut frame)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.stream.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Receives one datagram into `buf` (truncated if longer) and returns its length and source.
+    pub async fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, SocketAddr), ClientError> {
+        let (header, head) = loop {
+            match UdpFrameHeader::decode(&self.inbox) {
+                Ok((h, head)) if self.inbox.len() >= head + usize::from(h.len) => break (h, head),
+                Ok(_) | Err(DecodeError::Incomplete) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            let mut chunk = vec![0u8; 65_536];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(ClientError::Protocol("the proxy closed the tunnel".into()));
+            }
+            self.inbox.extend_from_slice(&chunk[..n]);
+        };
+        let len = usize::from(header.len);
+        let n = len.min(buf.len());
+        buf[..n].copy_from_slice(&self.inbox[head..head + n]);
+        self.inbox.drain(..head + len);
+        let from = header
+            .address
+            .socket_addr()
+            .ok_or_else(|| ClientError::Protocol("datagram source is not an address".into()))?;
+        Ok((n, from))
+    }
+}

@@ -1,0 +1,191 @@
+//! Proxy URLs in the ecosystem's conventions (`socks5://`, `socks5h://`, `user:pass@`,
+//! percent-encoding, bracketed IPv6) and the ALL_PROXY / NO_PROXY environment variables.
+
+use crate::ClientError;
+use std::fmt;
+
+/// Where names are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// `socks5://`: the client resolves names and sends addresses (curl's convention).
+    Local,
+    /// `socks5h://`: names go to the proxy, which resolves them.
+    Remote,
+}
+
+/// A parsed proxy URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl {
+    /// Host name or address literal (without IPv6 brackets).
+    pub host: String,
+    /// Port; 1080 when the URL gives none.
+    pub port: u16,
+    /// Username and password, percent-decoded.
+    pub credentials: Option<(String, String)>,
+    /// Who resolves target names.
+    pub resolve: Resolve,
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyUrl")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.credentials.as_ref().map(|c| &c.0))
+            .field("resolve", &self.resolve)
+            .finish()
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, ClientError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ClientError::BadUrl(format!("bad percent-encoding in {s:?}")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ClientError::BadUrl("credentials are not UTF-8".into()))
+}
+
+impl ProxyUrl {
+    /// Parses `socks5://[user[:pass]@]host[:port][/]` or the `socks5h` form. A bare
+    /// `host:port` is taken as `socks5h`, the safe default (no local DNS leak).
+    pub fn parse(url: &str) -> Result<ProxyUrl, ClientError> {
+        let bad = |why: &str| ClientError::BadUrl(format!("{url:?}: {why}"));
+        let (scheme, rest) = match url.split_once("://") {
+            Some((s, r)) => (s.to_ascii_lowercase(), r),
+            None => ("socks5h".to_string(), url),
+        };
+        let resolve = match scheme.as_str() {
+            "socks5" => Resolve::Local,
+            "socks5h" | "socks" => Resolve::Remote,
+            other => return Err(bad(&format!("unsupported scheme {other:?}"))),
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let credentials = match userinfo {
+            None => None,
+            Some(u) => {
+                let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+                Some((percent_decode(user)?, percent_decode(pass)?))
+            }
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (hostport.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = match port {
+            None | Some("") => 1080,
+            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+        };
+        Ok(ProxyUrl {
+            host,
+            port,
+            credentials,
+            resolve,
+        })
+    }
+
+    /// The proxy from `ALL_PROXY` or `all_proxy` (curl's order: lower case first), unless
+    /// `target_host` matches `NO_PROXY`/`no_proxy`. `None` when no proxy applies.
+    pub fn from_env(target_host: &str) -> Result<Option<ProxyUrl>, ClientError> {
+        let get = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| std::env::var(n).ok())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(all) = get(&["all_proxy", "ALL_PROXY"]) else {
+            return Ok(None);
+        };
+        if let Some(no) = get(&["no_proxy", "NO_PROXY"]) {
+            if no_proxy_matches(&no, target_host) {
+                return Ok(None);
+            }
+        }
+        ProxyUrl::parse(&all).map(Some)
+    }
+}
+
+/// NO_PROXY as curl reads it: `*` for everything, else comma-separated names that match the
+/// host itself or any name below it (a leading dot is optional), or exact address literals.
+pub fn no_proxy_matches(no_proxy: &str, host: &str) -> bool {
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    no_proxy
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .any(|entry| {
+            if entry == "*" {
+                return true;
+            }
+            let entry = entry.trim_start_matches('.').to_ascii_lowercase();
+            host == entry || host.ends_with(&format!(".{entry}"))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_credentials_and_ports() {
+        let u = ProxyUrl::parse("socks5h://al%40ice:p%3Ass@proxy.example:1081/").unwrap();
+        assert_eq!(u.host, "proxy.example");
+        assert_eq!(u.port, 1081);
+        assert_eq!(u.credentials, Some(("al@ice".into(), "p:ss".into())));
+        assert_eq!(u.resolve, Resolve::Remote);
+        let u = ProxyUrl::parse("SOCKS5://[::1]").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.resolve),
+            ("::1", 1080, Resolve::Local)
+        );
+        let u = ProxyUrl::parse("127.0.0.1:9050").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.resolve),
+            ("127.0.0.1", 9050, Resolve::Remote)
+        );
+        assert!(!format!("{u:?}").contains("pass"));
+        assert!(ProxyUrl::parse("http://proxy:8080").is_err());
+        assert!(ProxyUrl::parse("socks5://:1080").is_err());
+        assert!(ProxyUrl::parse("socks5://h:99999").is_err());
+        assert!(ProxyUrl::parse("socks5://u%zz@h").is_err());
+    }
+
+    #[test]
+    fn no_proxy_rules() {
+        assert!(no_proxy_matches(
+            "localhost, .corp.example",
+            "host.corp.example"
+        ));
+        assert!(no_proxy_matches("corp.example", "corp.example"));
+        assert!(!no_proxy_matches("corp.example", "notcorp.example"));
+        assert!(no_proxy_matches("*", "anything"));
+        assert!(no_proxy_matches("::1", "[::1]"));
+        assert!(!no_proxy_matches("", "x"));
+    }
+}

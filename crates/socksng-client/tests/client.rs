@@ -1,0 +1,190 @@
+//! The client against a real socksngd on loopback: SOCKS-NG and plain paths, authentication,
+//! refusals with their codes, capabilities, UDP, and local versus proxy name resolution.
+
+use socksng_client::{Address, Client, ClientError, ProtocolPath, ProxyUrl, ReplyCode};
+use socksng_server::{CancellationToken, Config, Server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ALLOW_LOOPBACK: &str = "[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\", \"::1/128\"]\n";
+
+struct Proxy {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    dir: PathBuf,
+}
+
+async fn proxy(tag: &str, extra: &str) -> Proxy {
+    let dir = std::env::temp_dir().join(format!("socksng-client-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    socksng_server::users::set_password(&dir.join("users"), "alice", b"s3cret").unwrap();
+    let text = format!("listen = [\"127.0.0.1:0\"]\n{extra}\n");
+    let mut cfg = Config::from_toml(&text, &dir).unwrap();
+    cfg.timeouts.shutdown_grace = std::time::Duration::from_millis(100);
+    let server = Server::bind(cfg).unwrap();
+    let addr = server.local_addrs()[0];
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server.run(shutdown.clone()));
+    Proxy {
+        addr,
+        shutdown,
+        dir,
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn echo() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    a
+}
+
+fn url(p: &Proxy, scheme: &str, creds: &str) -> ProxyUrl {
+    ProxyUrl::parse(&format!("{scheme}://{creds}{}", p.addr)).unwrap()
+}
+
+async fn roundtrip(client: &Client, target: Address) -> ProtocolPath {
+    let s = client.connect(target).await.unwrap();
+    let path = s.path();
+    let mut s = s.into_inner();
+    s.write_all(b"hello").await.unwrap();
+    let mut b = [0u8; 5];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"hello");
+    path
+}
+
+#[tokio::test]
+async fn ng_and_plain_paths_with_and_without_login() {
+    let target = echo().await;
+    let both = format!(
+        "[auth]\nmethods = [\"none\", \"password\"]\nusers_file = \"users\"\n{ALLOW_LOOPBACK}"
+    );
+    let p = proxy("paths", &both).await;
+    let anon = Client::new(url(&p, "socks5h", ""));
+    assert_eq!(
+        roundtrip(&anon, Address::ip(target)).await,
+        ProtocolPath::Ng
+    );
+    let alice = Client::new(url(&p, "socks5h", "alice:s3cret@"));
+    assert_eq!(
+        roundtrip(&alice, Address::ip(target)).await,
+        ProtocolPath::Ng
+    );
+    let plain = Client::new(url(&p, "socks5h", "alice:s3cret@")).plain_socks5_only();
+    assert_eq!(
+        roundtrip(&plain, Address::ip(target)).await,
+        ProtocolPath::Socks5
+    );
+    let wrong = Client::new(url(&p, "socks5h", "alice:nope@"));
+    assert!(matches!(
+        wrong.connect(Address::ip(target)).await,
+        Err(ClientError::AuthFailed)
+    ));
+    let wrong_plain = Client::new(url(&p, "socks5h", "alice:nope@")).plain_socks5_only();
+    assert!(matches!(
+        wrong_plain.connect(Address::ip(target)).await,
+        Err(ClientError::AuthFailed)
+    ));
+
+    // A server without SOCKS-NG: the client falls back and says so.
+    let off = proxy("off", &format!("[ng]\nenabled = false\n{ALLOW_LOOPBACK}")).await;
+    let c = Client::new(url(&off, "socks5h", ""));
+    assert_eq!(
+        roundtrip(&c, Address::ip(target)).await,
+        ProtocolPath::Socks5
+    );
+    assert!(matches!(
+        c.capabilities().await,
+        Err(ClientError::NotSupported(_))
+    ));
+}
+
+#[tokio::test]
+async fn refusals_carry_the_reply_code_in_words() {
+    let p = proxy("refusal", "").await;
+    let target = echo().await;
+    let c = Client::new(url(&p, "socks5h", ""));
+    let err = c.connect(Address::ip(target)).await.unwrap_err();
+    assert_eq!(err.reply_code(), Some(ReplyCode::NOT_ALLOWED));
+    assert!(err.to_string().contains("not allowed by ruleset"), "{err}");
+}
+
+#[tokio::test]
+async fn local_and_remote_name_resolution() {
+    // The proxy refuses the name "localhost" but allows 127.0.0.1 as an address.
+    let rules =
+        format!("[[rules]]\naction = \"deny\"\ndomains = [\"localhost\"]\n{ALLOW_LOOPBACK}");
+    let p = proxy("resolve", &rules).await;
+    let target = echo().await;
+    let by_name = Address::domain("localhost", target.port()).unwrap();
+    let remote = Client::new(url(&p, "socks5h", ""));
+    let err = remote.connect(by_name.clone()).await.unwrap_err();
+    assert_eq!(
+        err.reply_code(),
+        Some(ReplyCode::NOT_ALLOWED),
+        "socks5h sends the name"
+    );
+    let local = Client::new(url(&p, "socks5", ""));
+    roundtrip(&local, by_name).await;
+}
+
+#[tokio::test]
+async fn capabilities_and_udp_tunnel() {
+    let p = proxy(
+        "caps",
+        &format!("[[ng.served]]\nto = [\"10.0.0.0/8\"]\n{ALLOW_LOOPBACK}"),
+    )
+    .await;
+    let c = Client::new(url(&p, "socks5h", ""));
+    let caps = c.capabilities().await.unwrap();
+    assert_eq!(caps.ranges.len(), 1);
+    assert_eq!(
+        caps.ranges[0].prefixes,
+        vec![("10.0.0.0".parse().unwrap(), 8)]
+    );
+
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut b = vec![0u8; 70_000];
+        while let Ok((n, from)) = sock.recv_from(&mut b).await {
+            let _ = sock.send_to(&b[..n], from).await;
+        }
+    });
+    let mut t = c.udp().await.unwrap();
+    t.send_to(b"ping", &Address::ip(echo_addr)).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = t.recv_from(&mut buf).await.unwrap();
+    assert_eq!((&buf[..n], from), (&b"ping"[..], echo_addr));
+}
+
+#[test]
+fn urls_from_the_environment() {
+    // Only this test touches these variables in this process.
+    std::env::set_var("all_proxy", "socks5h://u:p@127.0.0.1:1081");
+    std::env::set_var("no_proxy", "internal.example");
+    let p = ProxyUrl::from_env("www.example.org").unwrap().unwrap();
+    assert_eq!(
+        (p.port, p.credentials.clone()),
+        (1081, Some(("u".into(), "p".into())))
+    );
+    assert!(ProxyUrl::from_env("db.internal.example").unwrap().is_none());
+    std::env::remove_var("all_proxy");
+    std::env::remove_var("no_proxy");
+}
