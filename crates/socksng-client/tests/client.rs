@@ -188,3 +188,48 @@ fn urls_from_the_environment() {
     std::env::remove_var("all_proxy");
     std::env::remove_var("no_proxy");
 }
+
+#[tokio::test]
+async fn listen_with_ng_and_bind_fallback() {
+    let cfg = format!("[auth]\nmethods = [\"password\"]\nusers_file = \"users\"\n{ALLOW_LOOPBACK}");
+    let p = proxy("listen", &cfg).await;
+    let c = Client::new(url(&p, "socks5h", "alice:s3cret@"));
+    let any: Address = Address::ip("0.0.0.0:0".parse().unwrap());
+    let mut l = c.listen(0, false, 16, any.clone()).await.unwrap();
+    assert_eq!(l.path(), ProtocolPath::Ng);
+    let public = l.local_addr().socket_addr().unwrap();
+    for i in 0..3u8 {
+        let mut outside = tokio::net::TcpStream::connect(public).await.unwrap();
+        let (s, peer) = l.accept().await.unwrap();
+        assert_eq!(peer, Address::ip(outside.local_addr().unwrap()));
+        let mut s = s.into_inner();
+        outside.write_all(&[i; 3]).await.unwrap();
+        let mut b = [0u8; 3];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(b, [i; 3]);
+        s.write_all(b"back").await.unwrap();
+        let mut r = [0u8; 4];
+        outside.read_exact(&mut r).await.unwrap();
+        assert_eq!(&r, b"back");
+    }
+
+    // Plain SOCKS5 server: BIND for one connection.
+    let off_cfg = format!("[ng]\nenabled = false\n{ALLOW_LOOPBACK}");
+    let off = proxy("bindfallback", &off_cfg).await;
+    let c = Client::new(url(&off, "socks5h", ""));
+    let mut l = c.listen(0, false, 1, any).await.unwrap();
+    assert_eq!(l.path(), ProtocolPath::Socks5);
+    let mut outside = tokio::net::TcpStream::connect(l.local_addr().socket_addr().unwrap())
+        .await
+        .unwrap();
+    let (s, _) = l.accept().await.unwrap();
+    let mut s = s.into_inner();
+    outside.write_all(b"bind").await.unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"bind");
+    assert!(matches!(
+        l.accept().await,
+        Err(ClientError::NotSupported(_))
+    ));
+}
