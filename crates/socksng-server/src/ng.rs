@@ -157,11 +157,7 @@ pub(crate) fn served_ranges(cfg: &Config, user: Option<&str>) -> Vec<ServedRange
             .ng
             .served
             .iter()
-            .map(|r| ServedRange {
-                prefixes: r.to.iter().map(|n| (n.network(), n.prefix_len())).collect(),
-                domains: r.domains.clone(),
-                ports: r.ports.iter().map(|p| (*p.0.start(), *p.0.end())).collect(),
-            })
+            .map(|r| range_of(&r.to, &r.domains, &r.ports))
             .collect();
     }
     if cfg.access.default == Action::Allow {
@@ -172,17 +168,26 @@ pub(crate) fn served_ranges(cfg: &Config, user: Option<&str>) -> Vec<ServedRange
         .filter(|r| r.action == Action::Allow)
         .filter(|r| crate::config::names_user(r.users.as_deref(), user, &cfg.groups))
         .map(|r| {
-            let mut range = ServedRange {
-                prefixes: r.to.iter().map(|n| (n.network(), n.prefix_len())).collect(),
-                domains: r.domains.clone(),
-                ports: r.ports.iter().map(|p| (*p.0.start(), *p.0.end())).collect(),
-            };
+            let mut range = range_of(&r.to, &r.domains, &r.ports);
             if range.prefixes.is_empty() && range.domains.is_empty() {
                 range.prefixes = everything().prefixes;
             }
             range
         })
         .collect()
+}
+
+/// The wire form of a destination set as written in the configuration.
+fn range_of(
+    to: &[ipnet::IpNet],
+    domains: &[String],
+    ports: &[crate::config::PortRange],
+) -> ServedRange {
+    ServedRange {
+        prefixes: to.iter().map(|n| (n.network(), n.prefix_len())).collect(),
+        domains: domains.to_vec(),
+        ports: ports.iter().map(|p| (*p.0.start(), *p.0.end())).collect(),
+    }
 }
 
 #[cfg(test)]
