@@ -335,6 +335,10 @@ pub struct Config {
     pub log_level: String,
     /// Runtime worker threads; 0 picks one per core.
     pub workers: usize,
+    /// Source addresses for outgoing connections and datagrams (Dante's `external`): the first
+    /// of the target's family is bound before connecting; with none of that family the kernel
+    /// chooses, as it does when the list is empty.
+    pub external: Vec<std::net::IpAddr>,
     /// `[auth]`.
     pub auth: AuthConfig,
     /// `[access]`.
@@ -367,6 +371,7 @@ impl Default for Config {
             allow_open_proxy: false,
             log_level: "info".into(),
             workers: 0,
+            external: Vec::new(),
             auth: AuthConfig::default(),
             access: AccessConfig::default(),
             timeouts: Timeouts::default(),

@@ -11,7 +11,7 @@ use crate::config::FamilyPreference;
 use socket2::{SockRef, TcpKeepalive};
 use socksng_proto::ReplyCode;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
@@ -75,11 +75,22 @@ pub fn tune_socket(socket: SockRef<'_>, keepalive: Duration) {
     }
 }
 
-async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
+/// The configured source address of `target`'s family, if any.
+pub fn external_for(external: &[IpAddr], target: IpAddr) -> Option<IpAddr> {
+    external
+        .iter()
+        .copied()
+        .find(|e| e.is_ipv4() == target.is_ipv4())
+}
+
+async fn connect_one(addr: SocketAddr, external: &[IpAddr]) -> io::Result<TcpStream> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    if let Some(source) = external_for(external, addr.ip()) {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
     socket.connect(addr).await
 }
 
@@ -88,10 +99,11 @@ async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
 pub async fn connect_racing(
     addrs: &[SocketAddr],
     attempt_delay: Duration,
+    external: &[IpAddr],
 ) -> io::Result<(TcpStream, SocketAddr)> {
     // One address has nothing to race: connect in this task, without spawning.
     if let [only] = addrs {
-        return connect_one(*only).await.map(|s| (s, *only));
+        return connect_one(*only, external).await.map(|s| (s, *only));
     }
     let mut pending = addrs.iter().copied();
     let mut attempts = JoinSet::new();
@@ -100,7 +112,8 @@ pub async fn connect_racing(
         if attempts.is_empty() {
             match pending.next() {
                 Some(a) => {
-                    attempts.spawn(async move { (a, connect_one(a).await) });
+                    let external = external.to_vec();
+                    attempts.spawn(async move { (a, connect_one(a, &external).await) });
                 }
                 None => {
                     return Err(best_error.unwrap_or_else(|| {
@@ -117,7 +130,8 @@ pub async fn connect_racing(
                     best_error = Some(more_telling(best_error.take(), e));
                     // A failure starts the next attempt without waiting.
                     if let Some(a) = pending.next() {
-                        attempts.spawn(async move { (a, connect_one(a).await) });
+                        let external = external.to_vec();
+                    attempts.spawn(async move { (a, connect_one(a, &external).await) });
                     }
                 }
                 Some(Err(join)) => best_error = Some(more_telling(best_error.take(), io::Error::other(join))),
@@ -125,7 +139,8 @@ pub async fn connect_racing(
             },
             _ = next_start, if pending.len() > 0 => {
                 if let Some(a) = pending.next() {
-                    attempts.spawn(async move { (a, connect_one(a).await) });
+                    let external = external.to_vec();
+                    attempts.spawn(async move { (a, connect_one(a, &external).await) });
                 }
             }
         }
@@ -258,11 +273,11 @@ mod tests {
             let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             t.local_addr().unwrap()
         };
-        let (_, used) = connect_racing(&[dead, good], Duration::from_secs(30))
+        let (_, used) = connect_racing(&[dead, good], Duration::from_secs(30), &[])
             .await
             .unwrap();
         assert_eq!(used, good);
-        let err = connect_racing(&[dead], Duration::from_millis(10))
+        let err = connect_racing(&[dead], Duration::from_millis(10), &[])
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);

@@ -419,7 +419,11 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
     let limit = shared.cfg.timeouts.connect;
     let (mut target, used) = match Box::pin(timeout(
         limit,
-        connect_racing(&addrs, shared.cfg.resolver.attempt_delay),
+        connect_racing(
+            &addrs,
+            shared.cfg.resolver.attempt_delay,
+            &shared.cfg.external,
+        ),
     ))
     .await
     {

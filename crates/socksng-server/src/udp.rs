@@ -11,7 +11,7 @@
 //! client has sent to are relayed (that destination was checked with its name and port),
 //! replies from anyone else are checked by address.
 
-use crate::connect::{interleave, port_zero, resolve};
+use crate::connect::{external_for, interleave, port_zero, resolve};
 use crate::policy::{canonical, Verdict};
 use crate::server::Shared;
 use crate::session::{Handshaken, SessionLog};
@@ -88,7 +88,8 @@ impl UdpOutside {
             } else {
                 Ipv6Addr::UNSPECIFIED.into()
             };
-            match UdpSocket::bind(SocketAddr::new(any, 0)).await {
+            let source = external_for(&self.shared.cfg.external, dest.ip()).unwrap_or(any);
+            match UdpSocket::bind(SocketAddr::new(source, 0)).await {
                 Ok(s) => *slot = Some(s),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot open outgoing UDP socket");

@@ -32,6 +32,38 @@ async fn connect_ipv4_reply_carries_real_outgoing_address() {
 }
 
 #[tokio::test]
+async fn external_address_is_the_source_of_connections_and_datagrams() {
+    // An IPv6 entry is skipped for IPv4 targets; the IPv4 one is the source.
+    let srv = start(&format!(
+        "external = [\"::1\", \"127.0.0.11\"]\n{ALLOW_LOOPBACK}"
+    ))
+    .await;
+    let (target, mut accepted) = accepting_server("127.0.0.1:0").await;
+    let (_s, reply) = socks_connect(srv.addr, &Address::ip(target)).await;
+    assert_eq!(reply.code, ReplyCode::SUCCEEDED);
+    let (_t, seen_from) = accepted.recv().await.unwrap();
+    assert_eq!(seen_from.ip().to_string(), "127.0.0.11");
+    assert_eq!(reply.bound, Address::ip(seen_from));
+
+    // UDP ASSOCIATE: the echo sees the datagram from the external address.
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    let (_ctl, relay) = udp_associate(srv.addr, Address::unspecified()).await;
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut dgram = vec![0, 0, 0];
+    Address::ip(echo_addr).encode(&mut dgram);
+    dgram.extend_from_slice(b"hi");
+    client.send_to(&dgram, relay).await.unwrap();
+    let mut b = [0u8; 16];
+    let (n, from) = echo.recv_from(&mut b).await.unwrap();
+    assert_eq!(
+        (&b[..n], from.ip().to_string().as_str()),
+        (&b"hi"[..], "127.0.0.11")
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn connect_ipv6_target_and_ipv6_listener() {
     let srv = start(&format!("listen = [\"[::1]:0\"]\n{ALLOW_LOOPBACK}")).await;
     assert!(srv.addr.is_ipv6());

@@ -84,14 +84,6 @@ async fn connect_to_host_local_destinations_refused() {
     srv.stop().await;
 }
 
-/// Opens a UDP association from `client` and returns the control connection and relay address.
-async fn associate(proxy: SocketAddr, client: &UdpSocket) -> (tokio::net::TcpStream, SocketAddr) {
-    let mut ctl = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    let r = request(&mut ctl, 3, &Address::ip(client.local_addr().unwrap())).await;
-    assert_eq!(r.code, ReplyCode::SUCCEEDED);
-    (ctl, r.bound.socket_addr().unwrap())
-}
-
 fn datagram(to: Address, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     UdpHeader {
@@ -114,7 +106,7 @@ async fn udp_to_host_local_destinations_dropped() {
     let (forbidden6, forbidden6_count) = udp_echo("[::1]:0").await;
     let (allowed, _) = udp_echo("127.0.0.2:0").await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (_ctl, relay) = associate(srv.addr, &client).await;
+    let (_ctl, relay) = udp_associate(srv.addr, Address::ip(client.local_addr().unwrap())).await;
     let mut targets: Vec<Address> = Vec::new();
     for ip in ssrf_addresses() {
         let port = if ip.is_ipv4() || ip.to_string().starts_with("::ffff") {
@@ -166,7 +158,7 @@ async fn udp_reply_source_is_reported_and_names_resolve() {
     let srv = start(ALLOW_LOOPBACK).await;
     let (echo, _) = udp_echo("127.0.0.1:0").await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (mut ctl, relay) = associate(srv.addr, &client).await;
+    let (mut ctl, relay) = udp_associate(srv.addr, Address::ip(client.local_addr().unwrap())).await;
     let mut buf = vec![0u8; 70_000];
     for (to, payload) in [
         (Address::ip(echo), vec![1u8; 64]),

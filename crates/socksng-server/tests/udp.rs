@@ -3,12 +3,12 @@
 
 mod common;
 use common::*;
-use socksng_proto::{Address, ReplyCode, UdpHeader};
+use socksng_proto::{Address, UdpHeader};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
 fn datagram(to: SocketAddr, frag: u8, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
@@ -19,13 +19,6 @@ fn datagram(to: SocketAddr, frag: u8, payload: &[u8]) -> Vec<u8> {
     .encode(&mut v);
     v.extend_from_slice(payload);
     v
-}
-
-async fn associate_with(proxy: SocketAddr, announce: Address) -> (TcpStream, SocketAddr) {
-    let mut ctl = TcpStream::connect(proxy).await.unwrap();
-    let r = request(&mut ctl, 3, &announce).await;
-    assert_eq!(r.code, ReplyCode::SUCCEEDED);
-    (ctl, r.bound.socket_addr().unwrap())
 }
 
 async fn expect_echo(sock: &UdpSocket, echo: SocketAddr, payload: &[u8]) {
@@ -42,7 +35,7 @@ async fn expect_echo(sock: &UdpSocket, echo: SocketAddr, payload: &[u8]) {
 async fn foreign_host_dropped_and_client_port_learned() {
     let srv = start(ALLOW_LOOPBACK).await;
     let (echo, count) = udp_echo("127.0.0.1:0").await;
-    let (_ctl, relay) = associate_with(srv.addr, Address::unspecified()).await;
+    let (_ctl, relay) = udp_associate(srv.addr, Address::unspecified()).await;
     // 127.0.0.9 is "another host" for a control connection from 127.0.0.1.
     let intruder = UdpSocket::bind("127.0.0.9:0").await.unwrap();
     intruder
@@ -84,7 +77,7 @@ async fn announced_client_port_is_enforced() {
     let (echo, count) = udp_echo("127.0.0.1:0").await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let impostor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (_ctl, relay) = associate_with(srv.addr, Address::ip(client.local_addr().unwrap())).await;
+    let (_ctl, relay) = udp_associate(srv.addr, Address::ip(client.local_addr().unwrap())).await;
     impostor
         .send_to(&datagram(echo, 0, b"first but wrong port"), relay)
         .await
@@ -103,7 +96,7 @@ async fn fragments_and_garbage_dropped() {
     let srv = start(ALLOW_LOOPBACK).await;
     let (echo, count) = udp_echo("127.0.0.1:0").await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (_ctl, relay) = associate_with(srv.addr, Address::unspecified()).await;
+    let (_ctl, relay) = udp_associate(srv.addr, Address::unspecified()).await;
     client
         .send_to(&datagram(echo, 1, b"fragment 1"), relay)
         .await
@@ -128,7 +121,7 @@ async fn ipv6_association() {
     let srv = start(&format!("listen = [\"[::1]:0\"]\n{ALLOW_LOOPBACK}")).await;
     let (echo, _) = udp_echo("[::1]:0").await;
     let client = UdpSocket::bind("[::1]:0").await.unwrap();
-    let (_ctl, relay) = associate_with(srv.addr, Address::unspecified()).await;
+    let (_ctl, relay) = udp_associate(srv.addr, Address::unspecified()).await;
     assert!(relay.is_ipv6());
     let payload = pattern(1200, 9);
     client
@@ -145,7 +138,7 @@ async fn association_ends_with_control_connection() {
     let srv = start(ALLOW_LOOPBACK).await;
     let (echo, _) = udp_echo("127.0.0.1:0").await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (mut ctl, relay) = associate_with(srv.addr, Address::unspecified()).await;
+    let (mut ctl, relay) = udp_associate(srv.addr, Address::unspecified()).await;
     client.connect(relay).await.unwrap();
     client.send(&datagram(echo, 0, b"alive")).await.unwrap();
     let mut buf = [0u8; 128];
@@ -178,8 +171,7 @@ async fn request_naming_the_target_is_tolerated() {
     let srv = start(ALLOW_LOOPBACK).await;
     let (echo, _) = udp_echo("127.0.0.1:0").await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (_ctl, relay) =
-        associate_with(srv.addr, Address::domain("example.test", 53).unwrap()).await;
+    let (_ctl, relay) = udp_associate(srv.addr, Address::domain("example.test", 53).unwrap()).await;
     client
         .send_to(&datagram(echo, 0, b"tolerant"), relay)
         .await

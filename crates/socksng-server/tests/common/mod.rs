@@ -189,3 +189,12 @@ pub fn raise_fd_limit() {
         }
     }
 }
+
+/// Opens a UDP association announcing `announce` as the client's datagram address; returns the
+/// control connection (the association lives as long as it) and the relay address.
+pub async fn udp_associate(proxy: SocketAddr, announce: Address) -> (TcpStream, SocketAddr) {
+    let mut ctl = TcpStream::connect(proxy).await.unwrap();
+    let r = request(&mut ctl, 3, &announce).await;
+    assert_eq!(r.code, socksng_proto::ReplyCode::SUCCEEDED);
+    (ctl, r.bound.socket_addr().unwrap())
+}
