@@ -19,21 +19,27 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
+mod listen;
+pub mod route;
+mod udp;
 mod url;
+
+pub use config::ClientConfig;
+pub use listen::ProxyListener;
+pub use route::{RoutedStream, Router};
+pub use udp::ProxyUdp;
 
 pub use socksng_proto::wire::ng::{Capabilities, ServedRange};
 pub use socksng_proto::{Address, ReplyCode};
 pub use url::{no_proxy_matches, ProxyUrl, Resolve};
 
-use socksng_proto::wire::ng::{
-    welcome, ControlMessage, NgAuth, NgHello, NgRequest, NgWelcome, UdpFrameHeader, NG_METHOD,
-};
+use socksng_proto::wire::ng::{welcome, NgAuth, NgHello, NgRequest, NgWelcome, NG_METHOD};
 use socksng_proto::wire::MethodSelection;
 use socksng_proto::{
     AuthReply, AuthRequest, Command, DecodeError, Greeting, Host, Method, Reply, Request,
 };
 use std::io;
-use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -68,6 +74,9 @@ pub enum ClientError {
     /// The proxy does not offer what was asked for (for example SOCKS-NG).
     #[error("not supported by this proxy: {0}")]
     NotSupported(&'static str),
+    /// A client configuration or route cannot be used.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl ClientError {
@@ -163,7 +172,9 @@ impl Client {
     }
 
     /// Connects to the proxy and authenticates; returns the stream and the negotiated path.
-    async fn negotiate(&self) -> Result<(TcpStream, Vec<u8>, ProtocolPath), ClientError> {
+    pub(crate) async fn negotiate(
+        &self,
+    ) -> Result<(TcpStream, Vec<u8>, ProtocolPath), ClientError> {
         let mut stream = TcpStream::connect((self.proxy.host.as_str(), self.proxy.port)).await?;
         let _ = stream.set_nodelay(true);
         let mut methods = Vec::with_capacity(3);
@@ -224,7 +235,10 @@ impl Client {
         Ok((stream, buf, path))
     }
 
-    async fn reply(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Address, ClientError> {
+    pub(crate) async fn reply(
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+    ) -> Result<Address, ClientError> {
         let reply = read_message(stream, buf, Reply::decode).await?;
         if reply.code != ReplyCode::SUCCEEDED {
             return Err(ClientError::Refused { code: reply.code });
@@ -234,18 +248,7 @@ impl Client {
 
     /// Opens a connection to `target` through the proxy.
     pub async fn connect(&self, target: Address) -> Result<ProxyStream, ClientError> {
-        let target = match (&target.host, self.proxy.resolve) {
-            (Host::Domain(name), Resolve::Local) => {
-                let addr = tokio::net::lookup_host((name.as_str(), target.port))
-                    .await?
-                    .next()
-                    .ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::NotFound, format!("{name} has no address"))
-                    })?;
-                Address::ip(addr)
-            }
-            _ => target,
-        };
+        let target = self.resolve_target(target).await?;
         let (mut stream, mut buf, path) = self.negotiate().await?;
         let mut out = Vec::with_capacity(300);
         Request {
@@ -267,6 +270,27 @@ impl Client {
         })
     }
 
+    /// The target as it goes on the wire: names are resolved here for a `socks5://` proxy.
+    pub(crate) async fn resolve_target(&self, target: Address) -> Result<Address, ClientError> {
+        match (&target.host, self.proxy.resolve) {
+            (Host::Domain(name), Resolve::Local) => {
+                let addr = tokio::net::lookup_host((name.as_str(), target.port))
+                    .await?
+                    .next()
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::NotFound, format!("{name} has no address"))
+                    })?;
+                Ok(Address::ip(addr))
+            }
+            _ => Ok(target),
+        }
+    }
+
+    /// The proxy this client talks to.
+    pub fn proxy(&self) -> &ProxyUrl {
+        &self.proxy
+    }
+
     async fn ng_request(&self, request: NgRequest) -> Result<(TcpStream, Vec<u8>), ClientError> {
         let (mut stream, mut buf) = self.ng_request_keep(request).await?;
         Self::reply(&mut stream, &mut buf).await?;
@@ -274,7 +298,7 @@ impl Client {
     }
 
     /// Negotiates SOCKS-NG and sends `request`, leaving the reply unread.
-    async fn ng_request_keep(
+    pub(crate) async fn ng_request_keep(
         &self,
         request: NgRequest,
     ) -> Result<(TcpStream, Vec<u8>), ClientError> {
@@ -292,175 +316,5 @@ impl Client {
     pub async fn capabilities(&self) -> Result<Capabilities, ClientError> {
         let (mut stream, mut buf) = self.ng_request(NgRequest::Capabilities).await?;
         read_message(&mut stream, &mut buf, Capabilities::decode).await
-    }
-
-    /// Opens a UDP tunnel inside a TCP connection (SOCKS-NG UDP-TUNNEL).
-    pub async fn udp(&self) -> Result<UdpTunnel, ClientError> {
-        let (stream, buf) = self.ng_request(NgRequest::UdpTunnel).await?;
-        Ok(UdpTunnel { stream, inbox: buf })
-    }
-}
-
-impl Client {
-    /// Opens a listening socket on the proxy's outside: SOCKS-NG LISTEN (`port` 0 for any,
-    /// `exact` to fail rather than take another port). Against a plain SOCKS5 server it falls
-    /// back to BIND, which accepts a single connection from `peer_hint` (0.0.0.0: anyone).
-    pub async fn listen(
-        &self,
-        port: u16,
-        exact: bool,
-        backlog: u16,
-        peer_hint: Address,
-    ) -> Result<ProxyListener, ClientError> {
-        let (mut stream, mut buf, path) = self.negotiate().await?;
-        let mut out = Vec::with_capacity(64);
-        if path == ProtocolPath::Ng {
-            let family_any: SocketAddr = match &peer_hint.host {
-                Host::Ip(ip) if ip.is_ipv6() => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
-                _ => (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
-            };
-            NgRequest::Listen {
-                address: Address::ip(family_any),
-                exact,
-                backlog,
-            }
-            .encode(&mut out);
-        } else {
-            Request {
-                command: Command::Bind,
-                address: peer_hint,
-            }
-            .encode(&mut out);
-        }
-        stream.write_all(&out).await?;
-        let bound = Self::reply(&mut stream, &mut buf).await?;
-        Ok(ProxyListener {
-            client: self.clone(),
-            control: Some(stream),
-            inbox: buf,
-            bound,
-            path,
-        })
-    }
-}
-
-/// A listening socket on the proxy's outside.
-#[derive(Debug)]
-pub struct ProxyListener {
-    client: Client,
-    /// The control connection; a BIND fallback hands it over as the accepted stream.
-    control: Option<TcpStream>,
-    inbox: Vec<u8>,
-    bound: Address,
-    path: ProtocolPath,
-}
-
-impl ProxyListener {
-    /// Where peers connect (the address the proxy announced).
-    pub fn local_addr(&self) -> &Address {
-        &self.bound
-    }
-
-    /// SOCKS-NG listener, or a plain SOCKS5 BIND fallback (one connection only).
-    pub fn path(&self) -> ProtocolPath {
-        self.path
-    }
-
-    /// Waits for the next incoming connection and returns it with the peer's address. With
-    /// SOCKS-NG the token is claimed over a new connection to the proxy; each claim is its own
-    /// connection, so claimed streams are independent of each other and of the listener.
-    pub async fn accept(&mut self) -> Result<(ProxyStream, Address), ClientError> {
-        let Some(control) = self.control.as_mut() else {
-            return Err(ClientError::NotSupported(
-                "a plain SOCKS5 BIND accepts one connection",
-            ));
-        };
-        if self.path == ProtocolPath::Socks5 {
-            let peer = Client::reply(control, &mut self.inbox).await?;
-            let stream = self.control.take().expect("checked above");
-            let proxied = ProxyStream {
-                stream,
-                bound: peer.clone(),
-                path: ProtocolPath::Socks5,
-            };
-            return Ok((proxied, peer));
-        }
-        loop {
-            let control = self.control.as_mut().expect("checked above");
-            match read_message(control, &mut self.inbox, ControlMessage::decode).await? {
-                ControlMessage::AcceptNotice { token, peer } => {
-                    match self.claim(token).await {
-                        Ok(stream) => return Ok((stream, peer)),
-                        // Expired or refused meanwhile: wait for the next one.
-                        Err(ClientError::Refused { .. }) => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-                ControlMessage::Expired { .. } => continue,
-                ControlMessage::Refuse { .. } => {
-                    return Err(ClientError::Protocol("REFUSE sent by the server".into()))
-                }
-            }
-        }
-    }
-
-    async fn claim(
-        &self,
-        token: socksng_proto::wire::ng::Token,
-    ) -> Result<ProxyStream, ClientError> {
-        let (mut stream, mut buf) = self
-            .client
-            .ng_request_keep(NgRequest::Accept { token })
-            .await?;
-        let bound = Client::reply(&mut stream, &mut buf).await?;
-        Ok(ProxyStream {
-            stream,
-            bound,
-            path: ProtocolPath::Ng,
-        })
-    }
-}
-
-/// Datagrams through the proxy, framed inside one TCP connection.
-#[derive(Debug)]
-pub struct UdpTunnel {
-    stream: TcpStream,
-    inbox: Vec<u8>,
-}
-
-impl UdpTunnel {
-    /// Sends one datagram (at most 65,535 bytes) to `to`, which may be a name.
-    pub async fn send_to(&mut self, payload: &[u8], to: &Address) -> Result<(), ClientError> {
-        let mut frame = Vec::with_capacity(payload.len() + 32);
-        UdpFrameHeader::encode_frame(to, payload, &mut frame)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.stream.write_all(&frame).await?;
-        Ok(())
-    }
-
-    /// Receives one datagram into `buf` (truncated if longer) and returns its length and source.
-    pub async fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, SocketAddr), ClientError> {
-        let (header, head) = loop {
-            match UdpFrameHeader::decode(&self.inbox) {
-                Ok((h, head)) if self.inbox.len() >= head + usize::from(h.len) => break (h, head),
-                Ok(_) | Err(DecodeError::Incomplete) => {}
-                Err(e) => return Err(ClientError::Protocol(e.to_string())),
-            }
-            let mut chunk = vec![0u8; 65_536];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(ClientError::Protocol("the proxy closed the tunnel".into()));
-            }
-            self.inbox.extend_from_slice(&chunk[..n]);
-        };
-        let len = usize::from(header.len);
-        let n = len.min(buf.len());
-        buf[..n].copy_from_slice(&self.inbox[head..head + n]);
-        self.inbox.drain(..head + len);
-        let from = header
-            .address
-            .socket_addr()
-            .ok_or_else(|| ClientError::Protocol("datagram source is not an address".into()))?;
-        Ok((n, from))
     }
 }

@@ -168,10 +168,59 @@ async fn capabilities_and_udp_tunnel() {
         }
     });
     let mut t = c.udp().await.unwrap();
+    assert_eq!(t.path(), ProtocolPath::Ng);
     t.send_to(b"ping", &Address::ip(echo_addr)).await.unwrap();
     let mut buf = [0u8; 64];
     let (n, from) = t.recv_from(&mut buf).await.unwrap();
     assert_eq!((&buf[..n], from), (&b"ping"[..], echo_addr));
+
+    // The same socket API over UDP ASSOCIATE: forced, and against a server without SOCKS-NG.
+    let off = proxy(
+        "udpoff",
+        &format!("[ng]\nenabled = false\n{ALLOW_LOOPBACK}"),
+    )
+    .await;
+    for c in [
+        Client::new(url(&p, "socks5h", "")).plain_socks5_only(),
+        Client::new(url(&off, "socks5h", "")),
+    ] {
+        let mut u = c.udp().await.unwrap();
+        assert_eq!(u.path(), ProtocolPath::Socks5);
+        assert!(u.relay().is_some());
+        for i in 0..3u8 {
+            let payload = vec![i; 1000 + usize::from(i)];
+            u.send_to(&payload, &Address::ip(echo_addr)).await.unwrap();
+            let mut buf = vec![0u8; 2000];
+            let (n, from) = u.recv_from(&mut buf).await.unwrap();
+            assert_eq!((&buf[..n], from), (&payload[..], echo_addr));
+        }
+        // By name: resolved by the proxy (socks5h).
+        let by_name = Address::domain("localhost", echo_addr.port()).unwrap();
+        u.send_to(b"named", &by_name).await.unwrap();
+        let (n, _) = u.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"named");
+    }
+}
+
+#[tokio::test]
+async fn explicit_bind_on_an_ng_server() {
+    let p = proxy("bind", ALLOW_LOOPBACK).await;
+    let c = Client::new(url(&p, "socks5h", ""));
+    let mut l = c
+        .bind(Address::ip("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(l.path(), ProtocolPath::Socks5);
+    let mut outside = tokio::net::TcpStream::connect(l.local_addr().socket_addr().unwrap())
+        .await
+        .unwrap();
+    let (s, peer) = l.accept().await.unwrap();
+    assert_eq!(peer, Address::ip(outside.local_addr().unwrap()));
+    let mut s = s.into_inner();
+    s.write_all(b"from inside").await.unwrap();
+    let mut b = [0u8; 11];
+    outside.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"from inside");
 }
 
 #[test]

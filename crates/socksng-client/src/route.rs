@@ -1,0 +1,738 @@
+//! Routing across several proxies: a table of destination prefixes and domain suffixes, each
+//! pointing at a proxy or at a direct connection, built from static configuration and from the
+//! ranges SOCKS-NG servers announce through CAPABILITIES. Direct is the default route.
+//!
+//! The most specific match wins: the longest prefix for an address, the longest suffix for a
+//! name, and a route limited to certain ports over one for every port; among equals, the one
+//! configured first. A server that cannot be reached is taken out of the table for a while and
+//! its destinations fall to the next best route; the announced ranges are asked again when the
+//! table is older than the refresh interval.
+
+use crate::{Client, ClientError, ProtocolPath, ProxyUrl, ServedRange};
+use ipnet::IpNet;
+use socksng_proto::{Address, Host};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// A destination set of one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Addresses inside a prefix (IPv4-mapped IPv6 addresses match as IPv4).
+    Net(IpNet),
+    /// A name and every name below it (lower case, no leading dot).
+    Suffix(String),
+}
+
+impl Destination {
+    /// Parses `10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32`, `corp.example` or `.corp.example`.
+    pub fn parse(text: &str) -> Result<Destination, ClientError> {
+        let t = text.trim();
+        if let Ok(net) = t.parse::<IpNet>() {
+            return Ok(Destination::Net(net.trunc()));
+        }
+        if let Ok(ip) = t.parse::<IpAddr>() {
+            return Ok(Destination::Net(IpNet::from(ip)));
+        }
+        let name = t.trim_start_matches('.').trim_end_matches('.');
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            return Err(ClientError::Config(format!(
+                "{text:?} is neither an address prefix nor a domain name"
+            )));
+        }
+        Ok(Destination::Suffix(name.to_ascii_lowercase()))
+    }
+
+    /// How specific the destination is: prefix length, or labels in the suffix.
+    fn specificity(&self) -> u32 {
+        match self {
+            Destination::Net(n) => u32::from(n.prefix_len()),
+            Destination::Suffix(s) => s.split('.').count() as u32,
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Net(n) => write!(f, "{n}"),
+            Destination::Suffix(s) => write!(f, ".{s}"),
+        }
+    }
+}
+
+/// Where a route sends connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// No proxy.
+    Direct,
+    /// The server at this index of the router's server list.
+    Server(usize),
+}
+
+/// Where a route came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The configuration (a `[[route]]`, a server's `ranges`, or a `--proxy` for everything).
+    Configured,
+    /// The server's CAPABILITIES reply.
+    Announced,
+}
+
+/// One entry of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// What it matches.
+    pub destination: Destination,
+    /// Inclusive port ranges it is limited to; empty for every port.
+    pub ports: Vec<(u16, u16)>,
+    /// Where it sends connections.
+    pub via: Via,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+impl Route {
+    fn port_matches(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.iter().any(|&(lo, hi)| lo <= port && port <= hi)
+    }
+
+    /// The routes a server's announced ranges stand for.
+    pub fn from_served(range: &ServedRange, via: Via, origin: Origin) -> Vec<Route> {
+        let nets = range
+            .prefixes
+            .iter()
+            .filter_map(|&(ip, len)| IpNet::new(ip, len).ok())
+            .map(|n| Destination::Net(n.trunc()));
+        let names = range
+            .domains
+            .iter()
+            .filter_map(|d| Destination::parse(d).ok());
+        nets.chain(names)
+            .map(|destination| Route {
+                destination,
+                ports: range.ports.clone(),
+                via,
+                origin,
+            })
+            .collect()
+    }
+}
+
+/// Every destination: what a single `--proxy` or an "everything" gateway stands for.
+pub fn everything() -> Vec<Destination> {
+    vec![
+        Destination::Net(IpNet::new(Ipv4Addr::UNSPECIFIED.into(), 0).expect("valid prefix")),
+        Destination::Net(IpNet::new(Ipv6Addr::UNSPECIFIED.into(), 0).expect("valid prefix")),
+    ]
+}
+
+/// A snapshot of the routes, in configuration order, and the server names for printing.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    names: Vec<String>,
+}
+
+impl RouteTable {
+    /// A table of `routes`; `names[i]` names `Via::Server(i)` when printed.
+    pub fn new(routes: Vec<Route>, names: Vec<String>) -> RouteTable {
+        RouteTable { routes, names }
+    }
+
+    /// The routes, in the order ties are broken.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The name of where `via` goes.
+    pub fn via_name(&self, via: Via) -> &str {
+        match via {
+            Via::Direct => "direct",
+            Via::Server(i) => self.names.get(i).map_or("?", String::as_str),
+        }
+    }
+
+    fn best<'a>(
+        &'a self,
+        port: u16,
+        usable: &dyn Fn(Via) -> bool,
+        matches: impl Fn(&Destination) -> bool,
+    ) -> Option<&'a Route> {
+        let mut best: Option<&Route> = None;
+        for r in &self.routes {
+            if !matches(&r.destination) || !r.port_matches(port) || !usable(r.via) {
+                continue;
+            }
+            let key = |r: &Route| (r.destination.specificity(), !r.ports.is_empty());
+            if best.is_none_or(|b| key(r) > key(b)) {
+                best = Some(r);
+            }
+        }
+        best
+    }
+
+    /// The most specific usable route for an address, if any (none means direct).
+    pub fn for_ip(&self, ip: IpAddr, port: u16, usable: &dyn Fn(Via) -> bool) -> Option<&Route> {
+        let ip = ip.to_canonical();
+        self.best(
+            port,
+            usable,
+            |d| matches!(d, Destination::Net(n) if n.contains(&ip)),
+        )
+    }
+
+    /// The most specific usable route naming a suffix of `name`, if any.
+    pub fn for_name(&self, name: &str, port: u16, usable: &dyn Fn(Via) -> bool) -> Option<&Route> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.best(port, usable, |d| match d {
+            Destination::Suffix(s) => {
+                name == *s
+                    || (name.len() > s.len()
+                        && name.ends_with(s.as_str())
+                        && name.as_bytes()[name.len() - s.len() - 1] == b'.')
+            }
+            Destination::Net(_) => false,
+        })
+    }
+}
+
+impl fmt::Display for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<28} {:<13} {:<16} ORIGIN",
+            "DESTINATION", "PORTS", "VIA"
+        )?;
+        let mut sorted: Vec<&Route> = self.routes.iter().collect();
+        // Names, then addresses, each most specific first as the lookup sees them; the stable
+        // sort keeps ties in configuration order.
+        sorted.sort_by_key(|r| {
+            std::cmp::Reverse((
+                matches!(r.destination, Destination::Suffix(_)),
+                r.destination.specificity(),
+                !r.ports.is_empty(),
+            ))
+        });
+        for r in sorted {
+            let ports = if r.ports.is_empty() {
+                "all".to_string()
+            } else {
+                r.ports
+                    .iter()
+                    .map(|&(lo, hi)| {
+                        if lo == hi {
+                            lo.to_string()
+                        } else {
+                            format!("{lo}-{hi}")
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let origin = match r.origin {
+                Origin::Configured => "configured",
+                Origin::Announced => "announced",
+            };
+            writeln!(
+                f,
+                "{:<28} {:<13} {:<16} {origin}",
+                r.destination.to_string(),
+                ports,
+                self.via_name(r.via)
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<28} {:<13} {:<16} default",
+            "(anything else)", "all", "direct"
+        )
+    }
+}
+
+/// A proxy the router may use.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// Name in tables and logs.
+    pub name: String,
+    /// How to reach it.
+    pub url: ProxyUrl,
+    /// Destinations configured for it (what a plain SOCKS5 server cannot announce).
+    pub ranges: Vec<Destination>,
+    /// Whether to ask it for its served ranges (SOCKS-NG CAPABILITIES).
+    pub ask: bool,
+}
+
+/// Timers of the router.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterOptions {
+    /// Ask the servers again when the table is older than this.
+    pub refresh: Duration,
+    /// How long a failed server stays out of the table.
+    pub retry_after: Duration,
+    /// Limit for reaching a proxy (or a direct target) and for one CAPABILITIES exchange.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions {
+            refresh: Duration::from_secs(600),
+            retry_after: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the router knows about one server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerStatus {
+    /// The protocol it spoke at the last refresh (`None` before one, or when unreachable).
+    pub path: Option<ProtocolPath>,
+    /// Why it is out of the table, while it is.
+    pub down: Option<String>,
+    /// Ranges from its last CAPABILITIES reply.
+    pub announced: Vec<ServedRange>,
+}
+
+struct ServerEntry {
+    spec: ServerSpec,
+    client: Client,
+    state: Mutex<ServerState>,
+}
+
+#[derive(Default)]
+struct ServerState {
+    status: ServerStatus,
+    down_until: Option<Instant>,
+}
+
+/// A connection made by the router.
+#[derive(Debug)]
+pub struct RoutedStream {
+    /// The stream, relayed to the target when through a proxy.
+    pub stream: TcpStream,
+    /// Which way it went.
+    pub via: Via,
+    /// The server's name, or "direct".
+    pub via_name: String,
+    /// The protocol spoken with the proxy (`None` when direct).
+    pub path: Option<ProtocolPath>,
+}
+
+/// Routes connections across several proxies and direct.
+pub struct Router {
+    servers: Vec<ServerEntry>,
+    configured: Vec<Route>,
+    options: RouterOptions,
+    table: Mutex<Arc<RouteTable>>,
+    refreshed: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field(
+                "servers",
+                &self
+                    .servers
+                    .iter()
+                    .map(|s| &s.spec.name)
+                    .collect::<Vec<_>>(),
+            )
+            .field("routes", &self.table().routes.len())
+            .finish()
+    }
+}
+
+/// Whether an error says the proxy itself failed (rather than the target or the login).
+fn server_failed(e: &ClientError) -> bool {
+    matches!(e, ClientError::Io(_) | ClientError::Protocol(_))
+}
+
+impl Router {
+    /// A router over `servers` with the extra `routes` (which may point at `Via::Direct`);
+    /// nothing is asked until the first connection or [`Router::refresh`].
+    pub fn new(servers: Vec<ServerSpec>, routes: Vec<Route>, options: RouterOptions) -> Router {
+        let mut configured = routes;
+        for (i, s) in servers.iter().enumerate() {
+            configured.extend(s.ranges.iter().map(|d| Route {
+                destination: d.clone(),
+                ports: Vec::new(),
+                via: Via::Server(i),
+                origin: Origin::Configured,
+            }));
+        }
+        let servers: Vec<ServerEntry> = servers
+            .into_iter()
+            .map(|spec| ServerEntry {
+                client: Client::new(spec.url.clone()),
+                spec,
+                state: Mutex::new(ServerState::default()),
+            })
+            .collect();
+        let router = Router {
+            servers,
+            configured,
+            options,
+            table: Mutex::new(Arc::new(RouteTable::default())),
+            refreshed: tokio::sync::Mutex::new(None),
+        };
+        router.rebuild();
+        router
+    }
+
+    /// A router that sends everything through one proxy.
+    pub fn single(url: ProxyUrl) -> Router {
+        let name = format!("{}:{}", url.host, url.port);
+        Router::new(
+            vec![ServerSpec {
+                name,
+                url,
+                ranges: everything(),
+                ask: false,
+            }],
+            Vec::new(),
+            RouterOptions::default(),
+        )
+    }
+
+    /// The current table.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.lock().expect("table lock").clone()
+    }
+
+    /// The servers' names, specs and what is known about them.
+    pub fn servers(&self) -> Vec<(ServerSpec, ServerStatus)> {
+        self.servers
+            .iter()
+            .map(|s| {
+                (
+                    s.spec.clone(),
+                    s.state.lock().expect("state lock").status.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn rebuild(&self) {
+        let mut routes = self.configured.clone();
+        for (i, s) in self.servers.iter().enumerate() {
+            let state = s.state.lock().expect("state lock");
+            for range in &state.status.announced {
+                routes.extend(Route::from_served(range, Via::Server(i), Origin::Announced));
+            }
+        }
+        let names = self.servers.iter().map(|s| s.spec.name.clone()).collect();
+        *self.table.lock().expect("table lock") = Arc::new(RouteTable::new(routes, names));
+    }
+
+    /// Asks every server that is to be asked for its served ranges, and rebuilds the table.
+    /// A server that cannot be reached is taken out for `retry_after`.
+    pub async fn refresh(&self) {
+        let mut stamp = self.refreshed.lock().await;
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            if s.spec.ask {
+                let client = s.client.clone();
+                let limit = self.options.connect_timeout;
+                asks.spawn(async move {
+                    let got = match tokio::time::timeout(limit, client.capabilities()).await {
+                        Ok(r) => r,
+                        Err(_) => Err(ClientError::Io(std::io::ErrorKind::TimedOut.into())),
+                    };
+                    (i, got)
+                });
+            }
+        }
+        while let Some(joined) = asks.join_next().await {
+            let Ok((i, got)) = joined else { continue };
+            let mut state = self.servers[i].state.lock().expect("state lock");
+            match got {
+                Ok(caps) => {
+                    state.status.path = Some(ProtocolPath::Ng);
+                    state.status.announced = caps.ranges;
+                    state.status.down = None;
+                    state.down_until = None;
+                }
+                Err(ClientError::NotSupported(_)) => {
+                    // A plain SOCKS5 server: reachable, serving what the configuration says.
+                    state.status.path = Some(ProtocolPath::Socks5);
+                    state.status.announced.clear();
+                    state.status.down = None;
+                    state.down_until = None;
+                }
+                Err(e) => {
+                    state.status.path = None;
+                    state.status.down = Some(e.to_string());
+                    state.down_until = Some(Instant::now() + self.options.retry_after);
+                }
+            }
+        }
+        self.rebuild();
+        *stamp = Some(Instant::now());
+    }
+
+    async fn refresh_if_stale(&self) {
+        let stale = self
+            .refreshed
+            .lock()
+            .await
+            .is_none_or(|t| t.elapsed() >= self.options.refresh);
+        if stale {
+            self.refresh().await;
+        }
+    }
+
+    fn usable(&self, via: Via) -> bool {
+        match via {
+            Via::Direct => true,
+            Via::Server(i) => {
+                let state = self.servers[i].state.lock().expect("state lock");
+                state.down_until.is_none_or(|t| Instant::now() >= t)
+            }
+        }
+    }
+
+    fn mark_down(&self, via: Via, why: &ClientError) {
+        if let Via::Server(i) = via {
+            let mut state = self.servers[i].state.lock().expect("state lock");
+            state.status.down = Some(why.to_string());
+            state.down_until = Some(Instant::now() + self.options.retry_after);
+        }
+    }
+
+    /// Which way a connection to `target` goes now, and the address to ask for: a name that
+    /// no suffix route claims is resolved here and routed by its address; when it does not
+    /// resolve, the route for every address (a gateway) gets the name, if there is one.
+    pub async fn decide(&self, target: &Address) -> Result<(Via, Address), ClientError> {
+        self.refresh_if_stale().await;
+        let table = self.table();
+        let usable = |v: Via| self.usable(v);
+        let port = target.port;
+        let via_of = |r: Option<&Route>| r.map_or(Via::Direct, |r| r.via);
+        match &target.host {
+            Host::Ip(ip) => Ok((via_of(table.for_ip(*ip, port, &usable)), target.clone())),
+            Host::Domain(name) => {
+                if let Some(r) = table.for_name(name, port, &usable) {
+                    return Ok((r.via, target.clone()));
+                }
+                match tokio::net::lookup_host((name.as_str(), port)).await {
+                    Ok(mut addrs) => {
+                        let Some(first) = addrs.next() else {
+                            return Err(ClientError::Io(std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                format!("{name} has no address"),
+                            )));
+                        };
+                        let via = via_of(table.for_ip(first.ip(), port, &usable));
+                        // Direct connections use every address; a proxy gets the name back
+                        // when it resolves names itself.
+                        Ok((via, target.clone()))
+                    }
+                    Err(e) => {
+                        let gateway = table
+                            .for_ip(Ipv4Addr::UNSPECIFIED.into(), port, &usable)
+                            .filter(|r| r.destination.specificity() == 0)
+                            .map(|r| r.via);
+                        match gateway {
+                            Some(via @ Via::Server(_)) => Ok((via, target.clone())),
+                            _ => Err(ClientError::Io(e)),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects to `target` the way the table says. When the chosen proxy fails, it is taken
+    /// out and the next best route is tried.
+    pub async fn connect(&self, target: Address) -> Result<RoutedStream, ClientError> {
+        let mut last_error = None;
+        for _ in 0..=self.servers.len() {
+            let (via, ask) = self.decide(&target).await?;
+            let limit = self.options.connect_timeout;
+            let table = self.table();
+            let via_name = table.via_name(via).to_string();
+            match via {
+                Via::Direct => {
+                    let stream = tokio::time::timeout(limit, direct(&ask))
+                        .await
+                        .map_err(|_| ClientError::Io(std::io::ErrorKind::TimedOut.into()))??;
+                    return Ok(RoutedStream {
+                        stream,
+                        via,
+                        via_name,
+                        path: None,
+                    });
+                }
+                Via::Server(i) => {
+                    let client = &self.servers[i].client;
+                    let got = tokio::time::timeout(limit, client.connect(ask))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ClientError::Io(std::io::ErrorKind::TimedOut.into()))
+                        });
+                    match got {
+                        Ok(s) => {
+                            let path = Some(s.path());
+                            return Ok(RoutedStream {
+                                stream: s.into_inner(),
+                                via,
+                                via_name,
+                                path,
+                            });
+                        }
+                        Err(e) if server_failed(&e) => {
+                            self.mark_down(via, &e);
+                            last_error = Some(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(last_error.unwrap_or(ClientError::NotSupported("no route")))
+    }
+
+    /// The client for the server `via` names, to open listeners or datagram sockets on it.
+    pub fn client(&self, via: Via) -> Option<&Client> {
+        match via {
+            Via::Server(i) => self.servers.get(i).map(|s| &s.client),
+            Via::Direct => None,
+        }
+    }
+}
+
+async fn direct(target: &Address) -> Result<TcpStream, ClientError> {
+    let stream = match &target.host {
+        Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, target.port)).await?,
+        Host::Domain(name) => TcpStream::connect((name.as_str(), target.port)).await?,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(d: &str, ports: &[(u16, u16)], via: Via) -> Route {
+        Route {
+            destination: Destination::parse(d).unwrap(),
+            ports: ports.to_vec(),
+            via,
+            origin: Origin::Configured,
+        }
+    }
+
+    #[test]
+    fn most_specific_prefix_and_suffix_win() {
+        let t = RouteTable::new(
+            vec![
+                route("0.0.0.0/0", &[], Via::Server(0)),
+                route("10.0.0.0/8", &[], Via::Server(1)),
+                route("10.1.0.0/16", &[], Via::Direct),
+                route("10.2.0.0/16", &[(22, 22)], Via::Server(0)),
+                route("10.2.0.0/16", &[], Via::Server(1)),
+                route("corp.example", &[], Via::Server(1)),
+                route("lab.corp.example", &[], Via::Direct),
+            ],
+            vec!["gw".into(), "office".into()],
+        );
+        let all = |_: Via| true;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let via = |r: Option<&Route>| r.map(|r| r.via);
+        assert_eq!(
+            via(t.for_ip(ip("10.9.9.9"), 80, &all)),
+            Some(Via::Server(1))
+        );
+        assert_eq!(via(t.for_ip(ip("10.1.2.3"), 80, &all)), Some(Via::Direct));
+        assert_eq!(
+            via(t.for_ip(ip("10.2.0.1"), 22, &all)),
+            Some(Via::Server(0))
+        );
+        assert_eq!(
+            via(t.for_ip(ip("10.2.0.1"), 23, &all)),
+            Some(Via::Server(1))
+        );
+        assert_eq!(
+            via(t.for_ip(ip("192.0.2.1"), 80, &all)),
+            Some(Via::Server(0))
+        );
+        assert_eq!(
+            via(t.for_ip(ip("::ffff:10.9.9.9"), 80, &all)),
+            Some(Via::Server(1))
+        );
+        assert_eq!(via(t.for_ip(ip("2001:db8::1"), 80, &all)), None);
+        assert_eq!(
+            via(t.for_name("www.corp.example", 80, &all)),
+            Some(Via::Server(1))
+        );
+        assert_eq!(
+            via(t.for_name("CORP.example.", 80, &all)),
+            Some(Via::Server(1))
+        );
+        assert_eq!(
+            via(t.for_name("a.lab.corp.example", 80, &all)),
+            Some(Via::Direct)
+        );
+        assert_eq!(via(t.for_name("notcorp.example", 80, &all)), None);
+        // With server 1 out, its destinations fall to the next best route.
+        let without_1 = |v: Via| v != Via::Server(1);
+        assert_eq!(
+            via(t.for_ip(ip("10.9.9.9"), 80, &without_1)),
+            Some(Via::Server(0))
+        );
+        assert_eq!(via(t.for_name("www.corp.example", 80, &without_1)), None);
+        let printed = t.to_string();
+        assert!(printed.contains("10.1.0.0/16"), "{printed}");
+        assert!(printed.contains(".lab.corp.example"), "{printed}");
+        let first = printed.lines().nth(1).unwrap();
+        assert!(
+            first.starts_with("lab.corp.example") || first.starts_with(".lab"),
+            "{printed}"
+        );
+        assert!(printed.lines().last().unwrap().contains("direct"));
+    }
+
+    #[test]
+    fn destinations_parse() {
+        assert_eq!(
+            Destination::parse("10.1.2.3/8").unwrap(),
+            Destination::Net("10.0.0.0/8".parse().unwrap())
+        );
+        assert_eq!(
+            Destination::parse("192.0.2.7").unwrap(),
+            Destination::Net("192.0.2.7/32".parse().unwrap())
+        );
+        assert_eq!(
+            Destination::parse(".Corp.Example").unwrap(),
+            Destination::Suffix("corp.example".into())
+        );
+        assert!(Destination::parse("bad name!").is_err());
+        assert!(Destination::parse("").is_err());
+    }
+
+    #[test]
+    fn announced_ranges_become_routes() {
+        let r = ServedRange {
+            prefixes: vec![("10.0.0.0".parse().unwrap(), 8)],
+            domains: vec!["corp.example".into()],
+            ports: vec![(1, 1024)],
+        };
+        let routes = Route::from_served(&r, Via::Server(2), Origin::Announced);
+        assert_eq!(routes.len(), 2);
+        assert!(routes.iter().all(|r| r.ports == vec![(1, 1024)]));
+    }
+}

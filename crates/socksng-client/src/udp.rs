@@ -1,0 +1,204 @@
+//! Datagrams through the proxy: SOCKS-NG UDP-TUNNEL (frames inside the TCP connection) or,
+//! against a plain SOCKS5 server, RFC 1928 UDP ASSOCIATE with its relay socket.
+
+use crate::{Client, ClientError, ProtocolPath};
+use socksng_proto::wire::ng::{NgRequest, UdpFrameHeader};
+use socksng_proto::{Address, Command, DecodeError, Request, UdpHeader};
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// The largest datagram either path carries (the UDP payload limit plus the RFC 1928 header).
+const DATAGRAM_ROOM: usize = 65_536 + 262;
+
+/// A datagram socket through the proxy, whichever way the proxy offers it.
+#[derive(Debug)]
+pub struct ProxyUdp {
+    client: Client,
+    path: ProtocolPath,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    /// SOCKS-NG: length-prefixed frames in the TCP stream.
+    Tunnel { stream: TcpStream, inbox: Vec<u8> },
+    /// RFC 1928: a UDP socket connected to the proxy's relay; the association lives as long as
+    /// the control connection.
+    Associate {
+        control: TcpStream,
+        socket: UdpSocket,
+        relay: SocketAddr,
+        scratch: Vec<u8>,
+    },
+}
+
+impl Client {
+    /// Opens a datagram socket through the proxy: the SOCKS-NG UDP-TUNNEL when the proxy speaks
+    /// SOCKS-NG, else RFC 1928 UDP ASSOCIATE ([`ProxyUdp::path`] tells which). Use
+    /// [`Client::plain_socks5_only`] to force UDP ASSOCIATE.
+    pub async fn udp(&self) -> Result<ProxyUdp, ClientError> {
+        let (mut stream, mut buf, path) = self.negotiate().await?;
+        let mut out = Vec::with_capacity(32);
+        let inner = match path {
+            ProtocolPath::Ng => {
+                NgRequest::UdpTunnel.encode(&mut out);
+                stream.write_all(&out).await?;
+                Client::reply(&mut stream, &mut buf).await?;
+                Inner::Tunnel { stream, inbox: buf }
+            }
+            ProtocolPath::Socks5 => {
+                // The datagrams leave from the address the control connection uses, which is
+                // the one the proxy can reach; announcing it lets the proxy pin the association.
+                let socket = UdpSocket::bind((stream.local_addr()?.ip(), 0)).await?;
+                Request {
+                    command: Command::UdpAssociate,
+                    address: Address::ip(socket.local_addr()?),
+                }
+                .encode(&mut out);
+                stream.write_all(&out).await?;
+                let bound = Client::reply(&mut stream, &mut buf).await?;
+                let mut relay = bound.socket_addr().ok_or_else(|| {
+                    ClientError::Protocol(format!("UDP relay given as a name: {bound}"))
+                })?;
+                if relay.ip().is_unspecified() {
+                    // "0.0.0.0" means "the address you reached me at" in practice.
+                    relay.set_ip(stream.peer_addr()?.ip());
+                }
+                socket.connect(relay).await?;
+                Inner::Associate {
+                    control: stream,
+                    socket,
+                    relay,
+                    scratch: Vec::new(),
+                }
+            }
+        };
+        Ok(ProxyUdp {
+            client: self.clone(),
+            path,
+            inner,
+        })
+    }
+}
+
+impl ProxyUdp {
+    /// UDP-TUNNEL (`Ng`) or UDP ASSOCIATE (`Socks5`).
+    pub fn path(&self) -> ProtocolPath {
+        self.path
+    }
+
+    /// The proxy's UDP relay address (UDP ASSOCIATE only).
+    pub fn relay(&self) -> Option<SocketAddr> {
+        match &self.inner {
+            Inner::Associate { relay, .. } => Some(*relay),
+            Inner::Tunnel { .. } => None,
+        }
+    }
+
+    /// Sends one datagram (at most 65,507 bytes) to `to`, which may be a name (resolved here
+    /// for a `socks5://` proxy, by the proxy for `socks5h://`).
+    pub async fn send_to(&mut self, payload: &[u8], to: &Address) -> Result<(), ClientError> {
+        let to = self.client.resolve_target(to.clone()).await?;
+        match &mut self.inner {
+            Inner::Tunnel { stream, .. } => {
+                let mut frame = Vec::with_capacity(payload.len() + 32);
+                UdpFrameHeader::encode_frame(&to, payload, &mut frame)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                stream.write_all(&frame).await?;
+            }
+            Inner::Associate { socket, .. } => {
+                let mut datagram = Vec::with_capacity(payload.len() + 32);
+                UdpHeader {
+                    frag: 0,
+                    address: to,
+                }
+                .encode(&mut datagram);
+                datagram.extend_from_slice(payload);
+                socket.send(&datagram).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives one datagram into `buf` (truncated if longer) and returns its length and
+    /// source. Fails when the proxy ends the tunnel or association.
+    pub async fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, SocketAddr), ClientError> {
+        match &mut self.inner {
+            Inner::Tunnel { stream, inbox } => tunnel_recv(stream, inbox, buf).await,
+            Inner::Associate {
+                control,
+                socket,
+                scratch,
+                ..
+            } => associate_recv(control, socket, scratch, buf).await,
+        }
+    }
+}
+
+fn source_of(address: &Address) -> Result<SocketAddr, ClientError> {
+    address
+        .socket_addr()
+        .ok_or_else(|| ClientError::Protocol(format!("datagram source is a name: {address}")))
+}
+
+async fn tunnel_recv(
+    stream: &mut TcpStream,
+    inbox: &mut Vec<u8>,
+    buf: &mut [u8],
+) -> Result<(usize, SocketAddr), ClientError> {
+    let (header, head) = loop {
+        match UdpFrameHeader::decode(inbox) {
+            Ok((h, head)) if inbox.len() >= head + usize::from(h.len) => break (h, head),
+            Ok(_) | Err(DecodeError::Incomplete) => {}
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        }
+        inbox.reserve(DATAGRAM_ROOM);
+        if stream.read_buf(inbox).await? == 0 {
+            return Err(ClientError::Protocol("the proxy closed the tunnel".into()));
+        }
+    };
+    let len = usize::from(header.len);
+    let n = len.min(buf.len());
+    buf[..n].copy_from_slice(&inbox[head..head + n]);
+    inbox.drain(..head + len);
+    Ok((n, source_of(&header.address)?))
+}
+
+async fn associate_recv(
+    control: &mut TcpStream,
+    socket: &UdpSocket,
+    scratch: &mut Vec<u8>,
+    buf: &mut [u8],
+) -> Result<(usize, SocketAddr), ClientError> {
+    scratch.resize(DATAGRAM_ROOM, 0);
+    let mut probe = [0u8; 64];
+    loop {
+        tokio::select! {
+            got = socket.recv(scratch) => {
+                let n = got?;
+                // Fragments (FRAG != 0) are not reassembled and malformed headers are
+                // dropped, as RFC 1928 allows; the socket is connected, so only the relay's
+                // datagrams arrive here.
+                match UdpHeader::decode(&scratch[..n]) {
+                    Ok((h, head)) if h.frag == 0 => {
+                        let payload = &scratch[head..n];
+                        let len = payload.len().min(buf.len());
+                        buf[..len].copy_from_slice(&payload[..len]);
+                        return Ok((len, source_of(&h.address)?));
+                    }
+                    _ => continue,
+                }
+            }
+            got = control.read(&mut probe) => match got {
+                Ok(0) | Err(_) => {
+                    return Err(ClientError::Protocol(
+                        "the proxy ended the UDP association".into(),
+                    ))
+                }
+                // Nothing is defined on the control connection after the reply.
+                Ok(_) => continue,
+            },
+        }
+    }
+}
