@@ -20,6 +20,7 @@
 //! ```
 
 pub mod config;
+pub mod forward;
 mod listen;
 pub mod route;
 mod udp;
