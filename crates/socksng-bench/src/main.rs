@@ -3,23 +3,13 @@
 //! print one JSON line, and finally the markdown table. Interruption (Ctrl-C, SIGTERM) drops the
 //! run, which kills every started process group.
 
-mod cases;
-mod procs;
-mod report;
-mod socks;
-mod stats;
-mod subjects;
-mod targets;
-mod tcp;
-mod udp;
-mod zerocopy;
-
 use anyhow::{bail, Context, Result};
 use cases::{Case, Measure, Params};
 use clap::Parser;
 use procs::Meter;
 use report::{CaseResult, Status};
 use socks::Credentials;
+use socksng_bench::{cases, procs, report, socks, stats, subjects, targets, tcp, udp, zerocopy};
 use stats::{parse_size, Summary};
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -112,6 +112,44 @@ impl Instance {
     }
 }
 
+impl Env {
+    /// Settings for test suites that need a real peer: a run directory of their own, no
+    /// pinning, packages installed only as root, no system user for Dante.
+    pub async fn for_tests(dir: PathBuf) -> Result<Env, String> {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Env {
+            dir,
+            proxy_cpu: None,
+            nice: None,
+            targets: crate::targets::start()
+                .await
+                .map_err(|e| format!("targets: {e}"))?,
+            creds: Credentials {
+                user: BENCH_USER.into(),
+                pass: "not-used".into(),
+            },
+            io_timeout: Duration::from_secs(10),
+            allow_system_user: false,
+            socksng_log_level: "warn".into(),
+            may_install: is_root(),
+        })
+    }
+}
+
+/// Starts the built-in peer `name` (`dante`, `microsocks`, `ssh-d`) without authentication,
+/// ready for CONNECT; returns the instance (stop it when done) and its SOCKS address.
+pub async fn start_peer(name: &str, env: &Env) -> Result<(Subject, Instance, SocketAddr), String> {
+    let kind = Subject::builtin(name, Path::new("socksngd"))
+        .ok_or_else(|| format!("no built-in peer {name:?}"))?;
+    let mut subject = Subject::prepare(name, kind, env);
+    let instance = subject.start(env, false).await?;
+    let addr = match &instance.route {
+        Route::Proxy { addr, .. } => *addr,
+        Route::Direct => return Err(format!("{name} is not a proxy")),
+    };
+    Ok((subject, instance, addr))
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the small race is acceptable here).
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -541,12 +579,13 @@ impl Subject {
         Ok(inst)
     }
 
-    async fn start_ssh(
+    /// Starts the private sshd of a prepared `ssh-d` subject (keys made by `prepare`) and
+    /// waits for its port.
+    async fn spawn_sshd(
         &self,
-        socks: SocketAddr,
         log: &Path,
         spawn: &dyn Fn(&str, Command) -> Result<Proc, String>,
-    ) -> Result<Vec<Proc>, String> {
+    ) -> Result<(Proc, u16), String> {
         let ssh_port = free_port().map_err(|e| format!("free port: {e}"))?;
         let d = &self.dir;
         let conf = d.join(format!("sshd_config.{ssh_port}"));
@@ -581,6 +620,31 @@ impl Subject {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok((sshd, ssh_port))
+    }
+
+    /// Starts only the sshd of a prepared `ssh-d` subject, for tests that run ssh themselves.
+    /// Returns the process (stop it when done), its port on 127.0.0.1, the private key that
+    /// logs in, and the user to log in as.
+    pub async fn start_sshd_only(&self) -> Result<(Proc, u16, PathBuf, String), String> {
+        self.usable.clone()?;
+        let log = self.dir.join("sshd-only.log");
+        let spawn = |name: &str, cmd: Command| {
+            Proc::spawn(name, cmd, None, None, None, &log)
+                .map_err(|e| format!("cannot start {name}: {e}"))
+        };
+        let (sshd, port) = self.spawn_sshd(&log, &spawn).await?;
+        Ok((sshd, port, self.dir.join("client_key"), current_user()))
+    }
+
+    async fn start_ssh(
+        &self,
+        socks: SocketAddr,
+        log: &Path,
+        spawn: &dyn Fn(&str, Command) -> Result<Proc, String>,
+    ) -> Result<Vec<Proc>, String> {
+        let (sshd, ssh_port) = self.spawn_sshd(log, spawn).await?;
+        let d = &self.dir;
         let mut c = Command::new("ssh");
         c.args(["-F", "/dev/null", "-N", "-D"])
             .arg(socks.to_string())

@@ -131,6 +131,17 @@ pub struct Client {
     offer_ng: bool,
 }
 
+/// The length of the SOCKS5 reply starting `buf`, once its first five bytes tell it.
+fn reply_len(buf: &[u8]) -> Option<usize> {
+    let (&atyp, &first) = (buf.get(3)?, buf.get(4)?);
+    match atyp {
+        0x01 => Some(4 + 4 + 2),
+        0x04 => Some(4 + 16 + 2),
+        0x03 => Some(4 + 1 + usize::from(first) + 2),
+        _ => None,
+    }
+}
+
 /// Reads from `stream` into `buf` until `decode` yields a message, which is removed from `buf`.
 async fn read_message<T, R: AsyncRead + Unpin>(
     stream: &mut R,
@@ -240,7 +251,34 @@ impl Client {
         stream: &mut TcpStream,
         buf: &mut Vec<u8>,
     ) -> Result<Address, ClientError> {
-        let reply = read_message(stream, buf, Reply::decode).await?;
+        // Read exactly the reply: the target's first bytes may follow it at once, and they
+        // belong to the stream, not to this buffer.
+        loop {
+            let want = reply_len(buf).unwrap_or(5);
+            if buf.len() >= want {
+                break;
+            }
+            let have = buf.len();
+            buf.resize(want, 0);
+            if let Err(e) = stream.read_exact(&mut buf[have..]).await {
+                buf.truncate(have);
+                return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
+                    ClientError::Protocol("the proxy closed the connection".into())
+                } else {
+                    e.into()
+                });
+            }
+            if reply_len(buf).is_none() {
+                break;
+            }
+        }
+        let reply = match Reply::decode(buf) {
+            Ok((reply, used)) => {
+                buf.drain(..used);
+                reply
+            }
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        };
         if reply.code != ReplyCode::SUCCEEDED {
             return Err(ClientError::Refused { code: reply.code });
         }

@@ -328,6 +328,8 @@ pub struct RoutedStream {
     pub via_name: String,
     /// The protocol spoken with the proxy (`None` when direct).
     pub path: Option<ProtocolPath>,
+    /// Servers that failed on the way and were taken out, with the reason.
+    pub skipped: Vec<String>,
 }
 
 /// Routes connections across several proxies and direct.
@@ -559,6 +561,7 @@ impl Router {
     /// out and the next best route is tried.
     pub async fn connect(&self, target: Address) -> Result<RoutedStream, ClientError> {
         let mut last_error = None;
+        let mut skipped = Vec::new();
         for _ in 0..=self.servers.len() {
             let (via, ask) = self.decide(&target).await?;
             let limit = self.options.connect_timeout;
@@ -574,6 +577,7 @@ impl Router {
                         via,
                         via_name,
                         path: None,
+                        skipped,
                     });
                 }
                 Via::Server(i) => {
@@ -591,10 +595,12 @@ impl Router {
                                 via,
                                 via_name,
                                 path,
+                                skipped,
                             });
                         }
                         Err(e) if server_failed(&e) => {
                             self.mark_down(via, &e);
+                            skipped.push(format!("{via_name}: {e}"));
                             last_error = Some(e);
                         }
                         Err(e) => return Err(e),

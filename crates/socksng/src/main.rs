@@ -322,6 +322,9 @@ async fn connect(cli: &Cli, target: Address) -> Result<()> {
         .await
         .with_context(|| format!("connect to {target}"))?;
     if cli.verbose {
+        for why in &routed.skipped {
+            eprintln!("socksng: skipped {why}");
+        }
         let how = routed.path.map_or("", path_name);
         eprintln!("socksng: {target} via {} {how}", routed.via_name);
     }

@@ -1,0 +1,513 @@
+//! The `socksng` command against real servers: socksngd in-process (SOCKS-NG and plain),
+//! curl as the outside clients of forward-remote, sshd behind `connect` as ProxyCommand, and
+//! routing across two servers plus direct, checked by what the targets see.
+
+use socksng_server::{CancellationToken, Config, Server};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::process::{Child, Command};
+
+const ALLOW_LOOPBACK: &str = "[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\", \"::1/128\"]\n";
+const PASSWORD_AUTH: &str = "[auth]\nmethods = [\"password\"]\nusers_file = \"users\"\n";
+
+struct Proxy {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl Proxy {
+    /// Stops the server and waits until its listener is closed.
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("socksng-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A socksngd on 127.0.0.1 with user alice (password s3cret) and `extra` configuration.
+async fn proxy(tag: &str, extra: &str) -> Proxy {
+    let dir = scratch(tag);
+    socksng_server::users::set_password(&dir.join("users"), "alice", b"s3cret").unwrap();
+    let text = format!("listen = [\"127.0.0.1:0\"]\n{extra}\n");
+    let mut cfg = Config::from_toml(&text, &dir).unwrap();
+    cfg.timeouts.shutdown_grace = std::time::Duration::from_millis(100);
+    let server = Server::bind(cfg).unwrap();
+    let addr = server.local_addrs()[0];
+    let shutdown = CancellationToken::new();
+    let task = Some(tokio::spawn(server.run(shutdown.clone())));
+    Proxy {
+        addr,
+        shutdown,
+        task,
+        dir,
+    }
+}
+
+fn socksng(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_socksng"));
+    c.args(args)
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .env("SOCKSNG_CLIENT_CONFIG", "/nonexistent/socksng-client.toml")
+        .kill_on_drop(true);
+    c
+}
+
+/// Runs socksng to completion with `input` on standard input.
+async fn run(args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = socksng(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).await.unwrap();
+    drop(stdin);
+    child.wait_with_output().await.unwrap()
+}
+
+/// Starts a long-running socksng and returns it with its first line of standard output.
+async fn start(args: &[&str]) -> (Child, String) {
+    let mut child = socksng(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().expect("a first line");
+    (child, first)
+}
+
+async fn echo_server(bind: &str) -> SocketAddr {
+    let l = TcpListener::bind(bind).await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    a
+}
+
+/// A target that writes the address it sees the connection coming from, then closes.
+async fn who_am_i_server(bind: &str) -> SocketAddr {
+    let l = TcpListener::bind(bind).await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = l.accept().await {
+            let _ = s.write_all(peer.ip().to_string().as_bytes()).await;
+        }
+    });
+    a
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+fn url(p: &Proxy, creds: &str) -> String {
+    format!("socks5h://{creds}{}", p.addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_relays_standard_input_and_output() {
+    let p = proxy("connect", ALLOW_LOOPBACK).await;
+    let echo = echo_server("127.0.0.1:0").await;
+    let u = url(&p, "");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let out = run(&["-x", &u, "connect", &echo.to_string()], &data).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout == data, "echoed {} bytes", out.stdout.len());
+
+    // By name, resolved by the proxy, with -v saying which way it went.
+    let named = format!("localhost:{}", echo.port());
+    let out = run(&["-v", "-x", &u, "connect", &named], b"by name").await;
+    assert_eq!(text(&out.stdout), "by name");
+    assert!(
+        text(&out.stderr).contains("SOCKS-NG"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A refusal is an error exit with the reason in words.
+    let denied = proxy("connect-denied", "").await;
+    let out = run(
+        &["-x", &url(&denied, ""), "connect", &echo.to_string()],
+        b"",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not allowed by ruleset"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_local_relays_every_connection() {
+    let p = proxy("fwd-local", ALLOW_LOOPBACK).await;
+    let echo = echo_server("127.0.0.1:0").await;
+    let (mut child, line) = start(&[
+        "-x",
+        &url(&p, ""),
+        "forward-local",
+        "127.0.0.1:0",
+        &echo.to_string(),
+    ])
+    .await;
+    let local: SocketAddr = line
+        .strip_prefix("forwarding ")
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .parse()
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20u8 {
+        tasks.spawn(async move {
+            let mut s = TcpStream::connect(local).await.unwrap();
+            let msg = vec![i; 10_000];
+            s.write_all(&msg).await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).await.unwrap();
+            assert!(back == msg, "connection {i}");
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    child.kill().await.unwrap();
+}
+
+/// A tiny HTTP/1.1 server: answers every request with "served PATH" and closes.
+async fn http_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut r = BufReader::new(s);
+                let mut request_line = String::new();
+                if r.read_line(&mut request_line).await.is_err() {
+                    return;
+                }
+                loop {
+                    let mut h = String::new();
+                    match r.read_line(&mut h).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if h == "\r\n" => break,
+                        Ok(_) => {}
+                    }
+                }
+                let path = request_line.split(' ').nth(1).unwrap_or("?").to_string();
+                let body = format!("served {path}");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut s = r.into_inner();
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_remote_serves_fifty_concurrent_curl_clients() {
+    let p = proxy("fwd-remote", &format!("{PASSWORD_AUTH}{ALLOW_LOOPBACK}")).await;
+    let web = http_server().await;
+    let (mut child, line) = start(&[
+        "-x",
+        &url(&p, "alice:s3cret@"),
+        "forward-remote",
+        &web.port().to_string(),
+    ])
+    .await;
+    let public = line
+        .strip_prefix("listening on ")
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .to_string();
+    let public_addr: SocketAddr = public.parse().unwrap();
+    assert_ne!(public_addr.port(), web.port());
+    let mut curls = Vec::new();
+    for i in 0..50 {
+        let c = Command::new("curl")
+            .args(["-sS", "--max-time", "60", "--noproxy", "*"])
+            .arg(format!("http://{public}/item-{i}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("curl must be installed");
+        curls.push((i, c));
+    }
+    for (i, c) in curls {
+        let out = c.wait_with_output().await.unwrap();
+        assert!(out.status.success(), "curl {i}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("served /item-{i}"));
+    }
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_through_the_tunnel_and_through_udp_associate() {
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut b = vec![0u8; 65_536];
+        while let Ok((n, from)) = echo.recv_from(&mut b).await {
+            let _ = echo.send_to(&b[..n], from).await;
+        }
+    });
+    let ng = proxy("udp-ng", ALLOW_LOOPBACK).await;
+    let plain = proxy(
+        "udp-plain",
+        &format!("[ng]\nenabled = false\n{ALLOW_LOOPBACK}"),
+    )
+    .await;
+    for (p, path) in [(&ng, "SOCKS-NG"), (&plain, "SOCKS5")] {
+        let u = url(p, "");
+        let target = echo_addr.to_string();
+        let out = run(&["-v", "-x", &u, "udp", &target, "-d", "ping"], b"").await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "ping");
+        assert!(text(&out.stderr).contains(&format!("UDP via {path}")));
+        // Payload from standard input, reply shown as hex with its source.
+        let out = run(&["-x", &u, "udp", &target, "--hex"], b"\x00\x01binary").await;
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("{echo_addr} 000162696e617279")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_in_text_and_json() {
+    let served =
+        "[[ng.served]]\nto = [\"10.0.0.0/8\"]\ndomains = [\"corp.example\"]\nports = [\"1-1024\"]\n";
+    let ng = proxy("info-ng", &format!("{served}{ALLOW_LOOPBACK}")).await;
+    let out = run(&["info", &url(&ng, "")], b"").await;
+    let t = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for want in [
+        "SOCKS-NG revision 1",
+        "LISTEN",
+        "UDP-TUNNEL",
+        "10.0.0.0/8 .corp.example ports 1-1024",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    let out = run(&["info", "--json", &url(&ng, "")], b"").await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["protocol"], "socks-ng");
+    assert_eq!(v["ranges"][0]["prefixes"][0], "10.0.0.0/8");
+    assert_eq!(v["ranges"][0]["domains"][0], "corp.example");
+    assert_eq!(v["max_udp_payload"], 65507);
+
+    let plain = proxy(
+        "info-plain",
+        &format!("[ng]\nenabled = false\n{ALLOW_LOOPBACK}"),
+    )
+    .await;
+    let out = run(&["info", "--json", &url(&plain, "")], b"").await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["protocol"], "socks5");
+
+    // Nothing listening: an error, and a failing exit.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gone = closed.local_addr().unwrap();
+    drop(closed);
+    let out = run(&["info", &format!("socks5h://{gone}")], b"").await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("error"), "{}", text(&out.stdout));
+}
+
+fn write_config(dir: &Path, text: &str) -> String {
+    let path = dir.join("client.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Two SOCKS-NG servers announcing different ranges (one also a domain), a plain server with
+/// a configured range, and direct for the rest. Each server leaves from its own source
+/// address (`external`), so every target reports which way the connection really came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_across_two_servers_a_plain_one_and_direct() {
+    let a = proxy(
+        "route-a",
+        &format!(
+            "external = [\"127.0.0.11\"]\n[[ng.served]]\nto = [\"127.0.1.0/24\"]\n{ALLOW_LOOPBACK}"
+        ),
+    )
+    .await;
+    let b = proxy(
+        "route-b",
+        &format!(
+            "external = [\"127.0.0.12\"]\n[[ng.served]]\nto = [\"127.0.2.0/24\"]\n\
+             domains = [\"localhost\"]\n{ALLOW_LOOPBACK}"
+        ),
+    )
+    .await;
+    let c = proxy(
+        "route-c",
+        &format!("external = [\"127.0.0.13\"]\n[ng]\nenabled = false\n{ALLOW_LOOPBACK}"),
+    )
+    .await;
+    let dir = scratch("route-client");
+    let cfg = write_config(
+        &dir,
+        &format!(
+            "[[server]]\nname = \"a\"\nurl = \"{}\"\n\n[[server]]\nname = \"b\"\nurl = \"{}\"\n\n\
+             [[server]]\nname = \"c\"\nurl = \"{}\"\nranges = [\"127.0.4.0/24\"]\n\n\
+             [[route]]\nto = [\"127.0.2.128/25\"]\nvia = \"direct\"\n",
+            url(&a, ""),
+            url(&b, ""),
+            url(&c, "")
+        ),
+    );
+    let in_a = who_am_i_server("127.0.1.1:0").await;
+    let in_b = who_am_i_server("127.0.2.1:0").await;
+    let in_b_but_direct = who_am_i_server("127.0.2.200:0").await;
+    let in_c = who_am_i_server("127.0.4.1:0").await;
+    let elsewhere = who_am_i_server("127.0.3.1:0").await;
+    let by_name = format!("localhost:{}", who_am_i_server("127.0.0.1:0").await.port());
+    let cases = [
+        (in_a.to_string(), "127.0.0.11"),
+        (in_b.to_string(), "127.0.0.12"),
+        (in_b_but_direct.to_string(), "127.0.0.1"),
+        (in_c.to_string(), "127.0.0.13"),
+        (elsewhere.to_string(), "127.0.0.1"),
+        (by_name.clone(), "127.0.0.12"),
+    ];
+    for (target, seen) in &cases {
+        let out = run(&["-v", "-c", &cfg, "connect", target], b"").await;
+        assert!(out.status.success(), "{target}: {}", text(&out.stderr));
+        assert_eq!(
+            &text(&out.stdout),
+            seen,
+            "{target} came from the wrong place: {}",
+            text(&out.stderr)
+        );
+    }
+
+    // The table as printed, and lookups.
+    let out = run(
+        &[
+            "-c",
+            &cfg,
+            "routes",
+            "--lookup",
+            &in_a.to_string(),
+            "--lookup",
+            &by_name,
+        ],
+        b"",
+    )
+    .await;
+    let t = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for want in [
+        "server a",
+        "up, SOCKS-NG",
+        "up, SOCKS5",
+        ".localhost",
+        "127.0.2.128/25",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    let line = |needle: &str| {
+        t.lines()
+            .find(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no line for {needle} in\n{t}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(line("127.0.1.0/24")[2..], ["a", "announced"]);
+    assert_eq!(line("127.0.4.0/24")[2..], ["c", "configured"]);
+    assert_eq!(line(&format!("{in_a} ->")).last(), Some(&"a"));
+    assert_eq!(line(&format!("{by_name} ->")).last(), Some(&"b"));
+
+    // Server b goes away: its destinations fall back to direct, and the table says why.
+    b.stop().await;
+    let out = run(&["-c", &cfg, "connect", &in_b.to_string()], b"").await;
+    assert_eq!(text(&out.stdout), "127.0.0.1", "{}", text(&out.stderr));
+    let out = run(&["-c", &cfg, "routes", "--json"], b"").await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["servers"][1]["down"].is_string(), "{v}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_as_ssh_proxy_command() {
+    let p = proxy(
+        "ssh",
+        &format!("external = [\"127.0.0.11\"]\n{ALLOW_LOOPBACK}"),
+    )
+    .await;
+    let env = socksng_bench::subjects::Env::for_tests(scratch("ssh-peer"))
+        .await
+        .unwrap();
+    let kind = socksng_bench::subjects::Kind::SshD;
+    let subject = socksng_bench::subjects::Subject::prepare("ssh-d", kind, &env);
+    let (mut sshd, port, key, user) = subject
+        .start_sshd_only()
+        .await
+        .expect("sshd and ssh must be installed (openssh-server, openssh-client)");
+    let proxy_command = format!(
+        "{} -x {} connect %h:%p",
+        env!("CARGO_BIN_EXE_socksng"),
+        url(&p, "")
+    );
+    let out = Command::new("ssh")
+        .args(["-F", "/dev/null", "-o", "BatchMode=yes"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "LogLevel=ERROR", "-o"])
+        .arg(format!("ProxyCommand={proxy_command}"))
+        .arg("-i")
+        .arg(&key)
+        .args(["-p", &port.to_string()])
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("echo through-socksng $SSH_CONNECTION")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    sshd.stop(std::time::Duration::from_secs(3)).await;
+    let t = text(&out.stdout);
+    assert!(out.status.success(), "ssh: {}", text(&out.stderr));
+    // sshd saw the connection come from the proxy's external address.
+    assert!(t.starts_with("through-socksng 127.0.0.11 "), "{t}");
+}
