@@ -221,13 +221,7 @@ impl ClientConfig {
     /// The configuration the environment implies: ALL_PROXY (or all_proxy) for everything,
     /// with the NO_PROXY names and addresses going direct. `None` without ALL_PROXY.
     pub fn from_env() -> Result<Option<ClientConfig>, ClientError> {
-        let get = |names: &[&str]| {
-            names
-                .iter()
-                .find_map(|n| std::env::var(n).ok())
-                .filter(|v| !v.is_empty())
-        };
-        let Some(all) = get(&["all_proxy", "ALL_PROXY"]) else {
+        let Some((all, no)) = crate::url::env_proxy() else {
             return Ok(None);
         };
         let mut cfg = ClientConfig {
@@ -239,12 +233,14 @@ impl ClientConfig {
             }],
             ..Default::default()
         };
-        if let Some(no) = get(&["no_proxy", "NO_PROXY"]) {
+        if let Some(no) = no {
+            // Entries that are neither names nor addresses (with a port, say) are skipped,
+            // as curl skips what it cannot match.
             let direct: Vec<String> = no
                 .split(',')
-                .map(str::trim)
-                .filter(|e| !e.is_empty())
-                .map(|e| e.trim_start_matches('[').trim_end_matches(']').to_string())
+                .map(|e| e.trim().trim_start_matches('[').trim_end_matches(']'))
+                .filter(|e| *e == "*" || Destination::parse(e).is_ok())
+                .map(str::to_string)
                 .collect();
             if !direct.is_empty() {
                 cfg.route.push(RouteConfig {

@@ -137,6 +137,20 @@ pub fn everything() -> Vec<Destination> {
     ]
 }
 
+/// Port ranges as written in configuration files: `22`, `8000-8999`.
+pub fn port_ranges_text(ports: &[(u16, u16)]) -> Vec<String> {
+    ports
+        .iter()
+        .map(|&(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect()
+}
+
 /// A snapshot of the routes, in configuration order, and the server names for printing.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
@@ -228,17 +242,7 @@ impl fmt::Display for RouteTable {
             let ports = if r.ports.is_empty() {
                 "all".to_string()
             } else {
-                r.ports
-                    .iter()
-                    .map(|&(lo, hi)| {
-                        if lo == hi {
-                            lo.to_string()
-                        } else {
-                            format!("{lo}-{hi}")
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(",")
+                port_ranges_text(&r.ports).join(",")
             };
             let origin = match r.origin {
                 Origin::Configured => "configured",

@@ -110,22 +110,29 @@ impl ProxyUrl {
     /// The proxy from `ALL_PROXY` or `all_proxy` (curl's order: lower case first), unless
     /// `target_host` matches `NO_PROXY`/`no_proxy`. `None` when no proxy applies.
     pub fn from_env(target_host: &str) -> Result<Option<ProxyUrl>, ClientError> {
-        let get = |names: &[&str]| {
-            names
-                .iter()
-                .find_map(|n| std::env::var(n).ok())
-                .filter(|v| !v.is_empty())
-        };
-        let Some(all) = get(&["all_proxy", "ALL_PROXY"]) else {
+        let Some((all, no)) = env_proxy() else {
             return Ok(None);
         };
-        if let Some(no) = get(&["no_proxy", "NO_PROXY"]) {
+        if let Some(no) = no {
             if no_proxy_matches(&no, target_host) {
                 return Ok(None);
             }
         }
         ProxyUrl::parse(&all).map(Some)
     }
+}
+
+/// ALL_PROXY and NO_PROXY from the environment, each in curl's order (lower case first),
+/// when ALL_PROXY is set and not empty.
+pub(crate) fn env_proxy() -> Option<(String, Option<String>)> {
+    let get = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok())
+            .filter(|v| !v.is_empty())
+    };
+    let all = get(&["all_proxy", "ALL_PROXY"])?;
+    Some((all, get(&["no_proxy", "NO_PROXY"])))
 }
 
 /// NO_PROXY as curl reads it: `*` for everything, else comma-separated names that match the

@@ -2,46 +2,25 @@
 //! refusals with their codes, capabilities, UDP, and local versus proxy name resolution.
 
 use socksng_client::{Address, Client, ClientError, ProtocolPath, ProxyUrl, ReplyCode};
-use socksng_server::{CancellationToken, Config, Server};
+use socksng_server::testing::TestServer;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ALLOW_LOOPBACK: &str = "[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\", \"::1/128\"]\n";
 
-struct Proxy {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    dir: PathBuf,
-}
+type Proxy = TestServer;
 
+/// A socksngd on 127.0.0.1 with user alice (password s3cret) and `extra` configuration.
 async fn proxy(tag: &str, extra: &str) -> Proxy {
-    let dir = std::env::temp_dir().join(format!("socksng-client-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    socksng_server::users::set_password(&dir.join("users"), "alice", b"s3cret").unwrap();
-    let text = format!("listen = [\"127.0.0.1:0\"]\n{extra}\n");
-    let mut cfg = Config::from_toml(&text, &dir).unwrap();
-    cfg.timeouts.shutdown_grace = std::time::Duration::from_millis(100);
-    let server = Server::bind(cfg).unwrap();
-    let addr = server.local_addrs()[0];
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server.run(shutdown.clone()));
-    Proxy {
-        addr,
-        shutdown,
-        dir,
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    TestServer::with_user(tag, extra).await
 }
 
 async fn echo() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    echo_on("127.0.0.1:0").await
+}
+
+async fn echo_on(bind: &str) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind(bind).await.unwrap();
     let a = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
@@ -281,4 +260,54 @@ async fn listen_with_ng_and_bind_fallback() {
         l.accept().await,
         Err(ClientError::NotSupported(_))
     ));
+}
+
+#[tokio::test]
+async fn router_fails_over_takes_servers_out_and_refreshes() {
+    use socksng_client::route::{Destination, RouterOptions, ServerSpec, Via};
+    use socksng_client::Router;
+    use std::time::Duration;
+    let served = format!("[[ng.served]]\nto = [\"127.0.1.0/24\"]\n{ALLOW_LOOPBACK}");
+    let a = proxy("router-a", &served).await;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    let spec = |name: &str, addr: SocketAddr, ranges: &[&str], ask: bool| ServerSpec {
+        name: name.into(),
+        url: ProxyUrl::parse(&format!("socks5h://{addr}")).unwrap(),
+        ranges: ranges
+            .iter()
+            .map(|r| Destination::parse(r).unwrap())
+            .collect(),
+        ask,
+    };
+    // refresh = 0: every decision asks the servers again.
+    let router = Router::new(
+        vec![
+            spec("a", a.addr, &[], true),
+            spec("gone", nowhere, &["127.0.2.0/24"], false),
+        ],
+        Vec::new(),
+        RouterOptions {
+            refresh: Duration::ZERO,
+            retry_after: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(10),
+        },
+    );
+    let in_a = Address::ip("127.0.1.1:9".parse().unwrap());
+    assert_eq!(router.decide(&in_a).await.unwrap().0, Via::Server(0));
+    // The configured route to "gone" holds until the server fails; then it is taken out and
+    // the connection goes the next best way: direct, to an echo that is reachable directly.
+    let in_gone = Address::ip(echo_on("127.0.2.1:0").await);
+    assert_eq!(router.decide(&in_gone).await.unwrap().0, Via::Server(1));
+    let routed = router.connect(in_gone.clone()).await.unwrap();
+    assert_eq!(routed.via, Via::Direct);
+    assert_eq!(routed.skipped.len(), 1, "{:?}", routed.skipped);
+    assert_eq!(router.decide(&in_gone).await.unwrap().0, Via::Direct);
+    assert!(router.servers()[1].1.down.is_some());
+    // Server a stops: the next refresh finds it down and its range falls to direct.
+    a.stop().await;
+    assert_eq!(router.decide(&in_a).await.unwrap().0, Via::Direct);
+    assert!(router.servers()[0].1.down.is_some());
+    print!("{}", router.table());
 }

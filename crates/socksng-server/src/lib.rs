@@ -16,6 +16,7 @@ pub mod config;
 pub mod connect;
 pub mod policy;
 pub mod relay;
+pub mod testing;
 pub mod users;
 
 mod bind;

@@ -124,7 +124,7 @@ async fn idle_timeout_ends_silent_relay() {
 /// grace period, and `run` returns when they are done.
 #[tokio::test]
 async fn graceful_shutdown_drains_sessions() {
-    let srv = start(&format!(
+    let mut srv = start(&format!(
         "[timeouts]\nshutdown_grace = \"60s\"\n{ALLOW_LOOPBACK}"
     ))
     .await;
@@ -145,25 +145,25 @@ async fn graceful_shutdown_drains_sessions() {
         tokio::task::yield_now().await;
     }
     assert!(refused, "listener still accepting after shutdown");
-    assert!(!srv.task.is_finished());
+    assert!(!srv.task.as_ref().unwrap().is_finished());
     // The old session still relays.
     s.write_all(b"during drain").await.unwrap();
     s.shutdown().await.unwrap();
     assert_eq!(read_to_end(&mut s).await, b"during drain");
     drop(s);
-    srv.task.await.unwrap();
+    srv.task.take().unwrap().await.unwrap();
 }
 
 /// When the grace period runs out, remaining sessions are cut.
 #[tokio::test]
 async fn shutdown_cuts_sessions_after_grace() {
-    let srv = start(&format!(
+    let mut srv = start(&format!(
         "[timeouts]\nshutdown_grace = \"200ms\"\n{ALLOW_LOOPBACK}"
     ))
     .await;
     let target = echo_server("127.0.0.1:0").await;
     let (mut s, _) = socks_connect(srv.addr, &Address::ip(target)).await;
     srv.shutdown.cancel();
-    srv.task.await.unwrap();
+    srv.task.take().unwrap().await.unwrap();
     assert!(closed_silently(&mut s).await);
 }

@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use socksng_client::forward::{forward_local, forward_remote, ForwardEvent};
-use socksng_client::route::Via;
+use socksng_client::route::{port_ranges_text, Via};
 use socksng_client::{
     Address, Capabilities, Client, ClientConfig, ClientError, ProtocolPath, ProxyUrl, Router,
 };
@@ -181,9 +181,9 @@ fn router(cli: &Cli) -> Result<Router> {
         return Ok(Router::single(ProxyUrl::parse(url)?));
     }
     if let Some(path) = cli.config.clone().or_else(ClientConfig::default_path) {
-        return Ok(ClientConfig::load(&path)
+        return ClientConfig::load(&path)
             .and_then(|c| c.router())
-            .with_context(|| format!("client config {}", path.display()))?);
+            .with_context(|| format!("client config {}", path.display()));
     }
     if let Some(cfg) = ClientConfig::from_env()? {
         return Ok(cfg.router()?);
@@ -429,7 +429,7 @@ fn ranges_json(caps: &Capabilities) -> serde_json::Value {
             serde_json::json!({
                 "prefixes": r.prefixes.iter().map(|(ip, len)| format!("{ip}/{len}")).collect::<Vec<_>>(),
                 "domains": r.domains,
-                "ports": r.ports.iter().map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }).collect::<Vec<_>>(),
+                "ports": port_ranges_text(&r.ports),
             })
         })
         .collect();
@@ -502,18 +502,7 @@ async fn info(cli: &Cli, server: Option<&str>, json: bool) -> Result<()> {
                         let ports = if r.ports.is_empty() {
                             String::new()
                         } else {
-                            let p: Vec<String> = r
-                                .ports
-                                .iter()
-                                .map(|&(lo, hi)| {
-                                    if lo == hi {
-                                        lo.to_string()
-                                    } else {
-                                        format!("{lo}-{hi}")
-                                    }
-                                })
-                                .collect();
-                            format!(" ports {}", p.join(","))
+                            format!(" ports {}", port_ranges_text(&r.ports).join(","))
                         };
                         let label = if i == 0 { "serves" } else { "" };
                         println!("{label:<16} {}{ports}", parts.join(" "));
@@ -566,7 +555,7 @@ async fn routes(cli: &Cli, json: bool, lookup: &[String]) -> Result<()> {
             .map(|r| {
                 serde_json::json!({
                     "destination": r.destination.to_string(),
-                    "ports": r.ports.iter().map(|&(lo, hi)| format!("{lo}-{hi}")).collect::<Vec<_>>(),
+                    "ports": port_ranges_text(&r.ports),
                     "via": table.via_name(r.via),
                     "origin": format!("{:?}", r.origin).to_lowercase(),
                 })

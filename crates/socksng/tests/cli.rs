@@ -2,7 +2,7 @@
 //! curl as the outside clients of forward-remote, sshd behind `connect` as ProxyCommand, and
 //! routing across two servers plus direct, checked by what the targets see.
 
-use socksng_server::{CancellationToken, Config, Server};
+use socksng_server::testing::TestServer;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,53 +13,17 @@ use tokio::process::{Child, Command};
 const ALLOW_LOOPBACK: &str = "[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\", \"::1/128\"]\n";
 const PASSWORD_AUTH: &str = "[auth]\nmethods = [\"password\"]\nusers_file = \"users\"\n";
 
-struct Proxy {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
-    dir: PathBuf,
-}
-
-impl Proxy {
-    /// Stops the server and waits until its listener is closed.
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("socksng-cli-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
+type Proxy = TestServer;
+
 /// A socksngd on 127.0.0.1 with user alice (password s3cret) and `extra` configuration.
 async fn proxy(tag: &str, extra: &str) -> Proxy {
-    let dir = scratch(tag);
-    socksng_server::users::set_password(&dir.join("users"), "alice", b"s3cret").unwrap();
-    let text = format!("listen = [\"127.0.0.1:0\"]\n{extra}\n");
-    let mut cfg = Config::from_toml(&text, &dir).unwrap();
-    cfg.timeouts.shutdown_grace = std::time::Duration::from_millis(100);
-    let server = Server::bind(cfg).unwrap();
-    let addr = server.local_addrs()[0];
-    let shutdown = CancellationToken::new();
-    let task = Some(tokio::spawn(server.run(shutdown.clone())));
-    Proxy {
-        addr,
-        shutdown,
-        task,
-        dir,
-    }
+    TestServer::with_user(tag, extra).await
 }
 
 fn socksng(args: &[&str]) -> Command {

@@ -3,57 +3,25 @@
 #![allow(dead_code)]
 
 use socksng_proto::{Address, Reply};
-use socksng_server::{CancellationToken, Config, Server};
+
 use std::net::SocketAddr;
 use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::task::JoinHandle;
 
 /// Lets tests reach loopback targets, which the default policy refuses.
 pub const ALLOW_LOOPBACK: &str =
     "[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\", \"::1/128\"]\n";
 
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub addrs: Vec<SocketAddr>,
-    pub shutdown: CancellationToken,
-    pub task: JoinHandle<()>,
-}
-
-impl TestServer {
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap();
-    }
-}
+pub use socksng_server::testing::TestServer;
 
 /// Starts a server from configuration text; `listen` defaults to 127.0.0.1:0.
 pub async fn start(config: &str) -> TestServer {
-    start_in(config, Path::new(".")).await
+    TestServer::start(config).await
 }
 
 pub async fn start_in(config: &str, dir: &Path) -> TestServer {
-    let text = if config.contains("listen") {
-        config.to_string()
-    } else {
-        format!("listen = [\"127.0.0.1:0\"]\n{config}")
-    };
-    let mut cfg = Config::from_toml(&text, dir).expect("test config");
-    if !text.contains("shutdown_grace") {
-        // Tests stop servers with sessions still open; no need to wait out a drain.
-        cfg.timeouts.shutdown_grace = std::time::Duration::from_millis(100);
-    }
-    let server = Server::bind(cfg).expect("bind");
-    let addrs = server.local_addrs();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.run(shutdown.clone()));
-    TestServer {
-        addr: addrs[0],
-        addrs,
-        shutdown,
-        task,
-    }
+    TestServer::start_in(config, dir).await
 }
 
 /// A TCP echo server; returns its address.
