@@ -2,7 +2,7 @@
 //! refusals with their codes, capabilities, UDP, and local versus proxy name resolution.
 
 use socksng_client::{Address, Client, ClientError, ProtocolPath, ProxyUrl, ReplyCode};
-use socksng_server::testing::TestServer;
+use socksng_server::testing::{echo_server, TestServer};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -16,21 +16,7 @@ async fn proxy(tag: &str, extra: &str) -> Proxy {
 }
 
 async fn echo() -> SocketAddr {
-    echo_on("127.0.0.1:0").await
-}
-
-async fn echo_on(bind: &str) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind(bind).await.unwrap();
-    let a = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    a
+    echo_server("127.0.0.1:0").await
 }
 
 fn url(p: &Proxy, scheme: &str, creds: &str) -> ProxyUrl {
@@ -298,7 +284,7 @@ async fn router_fails_over_takes_servers_out_and_refreshes() {
     assert_eq!(router.decide(&in_a).await.unwrap().0, Via::Server(0));
     // The configured route to "gone" holds until the server fails; then it is taken out and
     // the connection goes the next best way: direct, to an echo that is reachable directly.
-    let in_gone = Address::ip(echo_on("127.0.2.1:0").await);
+    let in_gone = Address::ip(echo_server("127.0.2.1:0").await);
     assert_eq!(router.decide(&in_gone).await.unwrap().0, Via::Server(1));
     let routed = router.connect(in_gone.clone()).await.unwrap();
     assert_eq!(routed.via, Via::Direct);

@@ -5,6 +5,7 @@
 use crate::{CancellationToken, Config, Server};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
 /// The user every [`TestServer::with_user`] server knows, and the password.
@@ -83,4 +84,23 @@ impl Drop for TestServer {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// A TCP echo server on `bind` (it echoes until EOF, then half-closes); returns its address.
+pub async fn echo_server(bind: &str) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
 }

@@ -2,7 +2,7 @@
 //! curl as the outside clients of forward-remote, sshd behind `connect` as ProxyCommand, and
 //! routing across two servers plus direct, checked by what the targets see.
 
-use socksng_server::testing::TestServer;
+use socksng_server::testing::{echo_server, TestServer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -61,20 +61,6 @@ async fn start(args: &[&str]) -> (Child, String) {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next_line().await.unwrap().expect("a first line");
     (child, first)
-}
-
-async fn echo_server(bind: &str) -> SocketAddr {
-    let l = TcpListener::bind(bind).await.unwrap();
-    let a = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    a
 }
 
 /// A target that writes the address it sees the connection coming from, then closes.

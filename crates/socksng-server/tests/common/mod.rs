@@ -24,24 +24,8 @@ pub async fn start_in(config: &str, dir: &Path) -> TestServer {
     TestServer::start_in(config, dir).await
 }
 
-/// A TCP echo server; returns its address.
-pub async fn echo_server(bind: &str) -> SocketAddr {
-    let l = TcpListener::bind(bind).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
+#[allow(unused_imports)]
+pub use socksng_server::testing::echo_server;
 
 /// A TCP server that hands each accepted connection (with the peer address) to the test.
 pub async fn accepting_server(
