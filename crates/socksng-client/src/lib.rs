@@ -3,19 +3,49 @@
 //!
 //! A [`Client`] talks to one proxy given as a [`ProxyUrl`]. Every connection first offers
 //! SOCKS-NG together with the plain methods; against a plain SOCKS5 server it falls back with
-//! no extra round trip, and [`ProxyStream::path`] tells which protocol was used.
+//! no extra round trip, and `path()` on what it returns tells which protocol was used.
 //!
 //! - [`Client::connect`]: CONNECT to an address or a name (resolved by the proxy for
 //!   `socks5h://`, locally for `socks5://`);
+//! - [`Client::listen`]: a listener on the proxy's outside (SOCKS-NG LISTEN, or BIND for one
+//!   connection on a plain server); [`Client::bind`] for RFC 1928 BIND itself;
+//! - [`Client::udp`]: a datagram socket (SOCKS-NG UDP-TUNNEL, or UDP ASSOCIATE);
 //! - [`Client::capabilities`]: the SOCKS-NG capabilities and served ranges;
-//! - [`Client::udp`]: a datagram socket over the SOCKS-NG UDP-TUNNEL.
+//! - [`Router`]: several proxies and direct, routed by the ranges each serves; built from a
+//!   [`ClientConfig`] file or ALL_PROXY/NO_PROXY.
+//!
+//! Errors are [`ClientError`]s; a refusal carries the SOCKS reply code.
+//!
+//! ```
+//! use socksng_client::{ProxyUrl, Resolve};
+//! let url = ProxyUrl::parse("socks5h://al%40ice:pw@[2001:db8::1]:1081").unwrap();
+//! assert_eq!((url.host.as_str(), url.port), ("2001:db8::1", 1081));
+//! assert_eq!(url.credentials, Some(("al@ice".into(), "pw".into())));
+//! assert_eq!(url.resolve, Resolve::Remote); // the proxy resolves names
+//! ```
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), socksng_client::ClientError> {
 //! use socksng_client::{Address, Client, ProxyUrl};
+//! use tokio::io::AsyncWriteExt;
 //! let client = Client::new(ProxyUrl::parse("socks5h://alice:secret@127.0.0.1:1080")?);
+//!
+//! // A TCP connection, by name.
 //! let stream = client.connect(Address::domain("example.org", 80)?).await?;
 //! println!("connected via {:?}, proxy bound {}", stream.path(), stream.bound());
+//!
+//! // A port on the proxy's outside: every incoming connection, claimed for us.
+//! let mut listener = client.listen(8080, false, 64, Address::unspecified()).await?;
+//! println!("published at {}", listener.local_addr());
+//! let (incoming, from) = listener.accept().await?;
+//! incoming.into_inner().write_all(b"hello\n").await?;
+//!
+//! // Datagrams.
+//! let mut udp = client.udp().await?;
+//! udp.send_to(b"ping", &Address::domain("echo.example", 7)?).await?;
+//! let mut buf = [0u8; 1500];
+//! let (n, source) = udp.recv_from(&mut buf).await?;
+//! # let _ = (from, n, source);
 //! # Ok(()) }
 //! ```
 

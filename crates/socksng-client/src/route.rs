@@ -7,6 +7,39 @@
 //! configured first. A server that cannot be reached is taken out of the table for a while and
 //! its destinations fall to the next best route; the announced ranges are asked again when the
 //! table is older than the refresh interval.
+//!
+//! ```
+//! use socksng_client::route::Via;
+//! use socksng_client::{Address, ClientConfig};
+//! let config = ClientConfig::from_toml(r#"
+//!     [[server]]
+//!     name = "office"
+//!     url = "socks5h://127.0.0.1:1081"
+//!     ranges = ["10.0.0.0/8", "corp.example"]
+//!     ask = false
+//!
+//!     [[route]]
+//!     to = ["10.99.0.0/16"]
+//!     via = "direct"
+//! "#).unwrap();
+//! let router = config.router().unwrap();
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let way = |t: &str| {
+//!     let (host, port) = t.rsplit_once(':').unwrap();
+//!     let a = match host.parse() {
+//!         Ok(ip) => Address::ip(std::net::SocketAddr::new(ip, port.parse().unwrap())),
+//!         Err(_) => Address::domain(host, port.parse().unwrap()).unwrap(),
+//!     };
+//!     let router = &router;
+//!     async move { router.decide(&a).await.unwrap().0 }
+//! };
+//! assert_eq!(way("10.1.2.3:22").await, Via::Server(0));
+//! assert_eq!(way("10.99.0.1:22").await, Via::Direct); // the longer prefix wins
+//! assert_eq!(way("git.corp.example:443").await, Via::Server(0));
+//! assert_eq!(way("192.0.2.1:80").await, Via::Direct); // the default route
+//! # });
+//! println!("{}", router.table());
+//! ```
 
 use crate::{Client, ClientError, ProtocolPath, ProxyUrl, ServedRange};
 use ipnet::IpNet;
