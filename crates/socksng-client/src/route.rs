@@ -551,9 +551,9 @@ impl Router {
         }
     }
 
-    /// Which way a connection to `target` goes now, and the address to ask for: a name that
-    /// no suffix route claims is resolved here and routed by its address; when it does not
-    /// resolve, the route for every address (a gateway) gets the name, if there is one.
+    /// Which way a connection to `target` goes now, and the address to ask for. A name goes
+    /// by the most specific suffix route; else to the gateway (a proxy routed for every
+    /// address) without being resolved here; else it is resolved here and routed by address.
     pub async fn decide(&self, target: &Address) -> Result<(Via, Address), ClientError> {
         self.refresh_if_stale().await;
         let table = self.table();
@@ -566,30 +566,29 @@ impl Router {
                 if let Some(r) = table.for_name(name, port, &usable) {
                     return Ok((r.via, target.clone()));
                 }
-                match tokio::net::lookup_host((name.as_str(), port)).await {
-                    Ok(mut addrs) => {
-                        let Some(first) = addrs.next() else {
-                            return Err(ClientError::Io(std::io::Error::new(
-                                std::io::ErrorKind::NotFound,
-                                format!("{name} has no address"),
-                            )));
-                        };
-                        let via = via_of(table.for_ip(first.ip(), port, &usable));
-                        // Direct connections use every address; a proxy gets the name back
-                        // when it resolves names itself.
-                        Ok((via, target.clone()))
-                    }
-                    Err(e) => {
-                        let gateway = table
-                            .for_ip(Ipv4Addr::UNSPECIFIED.into(), port, &usable)
-                            .filter(|r| r.destination.specificity() == 0)
-                            .map(|r| r.via);
-                        match gateway {
-                            Some(via @ Via::Server(_)) => Ok((via, target.clone())),
-                            _ => Err(ClientError::Io(e)),
-                        }
-                    }
+                // A gateway (a proxy serving every address) gets the name unresolved, so
+                // no query leaks here; that is what socks5h:// and ALL_PROXY users expect.
+                let gateway = table
+                    .for_ip(Ipv4Addr::UNSPECIFIED.into(), port, &usable)
+                    .filter(|r| r.destination.specificity() == 0 && r.via != Via::Direct);
+                if let Some(r) = gateway {
+                    return Ok((r.via, target.clone()));
                 }
+                // Split routing: only the address tells whether a private range's server
+                // serves this name.
+                let mut addrs = tokio::net::lookup_host((name.as_str(), port)).await?;
+                let first = addrs.next().ok_or_else(|| {
+                    ClientError::Io(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{name} has no address"),
+                    ))
+                })?;
+                // Direct connections use every address; a proxy gets the name back, which
+                // it resolves itself for socks5h:// (the client resolves for socks5://).
+                Ok((
+                    via_of(table.for_ip(first.ip(), port, &usable)),
+                    target.clone(),
+                ))
             }
         }
     }

@@ -150,7 +150,18 @@ pub fn no_proxy_matches(no_proxy: &str, host: &str) -> bool {
             if entry == "*" {
                 return true;
             }
-            let entry = entry.trim_start_matches('.').to_ascii_lowercase();
+            // An address prefix matches address literals inside it (curl 7.86 and later).
+            if let (Ok(net), Ok(ip)) = (
+                entry.parse::<ipnet::IpNet>(),
+                host.parse::<std::net::IpAddr>(),
+            ) {
+                return net.contains(&ip);
+            }
+            let entry = entry
+                .trim_start_matches('.')
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase();
             host == entry || host.ends_with(&format!(".{entry}"))
         })
 }
@@ -193,6 +204,9 @@ mod tests {
         assert!(!no_proxy_matches("corp.example", "notcorp.example"));
         assert!(no_proxy_matches("*", "anything"));
         assert!(no_proxy_matches("::1", "[::1]"));
+        assert!(no_proxy_matches("10.0.0.0/8, [2001:db8::]/32", "10.1.2.3"));
+        assert!(no_proxy_matches("2001:db8::/32", "[2001:db8::7]"));
+        assert!(!no_proxy_matches("10.0.0.0/8", "11.0.0.1"));
         assert!(!no_proxy_matches("", "x"));
     }
 }

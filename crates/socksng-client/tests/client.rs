@@ -296,4 +296,9 @@ async fn router_fails_over_takes_servers_out_and_refreshes() {
     assert_eq!(router.decide(&in_a).await.unwrap().0, Via::Direct);
     assert!(router.servers()[0].1.down.is_some());
     print!("{}", router.table());
+
+    // A gateway for everything gets names unresolved: nothing is looked up here.
+    let gateway = Router::single(ProxyUrl::parse("socks5h://127.0.0.1:1").unwrap());
+    let name = Address::domain("only-the-proxy-knows.invalid", 80).unwrap();
+    assert_eq!(gateway.decide(&name).await.unwrap(), (Via::Server(0), name));
 }

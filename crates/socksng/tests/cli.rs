@@ -228,6 +228,70 @@ async fn forward_remote_serves_fifty_concurrent_curl_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_remote_on_a_chosen_port_exact_or_not() {
+    let p = proxy("fwd-port", &format!("{PASSWORD_AUTH}{ALLOW_LOOPBACK}")).await;
+    let web = http_server().await;
+    let u = url(&p, "alice:s3cret@");
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    // Exact on a taken port: refused with the reason, a failing exit.
+    let out = run(
+        &[
+            "-x",
+            &u,
+            "forward-remote",
+            "--port",
+            &port,
+            "--exact",
+            &web.to_string(),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("listen on"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Not exact: another port is taken instead, and it serves.
+    let (mut child, line) = start(&[
+        "-x",
+        &u,
+        "forward-remote",
+        "--port",
+        &port,
+        &web.to_string(),
+    ])
+    .await;
+    let public: SocketAddr = line.split(' ').nth(2).unwrap().parse().unwrap();
+    assert_ne!(public.port().to_string(), port);
+    let mut s = TcpStream::connect(public).await.unwrap();
+    s.write_all(b"GET /other HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.ends_with("served /other"), "{resp}");
+    child.kill().await.unwrap();
+    // A free port asked exactly is the one published.
+    drop(taken);
+    let (mut child, line) = start(&[
+        "-x",
+        &u,
+        "forward-remote",
+        "--port",
+        &port,
+        "--exact",
+        &web.to_string(),
+    ])
+    .await;
+    assert!(
+        line.starts_with(&format!("listening on 127.0.0.1:{port} ")),
+        "{line}"
+    );
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_through_the_tunnel_and_through_udp_associate() {
     let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let echo_addr = echo.local_addr().unwrap();
