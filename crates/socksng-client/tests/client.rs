@@ -46,6 +46,8 @@ async fn ng_and_plain_paths_with_and_without_login() {
         roundtrip(&anon, Address::ip(target)).await,
         ProtocolPath::Ng
     );
+    let v6 = echo_server("[::1]:0").await;
+    assert_eq!(roundtrip(&anon, Address::ip(v6)).await, ProtocolPath::Ng);
     let alice = Client::new(url(&p, "socks5h", "alice:s3cret@"));
     assert_eq!(
         roundtrip(&alice, Address::ip(target)).await,
