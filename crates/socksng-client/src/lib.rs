@@ -59,7 +59,7 @@ mod url;
 pub use config::ClientConfig;
 pub use listen::ProxyListener;
 pub use route::{RoutedStream, Router};
-pub use udp::ProxyUdp;
+pub use udp::{ProxyUdp, UdpReceiver, UdpSender};
 
 pub use socksng_proto::wire::ng::{Capabilities, ServedRange};
 pub use socksng_proto::{Address, ReplyCode};

@@ -5,30 +5,56 @@ use crate::{Client, ClientError, ProtocolPath};
 use socksng_proto::wire::ng::{NgRequest, UdpFrameHeader};
 use socksng_proto::{Address, Command, DecodeError, Request, UdpHeader};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, UdpSocket};
 
 /// The largest datagram either path carries (the UDP payload limit plus the RFC 1928 header).
 const DATAGRAM_ROOM: usize = 65_536 + 262;
 
-/// A datagram socket through the proxy, whichever way the proxy offers it.
+/// A datagram socket through the proxy, whichever way the proxy offers it. `split` gives a
+/// sending and a receiving half that can be used from different tasks.
 #[derive(Debug)]
 pub struct ProxyUdp {
-    client: Client,
     path: ProtocolPath,
-    inner: Inner,
+    relay: Option<SocketAddr>,
+    tx: UdpSender,
+    rx: UdpReceiver,
+}
+
+/// The sending half of a [`ProxyUdp`].
+#[derive(Debug)]
+pub struct UdpSender {
+    client: Client,
+    out: Outbound,
+    scratch: Vec<u8>,
+}
+
+/// The receiving half of a [`ProxyUdp`]; it also notices the end of the tunnel or association.
+#[derive(Debug)]
+pub struct UdpReceiver {
+    inbound: Inbound,
 }
 
 #[derive(Debug)]
-enum Inner {
+enum Outbound {
     /// SOCKS-NG: length-prefixed frames in the TCP stream.
-    Tunnel { stream: TcpStream, inbox: Vec<u8> },
-    /// RFC 1928: a UDP socket connected to the proxy's relay; the association lives as long as
-    /// the control connection.
+    Tunnel(OwnedWriteHalf),
+    /// RFC 1928: datagrams with the request header, to the relay.
+    Associate(Arc<UdpSocket>),
+}
+
+#[derive(Debug)]
+enum Inbound {
+    Tunnel {
+        stream: OwnedReadHalf,
+        inbox: Vec<u8>,
+    },
+    /// The association lives as long as the control connection, which is watched here.
     Associate {
         control: TcpStream,
-        socket: UdpSocket,
-        relay: SocketAddr,
+        socket: Arc<UdpSocket>,
         scratch: Vec<u8>,
     },
 }
@@ -40,12 +66,17 @@ impl Client {
     pub async fn udp(&self) -> Result<ProxyUdp, ClientError> {
         let (mut stream, mut buf, path) = self.negotiate().await?;
         let mut out = Vec::with_capacity(32);
-        let inner = match path {
+        let (relay, out, inbound) = match path {
             ProtocolPath::Ng => {
                 NgRequest::UdpTunnel.encode(&mut out);
                 stream.write_all(&out).await?;
                 Client::reply(&mut stream, &mut buf).await?;
-                Inner::Tunnel { stream, inbox: buf }
+                let (read, write) = stream.into_split();
+                let inbound = Inbound::Tunnel {
+                    stream: read,
+                    inbox: buf,
+                };
+                (None, Outbound::Tunnel(write), inbound)
             }
             ProtocolPath::Socks5 => {
                 // The datagrams leave from the address the control connection uses, which is
@@ -66,18 +97,24 @@ impl Client {
                     relay.set_ip(stream.peer_addr()?.ip());
                 }
                 socket.connect(relay).await?;
-                Inner::Associate {
+                let socket = Arc::new(socket);
+                let inbound = Inbound::Associate {
                     control: stream,
-                    socket,
-                    relay,
+                    socket: socket.clone(),
                     scratch: Vec::new(),
-                }
+                };
+                (Some(relay), Outbound::Associate(socket), inbound)
             }
         };
         Ok(ProxyUdp {
-            client: self.clone(),
             path,
-            inner,
+            relay,
+            tx: UdpSender {
+                client: self.clone(),
+                out,
+                scratch: Vec::new(),
+            },
+            rx: UdpReceiver { inbound },
         })
     }
 }
@@ -90,47 +127,62 @@ impl ProxyUdp {
 
     /// The proxy's UDP relay address (UDP ASSOCIATE only).
     pub fn relay(&self) -> Option<SocketAddr> {
-        match &self.inner {
-            Inner::Associate { relay, .. } => Some(*relay),
-            Inner::Tunnel { .. } => None,
-        }
+        self.relay
     }
 
     /// Sends one datagram (at most 65,507 bytes) to `to`, which may be a name (resolved here
     /// for a `socks5://` proxy, by the proxy for `socks5h://`).
     pub async fn send_to(&mut self, payload: &[u8], to: &Address) -> Result<(), ClientError> {
-        let to = self.client.resolve_target(to.clone()).await?;
-        match &mut self.inner {
-            Inner::Tunnel { stream, .. } => {
-                let mut frame = Vec::with_capacity(payload.len() + 32);
-                UdpFrameHeader::encode_frame(&to, payload, &mut frame)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                stream.write_all(&frame).await?;
-            }
-            Inner::Associate { socket, .. } => {
-                let mut datagram = Vec::with_capacity(payload.len() + 32);
-                UdpHeader {
-                    frag: 0,
-                    address: to,
-                }
-                .encode(&mut datagram);
-                datagram.extend_from_slice(payload);
-                socket.send(&datagram).await?;
-            }
-        }
-        Ok(())
+        self.tx.send_to(payload, to).await
     }
 
     /// Receives one datagram into `buf` (truncated if longer) and returns its length and
     /// source. Fails when the proxy ends the tunnel or association.
     pub async fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, SocketAddr), ClientError> {
-        match &mut self.inner {
-            Inner::Tunnel { stream, inbox } => tunnel_recv(stream, inbox, buf).await,
-            Inner::Associate {
+        self.rx.recv_from(buf).await
+    }
+
+    /// The sending and receiving halves, for use from different tasks.
+    pub fn split(self) -> (UdpSender, UdpReceiver) {
+        (self.tx, self.rx)
+    }
+}
+
+impl UdpSender {
+    /// As [`ProxyUdp::send_to`].
+    pub async fn send_to(&mut self, payload: &[u8], to: &Address) -> Result<(), ClientError> {
+        let to = self.client.resolve_target(to.clone()).await?;
+        let datagram = &mut self.scratch;
+        datagram.clear();
+        match &mut self.out {
+            Outbound::Tunnel(stream) => {
+                UdpFrameHeader::encode_frame(&to, payload, datagram)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                stream.write_all(datagram).await?;
+            }
+            Outbound::Associate(socket) => {
+                UdpHeader {
+                    frag: 0,
+                    address: to,
+                }
+                .encode(datagram);
+                datagram.extend_from_slice(payload);
+                socket.send(datagram).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl UdpReceiver {
+    /// As [`ProxyUdp::recv_from`].
+    pub async fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, SocketAddr), ClientError> {
+        match &mut self.inbound {
+            Inbound::Tunnel { stream, inbox } => tunnel_recv(stream, inbox, buf).await,
+            Inbound::Associate {
                 control,
                 socket,
                 scratch,
-                ..
             } => associate_recv(control, socket, scratch, buf).await,
         }
     }
@@ -143,7 +195,7 @@ fn source_of(address: &Address) -> Result<SocketAddr, ClientError> {
 }
 
 async fn tunnel_recv(
-    stream: &mut TcpStream,
+    stream: &mut OwnedReadHalf,
     inbox: &mut Vec<u8>,
     buf: &mut [u8],
 ) -> Result<(usize, SocketAddr), ClientError> {
