@@ -28,11 +28,15 @@ pub enum Case {
     UdpRtt,
     /// UDP ASSOCIATE throughput with a window of datagrams.
     UdpTput,
+    /// UDP over the stream (SOCKS-NG UDP-TUNNEL) round trips; direct UDP for the ceiling.
+    UdpStreamRtt,
+    /// UDP over the stream throughput with a window of datagrams.
+    UdpStreamTput,
 }
 
 impl Case {
     /// Every case in run order.
-    pub const ALL: [Case; 10] = [
+    pub const ALL: [Case; 12] = [
         Case::TcpUp1,
         Case::TcpDown1,
         Case::TcpUpPar,
@@ -43,6 +47,8 @@ impl Case {
         Case::IdleMax,
         Case::UdpRtt,
         Case::UdpTput,
+        Case::UdpStreamRtt,
+        Case::UdpStreamTput,
     ];
 
     /// The name used in `--cases` and the JSON.
@@ -58,6 +64,8 @@ impl Case {
             Case::IdleMax => "idle-max",
             Case::UdpRtt => "udp-rtt",
             Case::UdpTput => "udp-tput",
+            Case::UdpStreamRtt => "udp-stream-rtt",
+            Case::UdpStreamTput => "udp-stream-tput",
         }
     }
 
@@ -190,7 +198,14 @@ mod tests {
         assert_eq!(Case::select("all").unwrap().len(), Case::ALL.len());
         assert_eq!(
             Case::select("udp,tcp-up").unwrap(),
-            vec![Case::TcpUp1, Case::TcpUpPar, Case::UdpRtt, Case::UdpTput]
+            vec![
+                Case::TcpUp1,
+                Case::TcpUpPar,
+                Case::UdpRtt,
+                Case::UdpTput,
+                Case::UdpStreamRtt,
+                Case::UdpStreamTput
+            ]
         );
         assert_eq!(
             Case::select("handshake").unwrap(),

@@ -614,13 +614,26 @@ async fn measure(
         Case::Handshake | Case::HandshakeAuth => tcp::handshakes(r, t, p, meter).await,
         Case::IdleSmall => tcp::idle(r, t, p.idle_small, p, meter).await,
         Case::IdleMax => tcp::idle(r, t, p.idle_max, p, meter).await,
-        Case::UdpRtt | Case::UdpTput => {
+        Case::UdpStreamRtt | Case::UdpStreamTput if matches!(r, socks::Route::Proxy { .. }) => {
+            let tunnel = match udp::tunnel_setup(r, t, p.io_timeout).await {
+                Ok(tunnel) => tunnel,
+                Err(e) if e.unsupported => return Err(Failure::Unsupported(e.reason)),
+                Err(e) => return Err(failed(e.reason)),
+            };
+            if case == Case::UdpStreamRtt {
+                udp::tunnel_rtt(tunnel, t, p, meter).await
+            } else {
+                udp::tunnel_tput(tunnel, t, p, meter).await
+            }
+        }
+        // Direct has no stream to carry UDP: its plain UDP figures are the ceiling.
+        Case::UdpRtt | Case::UdpTput | Case::UdpStreamRtt | Case::UdpStreamTput => {
             let path = match udp::setup(r, t, p.io_timeout).await {
                 Ok(path) => path,
                 Err(e) if e.unsupported => return Err(Failure::Unsupported(e.reason)),
                 Err(e) => return Err(failed(e.reason)),
             };
-            if case == Case::UdpRtt {
+            if matches!(case, Case::UdpRtt | Case::UdpStreamRtt) {
                 udp::rtt(&path, p, meter).await
             } else {
                 udp::tput(&path, p, meter).await

@@ -1,5 +1,6 @@
-//! The UDP loads through UDP ASSOCIATE (or straight to the UDP echo for direct): round trips
-//! with one datagram outstanding, and windowed throughput.
+//! The UDP loads through UDP ASSOCIATE (or straight to the UDP echo for direct), and through
+//! socksng's UDP over the stream (SOCKS-NG UDP-TUNNEL, driven by the client library): round
+//! trips with one datagram outstanding, and windowed throughput.
 
 use crate::cases::{Measure, Params};
 use crate::procs::{CpuWindow, Meter};
@@ -7,8 +8,13 @@ use crate::socks::{negotiate, request, step, tcp_connect, udp_header, udp_header
 use crate::socks::{SocksError, CMD_UDP};
 use crate::stats::percentile_sorted;
 use crate::targets::Targets;
+use socksng_client::{Address, Client, ClientError, ProtocolPath, ProxyUdp, ProxyUrl, Resolve};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
 
 /// A ready UDP path: the socket (connected to the relay or the echo), the header to prefix,
 /// and the control connection that keeps an association alive.
@@ -274,6 +280,204 @@ pub async fn tput(path: &UdpPath, p: &Params, proxy: &Meter) -> Result<Measure, 
     m.fact("sent", sent);
     m.fact("echoed", got);
     m.fact("payload", p.udp_tput_size);
+    m.fact("window", p.udp_window);
+    Ok(m)
+}
+
+/// Sets up UDP over the stream: a SOCKS-NG UDP-TUNNEL through the client library, checked
+/// with a first round trip. A server that does not select SOCKS-NG is reported as n/a.
+pub async fn tunnel_setup(
+    route: &Route,
+    t: &Targets,
+    limit: Duration,
+) -> Result<ProxyUdp, UdpSetupError> {
+    let Route::Proxy { addr, auth } = route else {
+        return Err(UdpSetupError {
+            unsupported: true,
+            reason: "no proxy, no stream".into(),
+        });
+    };
+    let url = ProxyUrl {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        credentials: auth.as_ref().map(|c| (c.user.clone(), c.pass.clone())),
+        resolve: Resolve::Remote,
+    };
+    let failed = |e: ClientError| UdpSetupError {
+        unsupported: false,
+        reason: format!("UDP-TUNNEL: {e}"),
+    };
+    let mut udp = match timeout(limit, Client::new(url).udp()).await {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => return Err(failed(e)),
+        Err(_) => return Err(failed(ClientError::Io(std::io::ErrorKind::TimedOut.into()))),
+    };
+    if udp.path() != ProtocolPath::Ng {
+        return Err(UdpSetupError {
+            unsupported: true,
+            reason: "no UDP over the stream: the server does not speak SOCKS-NG".into(),
+        });
+    }
+    let mut buf = vec![0u8; 2048];
+    tunnel_round_trip(&mut udp, t, u64::MAX, 16, &mut buf, limit)
+        .await
+        .map_err(|e| UdpSetupError {
+            unsupported: false,
+            reason: format!("UDP-TUNNEL accepted but the first datagram: {e}"),
+        })?;
+    Ok(udp)
+}
+
+async fn tunnel_round_trip(
+    udp: &mut ProxyUdp,
+    t: &Targets,
+    seq: u64,
+    size: usize,
+    buf: &mut [u8],
+    limit: Duration,
+) -> Result<(), String> {
+    let mut d = seq.to_be_bytes().to_vec();
+    d.resize(size.max(8), 0x33);
+    let to = Address::ip(t.udp_echo);
+    let exchange = async {
+        udp.send_to(&d, &to).await?;
+        loop {
+            let (n, _) = udp.recv_from(buf).await?;
+            if n >= 8 && buf[..8] == seq.to_be_bytes() {
+                return Ok::<(), ClientError>(());
+            }
+        }
+    };
+    match timeout(limit, exchange).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timeout".into()),
+    }
+}
+
+/// Round trips over the stream with one datagram outstanding (the same load as [`rtt`]).
+pub async fn tunnel_rtt(
+    mut udp: ProxyUdp,
+    t: &Targets,
+    p: &Params,
+    proxy: &Meter,
+) -> Result<Measure, String> {
+    let deadline = Instant::now() + p.case_timeout;
+    let mut buf = vec![0u8; 65536];
+    let mut lat = Vec::with_capacity(p.udp_count);
+    let mut m = Measure::default();
+    let limit = p.io_timeout.min(Duration::from_secs(1));
+    let window = CpuWindow::start(proxy);
+    let t0 = Instant::now();
+    for seq in 0..p.udp_count as u64 {
+        if Instant::now() >= deadline {
+            m.error("case timeout".into());
+            break;
+        }
+        let start = Instant::now();
+        match tunnel_round_trip(&mut udp, t, seq, p.udp_rtt_size, &mut buf, limit).await {
+            Ok(()) => lat.push(start.elapsed().as_nanos() as u64),
+            // A tunnel is a stream: after a timeout it is out of step, so stop here.
+            Err(e) => {
+                m.error(e);
+                break;
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let usage = window.finish();
+    if lat.is_empty() {
+        return Err(format!("no round trip completed: {:?}", m.errors));
+    }
+    lat.sort_unstable();
+    let us = |q| percentile_sorted(&lat, q).unwrap_or(0) as f64 / 1e3;
+    m.metric("per_s", lat.len() as f64 / secs);
+    m.metric("p50_us", us(0.5));
+    m.metric("p99_us", us(0.99));
+    usage.record(&mut m, proxy.is_proxy(), secs);
+    m.fact("completed", lat.len());
+    m.fact("lost", p.udp_count - lat.len());
+    m.fact("payload", p.udp_rtt_size);
+    Ok(m)
+}
+
+/// Throughput over the stream with up to `udp_window` datagrams outstanding (the same load
+/// as [`tput`]). The server drops datagrams for a client that does not keep up; when nothing
+/// comes back for 200 ms, what is outstanding counts as lost and the window is refilled.
+pub async fn tunnel_tput(
+    udp: ProxyUdp,
+    t: &Targets,
+    p: &Params,
+    proxy: &Meter,
+) -> Result<Measure, String> {
+    let total = p.udp_tput_count as u64;
+    let size = p.udp_tput_size;
+    let credit = Arc::new(Semaphore::new(p.udp_window));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (mut tx, mut rx) = udp.split();
+    let to = Address::ip(t.udp_echo);
+    let window = CpuWindow::start(proxy);
+    let t0 = Instant::now();
+    let writer = {
+        let (credit, sent) = (credit.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut d = vec![0x33u8; size.max(8)];
+            for seq in 0..total {
+                match credit.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return Ok(()),
+                }
+                d[..8].copy_from_slice(&seq.to_be_bytes());
+                tx.send_to(&d, &to).await?;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            // Handed back rather than dropped: dropping the sender half-closes the tunnel,
+            // and the server would end it before the last echoes are read.
+            Ok::<_, ClientError>(tx)
+        })
+    };
+    let deadline = t0 + p.case_timeout;
+    let mut buf = vec![0u8; 65536];
+    let (mut got, mut lost, mut bytes) = (0u64, 0u64, 0u64);
+    let mut last = t0;
+    let mut m = Measure::default();
+    while got + lost < total && Instant::now() < deadline {
+        match timeout(Duration::from_millis(200), rx.recv_from(&mut buf)).await {
+            Ok(Ok((n, _))) => {
+                got += 1;
+                bytes += n as u64;
+                last = Instant::now();
+                credit.add_permits(1);
+            }
+            Ok(Err(e)) => {
+                m.error(format!("tunnel recv: {e}"));
+                break;
+            }
+            Err(_) => {
+                let outstanding = sent.load(Ordering::Relaxed).saturating_sub(got + lost);
+                lost += outstanding;
+                credit.add_permits(outstanding as usize);
+            }
+        }
+    }
+    credit.close();
+    let sent_total = sent.load(Ordering::Relaxed);
+    match writer.await {
+        Ok(Ok(tx)) => drop(tx),
+        Ok(Err(e)) => m.error(format!("tunnel send: {e}")),
+        Err(e) => m.error(format!("tunnel writer: {e}")),
+    }
+    let secs = last.duration_since(t0).as_secs_f64();
+    let usage = window.finish();
+    if got == 0 || secs <= 0.0 {
+        return Err(format!("no datagram came back: {:?}", m.errors));
+    }
+    m.metric("gbit_s", bytes as f64 * 8.0 / secs / 1e9);
+    m.metric("per_s", got as f64 / secs);
+    m.metric("loss", lost as f64 / sent_total.max(1) as f64);
+    usage.record(&mut m, proxy.is_proxy(), usage.wall);
+    m.fact("sent", sent_total);
+    m.fact("echoed", got);
+    m.fact("payload", size);
     m.fact("window", p.udp_window);
     Ok(m)
 }
