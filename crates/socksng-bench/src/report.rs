@@ -214,10 +214,26 @@ fn rows(streams: usize, idle: (usize, usize)) -> Vec<Row> {
         r(Case::UdpRtt, "p99_us", "UDP round trip p99, µs"),
         r(Case::UdpTput, "gbit_s", "UDP throughput, Gbit/s"),
         r(Case::UdpTput, "loss", "UDP throughput, loss fraction"),
-        r(Case::UdpStreamRtt, "per_s", "UDP over the stream, round trips/s"),
-        r(Case::UdpStreamRtt, "p99_us", "UDP over the stream, round trip p99, µs"),
-        r(Case::UdpStreamTput, "gbit_s", "UDP over the stream, throughput, Gbit/s"),
-        r(Case::UdpStreamTput, "loss", "UDP over the stream, loss fraction"),
+        r(
+            Case::UdpStreamRtt,
+            "per_s",
+            "UDP over the stream, round trips/s",
+        ),
+        r(
+            Case::UdpStreamRtt,
+            "p99_us",
+            "UDP over the stream, round trip p99, µs",
+        ),
+        r(
+            Case::UdpStreamTput,
+            "gbit_s",
+            "UDP over the stream, throughput, Gbit/s",
+        ),
+        r(
+            Case::UdpStreamTput,
+            "loss",
+            "UDP over the stream, loss fraction",
+        ),
     ]
 }
 

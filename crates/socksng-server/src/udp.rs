@@ -13,6 +13,7 @@
 
 use crate::connect::{external_for, interleave, port_zero, resolve};
 use crate::policy::{canonical, Verdict};
+use crate::relay::read_drained;
 use crate::server::Shared;
 use crate::session::{Handshaken, SessionLog};
 use socksng_proto::wire::ng::UdpFrameHeader;
@@ -310,12 +311,11 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
                 if let Err(e) = r { break format!("connection failed: {e}"); }
                 // A partial frame is at most one frame long, so the inbox stays bounded.
                 inbox.reserve(DATAGRAM_MAX);
-                let start = inbox.len();
-                inbox.resize(start + DATAGRAM_MAX, 0);
-                match stream.try_read(&mut inbox[start..]) {
-                    Ok(0) => { inbox.truncate(start); break "client closed".to_string(); }
-                    Ok(k) => inbox.truncate(start + k),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => inbox.truncate(start),
+                let room = inbox.capacity() - inbox.len();
+                match read_drained(stream, room, || stream.try_read_buf(&mut inbox)) {
+                    Ok(0) => break "client closed".to_string(),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => break format!("connection failed: {e}"),
                 }
             }

@@ -533,14 +533,31 @@ async fn udp_tunnel_thousands_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_tunnel_slow_reader_is_bounded() {
     let srv = start(&format!("[ng]\nudp_tunnel_queue = 65536\n{ALLOW_LOOPBACK}")).await;
-    let (echo, count) = udp_echo("127.0.0.1:0").await;
+    // An echo that reports every datagram it answers, so the client can send the next one
+    // only after the previous one has been echoed: no datagram is lost on the way out, and
+    // every echo goes back towards a client that does not read.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo = sock.local_addr().unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let _ = sock.send_to(&buf[..n], from).await;
+            if seen_tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
     let mut t = open_tunnel(srv.addr).await;
     const N: usize = 4000;
     const SIZE: usize = 8000;
     let payload = pattern(SIZE, 11);
     let f = frame(&Address::ip(echo), &payload);
+    let mut echoed = 0usize;
     for _ in 0..N {
         t.write_all(&f).await.unwrap();
+        seen.recv().await.unwrap();
+        echoed += 1;
     }
     t.shutdown().await.unwrap();
     let mut received = 0usize;
@@ -548,8 +565,7 @@ async fn udp_tunnel_slow_reader_is_bounded() {
         assert_eq!(back, payload);
         received += 1;
     }
-    let echoed = count.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(echoed > N / 2, "the echo saw only {echoed} datagrams");
+    assert_eq!(echoed, N);
     assert!(
         received * SIZE < 16 << 20,
         "{received} datagrams queued for a client that did not read"
