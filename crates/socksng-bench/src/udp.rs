@@ -424,7 +424,7 @@ pub async fn tunnel_tput(
             for seq in 0..total {
                 match credit.acquire().await {
                     Ok(permit) => permit.forget(),
-                    Err(_) => return Ok(()),
+                    Err(_) => return Ok(tx),
                 }
                 d[..8].copy_from_slice(&seq.to_be_bytes());
                 tx.send_to(&d, &to).await?;
