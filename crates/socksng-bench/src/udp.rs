@@ -309,6 +309,14 @@ pub async fn tunnel_setup(
     };
     let mut udp = match timeout(limit, Client::new(url).udp()).await {
         Ok(Ok(u)) => u,
+        // Without SOCKS-NG the client falls back to UDP ASSOCIATE; a refusal of that means
+        // the server has no UDP at all.
+        Ok(Err(e)) if e.reply_code().is_some() => {
+            return Err(UdpSetupError {
+                unsupported: true,
+                reason: format!("no UDP over the stream: the server does not speak SOCKS-NG ({e})"),
+            })
+        }
         Ok(Err(e)) => return Err(failed(e)),
         Err(_) => return Err(failed(ClientError::Io(std::io::ErrorKind::TimedOut.into()))),
     };

@@ -231,7 +231,9 @@ mod splice {
         let (from_fd, to_fd) = (d.from.as_raw_fd(), d.to.as_raw_fd());
         loop {
             d.from.readable().await?;
-            let n = match super::read_drained(d.from, pipe.capacity, || {
+            // Not `read_drained`: splice also stops short when the pipe runs out of slots
+            // with data still queued, so a short splice says nothing about the socket.
+            let n = match d.from.try_io(Interest::READABLE, || {
                 splice(from_fd, pipe.write.as_raw_fd(), pipe.capacity)
             }) {
                 Ok(0) => return d.half_close(),
