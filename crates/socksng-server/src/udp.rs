@@ -330,9 +330,22 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
                     outq.clear();
                     sent_off = 0;
                 }
+                let was_idle = sent_off == outq.len();
                 if UdpFrameHeader::encode_frame(&Address::ip(src), &buf[..len], &mut outq).is_ok() {
                     n.down += 1;
                     log.add_down(len as u64);
+                }
+                // Nothing was waiting: write now rather than after another turn of the loop.
+                if was_idle {
+                    match stream.try_write(&outq[sent_off..]) {
+                        Ok(k) => sent_off += k,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => break format!("connection failed: {e}"),
+                    }
+                    if sent_off == outq.len() {
+                        outq.clear();
+                        sent_off = 0;
+                    }
                 }
             }
             r = stream.writable(), if want_write => {
