@@ -307,16 +307,21 @@ pub async fn tunnel_setup(
         unsupported: false,
         reason: format!("UDP-TUNNEL: {e}"),
     };
-    let mut udp = match timeout(limit, Client::new(url).udp()).await {
-        Ok(Ok(u)) => u,
-        // Without SOCKS-NG the client falls back to UDP ASSOCIATE; a refusal of that means
-        // the server has no UDP at all.
-        Ok(Err(e)) if e.reply_code().is_some() => {
+    let client = Client::new(url);
+    // A plain server is told apart before any UDP request: it does not select SOCKS-NG.
+    match timeout(limit, client.capabilities()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(ClientError::NotSupported(_))) => {
             return Err(UdpSetupError {
                 unsupported: true,
-                reason: format!("no UDP over the stream: the server does not speak SOCKS-NG ({e})"),
+                reason: "no UDP over the stream: the server does not speak SOCKS-NG".into(),
             })
         }
+        Ok(Err(e)) => return Err(failed(e)),
+        Err(_) => return Err(failed(ClientError::Io(std::io::ErrorKind::TimedOut.into()))),
+    }
+    let mut udp = match timeout(limit, client.udp()).await {
+        Ok(Ok(u)) => u,
         Ok(Err(e)) => return Err(failed(e)),
         Err(_) => return Err(failed(ClientError::Io(std::io::ErrorKind::TimedOut.into()))),
     };
