@@ -52,22 +52,28 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Connect to TARGET and relay standard input and output (like `nc -X 5`; usable as
-    /// ssh's ProxyCommand). Ends when the target closes its side.
+    /// Connect to TARGET and relay standard input and output (like `nc -X 5`).
+    ///
+    /// Usable as ssh's ProxyCommand. The end of standard input is passed on as a half-close;
+    /// the command ends when the target closes its side.
     Connect {
         /// HOST:PORT.
         target: String,
     },
-    /// Listen on LISTEN locally and relay every connection to TARGET (like `ssh -L`).
+    /// Forward a local port to TARGET (like `ssh -L`).
+    ///
+    /// Listens on LISTEN and relays every connection to TARGET, the way the routes say.
     ForwardLocal {
         /// Local address, or just a port for 127.0.0.1.
         listen: String,
         /// HOST:PORT, reached the way the routes say.
         target: String,
     },
-    /// Open a listening port on the proxy's outside and relay every incoming connection to
-    /// LOCAL (like `ssh -R`). Prints the public address. Needs SOCKS-NG LISTEN; a plain
-    /// SOCKS5 server can only BIND for one connection, which is served before exiting.
+    /// Publish LOCAL on a port of the proxy's outside (like `ssh -R`).
+    ///
+    /// Prints "listening on ADDRESS -> LOCAL" and relays every incoming connection to LOCAL,
+    /// many at once. Needs SOCKS-NG LISTEN; a plain SOCKS5 server can only BIND for one
+    /// connection, which is served before exiting.
     ForwardRemote {
         /// The port to ask for (0 for any).
         #[arg(long, default_value_t = 0)]
@@ -84,9 +90,10 @@ enum Cmd {
         /// The local service, HOST:PORT or just a port on 127.0.0.1.
         local: String,
     },
-    /// Send one datagram to TARGET (the --data text, else all of standard input) and write
-    /// the replies to standard output. UDP goes through the SOCKS-NG tunnel, or UDP
-    /// ASSOCIATE on a plain SOCKS5 server.
+    /// Send one datagram to TARGET and write the replies to standard output.
+    ///
+    /// The payload is the --data text, else all of standard input (a DNS query, say). UDP goes
+    /// through the SOCKS-NG tunnel, or UDP ASSOCIATE on a plain SOCKS5 server.
     Udp {
         /// HOST:PORT.
         target: String,
@@ -114,7 +121,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print the route table of the configured servers (after asking them for their ranges).
+    /// Print the route table of the configured servers.
+    ///
+    /// SOCKS-NG servers are asked for their ranges first; servers that cannot be reached are
+    /// shown down.
     Routes {
         /// JSON instead of a table.
         #[arg(long)]
