@@ -238,9 +238,8 @@ impl ClientConfig {
             // as curl skips what it cannot match.
             let direct: Vec<String> = no
                 .split(',')
-                .map(|e| e.trim().trim_start_matches('[').trim_end_matches(']'))
-                .filter(|e| *e == "*" || Destination::parse(e).is_ok())
-                .map(str::to_string)
+                .map(|e| e.trim().replacen('[', "", 1).replacen(']', "", 1))
+                .filter(|e| e == "*" || Destination::parse(e).is_ok())
                 .collect();
             if !direct.is_empty() {
                 cfg.route.push(RouteConfig {

@@ -108,6 +108,9 @@ pub enum ClientError {
     /// A client configuration or route cannot be used.
     #[error("configuration: {0}")]
     Config(String),
+    /// No usable proxy for the destination: the server routed for it is out of the table.
+    #[error("no usable proxy: {0}")]
+    Unavailable(String),
 }
 
 impl ClientError {
@@ -282,23 +285,28 @@ impl Client {
         buf: &mut Vec<u8>,
     ) -> Result<Address, ClientError> {
         // Read exactly the reply: the target's first bytes may follow it at once, and they
-        // belong to the stream, not to this buffer.
+        // belong to the stream, not to this buffer. Bytes go into `buf` only once read, so a
+        // caller that gives up (a timeout around `accept`, say) leaves it consistent.
         loop {
             let want = reply_len(buf).unwrap_or(5);
             if buf.len() >= want {
                 break;
             }
-            let have = buf.len();
-            buf.resize(want, 0);
-            if let Err(e) = stream.read_exact(&mut buf[have..]).await {
-                buf.truncate(have);
-                return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
-                    ClientError::Protocol("the proxy closed the connection".into())
-                } else {
-                    e.into()
-                });
+            let mut more = vec![0u8; want - buf.len()];
+            let n = stream.read(&mut more).await?;
+            if n == 0 {
+                // A refusal may come without a usable address, and then a close.
+                if buf.len() >= 2 && buf[0] == 5 && buf[1] != 0 {
+                    return Err(ClientError::Refused {
+                        code: ReplyCode(buf[1]),
+                    });
+                }
+                return Err(ClientError::Protocol(
+                    "the proxy closed the connection".into(),
+                ));
             }
-            if reply_len(buf).is_none() {
+            buf.extend_from_slice(&more[..n]);
+            if buf.len() >= 5 && reply_len(buf).is_none() {
                 break;
             }
         }
@@ -306,6 +314,12 @@ impl Client {
             Ok((reply, used)) => {
                 buf.drain(..used);
                 reply
+            }
+            // A failure reply with an odd address is still a failure reply.
+            Err(_) if buf.len() >= 2 && buf[0] == 5 && buf[1] != 0 => {
+                return Err(ClientError::Refused {
+                    code: ReplyCode(buf[1]),
+                })
             }
             Err(e) => return Err(ClientError::Protocol(e.to_string())),
         };
@@ -318,7 +332,19 @@ impl Client {
     /// Opens a connection to `target` through the proxy.
     pub async fn connect(&self, target: Address) -> Result<ProxyStream, ClientError> {
         let target = self.resolve_target(target).await?;
-        let (mut stream, mut buf, path) = self.negotiate().await?;
+        let (stream, buf, path) = self.negotiate().await?;
+        Self::connect_negotiated(stream, buf, path, target).await
+    }
+
+    /// The CONNECT request and reply on a negotiated connection; `target` as it goes on the
+    /// wire. Kept apart so that the router can tell a failing proxy (negotiation) from a
+    /// failing target (the reply).
+    pub(crate) async fn connect_negotiated(
+        mut stream: TcpStream,
+        mut buf: Vec<u8>,
+        path: ProtocolPath,
+        target: Address,
+    ) -> Result<ProxyStream, ClientError> {
         let mut out = Vec::with_capacity(300);
         Request {
             command: Command::Connect,

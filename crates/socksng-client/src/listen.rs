@@ -64,7 +64,12 @@ impl Client {
             .encode(&mut out);
         }
         stream.write_all(&out).await?;
-        let bound = Self::reply(&mut stream, &mut buf).await?;
+        let mut bound = Self::reply(&mut stream, &mut buf).await?;
+        if let Some(mut at) = bound.socket_addr().filter(|a| a.ip().is_unspecified()) {
+            // "Listening on every address": the peers reach it where we reached the proxy.
+            at.set_ip(stream.peer_addr()?.ip());
+            bound = Address::ip(at);
+        }
         Ok(ProxyListener {
             client: self.clone(),
             control: Some(stream),
@@ -122,9 +127,10 @@ impl ProxyListener {
                 ControlMessage::AcceptNotice { token, peer } => {
                     match self.claim(token).await {
                         Ok(stream) => return Ok((stream, peer)),
-                        // Expired or refused meanwhile: wait for the next one.
-                        Err(ClientError::Refused { .. }) => continue,
-                        Err(e) => return Err(e),
+                        // Expired or refused meanwhile, or the claim connection failed: that
+                        // peer is lost, the listener is not; wait for the next one. A dead
+                        // proxy shows up on the control connection.
+                        Err(_) => continue,
                     }
                 }
                 ControlMessage::Expired { .. } => continue,

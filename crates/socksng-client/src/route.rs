@@ -239,6 +239,17 @@ impl RouteTable {
         )
     }
 
+    /// The best usable route to a proxy for every address (`0.0.0.0/0` or `::/0`) on `port`:
+    /// a gateway, which gets names unresolved.
+    pub fn gateway(&self, port: u16, usable: &dyn Fn(Via) -> bool) -> Option<&Route> {
+        self.best(
+            port,
+            usable,
+            |d| matches!(d, Destination::Net(n) if n.prefix_len() == 0),
+        )
+        .filter(|r| r.via != Via::Direct)
+    }
+
     /// The most specific usable route naming a suffix of `name`, if any.
     pub fn for_name(&self, name: &str, port: u16, usable: &dyn Fn(Via) -> bool) -> Option<&Route> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -394,11 +405,6 @@ impl fmt::Debug for Router {
     }
 }
 
-/// Whether an error says the proxy itself failed (rather than the target or the login).
-fn server_failed(e: &ClientError) -> bool {
-    matches!(e, ClientError::Io(_) | ClientError::Protocol(_))
-}
-
 impl Router {
     /// A router over `servers` with the extra `routes` (which may point at `Via::Direct`);
     /// nothing is asked until the first connection or [`Router::refresh`].
@@ -480,6 +486,10 @@ impl Router {
     /// A server that cannot be reached is taken out for `retry_after`.
     pub async fn refresh(&self) {
         let mut stamp = self.refreshed.lock().await;
+        self.refresh_under(&mut stamp).await;
+    }
+
+    async fn refresh_under(&self, stamp: &mut Option<Instant>) {
         let mut asks = tokio::task::JoinSet::new();
         for (i, s) in self.servers.iter().enumerate() {
             if s.spec.ask {
@@ -522,14 +532,22 @@ impl Router {
         *stamp = Some(Instant::now());
     }
 
+    /// Refreshes when the table is older than `refresh`, or when a server that could not be
+    /// asked is due for another try. Checked under the lock, so concurrent connections share
+    /// one refresh instead of queueing for one each.
     async fn refresh_if_stale(&self) {
-        let stale = self
-            .refreshed
-            .lock()
-            .await
-            .is_none_or(|t| t.elapsed() >= self.options.refresh);
-        if stale {
-            self.refresh().await;
+        let mut stamp = self.refreshed.lock().await;
+        let stale = stamp.is_none_or(|t| t.elapsed() >= self.options.refresh);
+        let retry_due = self.servers.iter().any(|s| {
+            s.spec.ask
+                && s.state
+                    .lock()
+                    .expect("state lock")
+                    .down_until
+                    .is_some_and(|t| Instant::now() >= t)
+        });
+        if stale || retry_due {
+            self.refresh_under(&mut stamp).await;
         }
     }
 
@@ -554,28 +572,28 @@ impl Router {
     /// Which way a connection to `target` goes now, and the address to ask for. A name goes
     /// by the most specific suffix route; else to the gateway (a proxy routed for every
     /// address) without being resolved here; else it is resolved here and routed by address.
+    ///
+    /// When the best route's server is out of the table, another server's route may take
+    /// over, but never a direct one: traffic meant for a proxy does not silently leave
+    /// without it. That is an [`ClientError::Unavailable`] error instead.
     pub async fn decide(&self, target: &Address) -> Result<(Via, Address), ClientError> {
         self.refresh_if_stale().await;
         let table = self.table();
-        let usable = |v: Via| self.usable(v);
         let port = target.port;
-        let via_of = |r: Option<&Route>| r.map_or(Via::Direct, |r| r.via);
-        match &target.host {
-            Host::Ip(ip) => Ok((via_of(table.for_ip(*ip, port, &usable)), target.clone())),
+        let ip = match &target.host {
+            Host::Ip(ip) => *ip,
             Host::Domain(name) => {
-                if let Some(r) = table.for_name(name, port, &usable) {
-                    return Ok((r.via, target.clone()));
+                if let Some(via) = self.pick(&table, |u| table.for_name(name, port, u))? {
+                    return Ok((via, target.clone()));
                 }
-                // A gateway (a proxy serving every address) gets the name unresolved, so
-                // no query leaks here; that is what socks5h:// and ALL_PROXY users expect.
-                let gateway = table
-                    .for_ip(Ipv4Addr::UNSPECIFIED.into(), port, &usable)
-                    .filter(|r| r.destination.specificity() == 0 && r.via != Via::Direct);
-                if let Some(r) = gateway {
-                    return Ok((r.via, target.clone()));
+                // A gateway gets the name unresolved, so no query leaks here; that is what
+                // socks5h:// and ALL_PROXY users expect.
+                if let Some(via) = self.pick(&table, |u| table.gateway(port, u))? {
+                    return Ok((via, target.clone()));
                 }
                 // Split routing: only the address tells whether a private range's server
-                // serves this name.
+                // serves this name. Direct connections use every address; a proxy gets the
+                // name back (resolved by it for socks5h://, by the client for socks5://).
                 let mut addrs = tokio::net::lookup_host((name.as_str(), port)).await?;
                 let first = addrs.next().ok_or_else(|| {
                     ClientError::Io(std::io::Error::new(
@@ -583,68 +601,104 @@ impl Router {
                         format!("{name} has no address"),
                     ))
                 })?;
-                // Direct connections use every address; a proxy gets the name back, which
-                // it resolves itself for socks5h:// (the client resolves for socks5://).
-                Ok((
-                    via_of(table.for_ip(first.ip(), port, &usable)),
-                    target.clone(),
-                ))
+                first.ip()
+            }
+        };
+        let via = self.pick(&table, |u| table.for_ip(ip, port, u))?;
+        Ok((via.unwrap_or(Via::Direct), target.clone()))
+    }
+
+    /// The route `lookup` finds, skipping servers that are out; `None` when nothing matches.
+    fn pick<'t>(
+        &self,
+        table: &'t RouteTable,
+        lookup: impl Fn(&dyn Fn(Via) -> bool) -> Option<&'t Route>,
+    ) -> Result<Option<Via>, ClientError> {
+        let Some(best) = lookup(&|_| true) else {
+            return Ok(None);
+        };
+        if self.usable(best.via) {
+            return Ok(Some(best.via));
+        }
+        let servers_up = |v: Via| v != Via::Direct && self.usable(v);
+        match lookup(&servers_up) {
+            Some(r) => Ok(Some(r.via)),
+            None => {
+                let why = match best.via {
+                    Via::Server(i) => self.servers[i]
+                        .state
+                        .lock()
+                        .expect("state lock")
+                        .status
+                        .down
+                        .clone()
+                        .unwrap_or_default(),
+                    Via::Direct => String::new(),
+                };
+                Err(ClientError::Unavailable(format!(
+                    "{} is out of the table until it is retried ({why})",
+                    table.via_name(best.via)
+                )))
             }
         }
     }
 
-    /// Connects to `target` the way the table says. When the chosen proxy fails, it is taken
-    /// out and the next best route is tried.
+    /// Connects to `target` the way the table says. A proxy that cannot be reached or
+    /// negotiated with is taken out for `retry_after` and the next best server is tried; a
+    /// refusal or a timeout after the request is the target's failure and is returned as is.
     pub async fn connect(&self, target: Address) -> Result<RoutedStream, ClientError> {
-        let mut last_error = None;
+        let limit = self.options.connect_timeout;
+        let timed_out = || ClientError::Io(std::io::ErrorKind::TimedOut.into());
         let mut skipped = Vec::new();
         for _ in 0..=self.servers.len() {
             let (via, ask) = self.decide(&target).await?;
-            let limit = self.options.connect_timeout;
-            let table = self.table();
-            let via_name = table.via_name(via).to_string();
-            match via {
-                Via::Direct => {
-                    let stream = tokio::time::timeout(limit, direct(&ask))
-                        .await
-                        .map_err(|_| ClientError::Io(std::io::ErrorKind::TimedOut.into()))??;
+            let via_name = self.table().via_name(via).to_string();
+            let Via::Server(i) = via else {
+                let stream = tokio::time::timeout(limit, direct(&ask))
+                    .await
+                    .map_err(|_| timed_out())??;
+                return Ok(RoutedStream {
+                    stream,
+                    via,
+                    via_name,
+                    path: None,
+                    skipped,
+                });
+            };
+            let client = &self.servers[i].client;
+            let wire = client.resolve_target(ask).await?;
+            match tokio::time::timeout(limit, client.negotiate()).await {
+                Ok(Ok((stream, buf, path))) => {
+                    let proxied = tokio::time::timeout(
+                        limit,
+                        Client::connect_negotiated(stream, buf, path, wire),
+                    )
+                    .await
+                    .map_err(|_| timed_out())??;
                     return Ok(RoutedStream {
-                        stream,
+                        stream: proxied.into_inner(),
                         via,
                         via_name,
-                        path: None,
+                        path: Some(path),
                         skipped,
                     });
                 }
-                Via::Server(i) => {
-                    let client = &self.servers[i].client;
-                    let got = tokio::time::timeout(limit, client.connect(ask))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(ClientError::Io(std::io::ErrorKind::TimedOut.into()))
-                        });
-                    match got {
-                        Ok(s) => {
-                            let path = Some(s.path());
-                            return Ok(RoutedStream {
-                                stream: s.into_inner(),
-                                via,
-                                via_name,
-                                path,
-                                skipped,
-                            });
-                        }
-                        Err(e) if server_failed(&e) => {
-                            self.mark_down(via, &e);
-                            skipped.push(format!("{via_name}: {e}"));
-                            last_error = Some(e);
-                        }
-                        Err(e) => return Err(e),
-                    }
+                // Wrong credentials are the configuration's fault, not the server's.
+                Ok(Err(e @ (ClientError::AuthFailed | ClientError::NoAcceptableMethod))) => {
+                    return Err(e)
+                }
+                Ok(Err(e)) => {
+                    self.mark_down(via, &e);
+                    skipped.push(format!("{via_name}: {e}"));
+                }
+                Err(_) => {
+                    let e = timed_out();
+                    self.mark_down(via, &e);
+                    skipped.push(format!("{via_name}: {e}"));
                 }
             }
         }
-        Err(last_error.unwrap_or(ClientError::NotSupported("no route")))
+        Err(ClientError::Unavailable(skipped.join("; ")))
     }
 
     /// The client for the server `via` names, to open listeners or datagram sockets on it.

@@ -80,11 +80,18 @@ impl Client {
             }
             ProtocolPath::Socks5 => {
                 // The datagrams leave from the address the control connection uses, which is
-                // the one the proxy can reach; announcing it lets the proxy pin the association.
-                let socket = UdpSocket::bind((stream.local_addr()?.ip(), 0)).await?;
+                // the one the proxy can reach. The request names no address (all zeros, as RFC
+                // 1928 allows): behind NAT the proxy sees another one, and a server that pinned
+                // the association to ours would drop every datagram.
+                let local = stream.local_addr()?;
+                let socket = UdpSocket::bind((local.ip(), 0)).await?;
+                let unknown = match local {
+                    SocketAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+                    SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+                };
                 Request {
                     command: Command::UdpAssociate,
-                    address: Address::ip(socket.local_addr()?),
+                    address: Address::ip(unknown),
                 }
                 .encode(&mut out);
                 stream.write_all(&out).await?;

@@ -45,6 +45,7 @@ fn percent_decode(s: &str) -> Result<String, ClientError> {
         if bytes[i] == b'%' {
             let hex = s
                 .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| ClientError::BadUrl(format!("bad percent-encoding in {s:?}")))?;
             out.push(hex);
@@ -85,7 +86,20 @@ impl ProxyUrl {
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-            (h.to_string(), after.strip_prefix(':'))
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad("not an IPv6 address in brackets"));
+            }
+            let port = match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("junk after ']'"))?,
+                ),
+            };
+            (h.to_string(), port)
+        } else if hostport.matches(':').count() > 1 {
+            return Err(bad("IPv6 addresses go in brackets: [2001:db8::1]:1080"));
         } else {
             match hostport.rsplit_once(':') {
                 Some((h, p)) => (h.to_string(), Some(p)),
@@ -97,7 +111,11 @@ impl ProxyUrl {
         }
         let port = match port {
             None | Some("") => 1080,
-            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => match p.parse() {
+                Ok(0) | Err(_) => return Err(bad("bad port")),
+                Ok(n) => n,
+            },
+            Some(_) => return Err(bad("bad port")),
         };
         Ok(ProxyUrl {
             host,
@@ -150,9 +168,11 @@ pub fn no_proxy_matches(no_proxy: &str, host: &str) -> bool {
             if entry == "*" {
                 return true;
             }
-            // An address prefix matches address literals inside it (curl 7.86 and later).
+            // An address prefix matches address literals inside it (curl 7.86 and later);
+            // an IPv6 one may be written with brackets, [2001:db8::]/32.
+            let unbracketed = entry.replacen('[', "", 1).replacen(']', "", 1);
             if let (Ok(net), Ok(ip)) = (
-                entry.parse::<ipnet::IpNet>(),
+                unbracketed.parse::<ipnet::IpNet>(),
                 host.parse::<std::net::IpAddr>(),
             ) {
                 return net.contains(&ip);
@@ -192,6 +212,12 @@ mod tests {
         assert!(ProxyUrl::parse("socks5://:1080").is_err());
         assert!(ProxyUrl::parse("socks5://h:99999").is_err());
         assert!(ProxyUrl::parse("socks5://u%zz@h").is_err());
+        assert!(ProxyUrl::parse("socks5://u%+1@h").is_err());
+        assert!(ProxyUrl::parse("socks5://[::1]junk").is_err());
+        assert!(ProxyUrl::parse("socks5://[not-v6]:1080").is_err());
+        assert!(ProxyUrl::parse("socks5://2001:db8::1").is_err());
+        assert!(ProxyUrl::parse("socks5://h:+80").is_err());
+        assert!(ProxyUrl::parse("socks5://h:0").is_err());
     }
 
     #[test]
@@ -206,6 +232,7 @@ mod tests {
         assert!(no_proxy_matches("::1", "[::1]"));
         assert!(no_proxy_matches("10.0.0.0/8, [2001:db8::]/32", "10.1.2.3"));
         assert!(no_proxy_matches("2001:db8::/32", "[2001:db8::7]"));
+        assert!(no_proxy_matches("[2001:db8::]/32", "2001:db8::7"));
         assert!(!no_proxy_matches("10.0.0.0/8", "11.0.0.1"));
         assert!(!no_proxy_matches("", "x"));
     }

@@ -288,15 +288,34 @@ async fn router_fails_over_takes_servers_out_and_refreshes() {
     // the connection goes the next best way: direct, to an echo that is reachable directly.
     let in_gone = Address::ip(echo_server("127.0.2.1:0").await);
     assert_eq!(router.decide(&in_gone).await.unwrap().0, Via::Server(1));
-    let routed = router.connect(in_gone.clone()).await.unwrap();
-    assert_eq!(routed.via, Via::Direct);
-    assert_eq!(routed.skipped.len(), 1, "{:?}", routed.skipped);
-    assert_eq!(router.decide(&in_gone).await.unwrap().0, Via::Direct);
+    // It fails: it is taken out, and its destinations do not leak out directly.
+    let err = router.connect(in_gone.clone()).await.unwrap_err();
+    assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("gone"), "{err}");
     assert!(router.servers()[1].1.down.is_some());
-    // Server a stops: the next refresh finds it down and its range falls to direct.
+    assert!(router.decide(&in_gone).await.is_err());
+    // A gateway for everything takes over from a failed server; direct never does.
+    let with_gateway = Router::new(
+        vec![
+            spec("gone", nowhere, &["127.0.2.0/24"], false),
+            spec("gw", a.addr, &["0.0.0.0/0"], false),
+        ],
+        Vec::new(),
+        RouterOptions::default(),
+    );
+    let routed = with_gateway.connect(in_gone.clone()).await.unwrap();
+    assert_eq!(routed.via_name, "gw");
+    assert_eq!(routed.skipped.len(), 1, "{:?}", routed.skipped);
+    // Server a stops: the next refresh finds it down; its last ranges stay, unusable.
     a.stop().await;
-    assert_eq!(router.decide(&in_a).await.unwrap().0, Via::Direct);
+    assert!(matches!(
+        router.decide(&in_a).await,
+        Err(ClientError::Unavailable(_))
+    ));
     assert!(router.servers()[0].1.down.is_some());
+    // Outside every range, direct is the default.
+    let elsewhere = Address::ip("127.0.3.1:9".parse().unwrap());
+    assert_eq!(router.decide(&elsewhere).await.unwrap().0, Via::Direct);
     print!("{}", router.table());
 
     // A gateway for everything gets names unresolved: nothing is looked up here.

@@ -15,6 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Limit for setting something up with a proxy (connect, negotiate, one request).
+const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `what` within [`PROXY_TIMEOUT`].
+async fn in_time<T>(
+    what: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(PROXY_TIMEOUT, what)
+        .await
+        .unwrap_or_else(|_| Err(ClientError::Io(std::io::ErrorKind::TimedOut.into())))
+}
+
 /// socksng: reach hosts through SOCKS5 and SOCKS-NG proxies.
 ///
 /// Which proxy is used: `--proxy URL` sends everything through that one proxy. Otherwise the
@@ -279,10 +291,10 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 "0.0.0.0:0"
             };
-            let listener = client
-                .listen(*port, *exact, *backlog, Address::ip(family.parse()?))
-                .await
-                .with_context(|| format!("listen on {name}"))?;
+            let listener =
+                in_time(client.listen(*port, *exact, *backlog, Address::ip(family.parse()?)))
+                    .await
+                    .with_context(|| format!("listen on {name}"))?;
             println!("listening on {} -> {local}", listener.local_addr());
             if listener.path() == ProtocolPath::Socks5 {
                 eprintln!("socksng: {name} is a plain SOCKS5 server: BIND accepts one connection");
@@ -387,7 +399,7 @@ async fn udp(
     };
     match client {
         Some(client) => {
-            let mut sock = client.udp().await?;
+            let mut sock = in_time(client.udp()).await?;
             if cli.verbose {
                 eprintln!("socksng: UDP via {}", path_name(sock.path()));
             }
@@ -475,7 +487,7 @@ async fn info(cli: &Cli, server: Option<&str>, json: bool) -> Result<()> {
             },
             url.port
         );
-        match client.capabilities().await {
+        match in_time(client.capabilities()).await {
             Ok(caps) => {
                 if json {
                     let v = serde_json::json!({

@@ -47,6 +47,10 @@ pub enum DecodeError {
     /// A reserved field that must be zero is not (only where tolerance would be unsafe).
     #[error("reserved field is not zero")]
     Reserved,
+    /// An item's length runs past the end of the block that has fully arrived around it:
+    /// waiting for more bytes would never help.
+    #[error("{0} truncated inside a complete block")]
+    Truncated(&'static str),
 }
 
 /// A bounds-checked cursor over a byte slice; every read that runs out yields `Incomplete`.

@@ -495,6 +495,15 @@ impl Capabilities {
         let mut r = Reader::new(buf);
         let blen = r.u16()? as usize;
         let block = r.take(blen)?;
+        let caps = Self::decode_items(block).map_err(|e| match e {
+            DecodeError::Incomplete => DecodeError::Truncated("capability item"),
+            other => other,
+        })?;
+        Ok((caps, r.position()))
+    }
+
+    /// The items of a block that has arrived whole.
+    fn decode_items(block: &[u8]) -> Result<Self, DecodeError> {
         let mut caps = Capabilities::default();
         let mut b = Reader::new(block);
         while b.position() < block.len() {
@@ -520,7 +529,7 @@ impl Capabilities {
                 _ => {}
             }
         }
-        Ok((caps, r.position()))
+        Ok(caps)
     }
 }
 
@@ -546,6 +555,20 @@ mod tests {
                 (name, bytes)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_short_item_inside_a_whole_block_is_an_error_not_a_wait() {
+        // BLEN 3: one REVISION item whose LEN is 0, then one with LEN past the block.
+        for block in [
+            &[0x00, 0x03, CAP_REVISION, 0x00, 0x00][..],
+            &[0x00, 0x03, 0x7f, 0x00, 0x09],
+        ] {
+            assert_eq!(
+                Capabilities::decode(block),
+                Err(DecodeError::Truncated("capability item"))
+            );
+        }
     }
 
     const TOKEN: Token = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
