@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// Limit for claiming one incoming connection over a new connection to the proxy.
+const CLAIM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Client {
     /// Opens a listening socket on the proxy's outside: SOCKS-NG LISTEN (`port` 0 for any,
     /// `exact` to fail rather than take another port). Against a plain SOCKS5 server it falls
@@ -125,7 +128,11 @@ impl ProxyListener {
             let control = self.control.as_mut().expect("checked above");
             match read_message(control, &mut self.inbox, ControlMessage::decode).await? {
                 ControlMessage::AcceptNotice { token, peer } => {
-                    match self.claim(token).await {
+                    // Bounded, so one stuck claim cannot hold up the peers queued behind it.
+                    let claimed = tokio::time::timeout(CLAIM_TIMEOUT, self.claim(token)).await;
+                    match claimed.unwrap_or_else(|_| {
+                        Err(ClientError::Io(std::io::ErrorKind::TimedOut.into()))
+                    }) {
                         Ok(stream) => return Ok((stream, peer)),
                         // Expired or refused meanwhile, or the claim connection failed: that
                         // peer is lost, the listener is not; wait for the next one. A dead
