@@ -4,9 +4,9 @@
 //!
 //! The most specific match wins: the longest prefix for an address, the longest suffix for a
 //! name, and a route limited to certain ports over one for every port; among equals, the one
-//! configured first. A server that cannot be reached is taken out of the table for a while and
-//! its destinations fall to the next best route; the announced ranges are asked again when the
-//! table is older than the refresh interval.
+//! configured first. A server that cannot be reached is taken out of the table for a while:
+//! another server's route may take over its destinations, a direct one never does. The
+//! announced ranges are asked again when the table is older than the refresh interval.
 //!
 //! ```
 //! use socksng_client::route::Via;
