@@ -18,6 +18,8 @@
 //! refresh = "10m"
 //! retry_after = "30s"
 //! connect_timeout = "10s"
+//! # The ranges servers announced, for the next process: "" for none.
+//! cache_dir = "/var/cache/socksng"
 //! ```
 
 use crate::route::{
@@ -89,6 +91,9 @@ pub struct OptionsConfig {
     /// Limit for reaching a proxy or a direct target.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Where announced ranges are cached; default `$XDG_CACHE_HOME/socksng` (or
+    /// `~/.cache/socksng`); an empty string for no cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for OptionsConfig {
@@ -98,8 +103,17 @@ impl Default for OptionsConfig {
             refresh: d.refresh,
             retry_after: d.retry_after,
             connect_timeout: d.connect_timeout,
+            cache_dir: None,
         }
     }
+}
+
+/// `$XDG_CACHE_HOME/socksng`, else `~/.cache/socksng`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("socksng"))
 }
 
 fn destinations(list: &[String]) -> Result<Vec<Destination>, ClientError> {
@@ -214,6 +228,11 @@ impl ClientConfig {
                 refresh: o.refresh,
                 retry_after: o.retry_after,
                 connect_timeout: o.connect_timeout,
+                cache_dir: match &o.cache_dir {
+                    Some(d) if d.as_os_str().is_empty() => None,
+                    Some(d) => Some(d.clone()),
+                    None => default_cache_dir(),
+                },
             },
         ))
     }

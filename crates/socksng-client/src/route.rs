@@ -46,6 +46,7 @@ use ipnet::IpNet;
 use socksng_proto::{Address, Host};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -321,8 +322,8 @@ pub struct ServerSpec {
     pub ask: bool,
 }
 
-/// Timers of the router.
-#[derive(Debug, Clone, Copy)]
+/// Timers and the range cache of the router.
+#[derive(Debug, Clone)]
 pub struct RouterOptions {
     /// Ask the servers again when the table is older than this.
     pub refresh: Duration,
@@ -330,6 +331,10 @@ pub struct RouterOptions {
     pub retry_after: Duration,
     /// Limit for reaching a proxy (or a direct target) and for one CAPABILITIES exchange.
     pub connect_timeout: Duration,
+    /// Where the ranges each server last announced are kept, so that a new process routes by
+    /// them before it could ask, and refuses rather than goes direct while a server is down.
+    /// `None`: no cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for RouterOptions {
@@ -338,6 +343,7 @@ impl Default for RouterOptions {
             refresh: Duration::from_secs(600),
             retry_after: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            cache_dir: None,
         }
     }
 }
@@ -426,6 +432,13 @@ impl Router {
                 state: Mutex::new(ServerState::default()),
             })
             .collect();
+        if let Some(dir) = &options.cache_dir {
+            for s in servers.iter().filter(|s| s.spec.ask) {
+                if let Some(ranges) = cache::load(dir, &s.spec.name) {
+                    s.state.lock().expect("state lock").status.announced = ranges;
+                }
+            }
+        }
         let router = Router {
             servers,
             configured,
@@ -509,6 +522,10 @@ impl Router {
             let mut state = self.servers[i].state.lock().expect("state lock");
             match got {
                 Ok(caps) => {
+                    if let Some(dir) = &self.options.cache_dir {
+                        // Best effort: without the cache, routing still works in this process.
+                        let _ = cache::save(dir, &self.servers[i].spec.name, &caps.ranges);
+                    }
                     state.status.path = Some(ProtocolPath::Ng);
                     state.status.announced = caps.ranges;
                     state.status.down = None;
@@ -717,6 +734,101 @@ async fn direct(target: &Address) -> Result<TcpStream, ClientError> {
     };
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+mod cache {
+    //! The announced ranges on disk: one file per server, one range per line, written whole
+    //! and renamed into place. A line is its prefixes (`10.0.0.0/8`), domains (`.corp.example`)
+    //! and ports (`port:1-1024`), separated by spaces.
+    use crate::ServedRange;
+    use std::io;
+    use std::path::{Path, PathBuf};
+
+    fn file(dir: &Path, server: &str) -> PathBuf {
+        let safe: String = server
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        dir.join(format!("ranges-{safe}.txt"))
+    }
+
+    pub(super) fn save(dir: &Path, server: &str, ranges: &[ServedRange]) -> io::Result<()> {
+        let mut text = String::new();
+        for r in ranges {
+            let mut words: Vec<String> = r
+                .prefixes
+                .iter()
+                .map(|(ip, len)| format!("{ip}/{len}"))
+                .collect();
+            words.extend(r.domains.iter().map(|d| format!(".{d}")));
+            words.extend(r.ports.iter().map(|(lo, hi)| format!("port:{lo}-{hi}")));
+            text.push_str(&words.join(" "));
+            text.push('\n');
+        }
+        std::fs::create_dir_all(dir)?;
+        let path = file(dir, server);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// The cached ranges; `None` when there is no cache or it cannot be read whole.
+    pub(super) fn load(dir: &Path, server: &str) -> Option<Vec<ServedRange>> {
+        let text = std::fs::read_to_string(file(dir, server)).ok()?;
+        let mut ranges = Vec::new();
+        for line in text.lines() {
+            let mut r = ServedRange::default();
+            for word in line.split_whitespace() {
+                if let Some(ports) = word.strip_prefix("port:") {
+                    let (lo, hi) = ports.split_once('-')?;
+                    r.ports.push((lo.parse().ok()?, hi.parse().ok()?));
+                } else if let Some(domain) = word.strip_prefix('.') {
+                    r.domains.push(domain.to_string());
+                } else {
+                    let (ip, len) = word.split_once('/')?;
+                    r.prefixes.push((ip.parse().ok()?, len.parse().ok()?));
+                }
+            }
+            ranges.push(r);
+        }
+        Some(ranges)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn ranges_survive_the_round_trip() {
+            let dir = std::env::temp_dir().join(format!("socksng-cache-{}", std::process::id()));
+            let ranges = vec![
+                ServedRange {
+                    prefixes: vec![
+                        ("10.0.0.0".parse().unwrap(), 8),
+                        ("fd00::".parse().unwrap(), 8),
+                    ],
+                    domains: vec!["corp.example".into()],
+                    ports: vec![(1, 1024), (8080, 8080)],
+                },
+                ServedRange {
+                    prefixes: vec![("0.0.0.0".parse().unwrap(), 0)],
+                    ..Default::default()
+                },
+            ];
+            save(&dir, "office/1", &ranges).unwrap();
+            assert_eq!(load(&dir, "office/1"), Some(ranges));
+            assert_eq!(load(&dir, "other"), None);
+            std::fs::write(file(&dir, "bad"), "10.0.0.0/x\n").unwrap();
+            assert_eq!(load(&dir, "bad"), None);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 #[cfg(test)]

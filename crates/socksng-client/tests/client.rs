@@ -280,6 +280,7 @@ async fn router_fails_over_takes_servers_out_and_refreshes() {
             refresh: Duration::ZERO,
             retry_after: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(10),
+            cache_dir: None,
         },
     );
     let in_a = Address::ip("127.0.1.1:9".parse().unwrap());

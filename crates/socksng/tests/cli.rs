@@ -424,10 +424,12 @@ async fn routing_across_two_servers_a_plain_one_and_direct() {
         &format!(
             "[[server]]\nname = \"a\"\nurl = \"{}\"\n\n[[server]]\nname = \"b\"\nurl = \"{}\"\n\n\
              [[server]]\nname = \"c\"\nurl = \"{}\"\nranges = [\"127.0.4.0/24\"]\n\n\
-             [[route]]\nto = [\"127.0.2.128/25\"]\nvia = \"direct\"\n",
+             [[route]]\nto = [\"127.0.2.128/25\"]\nvia = \"direct\"\n\n\
+             [options]\ncache_dir = \"{}\"\n",
             url(&a, ""),
             url(&b, ""),
-            url(&c, "")
+            url(&c, ""),
+            dir.join("cache").display()
         ),
     );
     let in_a = who_am_i_server("127.0.1.1:0").await;
@@ -492,12 +494,16 @@ async fn routing_across_two_servers_a_plain_one_and_direct() {
     assert_eq!(line(&format!("{in_a} ->")).last(), Some(&"a"));
     assert_eq!(line(&format!("{by_name} ->")).last(), Some(&"b"));
 
-    // Server b goes away. A fresh `socksng` process cannot learn b's ranges, so they are not
-    // in its table and 127.0.2.1 takes the default route; the table says b is down. (A
-    // long-running router keeps the last ranges and refuses instead: the library tests.)
+    // Server b goes away. A new `socksng` process knows b's last ranges from the cache, so
+    // 127.0.2.1 is refused ("no usable proxy") rather than reached directly.
     b.stop().await;
     let out = run(&["-c", &cfg, "connect", &in_b.to_string()], b"").await;
-    assert_eq!(text(&out.stdout), "127.0.0.1", "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("no usable proxy"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(&["-c", &cfg, "connect", &in_a.to_string()], b"").await;
     assert_eq!(text(&out.stdout), "127.0.0.11", "{}", text(&out.stderr));
     let out = run(&["-c", &cfg, "routes", "--json"], b"").await;
