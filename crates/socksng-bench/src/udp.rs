@@ -152,6 +152,18 @@ async fn round_trip(
 /// Round trips with one datagram outstanding; a datagram unanswered within a second counts as
 /// lost.
 pub async fn rtt(path: &UdpPath, p: &Params, proxy: &Meter) -> Result<Measure, String> {
+    rtt_over(Carrier::Datagram(path), p, proxy).await
+}
+
+/// What carries the round trips.
+enum Carrier<'a> {
+    /// Datagrams (UDP ASSOCIATE, or direct).
+    Datagram(&'a UdpPath),
+    /// Frames in a SOCKS-NG UDP-TUNNEL.
+    Tunnel(&'a mut ProxyUdp, &'a Targets),
+}
+
+async fn rtt_over(mut carrier: Carrier<'_>, p: &Params, proxy: &Meter) -> Result<Measure, String> {
     let deadline = Instant::now() + p.case_timeout;
     let mut buf = vec![0u8; 65536];
     let mut lat = Vec::with_capacity(p.udp_count);
@@ -165,9 +177,22 @@ pub async fn rtt(path: &UdpPath, p: &Params, proxy: &Meter) -> Result<Measure, S
             break;
         }
         let start = Instant::now();
-        match round_trip(path, seq, p.udp_rtt_size, &mut buf, limit).await {
+        let size = p.udp_rtt_size;
+        let done = match &mut carrier {
+            Carrier::Datagram(path) => round_trip(path, seq, size, &mut buf, limit)
+                .await
+                .map_err(|e| e.kind()),
+            Carrier::Tunnel(udp, t) => tunnel_round_trip(udp, t, seq, size, &mut buf, limit).await,
+        };
+        match done {
             Ok(()) => lat.push(start.elapsed().as_nanos() as u64),
-            Err(e) => m.error(e.kind()),
+            Err(e) => {
+                m.error(e);
+                // A tunnel is a stream: after a timeout it is out of step, so stop there.
+                if matches!(carrier, Carrier::Tunnel(..)) {
+                    break;
+                }
+            }
         }
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -374,43 +399,7 @@ pub async fn tunnel_rtt(
     p: &Params,
     proxy: &Meter,
 ) -> Result<Measure, String> {
-    let deadline = Instant::now() + p.case_timeout;
-    let mut buf = vec![0u8; 65536];
-    let mut lat = Vec::with_capacity(p.udp_count);
-    let mut m = Measure::default();
-    let limit = p.io_timeout.min(Duration::from_secs(1));
-    let window = CpuWindow::start(proxy);
-    let t0 = Instant::now();
-    for seq in 0..p.udp_count as u64 {
-        if Instant::now() >= deadline {
-            m.error("case timeout".into());
-            break;
-        }
-        let start = Instant::now();
-        match tunnel_round_trip(&mut udp, t, seq, p.udp_rtt_size, &mut buf, limit).await {
-            Ok(()) => lat.push(start.elapsed().as_nanos() as u64),
-            // A tunnel is a stream: after a timeout it is out of step, so stop here.
-            Err(e) => {
-                m.error(e);
-                break;
-            }
-        }
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let usage = window.finish();
-    if lat.is_empty() {
-        return Err(format!("no round trip completed: {:?}", m.errors));
-    }
-    lat.sort_unstable();
-    let us = |q| percentile_sorted(&lat, q).unwrap_or(0) as f64 / 1e3;
-    m.metric("per_s", lat.len() as f64 / secs);
-    m.metric("p50_us", us(0.5));
-    m.metric("p99_us", us(0.99));
-    usage.record(&mut m, proxy.is_proxy(), secs);
-    m.fact("completed", lat.len());
-    m.fact("lost", p.udp_count - lat.len());
-    m.fact("payload", p.udp_rtt_size);
-    Ok(m)
+    rtt_over(Carrier::Tunnel(&mut udp, t), p, proxy).await
 }
 
 /// Throughput over the stream with up to `udp_window` datagrams outstanding (the same load

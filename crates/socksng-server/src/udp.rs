@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpStream, UdpSocket};
 
 /// Names resolved per client are remembered, but not without bound.
 const NAME_CACHE_MAX: usize = 256;
@@ -268,6 +268,29 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
     );
 }
 
+/// Writes what the socket takes of the frames queued for the client (`outq` from `sent_off`);
+/// the queue is emptied once all is written, and compacted once more than `limit` was.
+fn write_queued(
+    stream: &TcpStream,
+    outq: &mut Vec<u8>,
+    sent_off: &mut usize,
+    limit: usize,
+) -> io::Result<()> {
+    match stream.try_write(&outq[*sent_off..]) {
+        Ok(k) => *sent_off += k,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    if *sent_off == outq.len() {
+        outq.clear();
+        *sent_off = 0;
+    } else if *sent_off > limit {
+        outq.drain(..*sent_off);
+        *sent_off = 0;
+    }
+    Ok(())
+}
+
 /// SOCKS-NG UDP-TUNNEL: datagrams framed as `LEN(2) ADDR DATA` inside the connection. Frames
 /// queued towards a client that does not read are bounded by `ng.udp_tunnel_queue`; beyond it
 /// datagrams are dropped, as UDP would drop them.
@@ -337,30 +360,15 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
                 }
                 // Nothing was waiting: write now rather than after another turn of the loop.
                 if was_idle {
-                    match stream.try_write(&outq[sent_off..]) {
-                        Ok(k) => sent_off += k,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => break format!("connection failed: {e}"),
-                    }
-                    if sent_off == outq.len() {
-                        outq.clear();
-                        sent_off = 0;
+                    if let Err(e) = write_queued(stream, &mut outq, &mut sent_off, limit) {
+                        break format!("connection failed: {e}");
                     }
                 }
             }
             r = stream.writable(), if want_write => {
                 if let Err(e) = r { break format!("connection failed: {e}"); }
-                match stream.try_write(&outq[sent_off..]) {
-                    Ok(k) => sent_off += k,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => break format!("connection failed: {e}"),
-                }
-                if sent_off == outq.len() {
-                    outq.clear();
-                    sent_off = 0;
-                } else if sent_off > limit {
-                    outq.drain(..sent_off);
-                    sent_off = 0;
+                if let Err(e) = write_queued(stream, &mut outq, &mut sent_off, limit) {
+                    break format!("connection failed: {e}");
                 }
             }
         }
