@@ -212,6 +212,39 @@ async fn rtt_over(mut carrier: Carrier<'_>, p: &Params, proxy: &Meter) -> Result
     Ok(m)
 }
 
+/// What a throughput run counted, up to the last echo.
+struct Tally {
+    sent: u64,
+    got: u64,
+    lost: u64,
+    bytes: u64,
+    secs: f64,
+}
+
+impl Tally {
+    fn into_measure(
+        self,
+        mut m: Measure,
+        window: CpuWindow,
+        p: &Params,
+        proxy: &Meter,
+    ) -> Result<Measure, String> {
+        let usage = window.finish();
+        if self.got == 0 || self.secs <= 0.0 {
+            return Err(format!("no datagram came back: {:?}", m.errors));
+        }
+        m.metric("gbit_s", self.bytes as f64 * 8.0 / self.secs / 1e9);
+        m.metric("per_s", self.got as f64 / self.secs);
+        m.metric("loss", self.lost as f64 / self.sent.max(1) as f64);
+        usage.record(&mut m, proxy.is_proxy(), usage.wall);
+        m.fact("sent", self.sent);
+        m.fact("echoed", self.got);
+        m.fact("payload", p.udp_tput_size);
+        m.fact("window", p.udp_window);
+        Ok(m)
+    }
+}
+
 /// Throughput: up to `udp_window` datagrams in flight; when nothing comes back for 200 ms the
 /// outstanding ones are counted lost and the window refilled. Rate is echoed payload bytes over
 /// the time to the last echo.
@@ -293,20 +326,14 @@ pub async fn tput(path: &UdpPath, p: &Params, proxy: &Meter) -> Result<Measure, 
             }
         }
     }
-    let secs = last.duration_since(t0).as_secs_f64();
-    let usage = window.finish();
-    if got == 0 || secs <= 0.0 {
-        return Err(format!("no datagram came back: {:?}", m.errors));
-    }
-    m.metric("gbit_s", bytes as f64 * 8.0 / secs / 1e9);
-    m.metric("per_s", got as f64 / secs);
-    m.metric("loss", lost as f64 / sent.max(1) as f64);
-    usage.record(&mut m, proxy.is_proxy(), usage.wall);
-    m.fact("sent", sent);
-    m.fact("echoed", got);
-    m.fact("payload", p.udp_tput_size);
-    m.fact("window", p.udp_window);
-    Ok(m)
+    let tally = Tally {
+        sent,
+        got,
+        lost,
+        bytes,
+        secs: last.duration_since(t0).as_secs_f64(),
+    };
+    tally.into_measure(m, window, p, proxy)
 }
 
 /// Sets up UDP over the stream: a SOCKS-NG UDP-TUNNEL through the client library, checked
@@ -468,18 +495,12 @@ pub async fn tunnel_tput(
         Ok(Err(e)) => m.error(format!("tunnel send: {e}")),
         Err(e) => m.error(format!("tunnel writer: {e}")),
     }
-    let secs = last.duration_since(t0).as_secs_f64();
-    let usage = window.finish();
-    if got == 0 || secs <= 0.0 {
-        return Err(format!("no datagram came back: {:?}", m.errors));
-    }
-    m.metric("gbit_s", bytes as f64 * 8.0 / secs / 1e9);
-    m.metric("per_s", got as f64 / secs);
-    m.metric("loss", lost as f64 / sent_total.max(1) as f64);
-    usage.record(&mut m, proxy.is_proxy(), usage.wall);
-    m.fact("sent", sent_total);
-    m.fact("echoed", got);
-    m.fact("payload", size);
-    m.fact("window", p.udp_window);
-    Ok(m)
+    let tally = Tally {
+        sent: sent_total,
+        got,
+        lost,
+        bytes,
+        secs: last.duration_since(t0).as_secs_f64(),
+    };
+    tally.into_measure(m, window, p, proxy)
 }

@@ -76,6 +76,13 @@ async fn who_am_i_server(bind: &str) -> SocketAddr {
     a
 }
 
+/// The command failed (exit 1) and said `why` on standard error.
+fn assert_failed_saying(out: &std::process::Output, why: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(why), "expected {why:?} in: {err}");
+}
+
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
@@ -99,6 +106,11 @@ async fn connect_relays_standard_input_and_output() {
     let out = run(&["-v", "-x", &u, "connect", &named], b"by name").await;
     assert_eq!(text(&out.stdout), "by name");
     assert!(
+        text(&out.stderr).contains("via 127.0.0.1"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
         text(&out.stderr).contains("SOCKS-NG"),
         "{}",
         text(&out.stderr)
@@ -111,12 +123,7 @@ async fn connect_relays_standard_input_and_output() {
         b"",
     )
     .await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("not allowed by ruleset"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_failed_saying(&out, "not allowed by ruleset");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,12 +256,7 @@ async fn forward_remote_on_a_chosen_port_exact_or_not() {
         b"",
     )
     .await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("listen on"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_failed_saying(&out, "listen on");
     // Not exact: another port is taken instead, and it serves.
     let (mut child, line) = start(&[
         "-x",
@@ -338,11 +340,7 @@ async fn a_proxy_that_is_down_is_an_error_never_a_direct_connection() {
         .await;
         assert_eq!(out.status.code(), Some(1), "{target}");
         assert!(out.stdout.is_empty(), "{target}: data went somewhere");
-        assert!(
-            text(&out.stderr).contains("no usable proxy"),
-            "{}",
-            text(&out.stderr)
-        );
+        assert_failed_saying(&out, "no usable proxy");
     }
 }
 
@@ -498,12 +496,7 @@ async fn routing_across_two_servers_a_plain_one_and_direct() {
     // 127.0.2.1 is refused ("no usable proxy") rather than reached directly.
     b.stop().await;
     let out = run(&["-c", &cfg, "connect", &in_b.to_string()], b"").await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    assert!(
-        text(&out.stderr).contains("no usable proxy"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_failed_saying(&out, "no usable proxy");
     let out = run(&["-c", &cfg, "connect", &in_a.to_string()], b"").await;
     assert_eq!(text(&out.stdout), "127.0.0.11", "{}", text(&out.stderr));
     let out = run(&["-c", &cfg, "routes", "--json"], b"").await;
