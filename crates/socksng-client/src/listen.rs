@@ -79,6 +79,7 @@ impl Client {
             inbox: buf,
             bound,
             path,
+            pending: None,
         })
     }
 }
@@ -92,6 +93,9 @@ pub struct ProxyListener {
     inbox: Vec<u8>,
     bound: Address,
     path: ProtocolPath,
+    /// An accept notice read but not yet claimed: kept here so that an `accept` future
+    /// dropped mid-claim (a timeout around it, say) does not lose the connection.
+    pending: Option<(Token, Address)>,
 }
 
 impl ProxyListener {
@@ -108,6 +112,8 @@ impl ProxyListener {
     /// Waits for the next incoming connection and returns it with the peer's address. With
     /// SOCKS-NG the token is claimed over a new connection to the proxy; each claim is its own
     /// connection, so claimed streams are independent of each other and of the listener.
+    /// Dropping the future (a timeout around it, say) loses no connection: a notice read but
+    /// not yet claimed is claimed by the next call.
     pub async fn accept(&mut self) -> Result<(ProxyStream, Address), ClientError> {
         let Some(control) = self.control.as_mut() else {
             return Err(ClientError::NotSupported(
@@ -125,25 +131,33 @@ impl ProxyListener {
             return Ok((proxied, peer));
         }
         loop {
-            let control = self.control.as_mut().expect("checked above");
-            match read_message(control, &mut self.inbox, ControlMessage::decode).await? {
-                ControlMessage::AcceptNotice { token, peer } => {
-                    // Bounded, so one stuck claim cannot hold up the peers queued behind it.
-                    let claimed = tokio::time::timeout(CLAIM_TIMEOUT, self.claim(token)).await;
-                    match claimed.unwrap_or_else(|_| {
-                        Err(ClientError::Io(std::io::ErrorKind::TimedOut.into()))
-                    }) {
-                        Ok(stream) => return Ok((stream, peer)),
-                        // Expired or refused meanwhile, or the claim connection failed: that
-                        // peer is lost, the listener is not; wait for the next one. A dead
-                        // proxy shows up on the control connection.
-                        Err(_) => continue,
+            let (token, peer) = match self.pending.clone() {
+                Some(notice) => notice,
+                None => {
+                    let control = self.control.as_mut().expect("checked above");
+                    match read_message(control, &mut self.inbox, ControlMessage::decode).await? {
+                        ControlMessage::AcceptNotice { token, peer } => {
+                            self.pending = Some((token, peer.clone()));
+                            (token, peer)
+                        }
+                        ControlMessage::Expired { .. } => continue,
+                        ControlMessage::Refuse { .. } => {
+                            return Err(ClientError::Protocol("REFUSE sent by the server".into()))
+                        }
                     }
                 }
-                ControlMessage::Expired { .. } => continue,
-                ControlMessage::Refuse { .. } => {
-                    return Err(ClientError::Protocol("REFUSE sent by the server".into()))
-                }
+            };
+            // Bounded, so one stuck claim cannot hold up the peers queued behind it.
+            let claimed = tokio::time::timeout(CLAIM_TIMEOUT, self.claim(token)).await;
+            self.pending = None;
+            match claimed
+                .unwrap_or_else(|_| Err(ClientError::Io(std::io::ErrorKind::TimedOut.into())))
+            {
+                Ok(stream) => return Ok((stream, peer)),
+                // Expired or refused meanwhile, or the claim connection failed: that peer is
+                // lost, the listener is not; wait for the next one. A dead proxy shows up on
+                // the control connection.
+                Err(_) => continue,
             }
         }
     }
