@@ -184,6 +184,13 @@ fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The path of `bin`, installing Debian's `package` first when it is missing and this process
+/// runs as root: for test suites that drive a real program (dnsmasq, say).
+pub fn tool(bin: &str, package: &str) -> Result<PathBuf, String> {
+    ensure_packages(&[(bin, package)], is_root())?;
+    which(bin).ok_or_else(|| format!("{bin} not found after installing {package}"))
+}
+
 /// Runs a short command, returning stdout+stderr; bounded by `timeout`.
 fn run_capture(
     cmd: &mut Command,

@@ -344,6 +344,77 @@ async fn a_proxy_that_is_down_is_an_error_never_a_direct_connection() {
     }
 }
 
+/// A DNS query for `example.test` A, id 0x1234, recursion desired.
+const DNS_QUERY: &[u8] =
+    b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x04test\x00\x00\x01\x00\x01";
+
+/// dnsmasq on 127.0.0.1 answering `example.test` with 192.0.2.7 and nothing else (no upstream,
+/// no hosts file), stopped when dropped; waits until it answers.
+async fn dnsmasq() -> (Child, SocketAddr) {
+    let bin = socksng_bench::subjects::tool("dnsmasq", "dnsmasq-base")
+        .expect("dnsmasq must be installed (dnsmasq-base)");
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let child = Command::new(bin)
+        .args([
+            "-k",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+        ])
+        .args([
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+            "--address=/example.test/192.0.2.7",
+        ])
+        .arg(format!("--port={}", addr.port()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let asker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 512];
+    for _ in 0..100 {
+        asker.send_to(DNS_QUERY, addr).await.unwrap();
+        let answered =
+            tokio::time::timeout(std::time::Duration::from_millis(100), asker.recv(&mut buf));
+        if let Ok(Ok(n)) = answered.await {
+            if n > 2 && buf[..2] == DNS_QUERY[..2] {
+                return (child, addr);
+            }
+        }
+    }
+    panic!("dnsmasq did not answer on {addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dns_query_through_the_tunnel_and_udp_associate() {
+    let (_dns, dns) = dnsmasq().await;
+    let ng = proxy("dns-ng", ALLOW_LOOPBACK).await;
+    let plain = proxy(
+        "dns-plain",
+        &format!("[ng]\nenabled = false\n{ALLOW_LOOPBACK}"),
+    )
+    .await;
+    for p in [&ng, &plain] {
+        let out = run(
+            &["-x", &url(p, ""), "udp", &dns.to_string(), "--hex"],
+            DNS_QUERY,
+        )
+        .await;
+        let t = text(&out.stdout);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let (from, reply) = t.trim().split_once(' ').unwrap();
+        assert_eq!(from, dns.to_string());
+        // The same id, a response, and the answer's address 192.0.2.7.
+        assert!(reply.starts_with("12348"), "{reply}");
+        assert!(reply.ends_with("c0000207"), "{reply}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_in_text_and_json() {
     let served =
