@@ -108,12 +108,17 @@ impl Default for OptionsConfig {
     }
 }
 
+/// The user's socksng directory of one XDG kind: `$VAR/socksng`, else `~/FALLBACK/socksng`.
+fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
+        .map(|d| d.join("socksng"))
+}
+
 /// `$XDG_CACHE_HOME/socksng`, else `~/.cache/socksng`.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| d.join("socksng"))
+    xdg_dir("XDG_CACHE_HOME", ".cache")
 }
 
 fn destinations(list: &[String]) -> Result<Vec<Destination>, ClientError> {
@@ -163,10 +168,7 @@ impl ClientConfig {
         if let Some(p) = std::env::var_os("SOCKSNG_CLIENT_CONFIG") {
             return Some(PathBuf::from(p));
         }
-        let user = std::env::var_os("XDG_CONFIG_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-            .map(|d| d.join("socksng").join("client.toml"));
+        let user = xdg_dir("XDG_CONFIG_HOME", ".config").map(|d| d.join("client.toml"));
         user.into_iter()
             .chain([PathBuf::from("/etc/socksng/client.toml")])
             .find(|p| p.is_file())

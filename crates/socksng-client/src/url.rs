@@ -37,6 +37,25 @@ impl fmt::Debug for ProxyUrl {
     }
 }
 
+/// The URL without the password: what may be shown in logs and output.
+impl fmt::Display for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.resolve {
+            Resolve::Local => "socks5",
+            Resolve::Remote => "socks5h",
+        };
+        write!(f, "{scheme}://")?;
+        if let Some((user, _)) = &self.credentials {
+            write!(f, "{user}@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 fn percent_decode(s: &str) -> Result<String, ClientError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -208,6 +227,10 @@ mod tests {
             ("127.0.0.1", 9050, Resolve::Remote)
         );
         assert!(!format!("{u:?}").contains("pass"));
+        let shown = ProxyUrl::parse("socks5h://al:secret@[::1]:1081")
+            .unwrap()
+            .to_string();
+        assert_eq!(shown, "socks5h://al@[::1]:1081");
         assert!(ProxyUrl::parse("http://proxy:8080").is_err());
         assert!(ProxyUrl::parse("socks5://:1080").is_err());
         assert!(ProxyUrl::parse("socks5://h:99999").is_err());

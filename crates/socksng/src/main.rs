@@ -469,24 +469,7 @@ async fn info(cli: &Cli, server: Option<&str>, json: bool) -> Result<()> {
     };
     let mut failed = false;
     for (name, client) in targets {
-        let url = client.proxy();
-        let shown = format!(
-            "{}://{}{}:{}",
-            match url.resolve {
-                socksng_client::Resolve::Local => "socks5",
-                socksng_client::Resolve::Remote => "socks5h",
-            },
-            url.credentials
-                .as_ref()
-                .map(|(u, _)| format!("{u}@"))
-                .unwrap_or_default(),
-            if url.host.contains(':') {
-                format!("[{}]", url.host)
-            } else {
-                url.host.clone()
-            },
-            url.port
-        );
+        let shown = client.proxy().to_string();
         match in_time(client.capabilities()).await {
             Ok(caps) => {
                 if json {

@@ -242,31 +242,20 @@ async fn forward_remote_on_a_chosen_port_exact_or_not() {
     let u = url(&p, "alice:s3cret@");
     let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
+    let web = web.to_string();
+    let forward = |exact: bool| {
+        let mut args = vec!["-x", u.as_str(), "forward-remote", "--port", port.as_str()];
+        if exact {
+            args.push("--exact");
+        }
+        args.push(web.as_str());
+        args
+    };
     // Exact on a taken port: refused with the reason, a failing exit.
-    let out = run(
-        &[
-            "-x",
-            &u,
-            "forward-remote",
-            "--port",
-            &port,
-            "--exact",
-            &web.to_string(),
-        ],
-        b"",
-    )
-    .await;
+    let out = run(&forward(true), b"").await;
     assert_failed_saying(&out, "listen on");
     // Not exact: another port is taken instead, and it serves.
-    let (mut child, line) = start(&[
-        "-x",
-        &u,
-        "forward-remote",
-        "--port",
-        &port,
-        &web.to_string(),
-    ])
-    .await;
+    let (mut child, line) = start(&forward(false)).await;
     let public: SocketAddr = line.split(' ').nth(2).unwrap().parse().unwrap();
     assert_ne!(public.port().to_string(), port);
     let mut s = TcpStream::connect(public).await.unwrap();
@@ -277,16 +266,7 @@ async fn forward_remote_on_a_chosen_port_exact_or_not() {
     child.kill().await.unwrap();
     // A free port asked exactly is the one published.
     drop(taken);
-    let (mut child, line) = start(&[
-        "-x",
-        &u,
-        "forward-remote",
-        "--port",
-        &port,
-        "--exact",
-        &web.to_string(),
-    ])
-    .await;
+    let (mut child, line) = start(&forward(true)).await;
     assert!(
         line.starts_with(&format!("listening on 127.0.0.1:{port} ")),
         "{line}"
