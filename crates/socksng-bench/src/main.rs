@@ -129,6 +129,11 @@ struct Cli {
     /// Keep the run directory (configs, server logs) afterwards.
     #[arg(long)]
     keep_tmp: bool,
+    /// Set the machine's TCP congestion control for the run (net.ipv4.tcp_congestion_control,
+    /// e.g. cubic; needs root) and put the previous one back afterwards. It applies to every
+    /// subject and to direct. Default: unchanged.
+    #[arg(long, value_name = "ALGORITHM")]
+    tcp_congestion: Option<String>,
 }
 
 const BUILTIN: [&str; 5] = ["direct", "socksng", "dante", "microsocks", "ssh-d"];
@@ -167,6 +172,14 @@ fn real_main(cli: &Cli) -> Result<()> {
         procs::set_nice(n).with_context(|| format!("setting nice {n}"))?;
     }
     zerocopy::set_copy_io(cli.copy_io);
+    // Held to the end of this function: the previous algorithm comes back on every exit path.
+    let _congestion = match &cli.tcp_congestion {
+        Some(cc) => Some(
+            procs::CongestionControl::set(cc)
+                .with_context(|| format!("setting TCP congestion control {cc}"))?,
+        ),
+        None => None,
+    };
     let rt = if pinned && gen_cpus.len() > 1 {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(gen_cpus.len())
@@ -290,8 +303,8 @@ fn machine_note(cli: &Cli, setup: &Setup) -> String {
         .collect();
     format!(
         "Machine: {} CPU(s) ({model}), Linux {}; proxy on CPU {}, load generator and targets on \
-         CPU {}{}; generator I/O {}; nice {}; descriptor limit {}; repeats {}. Cells: median [min–max] (ratio to \
-         direct).\nCommand: `{}`",
+         CPU {}{}; generator I/O {}; TCP congestion control {}; nice {}; descriptor limit {}; \
+         repeats {}. Cells: median [min–max] (ratio to direct).\nCommand: `{}`",
         setup.cpus,
         kernel.trim(),
         cli.proxy_cpu,
@@ -301,7 +314,12 @@ fn machine_note(cli: &Cli, setup: &Setup) -> String {
             .collect::<Vec<_>>()
             .join(","),
         if setup.pinned { "" } else { " (NOT pinned)" },
-        if cli.copy_io { "read/write" } else { "sendfile/splice" },
+        if cli.copy_io {
+            "read/write"
+        } else {
+            "sendfile/splice"
+        },
+        procs::tcp_congestion().unwrap_or_else(|| "unknown".into()),
         cli.nice.map_or("unchanged".into(), |n| n.to_string()),
         setup.nofile,
         if cli.quick { 1 } else { cli.repeat.max(1) },

@@ -439,6 +439,47 @@ pub fn raise_nofile(want: u64) -> u64 {
     }
 }
 
+const CONGESTION_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
+
+/// The machine's default TCP congestion control (what new sockets get), if readable.
+pub fn tcp_congestion() -> Option<String> {
+    std::fs::read_to_string(CONGESTION_SYSCTL)
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// The machine-wide TCP congestion control, set for one run and put back on drop. It applies
+/// to every subject and to direct alike: loopback runs are sensitive to it (BBR's pacing caps
+/// a stream whose two ends sit on different cores, see docs/benchmarks.md).
+pub struct CongestionControl {
+    previous: String,
+}
+
+impl CongestionControl {
+    /// Sets `algorithm` (it must be in tcp_available_congestion_control; needs root).
+    pub fn set(algorithm: &str) -> io::Result<CongestionControl> {
+        let previous = tcp_congestion().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{CONGESTION_SYSCTL} unreadable"),
+            )
+        })?;
+        std::fs::write(CONGESTION_SYSCTL, algorithm)?;
+        Ok(CongestionControl { previous })
+    }
+}
+
+impl Drop for CongestionControl {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(CONGESTION_SYSCTL, &self.previous) {
+            eprintln!(
+                "# warning: could not restore TCP congestion control {}: {e}",
+                self.previous
+            );
+        }
+    }
+}
+
 /// A server process started by the benchmark, in its own process group. Dropping it kills the
 /// group and every descendant (by PID) and reaps the child.
 pub struct Proc {

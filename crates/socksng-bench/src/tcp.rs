@@ -2,7 +2,7 @@
 //! cycles with latency percentiles, and memory per idle proxied connection.
 
 use crate::cases::{Measure, Params};
-use crate::procs::{sample_tree, CpuWindow, Meter};
+use crate::procs::{sample_tree, tcp_congestion, CpuWindow, Meter};
 use crate::socks::{io_error, open, step, Route, SocksError};
 use crate::stats::percentile_sorted;
 use crate::targets::{Targets, BULK, ZEROS};
@@ -250,6 +250,9 @@ pub async fn throughput(
     }
     m.fact("streams", streams);
     m.fact("seconds", secs);
+    if let Some(cc) = tcp_congestion() {
+        m.fact("tcp_congestion", cc);
+    }
     Ok(m)
 }
 
@@ -354,6 +357,9 @@ pub async fn handshakes(
     m.fact("concurrency", p.hs_concurrency);
     m.fact("max_ms", *lat.last().unwrap_or(&0) as f64 / 1e6);
     m.fact("seconds", secs);
+    if let Some(cc) = tcp_congestion() {
+        m.fact("tcp_congestion", cc);
+    }
     Ok(m)
 }
 
