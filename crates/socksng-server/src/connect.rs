@@ -8,12 +8,13 @@
 //! established connection wins while the rest are abandoned.
 
 use crate::config::FamilyPreference;
-use socket2::{SockRef, TcpKeepalive};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use socksng_proto::ReplyCode;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 /// getaddrinfo runs on tokio's blocking pool (512 threads), which password checks share; slow
@@ -83,27 +84,52 @@ pub fn external_for(external: &[IpAddr], target: IpAddr) -> Option<IpAddr> {
         .find(|e| e.is_ipv4() == target.is_ipv4())
 }
 
-async fn connect_one(addr: SocketAddr, external: &[IpAddr]) -> io::Result<TcpStream> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
+/// Connects one socket, tuned before the SYN leaves. Success is read from the readiness
+/// itself: a failed connect raises EPOLLERR, so the SO_ERROR query that tokio's own connect
+/// makes on every connection is only needed on failure.
+async fn connect_one(
+    addr: SocketAddr,
+    external: &[IpAddr],
+    keepalive: Duration,
+) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    tune_socket(SockRef::from(&socket), keepalive);
     if let Some(source) = external_for(external, addr.ip()) {
-        socket.bind(SocketAddr::new(source, 0))?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
     }
-    socket.connect(addr).await
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(stream
+            .take_error()?
+            .unwrap_or_else(|| io::ErrorKind::NotConnected.into()));
+    }
+    Ok(stream)
 }
 
 /// Races connections to `addrs` (already in preference order) and returns the first that
-/// succeeds, with its address. On total failure returns the most telling error seen.
+/// succeeds, with its address, tuned as `tune_socket` does with `keepalive`. On total failure
+/// returns the most telling error seen.
 pub async fn connect_racing(
     addrs: &[SocketAddr],
     attempt_delay: Duration,
     external: &[IpAddr],
+    keepalive: Duration,
 ) -> io::Result<(TcpStream, SocketAddr)> {
     // One address has nothing to race: connect in this task, without spawning.
     if let [only] = addrs {
-        return connect_one(*only, external).await.map(|s| (s, *only));
+        return connect_one(*only, external, keepalive)
+            .await
+            .map(|s| (s, *only));
     }
     let mut pending = addrs.iter().copied();
     let mut attempts = JoinSet::new();
@@ -113,7 +139,7 @@ pub async fn connect_racing(
             match pending.next() {
                 Some(a) => {
                     let external = external.to_vec();
-                    attempts.spawn(async move { (a, connect_one(a, &external).await) });
+                    attempts.spawn(async move { (a, connect_one(a, &external, keepalive).await) });
                 }
                 None => {
                     return Err(best_error.unwrap_or_else(|| {
@@ -131,7 +157,7 @@ pub async fn connect_racing(
                     // A failure starts the next attempt without waiting.
                     if let Some(a) = pending.next() {
                         let external = external.to_vec();
-                    attempts.spawn(async move { (a, connect_one(a, &external).await) });
+                    attempts.spawn(async move { (a, connect_one(a, &external, keepalive).await) });
                     }
                 }
                 Some(Err(join)) => best_error = Some(more_telling(best_error.take(), io::Error::other(join))),
@@ -140,7 +166,7 @@ pub async fn connect_racing(
             _ = next_start, if pending.len() > 0 => {
                 if let Some(a) = pending.next() {
                     let external = external.to_vec();
-                    attempts.spawn(async move { (a, connect_one(a, &external).await) });
+                    attempts.spawn(async move { (a, connect_one(a, &external, keepalive).await) });
                 }
             }
         }
@@ -273,11 +299,11 @@ mod tests {
             let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             t.local_addr().unwrap()
         };
-        let (_, used) = connect_racing(&[dead, good], Duration::from_secs(30), &[])
+        let (_, used) = connect_racing(&[dead, good], Duration::from_secs(30), &[], Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(used, good);
-        let err = connect_racing(&[dead], Duration::from_millis(10), &[])
+        let err = connect_racing(&[dead], Duration::from_millis(10), &[], Duration::ZERO)
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);

@@ -3,9 +3,7 @@
 //! session limit, dispatch to CONNECT / BIND / UDP ASSOCIATE, and the one log line that
 //! records the session when it ends.
 
-use crate::connect::{
-    canonical_addr, connect_racing, interleave, reply_code_for, resolve, tune_stream,
-};
+use crate::connect::{canonical_addr, connect_racing, interleave, reply_code_for, resolve};
 use crate::policy::Verdict;
 use crate::relay::relay;
 use crate::server::Shared;
@@ -177,7 +175,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     }
     // Nodelay and keepalive came with the accepted socket from the listener (server.rs).
     #[cfg(not(target_os = "linux"))]
-    tune_stream(&stream, shared.cfg.timeouts.tcp_keepalive);
+    crate::connect::tune_stream(&stream, shared.cfg.timeouts.tcp_keepalive);
     let handshake_timeout = shared.cfg.timeouts.handshake;
     // The transient phases are boxed so that a long-lived relay's task is not sized for them.
     let result = Box::pin(timeout(
@@ -423,6 +421,7 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
             &addrs,
             shared.cfg.resolver.attempt_delay,
             &shared.cfg.external,
+            shared.cfg.timeouts.tcp_keepalive,
         ),
     ))
     .await
@@ -435,7 +434,6 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
         }
     };
     log.connected = Some(used);
-    tune_stream(&target, shared.cfg.timeouts.tcp_keepalive);
     let bound = match target.local_addr() {
         Ok(a) => canonical_addr(a),
         Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
