@@ -8,6 +8,8 @@ use socksng_server::{CancellationToken, Config, Server};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+mod log_output;
+
 /// socksngd: a SOCKS5 (RFC 1928/1929) and SOCKS4/4a proxy server.
 ///
 /// Without a configuration file it listens on 127.0.0.1:1080 and [::1]:1080, asks for no
@@ -117,17 +119,20 @@ fn run(cfg: Config) -> Result<()> {
             .unwrap_or(1),
         n => n,
     };
-    let runtime = if workers == 1 {
+    let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()?
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
     };
-    runtime.block_on(async move {
+    // Session lines wait while there is work and go out before the runtime sleeps.
+    log_output::start_batching();
+    let runtime = builder
+        .enable_all()
+        .on_thread_park(log_output::flush)
+        .build()?;
+    let served = runtime.block_on(async move {
         // Handlers go in before the first "accepting" line, so a supervisor that signals as
         // soon as it sees the server listening is never met by the default (killing) action.
         let mut signals = Signals::install()?;
@@ -142,11 +147,14 @@ fn run(cfg: Config) -> Result<()> {
             tracing::info!("{which} received: stopping (send it again to stop at once)");
             let again = signals.next().await;
             tracing::warn!("{again} received again: exiting without waiting for sessions");
+            log_output::flush();
             std::process::exit(1);
         });
         server.run(shutdown).await;
         Ok(())
-    })
+    });
+    log_output::flush();
+    served
 }
 
 struct Signals {
@@ -182,7 +190,7 @@ fn init_logging(level: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         // A vanished log reader must not turn every log call into a panic.
         .log_internal_errors(false)
-        .with_writer(std::io::stderr)
+        .with_writer(log_output::Stderr)
         .init();
 }
 
@@ -199,7 +207,7 @@ fn init_logging(level: &str) {
         .with_max_level(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false)
-        .with_writer(std::io::stderr)
+        .with_writer(log_output::Stderr)
         .init();
 }
 
