@@ -1,14 +1,17 @@
 //! Where log lines go: standard error, with info and debug lines gathered while the runtime is
 //! busy and written in one call when it goes idle.
 //!
-//! A busy proxy logs one line per session, and a write(2) per line was a tenth of the CPU a
-//! short session costs. Lines wait in memory only while there is other work to do: the runtime
-//! flushes them just before it parks (`flush`, from `on_thread_park`), and a batch is also
-//! written once it holds `MAX_BYTES` or its first line is `MAX_AGE` old. Warnings and errors
-//! are written at once, after whatever is pending, so the order of lines is kept.
+//! A busy proxy logs one line per session, and a write(2) per line is one system call in every
+//! 35 a short session costs. Lines wait in memory only while there is other work to do: each
+//! runtime thread calls `on_park` just before it sleeps (tokio's `on_thread_park`), which
+//! writes the batch, and a batch is also written once it holds `MAX_BYTES` or its first line is
+//! `MAX_AGE` old. Only threads that have parked once batch their lines: another thread (the
+//! multi-thread runtime's `block_on` caller, the blocking pool) may never park, so its lines go
+//! out at once. Warnings and errors go out at once too, after whatever is pending, so the order
+//! of lines is kept.
 
+use std::cell::Cell;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{Level, Metadata};
@@ -19,7 +22,10 @@ const MAX_BYTES: usize = 16 * 1024;
 /// ...or once its first line has waited this long (a runtime that never idles).
 const MAX_AGE: Duration = Duration::from_secs(1);
 
-static BATCHING: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Set on a thread once it has parked: it will park again, and flush then.
+    static PARKS: Cell<bool> = const { Cell::new(false) };
+}
 static PENDING: Mutex<Pending> = Mutex::new(Pending {
     bytes: Vec::new(),
     since: None,
@@ -46,13 +52,14 @@ fn pending() -> std::sync::MutexGuard<'static, Pending> {
     PENDING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Starts gathering info and debug lines. Whoever calls this must call `flush` when the
-/// process goes idle and before it exits.
-pub fn start_batching() {
-    BATCHING.store(true, Ordering::Relaxed);
+/// For `on_thread_park`: writes the pending lines, and lets this thread's later lines wait for
+/// its next park.
+pub fn on_park() {
+    PARKS.with(|p| p.set(true));
+    flush();
 }
 
-/// Writes the pending lines.
+/// Writes the pending lines (also before the process exits).
 pub fn flush() {
     pending().write_out();
 }
@@ -107,7 +114,7 @@ impl<'a> MakeWriter<'a> for Stderr {
 
 fn writer_for(level: Level) -> LineWriter {
     // In tracing's order, WARN and ERROR are the levels at or below WARN.
-    if BATCHING.load(Ordering::Relaxed) && level > Level::WARN {
+    if level > Level::WARN && PARKS.with(Cell::get) {
         LineWriter::Batched
     } else {
         LineWriter::Now
@@ -120,8 +127,9 @@ mod tests {
 
     #[test]
     fn batches_until_flushed_and_keeps_order_for_warnings() {
+        // A thread that has not parked writes at once.
         assert!(matches!(writer_for(Level::INFO), LineWriter::Now));
-        start_batching();
+        on_park();
         assert!(matches!(writer_for(Level::WARN), LineWriter::Now));
         let mut info = writer_for(Level::INFO);
         assert!(matches!(info, LineWriter::Batched));

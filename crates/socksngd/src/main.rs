@@ -127,10 +127,9 @@ fn run(cfg: Config) -> Result<()> {
         b
     };
     // Session lines wait while there is work and go out before the runtime sleeps.
-    log_output::start_batching();
     let runtime = builder
         .enable_all()
-        .on_thread_park(log_output::flush)
+        .on_thread_park(log_output::on_park)
         .build()?;
     let served = runtime.block_on(async move {
         // Handlers go in before the first "accepting" line, so a supervisor that signals as
