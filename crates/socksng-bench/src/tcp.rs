@@ -51,6 +51,19 @@ impl Endpoints {
     }
 }
 
+/// The next of `n` work items for a worker, until they run out or `deadline` passes.
+fn claim(next: &AtomicUsize, n: usize, deadline: Instant) -> Option<usize> {
+    let i = next.fetch_add(1, Ordering::Relaxed);
+    (i < n && Instant::now() < deadline).then_some(i)
+}
+
+/// Notes the congestion control the TCP case ran under (see `--tcp-congestion`).
+fn record_congestion(m: &mut Measure) {
+    if let Some(cc) = tcp_congestion() {
+        m.fact("tcp_congestion", cc);
+    }
+}
+
 /// Opens `n` connections along `route`, at most `concurrency` at a time. Returns the streams
 /// opened and a tally of failures; stops claiming new ones after `deadline`.
 async fn open_many(
@@ -69,11 +82,7 @@ async fn open_many(
         set.spawn(async move {
             let mut streams = Vec::new();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n || Instant::now() >= deadline {
-                    break;
-                }
+            while let Some(i) = claim(&next, n, deadline) {
                 let (src, target) = ends.pick(i);
                 match open_one(&route, src, target, limit, exchange).await {
                     Ok(s) => streams.push(s),
@@ -250,9 +259,7 @@ pub async fn throughput(
     }
     m.fact("streams", streams);
     m.fact("seconds", secs);
-    if let Some(cc) = tcp_congestion() {
-        m.fact("tcp_congestion", cc);
-    }
+    record_congestion(&mut m);
     Ok(m)
 }
 
@@ -272,11 +279,7 @@ async fn cycles(
         set.spawn(async move {
             let mut lat: Vec<u64> = Vec::with_capacity(n / 8 + 1);
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n || Instant::now() >= deadline {
-                    break;
-                }
+            while let Some(i) = claim(&next, n, deadline) {
                 let (src, target) = ends.pick(i);
                 let start = Instant::now();
                 match open_one(&route, src, target, limit, payload).await {
@@ -357,9 +360,7 @@ pub async fn handshakes(
     m.fact("concurrency", p.hs_concurrency);
     m.fact("max_ms", *lat.last().unwrap_or(&0) as f64 / 1e6);
     m.fact("seconds", secs);
-    if let Some(cc) = tcp_congestion() {
-        m.fact("tcp_congestion", cc);
-    }
+    record_congestion(&mut m);
     Ok(m)
 }
 
