@@ -7,6 +7,7 @@
 //!
 //! - [`config`]: the TOML schema, defaults and validation;
 //! - [`policy`]: client networks and destination rules, one engine for every command;
+//! - [`host`]: the addresses this host delivers to itself, kept current from netlink;
 //! - [`users`]: the argon2 users file;
 //! - [`connect`]: resolution, RFC 8305 connection racing, reply codes for failures;
 //! - [`relay`]: the bidirectional TCP relay with half-close;
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod host;
 pub mod policy;
 pub mod relay;
 pub mod testing;

@@ -3,9 +3,15 @@
 //! datagram), so no command becomes the way around the rules.
 //!
 //! Destinations on the server host itself (loopback, unspecified, link-local including the
-//! cloud metadata address, and the host's own interface addresses) are refused unless an allow
-//! rule names them in `to`: a catch-all allow does not open them. Names are checked again
-//! after resolution, so a name pointing at 127.0.0.1 is refused like the address itself.
+//! cloud metadata address, and whatever the kernel delivers locally: see `host`), multicast
+//! groups and broadcast addresses are refused unless an allow rule names them narrowly in `to`:
+//! a catch-all allow does not open them. Names are checked again after resolution, so a name
+//! pointing at 127.0.0.1 is refused like the address itself.
+//!
+//! An IPv6 address that carries an IPv4 address (NAT64, 6to4, Teredo, IPv4-compatible and
+//! IPv4-translated forms) reaches that IPv4 address wherever a translator or relay exists, so
+//! both are judged and the stricter verdict wins: the IPv4 rules and the host-local guard apply
+//! to the embedded address as they would to the address itself.
 
 use crate::config::{names_user, Action, Config, RuleCommand};
 
@@ -14,8 +20,7 @@ use ipnet::IpNet;
 use socksng_proto::Command;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use crate::host::{HostKind, HostView};
 
 /// The outcome of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +40,10 @@ pub enum DenyReason {
     Default,
     /// It is an address of this host and no rule names it explicitly.
     HostLocal,
+    /// A multicast group, and no rule names it explicitly.
+    Multicast,
+    /// A broadcast address, and no rule names it explicitly.
+    Broadcast,
 }
 
 impl std::fmt::Display for DenyReason {
@@ -43,6 +52,8 @@ impl std::fmt::Display for DenyReason {
             DenyReason::Rule(i) => write!(f, "denied by rules[{i}]"),
             DenyReason::Default => f.write_str("denied by the default action"),
             DenyReason::HostLocal => f.write_str("destination is on the proxy host"),
+            DenyReason::Multicast => f.write_str("destination is a multicast group"),
+            DenyReason::Broadcast => f.write_str("destination is a broadcast address"),
         }
     }
 }
@@ -133,8 +144,36 @@ const FIXED_LOCAL: [&str; 9] = [
     "fd00:ec2::254/128",
 ];
 
-fn fixed_local() -> Vec<IpNet> {
-    FIXED_LOCAL.iter().filter_map(|n| n.parse().ok()).collect()
+/// Multicast: a datagram to a group reaches every member on the link, this host's own
+/// listeners (SSDP, mDNS) included.
+const MULTICAST: [&str; 2] = ["224.0.0.0/4", "ff00::/8"];
+
+fn nets(list: &[&str]) -> Vec<IpNet> {
+    list.iter().filter_map(|n| n.parse().ok()).collect()
+}
+
+/// The IPv4 address an IPv6 address carries, where a translator, relay or dual stack would
+/// deliver it: IPv4-compatible (`::/96`, RFC 4291), IPv4-translated (`::ffff:0:0:0/96`,
+/// RFC 2765), NAT64 (`64:ff9b::/96` and the /96 layout of `64:ff9b:1::/48`, RFC 6052 and
+/// RFC 8215), 6to4 (`2002::/16`, RFC 3056) and Teredo's client (`2001::/32`, RFC 4380).
+/// IPv4-mapped addresses are not here: `canonical` turns them into IPv4 outright.
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let low = Ipv4Addr::new(
+        (s[6] >> 8) as u8,
+        s[6] as u8,
+        (s[7] >> 8) as u8,
+        s[7] as u8,
+    );
+    match s {
+        [0, 0, 0, 0, 0, 0, _, _] => Some(low),
+        [0, 0, 0, 0, 0xffff, 0, _, _] => Some(low),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0x64, 0xff9b, 1, ..] => Some(low),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))),
+        [0x2001, 0, ..] => Some(Ipv4Addr::from(!u32::from(low))),
+        _ => None,
+    }
 }
 
 /// IPv4-mapped IPv6 (::ffff:a.b.c.d) reaches the IPv4 address, so it is judged as one.
@@ -148,15 +187,6 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-struct HostAddrs {
-    addrs: Vec<IpAddr>,
-    read_at: Instant,
-}
-
-/// How long a snapshot of the host's interface addresses is trusted (addresses change when
-/// DHCP renews or an interface comes up).
-const HOST_ADDR_TTL: Duration = Duration::from_secs(30);
-
 /// Client and destination policy, built once from the configuration.
 pub struct Policy {
     clients: Vec<IpNet>,
@@ -164,7 +194,8 @@ pub struct Policy {
     default: Action,
     groups: Groups,
     fixed_local: Vec<IpNet>,
-    host: RwLock<HostAddrs>,
+    multicast: Vec<IpNet>,
+    host: HostView,
 }
 
 impl Policy {
@@ -187,11 +218,9 @@ impl Policy {
             rules,
             default: cfg.access.default,
             groups: cfg.groups.clone(),
-            fixed_local: fixed_local(),
-            host: RwLock::new(HostAddrs {
-                addrs: read_host_addrs().unwrap_or_default(),
-                read_at: Instant::now(),
-            }),
+            fixed_local: nets(&FIXED_LOCAL),
+            multicast: nets(&MULTICAST),
+            host: HostView::new(),
         }
     }
 
@@ -236,7 +265,9 @@ impl Policy {
         }
     }
 
-    /// Checks a destination address (resolved, or as given), with the name it came from.
+    /// Checks a destination address (resolved, or as given), with the name it came from. An
+    /// address that carries an IPv4 address is judged twice, as itself and as that address,
+    /// and refused when either is.
     pub fn check(
         &self,
         user: Option<&str>,
@@ -246,28 +277,44 @@ impl Policy {
         port: u16,
     ) -> Verdict {
         let ip = canonical(ip);
+        let outer = self.check_one(user, cmd, name, ip, port);
+        match ip {
+            IpAddr::V6(v6) if outer == Verdict::Allow => match embedded_ipv4(v6) {
+                Some(inner) => self.check_one(user, cmd, name, IpAddr::V4(inner), port),
+                None => outer,
+            },
+            _ => outer,
+        }
+    }
+
+    fn check_one(
+        &self,
+        user: Option<&str>,
+        cmd: Command,
+        name: Option<&str>,
+        ip: IpAddr,
+        port: u16,
+    ) -> Verdict {
         let dest = Destination {
             name,
             ip: Some(ip),
             port,
         };
-        let local = self.is_host_local(ip);
+        let guarded = self.guard(ip);
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.applies_to(user, cmd, port, &self.groups)
                 || !matches!(rule.matches_destination(&dest), Match::Yes)
             {
                 continue;
             }
-            return match rule.action {
-                Action::Deny => Verdict::Deny(DenyReason::Rule(i)),
-                Action::Allow if local && !self.opens_host_local(rule, ip) => {
-                    Verdict::Deny(DenyReason::HostLocal)
-                }
-                Action::Allow => Verdict::Allow,
+            return match (rule.action, guarded) {
+                (Action::Deny, _) => Verdict::Deny(DenyReason::Rule(i)),
+                (Action::Allow, Some(why)) if !self.opens_guarded(rule, ip) => Verdict::Deny(why),
+                (Action::Allow, _) => Verdict::Allow,
             };
         }
-        if local {
-            return Verdict::Deny(DenyReason::HostLocal);
+        if let Some(why) = guarded {
+            return Verdict::Deny(why);
         }
         match self.default {
             Action::Allow => Verdict::Allow,
@@ -275,48 +322,44 @@ impl Policy {
         }
     }
 
-    /// A rule opens a host-local address only by naming it narrowly: with a net that lies
-    /// inside one of the fixed local ranges, or with exactly that host address. A broad net
+    /// Why an address is closed unless a rule names it: it is this host's, a multicast group
+    /// or a broadcast address.
+    fn guard(&self, ip: IpAddr) -> Option<DenyReason> {
+        if self.fixed_local.iter().any(|n| n.contains(&ip)) {
+            return Some(if ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+                DenyReason::Broadcast
+            } else {
+                DenyReason::HostLocal
+            });
+        }
+        if self.multicast.iter().any(|n| n.contains(&ip)) {
+            return Some(DenyReason::Multicast);
+        }
+        match self.host.classify(ip)? {
+            HostKind::Local => Some(DenyReason::HostLocal),
+            HostKind::Broadcast => Some(DenyReason::Broadcast),
+        }
+    }
+
+    /// A rule opens a guarded address only by naming it narrowly: with a net that lies inside
+    /// one of the fixed local or multicast ranges, or with exactly that address. A broad net
     /// such as 0.0.0.0/0, or the LAN's /24 that happens to hold the proxy's own address, does
     /// not.
-    fn opens_host_local(&self, rule: &Rule, ip: IpAddr) -> bool {
+    fn opens_guarded(&self, rule: &Rule, ip: IpAddr) -> bool {
         rule.nets.iter().any(|n| {
             n.contains(&ip)
-                && (self.fixed_local.iter().any(|f| f.contains(n))
+                && (self
+                    .fixed_local
+                    .iter()
+                    .chain(&self.multicast)
+                    .any(|f| f.contains(n))
                     || n.prefix_len() == n.max_prefix_len())
         })
     }
 
-    fn is_host_local(&self, ip: IpAddr) -> bool {
-        if self.fixed_local.iter().any(|n| n.contains(&ip)) {
-            return true;
-        }
-        {
-            let host = self.host.read().unwrap_or_else(|p| p.into_inner());
-            if host.read_at.elapsed() < HOST_ADDR_TTL {
-                return host.addrs.contains(&ip);
-            }
-        }
-        let mut host = self.host.write().unwrap_or_else(|p| p.into_inner());
-        // Failing to list the addresses (out of descriptors, say) keeps the last good list and
-        // tries again on the next check: it must not open the host's addresses.
-        if let Some(fresh) = read_host_addrs() {
-            *host = HostAddrs {
-                addrs: fresh,
-                read_at: Instant::now(),
-            };
-        }
-        host.addrs.contains(&ip)
-    }
-}
-
-fn read_host_addrs() -> Option<Vec<IpAddr>> {
-    match if_addrs::get_if_addrs() {
-        Ok(ifs) => Some(ifs.into_iter().map(|i| canonical(i.ip())).collect()),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list this host's addresses; keeping the last known list");
-            None
-        }
+    /// The host's local addresses as the guard sees them now.
+    pub fn host_view(&self) -> crate::host::LocalView {
+        self.host.snapshot()
     }
 }
 
@@ -371,9 +414,9 @@ mod tests {
                 "{a}"
             );
         }
-        for iface in if_addrs::get_if_addrs().unwrap() {
+        for net in p.host_view().local {
             assert_eq!(
-                p.check(None, Command::Connect, None, iface.ip(), 80),
+                p.check(None, Command::Connect, None, net.addr(), 80),
                 Verdict::Deny(DenyReason::HostLocal)
             );
         }
@@ -556,6 +599,91 @@ to = ["192.0.2.0/24"]
         assert_eq!(
             p.check_name(None, Command::Connect, "x.test", 80),
             Some(Verdict::Deny(DenyReason::Default))
+        );
+    }
+
+    #[test]
+    fn embedded_ipv4_is_unwrapped_for_every_check() {
+        let cases = [
+            ("::7f00:1", "127.0.0.1"),
+            ("::ffff:0:7f00:1", "127.0.0.1"),
+            ("64:ff9b::7f00:1", "127.0.0.1"),
+            ("64:ff9b:1::a9fe:a9fe", "169.254.169.254"),
+            ("2002:7f00:1::1", "127.0.0.1"),
+            ("2001:0:4136:e378:8000:63bf:80ff:fffe", "127.0.0.1"),
+        ];
+        for (v6, v4) in cases {
+            let IpAddr::V6(six) = ip(v6) else { panic!() };
+            assert_eq!(embedded_ipv4(six), Some(v4.parse().unwrap()), "{v6}");
+        }
+        assert_eq!(embedded_ipv4("2001:db8::1".parse().unwrap()), None);
+        let p = policy("");
+        for (v6, _) in cases {
+            assert_eq!(
+                p.check(None, Command::Connect, None, ip(v6), 80),
+                Verdict::Deny(DenyReason::HostLocal),
+                "{v6}"
+            );
+        }
+        // Public IPv4 through NAT64 stays reachable...
+        assert_eq!(
+            p.check(None, Command::Connect, None, ip("64:ff9b::c000:201"), 80),
+            Verdict::Allow
+        );
+        // ...and the operator's IPv4 rules apply to it.
+        let p = policy("[[rules]]\naction = \"deny\"\nto = [\"192.0.2.0/24\"]\n");
+        for a in ["64:ff9b::c000:201", "2002:c000:201::1", "::c000:201"] {
+            assert_eq!(
+                p.check(None, Command::UdpAssociate, None, ip(a), 53),
+                Verdict::Deny(DenyReason::Rule(0)),
+                "{a}"
+            );
+        }
+        // Opening loopback by name opens it in its embedded forms too, not more.
+        let p = policy("[[rules]]\naction = \"allow\"\nto = [\"127.0.0.1/32\"]\n");
+        assert_eq!(
+            p.check(None, Command::Connect, None, ip("64:ff9b::7f00:1"), 80),
+            Verdict::Allow
+        );
+        assert_eq!(
+            p.check(None, Command::Connect, None, ip("64:ff9b::7f00:2"), 80),
+            Verdict::Deny(DenyReason::HostLocal)
+        );
+    }
+
+    #[test]
+    fn multicast_and_broadcast_closed_unless_named() {
+        let p = policy("[[rules]]\naction = \"allow\"\nto = [\"0.0.0.0/0\", \"::/0\"]\n");
+        for a in ["239.255.255.250", "224.0.0.1", "224.0.0.251", "ff02::1", "ff05::c"] {
+            assert_eq!(
+                p.check(None, Command::UdpAssociate, None, ip(a), 1900),
+                Verdict::Deny(DenyReason::Multicast),
+                "{a}"
+            );
+        }
+        assert_eq!(
+            p.check(None, Command::UdpAssociate, None, ip("255.255.255.255"), 67),
+            Verdict::Deny(DenyReason::Broadcast)
+        );
+        for b in p.host_view().broadcast {
+            // 127.255.255.255 is refused as loopback before its broadcast route is looked at.
+            let v = p.check(None, Command::UdpAssociate, None, b, 9);
+            assert!(
+                matches!(
+                    v,
+                    Verdict::Deny(DenyReason::Broadcast | DenyReason::HostLocal)
+                ),
+                "{b}: {v:?}"
+            );
+        }
+        let p = policy("[[rules]]\naction = \"allow\"\nto = [\"239.255.255.250/32\"]\ncommands = [\"udp\"]\n");
+        assert_eq!(
+            p.check(None, Command::UdpAssociate, None, ip("239.255.255.250"), 1900),
+            Verdict::Allow
+        );
+        assert_eq!(
+            p.check(None, Command::UdpAssociate, None, ip("239.255.255.251"), 1900),
+            Verdict::Deny(DenyReason::Multicast)
         );
     }
 

@@ -91,7 +91,17 @@ impl UdpOutside {
             };
             let source = external_for(&self.shared.cfg.external, dest.ip()).unwrap_or(any);
             match UdpSocket::bind(SocketAddr::new(source, 0)).await {
-                Ok(s) => *slot = Some(s),
+                Ok(s) => {
+                    // Where a rule opens a multicast group, this host's own members of it
+                    // must still not hear the datagrams.
+                    let sock = socket2::SockRef::from(&s);
+                    let _ = if dest.is_ipv4() {
+                        sock.set_multicast_loop_v4(false)
+                    } else {
+                        sock.set_multicast_loop_v6(false)
+                    };
+                    *slot = Some(s)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot open outgoing UDP socket");
                     return false;
