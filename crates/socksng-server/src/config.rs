@@ -71,9 +71,19 @@ pub struct Timeouts {
     /// Connecting to a target, all address attempts together (reply 0x06 when it runs out).
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
-    /// Close a relay with no traffic either way for this long; 0 = never (default).
+    /// Close a relay (CONNECT, BIND, ACCEPT) or a LISTEN control connection with no traffic
+    /// either way for this long; 0 = never (default).
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
+    /// End a UDP association or UDP tunnel that carried no datagram either way for this long
+    /// (its client may have vanished without closing); 0 = never.
+    #[serde(with = "humantime_serde")]
+    pub udp_idle: Duration,
+    /// Once one side of a relay has closed its sending direction, end the relay when the
+    /// other direction carries nothing for this long, so a client that has gone does not
+    /// hold a silent target (and its slot) forever; 0 = never.
+    #[serde(with = "humantime_serde")]
+    pub half_close: Duration,
     /// How long a BIND waits for its peer.
     #[serde(with = "humantime_serde")]
     pub bind: Duration,
@@ -91,6 +101,8 @@ impl Default for Timeouts {
             handshake: Duration::from_secs(10),
             connect: Duration::from_secs(10),
             idle: Duration::ZERO,
+            udp_idle: Duration::from_secs(300),
+            half_close: Duration::from_secs(60),
             bind: Duration::from_secs(120),
             tcp_keepalive: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
@@ -98,14 +110,38 @@ impl Default for Timeouts {
     }
 }
 
-/// `[limits]`. Zero means unlimited.
+/// `[limits]`. Zero means unlimited, except where a field says otherwise.
+///
+/// A "client address" is an IPv4 address or an IPv6 /64: one subscriber holds a whole /64
+/// and could otherwise take a new address for every connection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Concurrent sessions in total.
+    /// Concurrent sessions past authentication, in total.
     pub max_sessions: usize,
     /// Concurrent sessions per authenticated user.
     pub max_sessions_per_user: usize,
+    /// Concurrent sessions past authentication per client address.
+    pub max_sessions_per_address: usize,
+    /// Concurrent connections still in their handshake (not yet authenticated), in total.
+    /// They hold no session slot, so silent connections cannot lock out logged-in users.
+    pub max_handshakes: usize,
+    /// Concurrent connections still in their handshake per client address.
+    pub max_handshakes_per_address: usize,
+    /// Password checks (argon2, ~19 MiB and tens of milliseconds each) running at once;
+    /// 0 = one per core, at most 4.
+    pub password_checks: usize,
+    /// Password checks waiting for a turn; a login beyond this fails at once (status 0x01).
+    pub password_queue: usize,
+    /// Failed logins one client address may make in a burst before it is throttled: while
+    /// throttled its logins fail at once without a check (a password that succeeded recently
+    /// from anywhere still works).
+    pub login_failures_burst: u32,
+    /// How fast a throttled address earns further attempts back, per minute.
+    pub login_failures_per_minute: u32,
+    /// Name lookups (getaddrinfo, which cannot be cancelled) running at once; more wait their
+    /// turn. Each holds a thread until the system resolver gives up. At least 1.
+    pub lookups: usize,
 }
 
 impl Default for Limits {
@@ -113,6 +149,14 @@ impl Default for Limits {
         Limits {
             max_sessions: 10_000,
             max_sessions_per_user: 0,
+            max_sessions_per_address: 1_000,
+            max_handshakes: 1_000,
+            max_handshakes_per_address: 64,
+            password_checks: 0,
+            password_queue: 64,
+            login_failures_burst: 10,
+            login_failures_per_minute: 6,
+            lookups: 32,
         }
     }
 }
@@ -333,6 +377,9 @@ pub struct Config {
     pub allow_open_proxy: bool,
     /// Log level filter (RUST_LOG overrides it).
     pub log_level: String,
+    /// Write the log to this file (appended, reopened on SIGHUP for log rotation) instead of
+    /// standard error; relative to the config file's directory.
+    pub log_file: Option<PathBuf>,
     /// Runtime worker threads; 0 picks one per core.
     pub workers: usize,
     /// Source addresses for outgoing connections and datagrams (Dante's `external`): the first
@@ -370,6 +417,7 @@ impl Default for Config {
             ],
             allow_open_proxy: false,
             log_level: "info".into(),
+            log_file: None,
             workers: 0,
             external: Vec::new(),
             auth: AuthConfig::default(),
@@ -414,6 +462,11 @@ impl Config {
     /// The users file path, resolved against the config file's directory.
     pub fn users_file(&self) -> Option<PathBuf> {
         self.auth.users_file.as_ref().map(|p| self.base_dir.join(p))
+    }
+
+    /// The log file path, resolved against the config file's directory.
+    pub fn log_file(&self) -> Option<PathBuf> {
+        self.log_file.as_ref().map(|p| self.base_dir.join(p))
     }
 
     /// Whether method 0x00 is accepted.
@@ -462,6 +515,8 @@ impl Config {
             ("timeouts.handshake", t.handshake),
             ("timeouts.connect", t.connect),
             ("timeouts.idle", t.idle),
+            ("timeouts.udp_idle", t.udp_idle),
+            ("timeouts.half_close", t.half_close),
             ("timeouts.bind", t.bind),
             ("timeouts.tcp_keepalive", t.tcp_keepalive),
             ("timeouts.shutdown_grace", t.shutdown_grace),
@@ -483,7 +538,20 @@ impl Config {
                 }
             }
         }
-        let any_client = self.access.clients.iter().any(|n| n.prefix_len() == 0);
+        if let Some((a, b)) = overlapping_listens(&self.listen) {
+            return invalid(if a == b {
+                format!("`listen` names {a} twice")
+            } else {
+                format!("`listen` names both {a} and {b}: the wildcard address already takes that port on every address")
+            });
+        }
+        if let Err(e) = check_log_filter(&self.log_level) {
+            return invalid(format!("`log_level` {:?}: {e}", self.log_level));
+        }
+        if self.limits.lookups == 0 {
+            return invalid("`limits.lookups` must be at least 1".into());
+        }
+        let any_client = covers_most_addresses(&self.access.clients);
         if self.accepts_no_auth() && any_client && !self.allow_open_proxy {
             if let Some(a) = self.listen.iter().find(|a| !a.ip().is_loopback()) {
                 return invalid(format!(
@@ -495,6 +563,67 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Two listen addresses that cannot both be bound: the same address and port, or a wildcard
+/// and an address of its family on the same port. Port 0 (any free port) never clashes.
+fn overlapping_listens(listen: &[SocketAddr]) -> Option<(SocketAddr, SocketAddr)> {
+    for (i, a) in listen.iter().enumerate() {
+        for b in &listen[i + 1..] {
+            let clash = a.port() != 0
+                && a.port() == b.port()
+                && a.is_ipv4() == b.is_ipv4()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified());
+            if clash {
+                return Some((*a, *b));
+            }
+        }
+    }
+    None
+}
+
+/// Checks a log filter: a level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or a
+/// comma-separated list of levels and `target=level` directives. A bare word must be a level:
+/// the wider RUST_LOG syntax would take a misspelt level for a target and log nothing else.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l.trim()));
+    let valid_target = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+    };
+    for directive in filter.split(',') {
+        let ok = match directive.split_once('=') {
+            Some((target, level)) => valid_target(target.trim()) && is_level(level),
+            None => is_level(directive),
+        };
+        if !ok {
+            return Err(format!(
+                "{:?} is not a level (error, warn, info, debug, trace, off) or target=level",
+                directive.trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether client networks, taken together, admit most of the Internet: at least half of the
+/// IPv4 space, or at least half of IPv6 global unicast (2000::/3). A union of smaller nets
+/// ("0.0.0.0/1" and "128.0.0.0/1") is as open as 0.0.0.0/0.
+pub fn covers_most_addresses(nets: &[IpNet]) -> bool {
+    let merged = IpNet::aggregate(&nets.iter().map(|n| n.trunc()).collect::<Vec<_>>());
+    let global: IpNet = "2000::/3".parse().expect("valid net");
+    let (mut v4, mut v6): (u64, u128) = (0, 0);
+    for n in merged {
+        match n {
+            IpNet::V4(_) => v4 += 1u64 << (32 - n.prefix_len()),
+            IpNet::V6(_) if n.contains(&global) => v6 += 1u128 << 125,
+            IpNet::V6(_) if global.contains(&n) => v6 += 1u128 << (128 - n.prefix_len()),
+            IpNet::V6(_) => {}
+        }
+    }
+    v4 >= 1 << 31 || v6 >= 1 << 124
 }
 
 /// Whether a `users` list (absent: anyone, unauthenticated clients included) names `user`:
@@ -578,6 +707,22 @@ mod tests {
         let e = parse(open).unwrap_err();
         assert!(e.to_string().contains("open proxy"), "{e}");
         assert!(parse(&format!("allow_open_proxy = true\n{open}")).is_ok());
+        // Coverage counts, not spelling.
+        for clients in [
+            r#"["0.0.0.0/1", "128.0.0.0/1"]"#,
+            r#"["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/2", "192.0.0.0/2"]"#,
+            r#"["0.0.0.0/1", "10.0.0.0/8"]"#,
+            r#"["2000::/4", "3000::/4"]"#,
+            r#"["::/1"]"#,
+        ] {
+            let cfg = format!("listen = [\"0.0.0.0:1080\"]\n[access]\nclients = {clients}\n");
+            let e = parse(&cfg).unwrap_err();
+            assert!(e.to_string().contains("open proxy"), "{clients}: {e}");
+        }
+        assert!(parse(
+            "listen = [\"0.0.0.0:1080\"]\n[access]\nclients = [\"10.0.0.0/8\", \"100.64.0.0/10\", \"2001:db8::/32\"]\n"
+        )
+        .is_ok());
         // Restricted client networks or authentication make it acceptable.
         assert!(
             parse("listen = [\"0.0.0.0:1080\"]\n[access]\nclients = [\"192.168.0.0/16\"]\n")
@@ -608,5 +753,37 @@ mod tests {
         assert!(parse("[access]\nclients = []\n").is_err());
         assert!(parse("[timeouts]\nbind = \"600000000y\"\n").is_err());
         assert!(parse("[[rules]]\naction = \"allow\"\ndomains = [\".\"]\n").is_err());
+        assert!(parse("[limits]\nlookups = 0\n").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_that_cannot_all_be_bound() {
+        for bad in [
+            r#"["127.0.0.1:1080", "127.0.0.1:1080"]"#,
+            r#"["0.0.0.0:1080", "127.0.0.1:1080"]"#,
+            r#"["[::1]:1080", "[::]:1080"]"#,
+        ] {
+            let e = parse(&format!("listen = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("listen"), "{bad}: {e}");
+        }
+        for good in [
+            r#"["0.0.0.0:1080", "[::]:1080"]"#,
+            r#"["127.0.0.1:1080", "127.0.0.1:1081"]"#,
+            r#"["127.0.0.1:0", "127.0.0.1:0"]"#,
+        ] {
+            assert!(parse(&format!("listen = {good}\n")).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn log_levels() {
+        for good in ["info", "WARN", "off", "socksng_server=debug,info", "socksngd=trace"] {
+            assert!(check_log_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["", "verbose", "info=loud", "a b=info", "debug,", "socksngd"] {
+            assert!(check_log_filter(bad).is_err(), "{bad:?}");
+        }
+        let e = parse("log_level = \"verbose\"\n").unwrap_err();
+        assert!(e.to_string().contains("log_level"), "{e}");
     }
 }
