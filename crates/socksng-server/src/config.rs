@@ -777,7 +777,13 @@ mod tests {
 
     #[test]
     fn log_levels() {
-        for good in ["info", "WARN", "off", "socksng_server=debug,info", "socksngd=trace"] {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "socksng_server=debug,info",
+            "socksngd=trace",
+        ] {
             assert!(check_log_filter(good).is_ok(), "{good}");
         }
         for bad in ["", "verbose", "info=loud", "a b=info", "debug,", "socksngd"] {

@@ -1,7 +1,8 @@
 //! Outgoing connections: name resolution, RFC 8305 ("Happy Eyeballs v2") connection racing
 //! across address families, socket options, and the mapping of failures to SOCKS reply codes.
 //!
-//! Names go to the system resolver (getaddrinfo), which answers both families at once, so the
+//! Names go to the system resolver (getaddrinfo, on the bounded pool in `admission`), which
+//! answers both families at once, so the
 //! resolution-delay part of RFC 8305 does not apply; the connection-attempt part does: the
 //! addresses are interleaved starting with the preferred family, each attempt gets
 //! `attempt_delay` before the next one starts, a failure starts the next at once, and the first
@@ -16,26 +17,6 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-
-/// getaddrinfo runs on tokio's blocking pool (512 threads), which password checks share; slow
-/// names must queue here instead of filling it.
-static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(256);
-
-/// Resolves `name` with the system resolver; IPv4-mapped answers are unmapped.
-pub async fn resolve(name: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    let _turn = LOOKUPS.acquire().await.map_err(io::Error::other)?;
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
-        .await?
-        .map(|a| SocketAddr::new(crate::policy::canonical(a.ip()), a.port()))
-        .collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "name has no addresses",
-        ));
-    }
-    Ok(addrs)
-}
 
 /// Orders addresses as RFC 8305 section 4 asks: families alternate, the preferred one first,
 /// each family keeping the resolver's order; duplicates removed.

@@ -140,7 +140,8 @@ fn read_view() -> Option<LocalView> {
         Ok(ifs) => {
             let mut view = LocalView::default();
             for i in ifs {
-                view.local.push(IpNet::from(crate::policy::canonical(i.ip())));
+                view.local
+                    .push(IpNet::from(crate::policy::canonical(i.ip())));
                 if let if_addrs::IfAddr::V4(v4) = &i.addr {
                     if let Some(b) = v4.broadcast {
                         view.broadcast.push(IpAddr::V4(b));
@@ -435,7 +436,10 @@ mod netlink {
                     "2001:db8::/128".parse().unwrap()
                 ]
             );
-            assert_eq!(view.broadcast, vec!["10.0.0.255".parse::<IpAddr>().unwrap()]);
+            assert_eq!(
+                view.broadcast,
+                vec!["10.0.0.255".parse::<IpAddr>().unwrap()]
+            );
             // Truncated input is an error, not a panic.
             let mut view = LocalView::default();
             assert!(parse_messages(&data[..20], &mut view).is_err());

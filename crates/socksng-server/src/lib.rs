@@ -13,6 +13,7 @@
 //! - [`relay`]: the bidirectional TCP relay with half-close;
 //! - `session`, `bind`, `udp`: one connection's life, and the BIND and UDP ASSOCIATE commands.
 
+mod admission;
 pub mod config;
 pub mod connect;
 pub mod host;
@@ -29,5 +30,5 @@ mod session;
 mod udp;
 
 pub use config::Config;
-pub use server::{Server, ServerError};
+pub use server::{RunSummary, Server, ServerError};
 pub use tokio_util::sync::CancellationToken;

@@ -16,11 +16,11 @@
 use crate::config::{names_user, Action, Config, RuleCommand};
 
 type Groups = std::collections::HashMap<String, Vec<String>>;
+use crate::host::{HostKind, HostView};
 use ipnet::IpNet;
 use socksng_proto::Command;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
-use crate::host::{HostKind, HostView};
 
 /// The outcome of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,13 +159,10 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
 /// IPv4-mapped addresses are not here: `canonical` turns them into IPv4 outright.
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
-    let low = Ipv4Addr::new(
-        (s[6] >> 8) as u8,
-        s[6] as u8,
-        (s[7] >> 8) as u8,
-        s[7] as u8,
-    );
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
+        // :: and ::1 are the unspecified and loopback addresses, not IPv4-compatible ones.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
         [0, 0, 0, 0, 0, 0, _, _] => Some(low),
         [0, 0, 0, 0, 0xffff, 0, _, _] => Some(low),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
@@ -617,6 +614,8 @@ to = ["192.0.2.0/24"]
             assert_eq!(embedded_ipv4(six), Some(v4.parse().unwrap()), "{v6}");
         }
         assert_eq!(embedded_ipv4("2001:db8::1".parse().unwrap()), None);
+        assert_eq!(embedded_ipv4(Ipv6Addr::LOCALHOST), None);
+        assert_eq!(embedded_ipv4(Ipv6Addr::UNSPECIFIED), None);
         let p = policy("");
         for (v6, _) in cases {
             assert_eq!(
@@ -654,7 +653,13 @@ to = ["192.0.2.0/24"]
     #[test]
     fn multicast_and_broadcast_closed_unless_named() {
         let p = policy("[[rules]]\naction = \"allow\"\nto = [\"0.0.0.0/0\", \"::/0\"]\n");
-        for a in ["239.255.255.250", "224.0.0.1", "224.0.0.251", "ff02::1", "ff05::c"] {
+        for a in [
+            "239.255.255.250",
+            "224.0.0.1",
+            "224.0.0.251",
+            "ff02::1",
+            "ff05::c",
+        ] {
             assert_eq!(
                 p.check(None, Command::UdpAssociate, None, ip(a), 1900),
                 Verdict::Deny(DenyReason::Multicast),
@@ -676,13 +681,27 @@ to = ["192.0.2.0/24"]
                 "{b}: {v:?}"
             );
         }
-        let p = policy("[[rules]]\naction = \"allow\"\nto = [\"239.255.255.250/32\"]\ncommands = [\"udp\"]\n");
+        let p = policy(
+            "[[rules]]\naction = \"allow\"\nto = [\"239.255.255.250/32\"]\ncommands = [\"udp\"]\n",
+        );
         assert_eq!(
-            p.check(None, Command::UdpAssociate, None, ip("239.255.255.250"), 1900),
+            p.check(
+                None,
+                Command::UdpAssociate,
+                None,
+                ip("239.255.255.250"),
+                1900
+            ),
             Verdict::Allow
         );
         assert_eq!(
-            p.check(None, Command::UdpAssociate, None, ip("239.255.255.251"), 1900),
+            p.check(
+                None,
+                Command::UdpAssociate,
+                None,
+                ip("239.255.255.251"),
+                1900
+            ),
             Verdict::Deny(DenyReason::Multicast)
         );
     }

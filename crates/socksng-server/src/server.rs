@@ -1,6 +1,7 @@
 //! The server: listening sockets, accept loops with back-off on descriptor exhaustion, the
 //! session limits, and graceful shutdown (stop accepting, drain for the grace period, then cut).
 
+use crate::admission::{Lookups, NotChecked, PasswordChecks, Stage, StageSlot};
 use crate::config::Config;
 use crate::policy::Policy;
 use crate::users::{UserDb, UsersError};
@@ -8,11 +9,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use socksng_proto::HandshakeConfig;
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,8 +43,14 @@ pub(crate) struct Shared {
     pub handshake_config: HandshakeConfig,
     per_user: Mutex<HashMap<String, usize>>,
     /// Argon2 takes ~19 MiB and tens of milliseconds per check; a flood of bad logins must
-    /// queue here rather than fill the blocking pool and the memory.
-    password_checks: Semaphore,
+    /// queue (boundedly) here rather than fill the blocking pool and the memory.
+    passwords: PasswordChecks,
+    /// getaddrinfo on a bounded number of threads.
+    pub lookups: Lookups,
+    /// Connections still in their handshake.
+    pub handshakes: Stage,
+    /// Sessions past the handshake.
+    pub sessions: Stage,
     /// SOCKS-NG listeners and their pending tokens.
     pub listeners: crate::listen::Registry,
 }
@@ -72,21 +80,18 @@ impl Drop for UserSlot {
 }
 
 impl Shared {
-    /// Checks a username/password, off the runtime threads when argon2 has to run.
-    pub(crate) async fn authenticate(&self, name: &str, password: Vec<u8>) -> bool {
+    /// Checks a username/password from a client at `client`, off the runtime threads when
+    /// argon2 has to run. `Err` says why no check was made (the login fails).
+    pub(crate) async fn authenticate(
+        &self,
+        client: IpAddr,
+        name: &str,
+        password: Vec<u8>,
+    ) -> Result<bool, NotChecked> {
         let Some(db) = self.users.clone() else {
-            return false;
+            return Ok(false);
         };
-        if let Some(ok) = db.verify_cached(name, &password) {
-            return ok;
-        }
-        let Ok(_turn) = self.password_checks.acquire().await else {
-            return false;
-        };
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || db.verify(&name, &password))
-            .await
-            .unwrap_or(false)
+        self.passwords.check(db, client, name, password).await
     }
 
     /// Takes a per-user session slot; `None` when the user is at the limit.
@@ -167,16 +172,23 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             policy: Policy::new(&cfg),
-            cfg: Arc::new(cfg),
             users,
             handshake_config,
             per_user: Mutex::new(HashMap::new()),
             listeners: Default::default(),
-            password_checks: Semaphore::new(
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1),
+            passwords: PasswordChecks::new(&cfg.limits),
+            lookups: Lookups::new(cfg.limits.lookups),
+            handshakes: Stage::new(
+                "handshake",
+                cfg.limits.max_handshakes,
+                cfg.limits.max_handshakes_per_address,
             ),
+            sessions: Stage::new(
+                "session",
+                cfg.limits.max_sessions,
+                cfg.limits.max_sessions_per_address,
+            ),
+            cfg: Arc::new(cfg),
         });
         Ok(Server { shared, listeners })
     }
@@ -190,12 +202,12 @@ impl Server {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets sessions drain for
-    /// the configured grace period and cuts the rest.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// the configured grace period and cuts the rest (their clients see a reset, not a clean
+    /// end that could pass for a complete transfer).
+    pub async fn run(self, shutdown: CancellationToken) -> RunSummary {
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
-        let max = self.shared.cfg.limits.max_sessions;
-        let sessions = (max > 0).then(|| Arc::new(Semaphore::new(max)));
+        let cut = Arc::new(AtomicUsize::new(0));
         let mut accept_loops = Vec::new();
         for listener in self.listeners {
             if let Ok(a) = listener.local_addr() {
@@ -204,10 +216,10 @@ impl Server {
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
                 self.shared.clone(),
-                sessions.clone(),
                 shutdown.clone(),
                 hard_stop.clone(),
                 tracker.clone(),
+                cut.clone(),
             )));
         }
         shutdown.cancelled().await;
@@ -230,8 +242,25 @@ impl Server {
             hard_stop.cancel();
             tracker.wait().await;
         }
-        tracing::info!("shutdown complete");
+        let cut = cut.load(Ordering::Relaxed);
+        if cut > 0 {
+            tracing::warn!(
+                sessions = cut,
+                "shutdown complete: sessions were cut (reset)"
+            );
+        } else {
+            tracing::info!("shutdown complete");
+        }
+        RunSummary { sessions_cut: cut }
     }
+}
+
+/// How a server's run ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunSummary {
+    /// Sessions still open at the end of the grace period, cut with a reset.
+    pub sessions_cut: usize,
 }
 
 fn is_address_unavailable(e: &io::Error) -> bool {
@@ -249,10 +278,10 @@ pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    sessions: Option<Arc<Semaphore>>,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
     tracker: TaskTracker,
+    cut: Arc<AtomicUsize>,
 ) {
     const MIN_BACKOFF: Duration = Duration::from_millis(10);
     const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -283,25 +312,34 @@ async fn accept_loop(
                 continue;
             }
         };
-        let permit: Option<OwnedSemaphorePermit> = match &sessions {
-            None => None,
-            Some(sem) => match sem.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    crate::session::log_refused(peer, "session limit reached");
-                    continue;
-                }
-            },
+        let slot: StageSlot = match shared.handshakes.enter(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                crate::session::log_refused(peer, &shared.handshakes.describe(why));
+                continue;
+            }
         };
         let shared = shared.clone();
         let hard_stop = hard_stop.clone();
+        let cut = cut.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            // Dropping the session at the hard stop still writes its log line.
+            let client_fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            let mut serve = std::pin::pin!(crate::session::serve(shared, stream, peer, slot));
             tokio::select! {
-                _ = crate::session::serve(shared, stream, peer) => {}
-                _ = hard_stop.cancelled() => {}
+                _ = &mut serve => {}
+                _ = hard_stop.cancelled() => {
+                    // SAFETY: the session owns the client stream from start to end, and the
+                    // session future is alive here (pinned above, dropped only after this),
+                    // so the descriptor is still the client's.
+                    let client = unsafe { std::os::fd::BorrowedFd::borrow_raw(client_fd) };
+                    // Closing with SO_LINGER 0 sends a reset: the client must not take a
+                    // transfer cut here for one that ended. The session, dropped next (and
+                    // still writing its log line), closes the descriptor.
+                    let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                    cut.fetch_add(1, Ordering::Relaxed);
+                }
             }
+            drop(serve);
         });
     }
 }

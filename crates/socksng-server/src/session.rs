@@ -3,7 +3,8 @@
 //! session limit, dispatch to CONNECT / BIND / UDP ASSOCIATE, and the one log line that
 //! records the session when it ends.
 
-use crate::connect::{canonical_addr, connect_racing, interleave, reply_code_for, resolve};
+use crate::admission::{NotChecked, StageSlot};
+use crate::connect::{canonical_addr, connect_racing, interleave, reply_code_for};
 use crate::policy::Verdict;
 use crate::relay::relay;
 use crate::server::Shared;
@@ -45,7 +46,7 @@ impl Drop for SessionLog {
     }
 }
 
-/// Logs a connection refused before it became a session (the server is at its session limit).
+/// Logs a connection refused before it became a session (a limit was reached).
 pub(crate) fn log_refused(client: SocketAddr, why: &str) {
     let mut log = SessionLog::new(canonical_addr(client));
     log.outcome = why.to_owned();
@@ -165,8 +166,14 @@ async fn linger_close(stream: &mut TcpStream) {
     let _ = timeout(LINGER, drain).await;
 }
 
-/// Serves one accepted connection to its end and logs it.
-pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection to its end and logs it. `handshake_slot` is its place among
+/// the connections still in their handshake, given back when the handshake ends.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    handshake_slot: StageSlot,
+) {
     let peer = canonical_addr(peer);
     let mut log = SessionLog::new(peer);
     if !shared.policy.client_allowed(peer.ip()) {
@@ -194,6 +201,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         }
         Ok(Ok(x)) => x,
     };
+    drop(handshake_slot);
     dispatch(conn, asked, &mut log).await;
 }
 
@@ -228,7 +236,17 @@ async fn handshake(
         let asked = match progress.event {
             Some(Event::Authenticate(auth)) => {
                 let name = String::from_utf8_lossy(&auth.username).into_owned();
-                let ok = shared.authenticate(&name, auth.password).await;
+                let ok = match shared.authenticate(peer.ip(), &name, auth.password).await {
+                    Ok(ok) => ok,
+                    Err(why) => {
+                        let why = match why {
+                            NotChecked::QueueFull => "too many password checks waiting",
+                            NotChecked::Throttled => "too many failed logins from this address",
+                        };
+                        tracing::info!(client = %peer, user = %name, "login refused unchecked: {why}");
+                        false
+                    }
+                };
                 log.user = Some(name.clone());
                 let res = hs.auth_result(ok, &mut out);
                 stream
@@ -316,6 +334,18 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
         }
         Asked::Ng(request) => log.command = crate::ng::command_name(request),
     }
+    let _session_slot = match conn.shared.sessions.enter(conn.peer.ip()) {
+        Ok(slot) => slot,
+        Err(why) => {
+            let code = match why {
+                crate::admission::Refusal::Total => ReplyCode::GENERAL_FAILURE,
+                crate::admission::Refusal::PerAddress => ReplyCode::NOT_ALLOWED,
+            };
+            let why = conn.shared.sessions.describe(why);
+            conn.refuse(log, code, why).await;
+            return;
+        }
+    };
     let _slot = match conn.shared.user_slot(conn.user.as_deref()) {
         Some(slot) => slot,
         None => {
@@ -364,20 +394,23 @@ pub(crate) async fn allowed_addresses(
             if let Some(Verdict::Deny(why)) = policy.check_name(user, command, name, port) {
                 return Err((ReplyCode::NOT_ALLOWED, why.to_string()));
             }
-            let resolved = timeout(shared.cfg.timeouts.connect, resolve(name, port))
-                .await
-                .map_err(|_| {
-                    (
-                        ReplyCode::HOST_UNREACHABLE,
-                        format!("resolving {name} timed out"),
-                    )
-                })?
-                .map_err(|e| {
-                    (
-                        ReplyCode::HOST_UNREACHABLE,
-                        format!("cannot resolve {name}: {e}"),
-                    )
-                })?;
+            let resolved = timeout(
+                shared.cfg.timeouts.connect,
+                shared.lookups.resolve(name, port),
+            )
+            .await
+            .map_err(|_| {
+                (
+                    ReplyCode::HOST_UNREACHABLE,
+                    format!("resolving {name} timed out"),
+                )
+            })?
+            .map_err(|e| {
+                (
+                    ReplyCode::HOST_UNREACHABLE,
+                    format!("cannot resolve {name}: {e}"),
+                )
+            })?;
             (Some(name.as_str()), resolved)
         }
     };

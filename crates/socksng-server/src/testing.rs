@@ -20,7 +20,7 @@ pub struct TestServer {
     /// Cancels the server.
     pub shutdown: CancellationToken,
     /// The server's task; `stop` awaits it.
-    pub task: Option<JoinHandle<()>>,
+    pub task: Option<JoinHandle<crate::RunSummary>>,
     scratch: Option<PathBuf>,
 }
 

@@ -11,7 +11,7 @@
 //! client has sent to are relayed (that destination was checked with its name and port),
 //! replies from anyone else are checked by address.
 
-use crate::connect::{external_for, interleave, port_zero, resolve};
+use crate::connect::{external_for, interleave, port_zero};
 use crate::policy::{canonical, Verdict};
 use crate::relay::read_drained;
 use crate::server::Shared;
@@ -139,7 +139,8 @@ impl UdpOutside {
                     return None;
                 }
                 if !self.names.contains_key(name) {
-                    let resolved = tokio::time::timeout(UDP_RESOLVE_TIMEOUT, resolve(name, port))
+                    let lookup = self.shared.lookups.resolve(name, port);
+                    let resolved = tokio::time::timeout(UDP_RESOLVE_TIMEOUT, lookup)
                         .await
                         .ok()?
                         .ok()?;

@@ -6,7 +6,7 @@
 //! remembered as a keyed 64-bit digest of the password so a returning client costs a hash
 //! lookup. The key is random per process and the digest never leaves memory.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -136,12 +136,24 @@ impl UserDb {
 
     /// Full argon2 verification (slow: call from a blocking context).
     pub fn verify(&self, name: &str, password: &[u8]) -> bool {
+        self.verify_with_memory(name, password, &mut Vec::new())
+    }
+
+    /// [`UserDb::verify`] with argon2's working memory (~19 MiB with the default parameters)
+    /// taken from `memory`, which grows to the size the hash needs and can be reused by the
+    /// next check instead of being allocated again.
+    pub fn verify_with_memory(
+        &self,
+        name: &str,
+        password: &[u8],
+        memory: &mut Vec<argon2::Block>,
+    ) -> bool {
         let (hash, known) = match self.hashes.get(name) {
             Some(h) => (h.as_str(), true),
             None => (DUMMY_HASH, false),
         };
         let ok = PasswordHash::new(hash)
-            .map(|parsed| Argon2::default().verify_password(password, &parsed).is_ok())
+            .map(|parsed| argon2_matches(&parsed, password, memory))
             .unwrap_or(false)
             && known;
         if ok {
@@ -151,6 +163,39 @@ impl UserDb {
         }
         ok
     }
+}
+
+/// Recomputes a PHC argon2 hash with the caller's memory and compares in constant time.
+fn argon2_matches(
+    hash: &PasswordHash<'_>,
+    password: &[u8],
+    memory: &mut Vec<argon2::Block>,
+) -> bool {
+    use argon2::password_hash::Output;
+    let computed = (|| {
+        let algorithm = argon2::Algorithm::try_from(hash.algorithm).ok()?;
+        let version = match hash.version {
+            Some(v) => argon2::Version::try_from(v).ok()?,
+            None => argon2::Version::default(),
+        };
+        let params = argon2::Params::try_from(hash).ok()?;
+        let expected = hash.hash?;
+        let mut salt = [0u8; 64];
+        let salt = hash.salt?.decode_b64(&mut salt).ok()?;
+        if memory.len() < params.block_count() {
+            memory.resize(params.block_count(), argon2::Block::default());
+        }
+        let hasher = Argon2::new(algorithm, version, params);
+        let out = Output::init_with(expected.len(), |out| {
+            hasher
+                .hash_password_into_with_memory(password, salt, out, &mut memory[..])
+                .map_err(|_| argon2::password_hash::Error::Crypto)
+        })
+        .ok()?;
+        // Output's equality is constant-time.
+        Some(out == expected)
+    })();
+    computed.unwrap_or(false)
 }
 
 /// Hashes a password with argon2id and a random salt, as stored in the users file.
@@ -250,6 +295,11 @@ mod tests {
         let db = UserDb::load(&path).unwrap();
         assert!(db.verify("alice", b"new") && !db.verify("alice", b"s3cret"));
         assert!(db.verify("bob", b"hunter2"));
+        // Reused working memory gives the same answers.
+        let mut memory = Vec::new();
+        assert!(db.verify_with_memory("bob", b"hunter2", &mut memory));
+        assert!(!db.verify_with_memory("bob", b"hunter3", &mut memory));
+        assert!(db.verify_with_memory("alice", b"new", &mut memory));
         assert!(set_password(&path, "a:b", b"x").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -98,6 +98,27 @@ async fn total_session_limit() {
     let target = echo_server("127.0.0.1:0").await;
     let (_held, r) = socks_connect(srv.addr, &Address::ip(target)).await;
     assert_eq!(r.code, ReplyCode::SUCCEEDED);
+    // The limit counts sessions past the handshake: the next client is answered, with a
+    // general failure, once its request arrives.
+    let (_over, r) = socks_connect(srv.addr, &Address::ip(target)).await;
+    assert_eq!(r.code, ReplyCode::GENERAL_FAILURE);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn silent_connections_hold_handshake_places_not_sessions() {
+    let srv = start(&format!(
+        "[limits]\nmax_handshakes = 2\nmax_sessions = 1\n{ALLOW_LOOPBACK}"
+    ))
+    .await;
+    let target = echo_server("127.0.0.1:0").await;
+    let (_held, r) = socks_connect(srv.addr, &Address::ip(target)).await;
+    assert_eq!(r.code, ReplyCode::SUCCEEDED);
+    // Two silent clients take every handshake place; a third is closed at once.
+    let _silent: Vec<TcpStream> = vec![
+        TcpStream::connect(srv.addr).await.unwrap(),
+        TcpStream::connect(srv.addr).await.unwrap(),
+    ];
     let mut over = TcpStream::connect(srv.addr).await.unwrap();
     let _ = over.write_all(&[5, 1, 0]).await;
     assert!(closed_silently(&mut over).await);
