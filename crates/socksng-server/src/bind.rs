@@ -7,7 +7,7 @@
 
 use crate::connect::{canonical_addr, port_zero, tune_stream};
 use crate::policy::{canonical, Verdict};
-use crate::relay::relay;
+use crate::relay::{relay, RelayTimeouts};
 use crate::server::is_resource_exhaustion;
 use crate::session::{allowed_addresses, Handshaken, SessionLog};
 use socksng_proto::{Address, Command, Host, ReplyCode};
@@ -50,7 +50,7 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
     if !conn.succeed(log, listen_addr).await {
         return;
     }
-    let deadline = Instant::now() + shared.cfg.timeouts.bind;
+    let mut deadline = Instant::now() + shared.cfg.timeouts.bind;
     let mut early = std::mem::take(&mut conn.early_data);
     let mut chunk = [0u8; 4096];
     let mut client_eof = false;
@@ -83,13 +83,25 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
                 break (s, from);
             }
             r = conn.stream.read(&mut chunk), if !client_eof => match r {
-                // A half-close is passed on to the peer once it is connected.
-                Ok(0) => client_eof = true,
+                // A half-close is passed on to the peer once it is connected, but a client
+                // that has closed is probably gone: it may hold the port only for the
+                // half-close linger, not the whole BIND timeout.
+                Ok(0) => {
+                    client_eof = true;
+                    let linger = shared.cfg.timeouts.half_close;
+                    if !linger.is_zero() {
+                        deadline = deadline.min(Instant::now() + linger);
+                    }
+                }
                 Err(_) => { log.outcome = "client closed while waiting for the peer".into(); return; }
                 Ok(k) if early.len() + k <= MAX_EARLY_DATA => early.extend_from_slice(&chunk[..k]),
                 Ok(_) => { log.outcome = "client sent too much before the peer arrived".into(); return; }
             },
             _ = sleep_until(deadline) => {
+                if client_eof {
+                    log.outcome = "client closed while waiting for the peer".into();
+                    return;
+                }
                 let why = format!("no peer within {:?}", shared.cfg.timeouts.bind);
                 return conn.refuse(log, ReplyCode::TTL_EXPIRED, why).await;
             }
@@ -111,7 +123,7 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
     let end = relay(
         &mut conn.stream,
         &mut peer_stream,
-        shared.cfg.timeouts.idle,
+        RelayTimeouts::from_config(&shared.cfg.timeouts),
         &log.up,
         &log.down,
     )

@@ -9,7 +9,7 @@
 use crate::config::{names_user, PortGrant};
 use crate::connect::{canonical_addr, port_zero, tune_stream};
 use crate::policy::Verdict;
-use crate::relay::relay;
+use crate::relay::{relay, IdleTimer, RelayTimeouts};
 use crate::server::Shared;
 use crate::session::{Handshaken, SessionLog};
 use rand_core::RngCore;
@@ -316,6 +316,8 @@ async fn serve_listener(
     let mut inbox: Vec<u8> = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     let mut out = Vec::with_capacity(64);
+    // A control connection whose client vanished without closing would hold its port.
+    let mut idle = IdleTimer::new(shared.cfg.timeouts.idle);
     let end = loop {
         mine.retain(|(t, _)| registry.is_pending(t));
         let next_expiry = mine.iter().map(|(_, at)| *at).min();
@@ -344,12 +346,14 @@ async fn serve_listener(
                 if control.write_all(&out).await.is_err() {
                     break "control connection failed".to_string();
                 }
+                idle.touch();
                 announced += 1;
             }
             r = control.read(&mut chunk) => match r {
                 Ok(0) => break "control connection closed".to_string(),
                 Err(e) => break format!("control connection failed: {e}"),
                 Ok(n) => {
+                    idle.touch();
                     inbox.extend_from_slice(&chunk[..n]);
                     loop {
                         match ControlMessage::decode(&inbox) {
@@ -381,6 +385,7 @@ async fn serve_listener(
                 }
                 mine.retain(|(_, at)| *at > now);
             }
+            _ = idle.expired() => break format!("idle for {:?}", shared.cfg.timeouts.idle),
         }
     };
     // Every unclaimed connection goes with the listener.
@@ -407,7 +412,7 @@ pub(crate) async fn accept(mut conn: Handshaken, token: Token, log: &mut Session
     let end = relay(
         &mut conn.stream,
         &mut incoming,
-        shared.cfg.timeouts.idle,
+        RelayTimeouts::from_config(&shared.cfg.timeouts),
         &log.up,
         &log.down,
     )

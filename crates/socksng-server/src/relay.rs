@@ -1,6 +1,8 @@
 //! The TCP relay: both directions move independently, each half-closes its destination when
 //! its source reaches EOF (so a client's shutdown(SHUT_WR) reaches the target while the
-//! target's answer still flows back), and an optional idle timeout ends a silent relay.
+//! target's answer still flows back), an optional idle timeout ends a silent relay, and a
+//! half-close timeout ends one whose remaining direction has gone silent (the client closed
+//! and the target never answers).
 //!
 //! Memory follows traffic, not connections: a direction waits for readiness holding nothing,
 //! borrows a buffer from a per-thread pool only while a chunk is in flight, and gives it back.
@@ -35,6 +37,8 @@ pub enum RelayEnd {
     Closed,
     /// No data either way for the idle timeout.
     Idle,
+    /// One side closed and the other sent nothing for the half-close timeout.
+    HalfClosed,
     /// A read or write failed (reset, broken pipe).
     Error,
 }
@@ -45,40 +49,115 @@ impl RelayEnd {
         match self {
             RelayEnd::Closed => "closed",
             RelayEnd::Idle => "idle timeout",
+            RelayEnd::HalfClosed => "half-close timeout",
             RelayEnd::Error => "reset",
         }
     }
 }
 
+/// Size of the buffers datagrams are received into: the largest UDP payload fits.
+pub(crate) const DATAGRAM_BUF_SIZE: usize = 65_536;
+/// Datagram buffers kept for reuse per runtime thread.
+const DATAGRAM_POOL_MAX: usize = 8;
+
 thread_local! {
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static DATAGRAM_POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A pooled buffer, returned to the current thread's pool on drop.
-struct PooledBuf(Option<Box<[u8]>>);
+pub(crate) struct PooledBuf {
+    buf: Option<Box<[u8]>>,
+    datagram: bool,
+}
 
 impl PooledBuf {
-    fn take() -> Self {
-        let buf = POOL.with(|p| p.borrow_mut().pop());
-        PooledBuf(Some(
-            buf.unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice()),
-        ))
+    /// A relay chunk buffer.
+    pub(crate) fn take() -> Self {
+        Self::from_pool(false)
     }
 
-    fn bytes(&mut self) -> &mut [u8] {
-        self.0.as_deref_mut().unwrap_or(&mut [])
+    /// A buffer for one datagram of any size, held only while it is handled, so an idle UDP
+    /// association or tunnel holds none.
+    pub(crate) fn take_datagram() -> Self {
+        Self::from_pool(true)
+    }
+
+    fn from_pool(datagram: bool) -> Self {
+        let (pool, size) = if datagram {
+            (&DATAGRAM_POOL, DATAGRAM_BUF_SIZE)
+        } else {
+            (&POOL, BUF_SIZE)
+        };
+        let buf = pool.with(|p| p.borrow_mut().pop());
+        PooledBuf {
+            buf: Some(buf.unwrap_or_else(|| vec![0u8; size].into_boxed_slice())),
+            datagram,
+        }
+    }
+
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
+        self.buf.as_deref_mut().unwrap_or(&mut [])
     }
 }
 
 impl Drop for PooledBuf {
     fn drop(&mut self) {
-        if let Some(b) = self.0.take() {
-            POOL.with(|p| {
+        if let Some(b) = self.buf.take() {
+            let (pool, max) = if self.datagram {
+                (&DATAGRAM_POOL, DATAGRAM_POOL_MAX)
+            } else {
+                (&POOL, POOL_MAX)
+            };
+            pool.with(|p| {
                 let mut p = p.borrow_mut();
-                if p.len() < POOL_MAX {
+                if p.len() < max {
                     p.push(b);
                 }
             });
+        }
+    }
+}
+
+/// An inactivity deadline that moves with traffic without re-arming a timer per packet:
+/// `touch` only notes the time, and the timer, when it fires early, sleeps for the rest.
+pub(crate) struct IdleTimer {
+    limit: Duration,
+    last: Instant,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleTimer {
+    /// A timer for `limit` of inactivity; zero never expires.
+    pub(crate) fn new(limit: Duration) -> IdleTimer {
+        let now = Instant::now();
+        IdleTimer {
+            limit,
+            last: now,
+            sleep: (!limit.is_zero()).then(|| Box::pin(tokio::time::sleep_until(now + limit))),
+        }
+    }
+
+    /// Records activity now.
+    pub(crate) fn touch(&mut self) {
+        if self.sleep.is_some() {
+            self.last = Instant::now();
+        }
+    }
+
+    /// Completes once `limit` has passed without activity. Cancel-safe: the state lives in
+    /// the timer, so it can sit in a `select!` that is polled again and again.
+    pub(crate) async fn expired(&mut self) {
+        let Some(sleep) = self.sleep.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            sleep.as_mut().await;
+            let due = self.last + self.limit;
+            if Instant::now() >= due {
+                return;
+            }
+            sleep.as_mut().reset(due);
         }
     }
 }
@@ -266,16 +345,37 @@ mod splice {
     }
 }
 
-/// Relays between `client` and `target` until both directions are done, one fails, or the
-/// relay sits idle for `idle` (zero: never). Bytes are added to `up` (client to target) and
-/// `down` as they move, so a relay cut short still reports what it carried.
+/// The timeouts a relay runs under; zero switches one off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelayTimeouts {
+    /// End the relay when nothing has moved either way for this long.
+    pub idle: Duration,
+    /// Once one direction has ended, end the relay when the other carries nothing for this
+    /// long: a client that has closed must not hold a silent target forever.
+    pub half_close: Duration,
+}
+
+impl RelayTimeouts {
+    /// The relay timeouts of a server configuration.
+    pub fn from_config(t: &crate::config::Timeouts) -> Self {
+        RelayTimeouts {
+            idle: t.idle,
+            half_close: t.half_close,
+        }
+    }
+}
+
+/// Relays between `client` and `target` until both directions are done, one fails, the relay
+/// sits idle for `timeouts.idle`, or one direction has ended and the other has carried nothing
+/// for `timeouts.half_close`. Bytes are added to `up` (client to target) and `down` as they
+/// move, so a relay cut short still reports what it carried.
 ///
 /// The caller closes both streams as soon as this returns: the last half-close of a relay that
 /// ends cleanly is left to that close.
 pub async fn relay(
     client: &mut TcpStream,
     target: &mut TcpStream,
-    idle: Duration,
+    timeouts: RelayTimeouts,
     up: &AtomicU64,
     down: &AtomicU64,
 ) -> RelayEnd {
@@ -299,28 +399,55 @@ pub async fn relay(
         one_done: &one_done,
         epoch,
     };
-    let both = async {
-        // One failing direction (a reset, say) ends both: the other may never see EOF.
-        match tokio::try_join!(upward.run(true), downward.run(true)) {
-            Ok(_) => RelayEnd::Closed,
-            Err(_) => RelayEnd::Error,
-        }
-    };
-    if idle.is_zero() {
-        return both.await;
-    }
-    let watchdog = async {
-        loop {
-            let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-            let deadline = epoch + last + idle;
-            if Instant::now() >= deadline {
-                return RelayEnd::Idle;
+    let up_run = upward.run(true);
+    let down_run = downward.run(true);
+    tokio::pin!(up_run, down_run);
+    let (mut up_done, mut down_done) = (false, false);
+    loop {
+        // The clock that applies now: idle while both flow, the half-close linger (counted
+        // from the end of the first direction or the last byte since) once one has ended.
+        let limit = if up_done || down_done {
+            [timeouts.idle, timeouts.half_close]
+                .into_iter()
+                .filter(|d| !d.is_zero())
+                .min()
+        } else {
+            Some(timeouts.idle).filter(|d| !d.is_zero())
+        };
+        let deadline =
+            limit.map(|l| epoch + Duration::from_millis(activity.load(Ordering::Relaxed)) + l);
+        tokio::select! {
+            r = &mut up_run, if !up_done => match r {
+                // One failing direction (a reset, say) ends both: the other may never see EOF.
+                Err(_) => return RelayEnd::Error,
+                Ok(()) => {
+                    up_done = true;
+                    activity.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+            },
+            r = &mut down_run, if !down_done => match r {
+                Err(_) => return RelayEnd::Error,
+                Ok(()) => {
+                    down_done = true;
+                    activity.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+            },
+            _ = tokio::time::sleep_until(deadline.unwrap_or(epoch)), if deadline.is_some() => {
+                // Activity may have moved the deadline while this slept.
+                let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                if let Some(l) = limit {
+                    if Instant::now() >= epoch + last + l {
+                        return if up_done || down_done {
+                            RelayEnd::HalfClosed
+                        } else {
+                            RelayEnd::Idle
+                        };
+                    }
+                }
             }
-            tokio::time::sleep_until(deadline).await;
         }
-    };
-    tokio::select! {
-        end = both => end,
-        end = watchdog => end,
+        if up_done && down_done {
+            return RelayEnd::Closed;
+        }
     }
 }

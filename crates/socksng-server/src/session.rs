@@ -6,7 +6,7 @@
 use crate::admission::{NotChecked, StageSlot};
 use crate::connect::{canonical_addr, connect_racing, interleave, reply_code_for};
 use crate::policy::Verdict;
-use crate::relay::relay;
+use crate::relay::{relay, RelayTimeouts};
 use crate::server::Shared;
 use socksng_proto::wire::ng::NgRequest;
 use socksng_proto::{Address, Command, Event, Host, ReplyCode, ServerHandshake};
@@ -485,7 +485,7 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
     let end = relay(
         &mut conn.stream,
         &mut target,
-        shared.cfg.timeouts.idle,
+        RelayTimeouts::from_config(&shared.cfg.timeouts),
         &log.up,
         &log.down,
     )

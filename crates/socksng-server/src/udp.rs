@@ -13,7 +13,7 @@
 
 use crate::connect::{external_for, interleave, port_zero};
 use crate::policy::{canonical, Verdict};
-use crate::relay::read_drained;
+use crate::relay::{read_drained, IdleTimer, PooledBuf};
 use crate::server::Shared;
 use crate::session::{Handshaken, SessionLog};
 use socksng_proto::wire::ng::UdpFrameHeader;
@@ -32,8 +32,8 @@ const NAME_CACHE_MAX: usize = 256;
 const CONTACTED_MAX: usize = 4096;
 /// A name lookup holds up the client's other datagrams, so it gets a short leash.
 const UDP_RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest datagram received from anywhere.
-const DATAGRAM_MAX: usize = 65_536;
+/// The longest SOCKS5 UDP header: RSV FRAG ATYP, an IPv6 address, the port.
+const MAX_UDP_HEADER: usize = 3 + 1 + 16 + 2;
 
 async fn readable(sock: &Option<UdpSocket>) -> io::Result<()> {
     match sock {
@@ -222,10 +222,10 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
     log.connected = Some(relay_addr);
 
     let mut outside = UdpOutside::new(conn.shared.clone(), conn.user.clone());
-    let mut buf = vec![0u8; DATAGRAM_MAX];
-    let mut packet = Vec::with_capacity(2048);
+    let mut idle = IdleTimer::new(conn.shared.cfg.timeouts.udp_idle);
     let mut n = Counts::default();
-    let mut control_buf = [0u8; 512];
+    let mut control_buf = [0u8; 64];
+    let mut header = Vec::with_capacity(MAX_UDP_HEADER);
     let end = loop {
         tokio::select! {
             r = conn.stream.read(&mut control_buf) => match r {
@@ -237,8 +237,10 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
                 if let Err(e) = r {
                     break format!("relay socket failed: {e}");
                 }
+                let mut held = PooledBuf::take_datagram();
+                let buf = held.bytes();
                 // WouldBlock after a spurious wake-up, or an ICMP error about one datagram.
-                let Ok((len, src)) = relay.try_recv_from(&mut buf) else { continue };
+                let Ok((len, src)) = relay.try_recv_from(buf) else { continue };
                 let src = SocketAddr::new(canonical(src.ip()), src.port());
                 if src.ip() != client_ip || client_port.is_some_and(|p| p != src.port()) {
                     n.dropped += 1;
@@ -246,6 +248,7 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
                     continue;
                 }
                 client_port = Some(src.port());
+                idle.touch();
                 let sent = match UdpHeader::decode(&buf[..len]) {
                     Ok((h, head)) if h.frag == 0 => outside.send(&h.address, &buf[head..len]).await.then_some(len - head),
                     _ => None,
@@ -256,21 +259,29 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
                 }
             },
             v6 = outside.readable() => {
-                let Some((len, src, allowed)) = outside.try_recv(v6, &mut buf) else { continue };
+                let mut held = PooledBuf::take_datagram();
+                let buf = held.bytes();
+                // The payload goes in after room for the longest header, which is then
+                // written just before it: one buffer, no copy of the payload.
+                let Some((len, src, allowed)) = outside.try_recv(v6, &mut buf[MAX_UDP_HEADER..]) else { continue };
                 let Some(port) = client_port.filter(|_| allowed) else {
                     n.dropped += 1;
                     continue;
                 };
-                packet.clear();
-                UdpHeader { frag: 0, address: Address::ip(src) }.encode(&mut packet);
-                packet.extend_from_slice(&buf[..len]);
-                if relay.send_to(&packet, SocketAddr::new(client_ip, port)).await.is_ok() {
+                header.clear();
+                UdpHeader { frag: 0, address: Address::ip(src) }.encode(&mut header);
+                let start = MAX_UDP_HEADER - header.len();
+                buf[start..MAX_UDP_HEADER].copy_from_slice(&header);
+                let packet = &buf[start..MAX_UDP_HEADER + len];
+                if relay.send_to(packet, SocketAddr::new(client_ip, port)).await.is_ok() {
                     n.down += 1;
+                    idle.touch();
                     log.add_down(len as u64);
                 } else {
                     n.dropped += 1;
                 }
             },
+            _ = idle.expired() => break format!("no datagram for {:?}", conn.shared.cfg.timeouts.udp_idle),
         }
     };
     log.outcome = format!(
@@ -294,6 +305,8 @@ fn write_queued(
     }
     if *sent_off == outq.len() {
         outq.clear();
+        // A burst's queue is not kept for an idle tunnel.
+        outq.shrink_to(4096);
         *sent_off = 0;
     } else if *sent_off > limit {
         outq.drain(..*sent_off);
@@ -314,47 +327,62 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
     }
     let limit = conn.shared.cfg.ng.udp_tunnel_queue;
     let mut outside = UdpOutside::new(conn.shared.clone(), conn.user.clone());
+    let mut idle = IdleTimer::new(conn.shared.cfg.timeouts.udp_idle);
     let stream = &conn.stream;
-    // Frames may already have arrived behind the request.
+    // A partial frame waiting for the rest (at most one frame long); frames may already
+    // have arrived behind the request.
     let mut inbox = std::mem::take(&mut conn.early_data);
     let mut outq: Vec<u8> = Vec::new();
     let mut sent_off = 0usize;
-    let mut buf = vec![0u8; DATAGRAM_MAX];
     let mut n = Counts::default();
+    let mut pending_early = !inbox.is_empty();
     let end = 'session: loop {
-        // Relay every complete frame the client has sent.
-        loop {
-            match UdpFrameHeader::decode(&inbox) {
-                Ok((h, head)) if inbox.len() >= head + usize::from(h.len) => {
-                    let total = head + usize::from(h.len);
-                    if outside.send(&h.address, &inbox[head..total]).await {
-                        n.up += 1;
-                        log.add_up(u64::from(h.len));
-                    } else {
-                        n.dropped += 1;
-                    }
-                    inbox.drain(..total);
+        if pending_early {
+            pending_early = false;
+            match relay_frames(&mut outside, &inbox, &mut n, log).await {
+                Ok(used) => {
+                    inbox.drain(..used);
                 }
-                Ok(_) | Err(DecodeError::Incomplete) => break,
-                Err(e) => break 'session format!("malformed frame: {e}"),
+                Err(e) => break 'session e,
             }
         }
         let want_write = sent_off < outq.len();
         tokio::select! {
             r = stream.readable() => {
                 if let Err(e) = r { break format!("connection failed: {e}"); }
-                // A partial frame is at most one frame long, so the inbox stays bounded.
-                inbox.reserve(DATAGRAM_MAX);
-                let room = inbox.capacity() - inbox.len();
-                match read_drained(stream, room, || stream.try_read_buf(&mut inbox)) {
+                let mut held = PooledBuf::take_datagram();
+                let chunk = held.bytes();
+                let room = chunk.len();
+                let got = match read_drained(stream, room, || stream.try_read(chunk)) {
                     Ok(0) => break "client closed".to_string(),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Ok(k) => k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => break format!("connection failed: {e}"),
+                };
+                idle.touch();
+                // Frames are relayed straight from the read buffer; only a partial frame at
+                // its end is kept, so an idle tunnel holds no buffer.
+                let relayed = if inbox.is_empty() {
+                    relay_frames(&mut outside, &chunk[..got], &mut n, log).await.map(|used| {
+                        inbox.extend_from_slice(&chunk[used..got]);
+                    })
+                } else {
+                    inbox.extend_from_slice(&chunk[..got]);
+                    relay_frames(&mut outside, &inbox, &mut n, log).await.map(|used| {
+                        inbox.drain(..used);
+                        if inbox.is_empty() {
+                            inbox = Vec::new();
+                        }
+                    })
+                };
+                if let Err(e) = relayed {
+                    break e;
                 }
             }
             v6 = outside.readable() => {
-                let Some((len, src, allowed)) = outside.try_recv(v6, &mut buf) else { continue };
+                let mut held = PooledBuf::take_datagram();
+                let buf = held.bytes();
+                let Some((len, src, allowed)) = outside.try_recv(v6, buf) else { continue };
                 let frame_len = 2 + Address::ip(src).encoded_len() + len;
                 if !allowed || outq.len() - sent_off + frame_len > limit {
                     n.dropped += 1;
@@ -367,6 +395,7 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
                 let was_idle = sent_off == outq.len();
                 if UdpFrameHeader::encode_frame(&Address::ip(src), &buf[..len], &mut outq).is_ok() {
                     n.down += 1;
+                    idle.touch();
                     log.add_down(len as u64);
                 }
                 // Nothing was waiting: write now rather than after another turn of the loop.
@@ -382,10 +411,39 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
                     break format!("connection failed: {e}");
                 }
             }
+            _ = idle.expired() => break format!("no datagram for {:?}", conn.shared.cfg.timeouts.udp_idle),
         }
     };
     log.outcome = format!(
         "{end}; datagrams up {} down {} dropped {}",
         n.up, n.down, n.dropped
     );
+}
+
+/// Relays every complete frame at the start of `data`; returns the bytes used (a partial
+/// frame at the end is left), or why the stream cannot go on.
+async fn relay_frames(
+    outside: &mut UdpOutside,
+    data: &[u8],
+    n: &mut Counts,
+    log: &SessionLog,
+) -> Result<usize, String> {
+    let mut used = 0;
+    loop {
+        let rest = &data[used..];
+        match UdpFrameHeader::decode(rest) {
+            Ok((h, head)) if rest.len() >= head + usize::from(h.len) => {
+                let total = head + usize::from(h.len);
+                if outside.send(&h.address, &rest[head..total]).await {
+                    n.up += 1;
+                    log.add_up(u64::from(h.len));
+                } else {
+                    n.dropped += 1;
+                }
+                used += total;
+            }
+            Ok(_) | Err(DecodeError::Incomplete) => return Ok(used),
+            Err(e) => return Err(format!("malformed frame: {e}")),
+        }
+    }
 }
