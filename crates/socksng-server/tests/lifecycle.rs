@@ -188,3 +188,39 @@ async fn shutdown_cuts_sessions_after_grace() {
     srv.task.take().unwrap().await.unwrap();
     assert!(closed_silently(&mut s).await);
 }
+
+/// Connects from a chosen loopback source address.
+async fn connect_from(source: &str, proxy: std::net::SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    sock.connect(proxy).await.unwrap()
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_place() {
+    let srv = start(&format!(
+        "[limits]\nmax_handshakes_per_address = 3\nmax_sessions_per_address = 1\n{ALLOW_LOOPBACK}"
+    ))
+    .await;
+    let target = echo_server("127.0.0.1:0").await;
+    // 127.0.0.1 holds its three silent connections; its fourth is closed unanswered.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(connect_from("127.0.0.1", srv.addr).await);
+    }
+    let mut over = connect_from("127.0.0.1", srv.addr).await;
+    let _ = over.write_all(&[5, 1, 0]).await;
+    assert!(closed_silently(&mut over).await);
+    // Another address is served meanwhile...
+    let mut other = connect_from("127.0.0.2", srv.addr).await;
+    let r = request(&mut other, 1, &Address::ip(target)).await;
+    assert_eq!(r.code, ReplyCode::SUCCEEDED);
+    other.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    other.read_exact(&mut b).await.unwrap();
+    // ...and holds its one session: a second from the same address is refused by rule.
+    let mut second = connect_from("127.0.0.2", srv.addr).await;
+    let r = request(&mut second, 1, &Address::ip(target)).await;
+    assert_eq!(r.code, ReplyCode::NOT_ALLOWED);
+    srv.stop().await;
+}

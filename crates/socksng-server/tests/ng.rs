@@ -7,28 +7,6 @@ use socksng_proto::ReplyCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Negotiates SOCKS-NG without credentials and returns the connection ready for a request.
-async fn ng_session(proxy: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(&[5, 2, 0xa5, 0]).await.unwrap();
-    let mut sel = [0u8; 2];
-    s.read_exact(&mut sel).await.unwrap();
-    assert_eq!(sel, [5, 0xa5]);
-    let mut hello = Vec::new();
-    NgHello { auth: NgAuth::None }.encode(&mut hello).unwrap();
-    s.write_all(&hello).await.unwrap();
-    let mut w = [0u8; 3];
-    s.read_exact(&mut w).await.unwrap();
-    assert_eq!(
-        NgWelcome::decode(&w).unwrap().0,
-        NgWelcome {
-            status: 0,
-            revision: 1
-        }
-    );
-    s
-}
-
 #[tokio::test]
 async fn capabilities_report_configured_ranges() {
     let srv =

@@ -1,5 +1,6 @@
-//! The default policy keeps the proxy from reaching its own host: every destination on the
-//! SSRF list is refused with 0x02 for CONNECT and dropped for UDP, given as an address and as
+//! The default policy keeps the proxy from reaching its own host, multicast groups and
+//! broadcast addresses: every destination on the SSRF list (IPv4 carried inside IPv6 included)
+//! is refused with 0x02 for CONNECT and dropped for UDP, given as an address and as
 //! a name that resolves to it (numeric names go through getaddrinfo like any other name, so
 //! the decimal/hex/octal spellings of 127.0.0.1 are covered too).
 
@@ -21,12 +22,29 @@ fn ssrf_addresses() -> Vec<IpAddr> {
         "169.254.169.254",
         "169.254.1.1",
         "fe80::1",
+        // IPv4 carried in IPv6: NAT64, 6to4, IPv4-compatible, IPv4-translated, Teredo.
+        "64:ff9b::7f00:1",
+        "64:ff9b:1::a9fe:a9fe",
+        "2002:7f00:1::1",
+        "::127.0.0.1",
+        "::ffff:0:127.0.0.1",
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",
+        // Multicast groups and broadcast.
+        "239.255.255.250",
+        "224.0.0.1",
+        "224.0.0.251",
+        "ff02::1",
+        "ff05::c",
+        "255.255.255.255",
     ]
     .iter()
     .map(|s| s.parse().unwrap())
     .collect();
     for iface in if_addrs::get_if_addrs().unwrap() {
         v.push(iface.ip());
+        if let if_addrs::IfAddr::V4(a) = iface.addr {
+            v.extend(a.broadcast.map(IpAddr::V4));
+        }
     }
     v
 }

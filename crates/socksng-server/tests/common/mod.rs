@@ -150,3 +150,29 @@ pub async fn udp_associate(proxy: SocketAddr, announce: Address) -> (TcpStream, 
     assert_eq!(r.code, socksng_proto::ReplyCode::SUCCEEDED);
     (ctl, r.bound.socket_addr().unwrap())
 }
+
+/// Negotiates SOCKS-NG without credentials and returns the connection ready for a request.
+pub async fn ng_session(proxy: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(&[5, 2, 0xa5, 0]).await.unwrap();
+    let mut sel = [0u8; 2];
+    s.read_exact(&mut sel).await.unwrap();
+    assert_eq!(sel, [5, 0xa5]);
+    let mut hello = Vec::new();
+    socksng_proto::wire::ng::NgHello {
+        auth: socksng_proto::wire::ng::NgAuth::None,
+    }
+    .encode(&mut hello)
+    .unwrap();
+    s.write_all(&hello).await.unwrap();
+    let mut w = [0u8; 3];
+    s.read_exact(&mut w).await.unwrap();
+    assert_eq!(
+        socksng_proto::wire::ng::NgWelcome::decode(&w).unwrap().0,
+        socksng_proto::wire::ng::NgWelcome {
+            status: 0,
+            revision: 1
+        }
+    );
+    s
+}
