@@ -205,6 +205,16 @@ impl Server {
     /// the configured grace period and cuts the rest (their clients see a reset, not a clean
     /// end that could pass for a complete transfer).
     pub async fn run(self, shutdown: CancellationToken) -> RunSummary {
+        self.run_until(shutdown, CancellationToken::new()).await
+    }
+
+    /// [`Server::run`], with a second token that ends the grace period early (a second
+    /// SIGTERM): the remaining sessions are reset at once.
+    pub async fn run_until(
+        self,
+        shutdown: CancellationToken,
+        cut_now: CancellationToken,
+    ) -> RunSummary {
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         let cut = Arc::new(AtomicUsize::new(0));
@@ -234,7 +244,11 @@ impl Server {
             ?grace,
             "shutting down: draining sessions"
         );
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        let drained = tokio::select! {
+            r = tokio::time::timeout(grace, tracker.wait()) => r.is_ok(),
+            _ = cut_now.cancelled() => tracker.is_empty(),
+        };
+        if !drained {
             tracing::warn!(
                 remaining = tracker.len(),
                 "grace period over: closing remaining sessions"

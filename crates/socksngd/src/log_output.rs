@@ -1,97 +1,250 @@
-//! Where log lines go: standard error, with info and debug lines gathered while the runtime is
-//! busy and written in one call when it goes idle.
+//! Where log lines go: standard error or a log file, written by a thread of its own, so that a
+//! log reader that stops reading (a full pipe) or a slow disk never stops the server.
 //!
-//! A busy proxy logs one line per session, and a write(2) per line is one system call in every
-//! 35 a short session costs. Lines wait in memory only while there is other work to do: each
-//! runtime thread calls `on_park` just before it sleeps (tokio's `on_thread_park`), which
-//! writes the batch, and a batch is also written once it holds `MAX_BYTES` or its first line is
-//! `MAX_AGE` old. Only threads that have parked once batch their lines: another thread (the
-//! multi-thread runtime's `block_on` caller, the blocking pool) may never park, so its lines go
-//! out at once. Warnings and errors go out at once too, after whatever is pending, so the order
-//! of lines is kept.
+//! Runtime threads only append lines to a bounded buffer in memory. Beyond `MAX_PENDING` bytes
+//! lines are dropped and counted, and the writer reports how many once it can write again.
+//!
+//! A busy proxy logs one line per session, and a write(2) per line would be one system call in
+//! every 35 a short session costs. So info and debug lines wait while the runtime is busy: the
+//! writer is woken when a runtime thread is about to sleep (tokio's `on_thread_park`), when the
+//! buffer holds `BATCH_BYTES`, or when its first line is `MAX_AGE` old, and writes everything
+//! pending in one call. Warnings and errors wake it at once; the order of lines is kept.
+//!
+//! The log file (if any) is opened for appending and opened again on `reopen`, which the
+//! binary calls on SIGHUP so that logrotate can move the old file away.
 
 use std::cell::Cell;
+use std::fs::File;
 use std::io::{self, Write};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
-/// A batch is written once it holds this much.
-const MAX_BYTES: usize = 16 * 1024;
-/// ...or once its first line has waited this long (a runtime that never idles).
+/// The writer is woken once this much is pending.
+const BATCH_BYTES: usize = 16 * 1024;
+/// ...or once the first pending line has waited this long (a runtime that never idles).
 const MAX_AGE: Duration = Duration::from_secs(1);
+/// Lines beyond this much unwritten are dropped (and counted).
+const MAX_PENDING: usize = 1024 * 1024;
+/// How long `flush` waits for the writer before the process exits anyway.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
 
-thread_local! {
-    /// Set on a thread once it has parked: it will park again, and flush then.
-    static PARKS: Cell<bool> = const { Cell::new(false) };
+/// Where the writer writes.
+enum Sink {
+    Stderr,
+    File { path: PathBuf, file: Option<File> },
 }
-static PENDING: Mutex<Pending> = Mutex::new(Pending {
-    bytes: Vec::new(),
-    since: None,
-});
 
-struct Pending {
-    bytes: Vec<u8>,
+struct State {
+    pending: Vec<u8>,
     since: Option<Instant>,
+    dropped: u64,
+    /// The writer should run now.
+    wake: bool,
+    /// A batch is being written.
+    writing: bool,
+    reopen: bool,
+    started: bool,
 }
 
-impl Pending {
-    fn write_out(&mut self) {
-        if !self.bytes.is_empty() {
-            // A vanished log reader must not stop the server; the lines are dropped.
-            let _ = io::stderr().lock().write_all(&self.bytes);
-            self.bytes.clear();
+static STATE: Mutex<State> = Mutex::new(State {
+    pending: Vec::new(),
+    since: None,
+    dropped: 0,
+    wake: false,
+    writing: false,
+    reopen: false,
+    started: false,
+});
+/// Wakes the writer.
+static WORK: Condvar = Condvar::new();
+/// Tells `flush` that a batch went out.
+static WRITTEN: Condvar = Condvar::new();
+
+fn state() -> MutexGuard<'static, State> {
+    // A panic while holding the lock leaves only bytes behind, which are still fine to write.
+    STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts the writer thread, writing to `file` (appended) or standard error. A file that
+/// cannot be opened is an error, so that `run` fails at start rather than log nowhere.
+pub fn start(file: Option<PathBuf>) -> io::Result<()> {
+    let sink = match file {
+        None => Sink::Stderr,
+        Some(path) => {
+            let file = open_log(&path)?;
+            Sink::File {
+                path,
+                file: Some(file),
+            }
         }
-        self.since = None;
+    };
+    state().started = true;
+    std::thread::Builder::new()
+        .name("socksngd-log".into())
+        .spawn(move || writer(sink))?;
+    Ok(())
+}
+
+fn open_log(path: &PathBuf) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("log file {}: {e}", path.display())))
+}
+
+fn writer(mut sink: Sink) {
+    loop {
+        let (batch, dropped, reopen) = {
+            let mut s = state();
+            while !s.wake {
+                let wait = match s.since {
+                    Some(t) => MAX_AGE.saturating_sub(t.elapsed()),
+                    None => Duration::from_secs(3600),
+                };
+                let (next, timeout) = WORK
+                    .wait_timeout(s, wait)
+                    .unwrap_or_else(|p| p.into_inner());
+                s = next;
+                if timeout.timed_out() && s.since.is_some() {
+                    break;
+                }
+            }
+            s.wake = false;
+            s.writing = true;
+            s.since = None;
+            let dropped = std::mem::take(&mut s.dropped);
+            let reopen = std::mem::take(&mut s.reopen);
+            (std::mem::take(&mut s.pending), dropped, reopen)
+        };
+        if reopen {
+            if let Sink::File { path, file } = &mut sink {
+                // The old file (moved away by logrotate) is closed; on failure the lines are
+                // lost rather than the server stopped, and the next SIGHUP tries again.
+                *file = None;
+                match open_log(path) {
+                    Ok(f) => *file = Some(f),
+                    Err(e) => eprintln!("socksngd: cannot reopen {e}"),
+                }
+            }
+        }
+        // Failures are ignored: a vanished log reader must not stop the server.
+        let mut out = |bytes: &[u8]| match &mut sink {
+            Sink::Stderr => {
+                let _ = io::stderr().lock().write_all(bytes);
+            }
+            Sink::File { file: Some(f), .. } => {
+                let _ = f.write_all(bytes);
+            }
+            Sink::File { file: None, .. } => {}
+        };
+        if dropped > 0 {
+            let note = format!(
+                "socksngd: {dropped} log line(s) dropped: the log output was not keeping up\n"
+            );
+            out(note.as_bytes());
+        }
+        if !batch.is_empty() {
+            out(&batch);
+        }
+        let mut s = state();
+        s.writing = false;
+        // Hand the allocation back for the next batch, unless it grew large in a burst.
+        if s.pending.is_empty() && batch.capacity() <= 4 * BATCH_BYTES {
+            let mut batch = batch;
+            batch.clear();
+            s.pending = batch;
+        }
+        WRITTEN.notify_all();
     }
 }
 
-fn pending() -> std::sync::MutexGuard<'static, Pending> {
-    // A panic while holding the lock leaves only bytes behind, which are still fine to write.
-    PENDING.lock().unwrap_or_else(|p| p.into_inner())
+thread_local! {
+    /// Set on a thread once it has parked: it will park again, and wake the writer then.
+    /// Other threads (the multi-thread runtime's `block_on` caller never parks) wake it at
+    /// once, so their lines do not wait for `MAX_AGE`.
+    static PARKS: Cell<bool> = const { Cell::new(false) };
 }
 
-/// For `on_thread_park`: writes the pending lines, and lets this thread's later lines wait for
-/// its next park.
+/// For `on_thread_park`: the runtime is about to sleep, so pending lines go out now.
 pub fn on_park() {
     PARKS.with(|p| p.set(true));
-    flush();
+    let mut s = state();
+    if !s.pending.is_empty() && !s.wake {
+        s.wake = true;
+        WORK.notify_one();
+    }
 }
 
-/// Writes the pending lines (also before the process exits).
+/// Asks the writer to open the log file again (after logrotate moved it).
+pub fn reopen() {
+    let mut s = state();
+    s.reopen = true;
+    s.wake = true;
+    WORK.notify_one();
+}
+
+/// Waits (boundedly: the output may be stuck) until everything pending is written; called
+/// before the process exits.
 pub fn flush() {
-    pending().write_out();
+    let deadline = Instant::now() + FLUSH_DEADLINE;
+    let mut s = state();
+    if !s.started {
+        return;
+    }
+    s.wake = true;
+    WORK.notify_one();
+    while !s.pending.is_empty() || s.writing || s.wake {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        s = WRITTEN
+            .wait_timeout(s, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
 }
 
-/// The `MakeWriter` for the fmt subscriber: standard error, batched as the module describes.
-pub struct Stderr;
+/// Adds a line; `urgent` wakes the writer at once.
+fn push(line: &[u8], urgent: bool) {
+    let mut s = state();
+    if !s.started {
+        // Before the writer runs (or in unit tests) lines go straight out.
+        drop(s);
+        let _ = io::stderr().lock().write_all(line);
+        return;
+    }
+    if s.pending.len() + line.len() > MAX_PENDING {
+        s.dropped += 1;
+        return;
+    }
+    s.pending.extend_from_slice(line);
+    let since = *s.since.get_or_insert_with(Instant::now);
+    let due = urgent || s.pending.len() >= BATCH_BYTES || since.elapsed() >= MAX_AGE;
+    if due && !s.wake {
+        s.wake = true;
+        WORK.notify_one();
+    }
+}
+
+/// The `MakeWriter` for the fmt subscriber.
+pub struct Output;
 
 /// The writer for one log line.
 pub enum LineWriter {
-    /// Added to the pending batch.
+    /// Waits for the runtime to go idle (or the batch to fill).
     Batched,
-    /// Written now, after the pending batch.
+    /// Wakes the writer at once.
     Now,
 }
 
 impl Write for LineWriter {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let mut p = pending();
-        match self {
-            LineWriter::Batched => {
-                p.bytes.extend_from_slice(line);
-                let since = *p.since.get_or_insert_with(Instant::now);
-                if p.bytes.len() >= MAX_BYTES || since.elapsed() >= MAX_AGE {
-                    p.write_out();
-                }
-            }
-            LineWriter::Now => {
-                p.write_out();
-                // Ignored for the same reason as in `write_out`.
-                let _ = io::stderr().lock().write_all(line);
-            }
-        }
+        push(line, matches!(self, LineWriter::Now));
         Ok(line.len())
     }
 
@@ -100,7 +253,7 @@ impl Write for LineWriter {
     }
 }
 
-impl<'a> MakeWriter<'a> for Stderr {
+impl<'a> MakeWriter<'a> for Output {
     type Writer = LineWriter;
 
     fn make_writer(&'a self) -> LineWriter {
@@ -126,28 +279,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_until_flushed_and_keeps_order_for_warnings() {
-        // A thread that has not parked writes at once.
+    fn bounded_batches_through_the_writer_thread() {
         assert!(matches!(writer_for(Level::INFO), LineWriter::Now));
         on_park();
+        assert!(matches!(writer_for(Level::INFO), LineWriter::Batched));
         assert!(matches!(writer_for(Level::WARN), LineWriter::Now));
-        let mut info = writer_for(Level::INFO);
-        assert!(matches!(info, LineWriter::Batched));
-        info.write_all(b"log_output test: 1\n").unwrap();
-        info.write_all(b"log_output test: 2\n").unwrap();
-        assert_eq!(pending().bytes, b"log_output test: 1\nlog_output test: 2\n");
-        // A warning writes what is pending first, then itself.
-        writer_for(Level::ERROR)
-            .write_all(b"log_output test: 3\n")
-            .unwrap();
-        assert!(pending().bytes.is_empty());
-        // A batch whose first line has waited too long goes out with the next line.
-        info.write_all(b"log_output test: 4\n").unwrap();
-        pending().since = Some(Instant::now() - MAX_AGE);
-        info.write_all(b"log_output test: 5\n").unwrap();
-        assert!(pending().bytes.is_empty());
-        info.write_all(b"log_output test: 6\n").unwrap();
+        let dir = std::env::temp_dir().join(format!("socksngd-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        start(Some(path.clone())).unwrap();
+        writer_for(Level::INFO).write_all(b"line 1\n").unwrap();
+        writer_for(Level::ERROR).write_all(b"line 2\n").unwrap();
         flush();
-        assert!(pending().bytes.is_empty() && pending().since.is_none());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "line 1\nline 2\n");
+        // Rotation: the file is moved away, reopen creates a new one.
+        let rotated = dir.join("log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        reopen();
+        flush();
+        writer_for(Level::INFO).write_all(b"line 3\n").unwrap();
+        flush();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "line 3\n");
+        // A flood beyond the bound is dropped and counted rather than queued without end.
+        let line = vec![b'x'; 1023];
+        let mut s = state();
+        s.pending.resize(MAX_PENDING - 10, b'.');
+        drop(s);
+        writer_for(Level::INFO).write_all(&line).unwrap();
+        assert_eq!(state().dropped, 1);
+        state().pending.clear();
+        flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("1 log line(s) dropped"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -14,6 +14,13 @@ mod log_output;
 ///
 /// Without a configuration file it listens on 127.0.0.1:1080 and [::1]:1080, asks for no
 /// authentication and serves loopback clients only.
+///
+/// Signals: SIGTERM or SIGINT stops accepting and lets sessions drain for
+/// `timeouts.shutdown_grace`, then resets the rest; a second one resets them at once. SIGHUP
+/// reopens the log file (for logrotate).
+///
+/// Exit status: 0 after a clean stop, 1 on an error (configuration, listening), 2 on a usage
+/// error, 3 when the server stopped but had to cut sessions.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -68,9 +75,23 @@ fn main() -> Result<()> {
         return Ok(());
     }
     match cli.command.unwrap_or(Cmd::Run) {
-        Cmd::Run => run(load_config(cli.config.as_deref())?),
+        Cmd::Run => {
+            let cut = run(load_config(cli.config.as_deref())?)?;
+            if cut > 0 {
+                std::process::exit(EXIT_SESSIONS_CUT);
+            }
+            Ok(())
+        }
         Cmd::Check => {
             let cfg = load_config(cli.config.as_deref())?;
+            log_filter(&cfg.log_level)?;
+            if let Some(path) = cfg.log_file() {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("log file {}", path.display()))?;
+            }
             if let Some(users) = cfg.users_file().filter(|_| cfg.accepts_password()) {
                 let db = socksng_server::users::UserDb::load(&users)?;
                 println!("users file {}: {} user(s)", users.display(), db.len());
@@ -110,8 +131,15 @@ fn list(addrs: &[std::net::SocketAddr]) -> String {
         .join(", ")
 }
 
-fn run(cfg: Config) -> Result<()> {
-    init_logging(&cfg.log_level);
+/// Exit status when the server stopped but cut sessions at the end of the grace period.
+const EXIT_SESSIONS_CUT: i32 = 3;
+
+/// Runs the server; returns how many sessions had to be cut when it stopped.
+fn run(cfg: Config) -> Result<usize> {
+    let filter = log_filter(&cfg.log_level)?;
+    log_output::start(cfg.log_file())?;
+    init_logging(filter);
+    tune_allocator();
     raise_fd_limit();
     let workers = match cfg.workers {
         0 => std::thread::available_parallelism()
@@ -137,28 +165,39 @@ fn run(cfg: Config) -> Result<()> {
         let mut signals = Signals::install()?;
         let server = Server::bind(cfg)?;
         let shutdown = CancellationToken::new();
-        let trigger = shutdown.clone();
+        let cut_now = CancellationToken::new();
+        let (trigger, cut_trigger) = (shutdown.clone(), cut_now.clone());
         tokio::spawn(async move {
-            let which = signals.next().await;
-            // Cancel before logging: a log write may fail (a closed stderr pipe) and must not
-            // keep the server from stopping.
+            let which = signals.next_stop().await;
             trigger.cancel();
             tracing::info!("{which} received: stopping (send it again to stop at once)");
-            let again = signals.next().await;
-            tracing::warn!("{again} received again: exiting without waiting for sessions");
-            log_output::flush();
-            std::process::exit(1);
+            let again = signals.next_stop().await;
+            tracing::warn!("{again} received again: resetting the remaining sessions");
+            cut_trigger.cancel();
         });
-        server.run(shutdown).await;
-        Ok(())
+        let summary = server.run_until(shutdown, cut_now).await;
+        Ok::<_, anyhow::Error>(summary.sessions_cut)
     });
     log_output::flush();
     served
 }
 
+/// glibc raises its mmap threshold to the size of the largest block freed, so after one
+/// argon2 check (~19 MiB) every later one comes from heaps it never gives back to the system:
+/// hundreds of megabytes after a burst of logins. A fixed threshold keeps large blocks mapped
+/// and returned when freed. (musl, used by static router builds, always does this.)
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before other threads run.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -167,46 +206,74 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+    /// Waits for a signal to stop; SIGHUPs meanwhile reopen the log file.
+    async fn next_stop(&mut self) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => {
+                    log_output::reopen();
+                    tracing::info!(
+                        "SIGHUP received: log output reopened; configuration changes need a restart"
+                    );
+                }
+            }
         }
     }
 }
 
+/// The log filter of `log_level`, as this build understands it.
 #[cfg(feature = "env-filter")]
-fn init_logging(level: &str) {
+fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    socksng_server::config::check_log_filter(level)
+        .map_err(|e| anyhow::anyhow!("`log_level`: {e}"))?;
+    Ok(match std::env::var("RUST_LOG") {
+        Ok(v) => EnvFilter::try_new(&v).with_context(|| format!("RUST_LOG={v:?}"))?,
+        Err(_) => EnvFilter::try_new(level).with_context(|| format!("`log_level` {level:?}"))?,
+    })
+}
+
+/// The log filter of `log_level`, as this build understands it (one level: the router build
+/// has no per-module filters).
+#[cfg(not(feature = "env-filter"))]
+fn log_filter(level: &str) -> Result<tracing_subscriber::filter::LevelFilter> {
+    use tracing_subscriber::filter::LevelFilter;
+    let from_env = std::env::var("RUST_LOG").ok();
+    let (source, text) = match &from_env {
+        Some(v) => ("RUST_LOG", v.as_str()),
+        None => ("`log_level`", level),
+    };
+    text.trim().parse::<LevelFilter>().map_err(|_| {
+        anyhow::anyhow!(
+            "{source} {text:?}: this build takes one level (error, warn, info, debug, trace, off)"
+        )
+    })
+}
+
+#[cfg(feature = "env-filter")]
+fn init_logging(filter: tracing_subscriber::EnvFilter) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         // A vanished log reader must not turn every log call into a panic.
         .log_internal_errors(false)
-        .with_writer(log_output::Stderr)
+        .with_writer(log_output::Output)
         .init();
 }
 
 #[cfg(not(feature = "env-filter"))]
-fn init_logging(level: &str) {
-    use tracing_subscriber::filter::LevelFilter;
-    let from_env = std::env::var("RUST_LOG").ok();
-    let filter = from_env
-        .as_deref()
-        .and_then(|v| v.parse::<LevelFilter>().ok())
-        .or_else(|| level.parse().ok())
-        .unwrap_or(LevelFilter::INFO);
+fn init_logging(filter: tracing_subscriber::filter::LevelFilter) {
     tracing_subscriber::fmt()
         .with_max_level(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false)
-        .with_writer(log_output::Stderr)
+        .with_writer(log_output::Output)
         .init();
 }
 

@@ -233,3 +233,183 @@ fn served_ranges_as_proxy_config_json() {
     assert!(json.contains("\"domains\": [\"corp.example\"]"), "{json}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn check(config: &str) -> std::process::Output {
+    let dir = tmpdir("check-run");
+    let cfg = dir.join(format!("c{}.toml", config.len()));
+    std::fs::write(&cfg, config).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let run = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    // `check` refuses exactly what `run` would.
+    assert_eq!(
+        out.status.success(),
+        run.status.success(),
+        "check and run disagree on {config:?}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+#[test]
+fn check_finds_every_error_run_would() {
+    for (config, words) in [
+        (
+            "listen = [\"0.0.0.0:1080\"]\n[access]\nclients = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n",
+            "open proxy",
+        ),
+        (
+            "listen = [\"0.0.0.0:1080\"]\n[access]\nclients = [\"0.0.0.0/2\", \"64.0.0.0/2\", \"128.0.0.0/2\", \"192.0.0.0/2\"]\n",
+            "open proxy",
+        ),
+        ("listen = [\"127.0.0.1:1080\", \"127.0.0.1:1080\"]\n", "twice"),
+        ("listen = [\"0.0.0.0:1080\", \"127.0.0.1:1080\"]\n", "wildcard"),
+        ("log_level = \"verbose\"\n", "log_level"),
+        ("log_file = \"/nonexistent-dir/socksngd.log\"\n", "log file"),
+    ] {
+        let out = check(config);
+        assert!(!out.status.success(), "{config}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(words), "{config}: {err}");
+    }
+}
+
+/// Polls a log file (with a deadline) until a line contains `needle`; returns that line.
+fn wait_for_line(path: &std::path::Path, needle: &str) -> String {
+    let give_up = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no {needle:?} in {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A target that greets each connection with "hello", then holds it open (`hold`) or closes.
+fn greeting_target(hold: bool) -> SocketAddr {
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = target.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut s in target.incoming().flatten() {
+            let _ = s.write_all(b"hello");
+            if hold {
+                held.push(s);
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn sighup_reopens_the_log_file_and_the_server_goes_on() {
+    let dir = tmpdir("hup");
+    let cfg = dir.join("c.toml");
+    let log = dir.join("socksngd.log");
+    std::fs::write(
+        &cfg,
+        "listen = [\"127.0.0.1:0\"]\nlog_file = \"socksngd.log\"\n[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&log, "listen=");
+    let addr: SocketAddr = line
+        .split("listen=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let target = greeting_target(false);
+    // logrotate moves the file away, then signals.
+    std::fs::rename(&log, dir.join("socksngd.log.1")).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_for_line(&log, "SIGHUP received");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the server"
+    );
+    assert!(socks_connect_works(addr, target));
+    wait_for_line(&log, "session");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_log_reader_that_stops_reading_does_not_stop_traffic() {
+    let dir = tmpdir("stuck-log");
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "listen = [\"127.0.0.1:0\"]\n[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let target = greeting_target(false);
+    // The listen line is read, then standard error is never read again: its pipe (64 KiB)
+    // fills after a few hundred session lines.
+    let (mut child, addr, _unread) = spawn(Command::new(BIN).arg("--config").arg(&cfg));
+    for i in 0..1500 {
+        assert!(socks_connect_works(addr, target), "session {i} failed");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sessions_cut_at_the_end_of_the_grace_period_are_reset() {
+    let dir = tmpdir("cut");
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "listen = [\"127.0.0.1:0\"]\n[timeouts]\nshutdown_grace = \"200ms\"\n[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let target = greeting_target(true);
+    let (mut child, addr, mut err) = spawn(Command::new(BIN).arg("--config").arg(&cfg));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let SocketAddr::V4(t) = target else { panic!() };
+    let mut msg = vec![5, 1, 0, 5, 1, 0, 1];
+    msg.extend_from_slice(&t.ip().octets());
+    msg.extend_from_slice(&t.port().to_be_bytes());
+    s.write_all(&msg).unwrap();
+    let mut reply = [0u8; 2 + 10 + 5];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[12..], b"hello");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut buf = [0u8; 16];
+    let end = s.read(&mut buf);
+    assert_eq!(
+        end.as_ref().map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "a cut session must not end like a complete one: {end:?}"
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "exit status says sessions were cut");
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("sessions were cut"), "{rest}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
