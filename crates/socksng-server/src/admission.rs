@@ -231,8 +231,13 @@ pub enum NotChecked {
     Throttled,
 }
 
+/// Checks one client address may have waiting or running at once: one address cannot fill
+/// the queue that every other client's login waits in.
+const CHECKS_PER_ADDRESS: usize = 4;
+
 /// The bounded pool password checks run in.
 pub(crate) struct PasswordChecks {
+    per_address: Stage,
     running: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     queue: usize,
@@ -260,6 +265,7 @@ impl PasswordChecks {
             n => n,
         };
         PasswordChecks {
+            per_address: Stage::new("password check", 0, CHECKS_PER_ADDRESS),
             running: Arc::new(Semaphore::new(running)),
             waiting: Arc::new(AtomicUsize::new(0)),
             queue: limits.password_queue,
@@ -286,6 +292,9 @@ impl PasswordChecks {
         if !self.throttle.allows(client) {
             return Err(NotChecked::Throttled);
         }
+        let Ok(_mine) = self.per_address.enter(client) else {
+            return Err(NotChecked::QueueFull);
+        };
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(NotChecked::QueueFull);

@@ -236,17 +236,17 @@ async fn handshake(
         let asked = match progress.event {
             Some(Event::Authenticate(auth)) => {
                 let name = String::from_utf8_lossy(&auth.username).into_owned();
-                let ok = match shared.authenticate(peer.ip(), &name, auth.password).await {
-                    Ok(ok) => ok,
-                    Err(why) => {
-                        let why = match why {
-                            NotChecked::QueueFull => "too many password checks waiting",
-                            NotChecked::Throttled => "too many failed logins from this address",
-                        };
-                        tracing::info!(client = %peer, user = %name, "login refused unchecked: {why}");
-                        false
-                    }
-                };
+                let (ok, unchecked) =
+                    match shared.authenticate(peer.ip(), &name, auth.password).await {
+                        Ok(ok) => (ok, ""),
+                        Err(NotChecked::QueueFull) => {
+                            (false, " (not checked: too many password checks waiting)")
+                        }
+                        Err(NotChecked::Throttled) => (
+                            false,
+                            " (not checked: too many failed logins from this address)",
+                        ),
+                    };
                 log.user = Some(name.clone());
                 let res = hs.auth_result(ok, &mut out);
                 stream
@@ -256,7 +256,7 @@ async fn handshake(
                 out.clear();
                 if let Err(e) = res {
                     linger_close(&mut stream).await;
-                    return Err(format!("handshake failed: {e}"));
+                    return Err(format!("handshake failed: {e}{unchecked}"));
                 }
                 user = Some(name);
                 continue;
@@ -434,37 +434,65 @@ pub(crate) async fn allowed_addresses(
     Ok(interleave(&allowed, shared.cfg.resolver.prefer))
 }
 
+/// Completes when the client's connection has been reset. A FIN alone may be a half-close (a
+/// client that sent its data and waits for the answer), which is legitimate, and pipelined
+/// data says nothing either: in both cases this waits forever and the session goes on,
+/// bounded by its own timeouts.
+pub(crate) async fn client_gone(stream: &TcpStream) {
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    // A peek that finds nothing clears the readiness, so a stale "readable" left by the
+    // handshake cannot hide the reset that comes later.
+    if std::future::poll_fn(|cx| stream.poll_peek(cx, &mut buf))
+        .await
+        .is_ok()
+    {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
     let shared = conn.shared.clone();
-    let addrs = match Box::pin(allowed_addresses(
-        &shared,
-        conn.user.as_deref(),
-        Command::Connect,
-        &address,
-    ))
-    .await
-    {
-        Ok(a) => a,
-        Err((code, why)) => return conn.refuse(log, code, why).await,
-    };
     let limit = shared.cfg.timeouts.connect;
-    let (mut target, used) = match Box::pin(timeout(
-        limit,
-        connect_racing(
-            &addrs,
-            shared.cfg.resolver.attempt_delay,
-            &shared.cfg.external,
-            shared.cfg.timeouts.tcp_keepalive,
-        ),
-    ))
-    .await
-    {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return conn.refuse(log, reply_code_for(&e), e).await,
-        Err(_) => {
-            let why = format!("connect timed out after {limit:?}");
-            return conn.refuse(log, ReplyCode::TTL_EXPIRED, why).await;
+    // Resolving and connecting can take the connect timeout; a client whose connection is
+    // reset meanwhile ends the session at once instead of holding its slot that long.
+    let reach = async {
+        let addrs = Box::pin(allowed_addresses(
+            &shared,
+            conn.user.as_deref(),
+            Command::Connect,
+            &address,
+        ))
+        .await?;
+        match Box::pin(timeout(
+            limit,
+            connect_racing(
+                &addrs,
+                shared.cfg.resolver.attempt_delay,
+                &shared.cfg.external,
+                shared.cfg.timeouts.tcp_keepalive,
+            ),
+        ))
+        .await
+        {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => Err((reply_code_for(&e), e.to_string())),
+            Err(_) => Err((
+                ReplyCode::TTL_EXPIRED,
+                format!("connect timed out after {limit:?}"),
+            )),
         }
+    };
+    let reached = tokio::select! {
+        r = reach => r,
+        _ = client_gone(&conn.stream) => {
+            log.outcome = "client gone before the target was reached".into();
+            return;
+        }
+    };
+    let (mut target, used) = match reached {
+        Ok(t) => t,
+        Err((code, why)) => return conn.refuse(log, code, why).await,
     };
     log.connected = Some(used);
     let bound = match target.local_addr() {
