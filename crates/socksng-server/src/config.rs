@@ -79,9 +79,10 @@ pub struct Timeouts {
     /// (its client may have vanished without closing); 0 = never.
     #[serde(with = "humantime_serde")]
     pub udp_idle: Duration,
-    /// Once one side of a relay has closed its sending direction, end the relay when the
-    /// other direction carries nothing for this long, so a client that has gone does not
-    /// hold a silent target (and its slot) forever; 0 = never.
+    /// Once a relay's client has closed its sending direction, end the relay when the target
+    /// sends nothing for this long, so a client that has gone does not hold a silent target
+    /// (and its slot) forever; 0 = never. Also how long a BIND whose client closed still
+    /// waits for its peer.
     #[serde(with = "humantime_serde")]
     pub half_close: Duration,
     /// How long a BIND waits for its peer.

@@ -350,8 +350,8 @@ mod splice {
 pub struct RelayTimeouts {
     /// End the relay when nothing has moved either way for this long.
     pub idle: Duration,
-    /// Once one direction has ended, end the relay when the other carries nothing for this
-    /// long: a client that has closed must not hold a silent target forever.
+    /// Once the client has closed its sending side, end the relay when the target sends
+    /// nothing for this long: a client that has gone must not hold a silent target forever.
     pub half_close: Duration,
 }
 
@@ -366,8 +366,8 @@ impl RelayTimeouts {
 }
 
 /// Relays between `client` and `target` until both directions are done, one fails, the relay
-/// sits idle for `timeouts.idle`, or one direction has ended and the other has carried nothing
-/// for `timeouts.half_close`. Bytes are added to `up` (client to target) and `down` as they
+/// sits idle for `timeouts.idle`, or the client has closed its side and the target has sent
+/// nothing for `timeouts.half_close`. Bytes are added to `up` (client to target) and `down` as they
 /// move, so a relay cut short still reports what it carried.
 ///
 /// The caller closes both streams as soon as this returns: the last half-close of a relay that
@@ -404,9 +404,12 @@ pub async fn relay(
     tokio::pin!(up_run, down_run);
     let (mut up_done, mut down_done) = (false, false);
     loop {
-        // The clock that applies now: idle while both flow, the half-close linger (counted
-        // from the end of the first direction or the last byte since) once one has ended.
-        let limit = if up_done || down_done {
+        // The clock that applies now: idle while both flow; once the client has closed its
+        // sending side, also the half-close linger (counted from that moment or the last byte
+        // since). A target that closes first needs no linger: the client answers that, and a
+        // client that vanished is found by keepalive. Arming no timer in that, the common,
+        // case keeps the end of a relay free of timer work.
+        let limit = if up_done {
             [timeouts.idle, timeouts.half_close]
                 .into_iter()
                 .filter(|d| !d.is_zero())
@@ -437,7 +440,7 @@ pub async fn relay(
                 let last = Duration::from_millis(activity.load(Ordering::Relaxed));
                 if let Some(l) = limit {
                     if Instant::now() >= epoch + last + l {
-                        return if up_done || down_done {
+                        return if up_done {
                             RelayEnd::HalfClosed
                         } else {
                             RelayEnd::Idle
