@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use socksng_proto::{Address, Host, ReplyCode, UdpHeader};
 use std::net::{IpAddr, SocketAddr};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
 fn ssrf_addresses() -> Vec<IpAddr> {
@@ -167,6 +167,63 @@ async fn udp_to_host_local_destinations_dropped() {
             0,
             "datagram to {t} passed"
         );
+    }
+    srv.stop().await;
+}
+
+/// The same over the SOCKS-NG UDP tunnel: every forbidden frame is dropped, and an allowed
+/// one sent after each proves the relay has handled it.
+#[tokio::test]
+async fn udp_tunnel_to_host_local_multicast_and_broadcast_dropped() {
+    use socksng_proto::wire::ng::{NgRequest, UdpFrameHeader};
+    let srv = start("[[rules]]\naction = \"allow\"\nto = [\"127.0.0.2/32\"]\n[[rules]]\naction = \"allow\"\nto = [\"0.0.0.0/0\", \"::/0\"]\n").await;
+    let (forbidden, forbidden_count) = udp_echo("127.0.0.1:0").await;
+    let (forbidden6, forbidden6_count) = udp_echo("[::1]:0").await;
+    let (allowed, _) = udp_echo("127.0.0.2:0").await;
+    let mut tunnel = ng_session(srv.addr).await;
+    let mut req = Vec::new();
+    NgRequest::UdpTunnel.encode(&mut req);
+    tunnel.write_all(&req).await.unwrap();
+    assert_eq!(read_reply(&mut tunnel).await.code, ReplyCode::SUCCEEDED);
+    for (i, ip) in ssrf_addresses().into_iter().enumerate() {
+        let mut frames = Vec::new();
+        let port = if ip.is_ipv4() || ip.to_string().starts_with("::ffff") {
+            forbidden.port()
+        } else {
+            forbidden6.port()
+        };
+        let to = Address::ip(SocketAddr::new(ip, port));
+        UdpFrameHeader::encode_frame(&to, b"must not pass", &mut frames).unwrap();
+        let marker = format!("probe {i}");
+        UdpFrameHeader::encode_frame(&Address::ip(allowed), marker.as_bytes(), &mut frames)
+            .unwrap();
+        tunnel.write_all(&frames).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        let (h, _) = loop {
+            match UdpFrameHeader::decode(&head) {
+                Ok(x) => break x,
+                Err(socksng_proto::DecodeError::Incomplete) => {}
+                Err(e) => panic!("bad frame {head:?}: {e}"),
+            }
+            tunnel.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        };
+        let mut payload = vec![0u8; usize::from(h.len)];
+        tunnel.read_exact(&mut payload).await.unwrap();
+        assert_eq!(h.address, Address::ip(allowed));
+        assert_eq!(
+            payload,
+            marker.as_bytes(),
+            "only the allowed frame comes back"
+        );
+        for count in [&forbidden_count, &forbidden6_count] {
+            assert_eq!(
+                count.load(std::sync::atomic::Ordering::SeqCst),
+                0,
+                "frame to {to} passed"
+            );
+        }
     }
     srv.stop().await;
 }
