@@ -343,8 +343,8 @@ async fn accept_loop(
                 _ = &mut serve => {}
                 _ = hard_stop.cancelled() => {
                     // SAFETY: the session owns the client stream from start to end, and the
-                    // session future is alive here (pinned above, dropped only after this),
-                    // so the descriptor is still the client's.
+                    // session future is alive here (pinned above, dropped only when this task
+                    // ends), so the descriptor is still the client's.
                     let client = unsafe { std::os::fd::BorrowedFd::borrow_raw(client_fd) };
                     // Closing with SO_LINGER 0 sends a reset: the client must not take a
                     // transfer cut here for one that ended. The session, dropped next (and
@@ -353,7 +353,6 @@ async fn accept_loop(
                     cut.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            drop(serve);
         });
     }
 }

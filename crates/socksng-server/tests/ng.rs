@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use socksng_proto::wire::ng::{Capabilities, NgAuth, NgHello, NgRequest, NgWelcome};
+use socksng_proto::wire::ng::{Capabilities, NgAuth, NgHello, NgRequest};
 use socksng_proto::ReplyCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
