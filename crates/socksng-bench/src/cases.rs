@@ -32,11 +32,13 @@ pub enum Case {
     UdpStreamRtt,
     /// UDP over the stream throughput with a window of datagrams.
     UdpStreamTput,
+    /// Memory per idle UDP association (each has carried one round trip).
+    UdpIdle,
 }
 
 impl Case {
     /// Every case in run order.
-    pub const ALL: [Case; 12] = [
+    pub const ALL: [Case; 13] = [
         Case::TcpUp1,
         Case::TcpDown1,
         Case::TcpUpPar,
@@ -49,6 +51,7 @@ impl Case {
         Case::UdpTput,
         Case::UdpStreamRtt,
         Case::UdpStreamTput,
+        Case::UdpIdle,
     ];
 
     /// The name used in `--cases` and the JSON.
@@ -66,6 +69,7 @@ impl Case {
             Case::UdpTput => "udp-tput",
             Case::UdpStreamRtt => "udp-stream-rtt",
             Case::UdpStreamTput => "udp-stream-tput",
+            Case::UdpIdle => "udp-idle",
         }
     }
 
@@ -76,7 +80,7 @@ impl Case {
 
     /// Whether the case measures the proxy itself (no meaning without one).
     pub fn needs_proxy(self) -> bool {
-        matches!(self, Case::IdleSmall | Case::IdleMax)
+        matches!(self, Case::IdleSmall | Case::IdleMax | Case::UdpIdle)
     }
 
     /// Whether each repeat gets a freshly started server (memory is measured from a clean
@@ -136,6 +140,8 @@ pub struct Params {
     pub idle_max: usize,
     /// Concurrent connection openers in the idle cases.
     pub idle_concurrency: usize,
+    /// UDP associations in the idle UDP case.
+    pub udp_idle: usize,
     /// Spread client source addresses over 127.0.0.2-254 in the handshake and idle cases.
     pub spread_sources: bool,
     /// UDP round trips per repeat.

@@ -80,6 +80,10 @@ struct Cli {
     /// --hs-count; rates are over the cycles completed).
     #[arg(long)]
     hs_seconds: Option<u64>,
+    /// UDP associations in the idle UDP memory case (each holds a control connection and a
+    /// relay socket in the proxy).
+    #[arg(long, value_name = "N")]
+    udp_idle: Option<usize>,
     /// Idle connections in the smaller memory case.
     #[arg(long)]
     idle_small: Option<usize>,
@@ -269,6 +273,7 @@ fn params(cli: &Cli, nofile: u64) -> Result<Params> {
         idle_small,
         idle_max,
         idle_concurrency: 64,
+        udp_idle: cli.udp_idle.unwrap_or(if q { 200 } else { 1000 }),
         spread_sources: !cli.single_source,
         udp_count: cli.udp_count.unwrap_or(if q { 2000 } else { 20_000 }),
         udp_rtt_size: 64,
@@ -632,6 +637,11 @@ async fn measure(
         Case::Handshake | Case::HandshakeAuth => tcp::handshakes(r, t, p, meter).await,
         Case::IdleSmall => tcp::idle(r, t, p.idle_small, p, meter).await,
         Case::IdleMax => tcp::idle(r, t, p.idle_max, p, meter).await,
+        Case::UdpIdle => match udp::idle(r, t, p, meter).await {
+            Ok(m) => Ok(m),
+            Err(e) if e.unsupported => return Err(Failure::Unsupported(e.reason)),
+            Err(e) => Err(e.reason),
+        },
         Case::UdpStreamRtt | Case::UdpStreamTput if matches!(r, socks::Route::Proxy { .. }) => {
             let tunnel = match udp::tunnel_setup(r, t, p.io_timeout).await {
                 Ok(tunnel) => tunnel,

@@ -234,6 +234,16 @@ fn rows(streams: usize, idle: (usize, usize)) -> Vec<Row> {
             "loss",
             "UDP over the stream, loss fraction",
         ),
+        r(
+            Case::UdpIdle,
+            "rss_kib_per_conn",
+            "RSS KiB per idle UDP association",
+        ),
+        r(
+            Case::UdpIdle,
+            "pss_kib_per_conn",
+            "PSS KiB per idle UDP association",
+        ),
     ]
 }
 

@@ -2,7 +2,7 @@
 //! cycles with latency percentiles, and memory per idle proxied connection.
 
 use crate::cases::{Measure, Params};
-use crate::procs::{sample_tree, tcp_congestion, CpuWindow, Meter};
+use crate::procs::{sample_tree, tcp_congestion, CpuWindow, Meter, TreeSample};
 use crate::socks::{io_error, open, step, Route, SocksError};
 use crate::stats::percentile_sorted;
 use crate::targets::{Targets, BULK, ZEROS};
@@ -364,6 +364,21 @@ pub async fn handshakes(
     Ok(m)
 }
 
+/// The memory figures of an idle case: RSS and PSS per connection (or association) from the
+/// proxy tree's samples before and after `n` of them were opened.
+pub fn record_memory(m: &mut Measure, before: &TreeSample, after: &TreeSample, n: usize) {
+    let per = |a: u64, b: u64| (a as f64 - b as f64) / n as f64;
+    m.metric("rss_kib_per_conn", per(after.rss_kib, before.rss_kib));
+    m.metric("pss_kib_per_conn", per(after.pss_kib, before.pss_kib));
+    m.fact("connections", n);
+    m.fact("rss_kib_before", before.rss_kib);
+    m.fact("rss_kib_after", after.rss_kib);
+    m.fact("pss_kib_before", before.pss_kib);
+    m.fact("pss_kib_after", after.pss_kib);
+    m.fact("procs_after", after.procs);
+    m.fact("threads_after", after.threads);
+}
+
 /// Memory per idle connection: the proxy tree's RSS (and PSS) before and after `k`
 /// connections have each completed CONNECT to the echo and one small exchange, then sit idle.
 pub async fn idle(
@@ -405,17 +420,8 @@ pub async fn idle(
         );
         *m.errors.entry(key).or_default() += untried as u64;
     }
-    let per = |a: u64, b: u64| (a as f64 - b as f64) / n as f64;
-    m.metric("rss_kib_per_conn", per(after.rss_kib, before.rss_kib));
-    m.metric("pss_kib_per_conn", per(after.pss_kib, before.pss_kib));
-    m.fact("connections", n);
+    record_memory(&mut m, &before, &after, n);
     m.fact("asked", k);
-    m.fact("rss_kib_before", before.rss_kib);
-    m.fact("rss_kib_after", after.rss_kib);
-    m.fact("pss_kib_before", before.pss_kib);
-    m.fact("pss_kib_after", after.pss_kib);
-    m.fact("procs_after", after.procs);
-    m.fact("threads_after", after.threads);
     m.fact("open_seconds", open_secs);
     drop(conns);
     Ok(m)

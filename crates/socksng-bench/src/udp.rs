@@ -3,7 +3,8 @@
 //! trips with one datagram outstanding, and windowed throughput.
 
 use crate::cases::{Measure, Params};
-use crate::procs::{CpuWindow, Meter};
+use crate::procs::{sample_tree, CpuWindow, Meter};
+use crate::tcp::record_memory;
 use crate::socks::{negotiate, request, step, tcp_connect, udp_header, udp_header_len, Route};
 use crate::socks::{SocksError, CMD_UDP};
 use crate::stats::percentile_sorted;
@@ -109,6 +110,41 @@ pub async fn setup(route: &Route, t: &Targets, limit: Duration) -> Result<UdpPat
         unsupported: false,
         reason: "UDP ASSOCIATE accepted but no datagram came back".into(),
     })
+}
+
+/// Memory per idle UDP association: the proxy tree's RSS before and after `p.udp_idle`
+/// associations have each carried one round trip (so their outgoing sockets exist), then sit
+/// idle with their control connections open.
+pub async fn idle(
+    route: &Route,
+    t: &Targets,
+    p: &Params,
+    proxy: &Meter,
+) -> Result<Measure, UdpSetupError> {
+    let deadline = Instant::now() + p.case_timeout;
+    let before = sample_tree(&proxy.roots);
+    let mut paths = Vec::with_capacity(p.udp_idle);
+    let mut errors = std::collections::BTreeMap::<String, u64>::new();
+    while paths.len() < p.udp_idle && Instant::now() < deadline {
+        match setup(route, t, p.io_timeout).await {
+            Ok(path) => paths.push(path),
+            // A server without UDP ASSOCIATE says so on the first one.
+            Err(e) if paths.is_empty() => return Err(e),
+            Err(e) => *errors.entry(e.reason).or_default() += 1,
+        }
+        if errors.values().sum::<u64>() > 100 {
+            break;
+        }
+    }
+    // Let the proxy settle (freed handshake buffers, lazily trimmed heaps).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = sample_tree(&proxy.roots);
+    let mut m = Measure::default();
+    m.errors_from(errors);
+    record_memory(&mut m, &before, &after, paths.len());
+    m.fact("asked", p.udp_idle);
+    drop(paths);
+    Ok(m)
 }
 
 /// The payload (after the header) of a received datagram, if it is well formed.
