@@ -5,15 +5,15 @@
 //! lines are dropped and counted, and the writer reports how many once it can write again.
 //!
 //! A busy proxy logs one line per session, and a write(2) per line would be one system call in
-//! every 35 a short session costs. So info and debug lines wait while the runtime is busy: the
-//! writer is woken when a runtime thread is about to sleep (tokio's `on_thread_park`), when the
-//! buffer holds `BATCH_BYTES`, or when its first line is `MAX_AGE` old, and writes everything
-//! pending in one call. Warnings and errors wake it at once; the order of lines is kept.
+//! every 35 a short session costs; waking the writer thread for every line would cost two
+//! context switches more. So info and debug lines wait: the writer wakes by itself when the
+//! first pending line is `MAX_AGE` old, or is woken when the buffer holds `BATCH_BYTES`, and
+//! writes everything pending in one call. Warnings and errors wake it at once; the order of
+//! lines is kept.
 //!
 //! The log file (if any) is opened for appending and opened again on `reopen`, which the
 //! binary calls on SIGHUP so that logrotate can move the old file away.
 
-use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -24,8 +24,8 @@ use tracing_subscriber::fmt::MakeWriter;
 
 /// The writer is woken once this much is pending.
 const BATCH_BYTES: usize = 16 * 1024;
-/// ...or once the first pending line has waited this long (a runtime that never idles).
-const MAX_AGE: Duration = Duration::from_secs(1);
+/// ...or once the first pending line has waited this long.
+const MAX_AGE: Duration = Duration::from_millis(100);
 /// Lines beyond this much unwritten are dropped (and counted).
 const MAX_PENDING: usize = 1024 * 1024;
 /// How long `flush` waits for the writer before the process exits anyway.
@@ -162,23 +162,6 @@ fn writer(mut sink: Sink) {
     }
 }
 
-thread_local! {
-    /// Set on a thread once it has parked: it will park again, and wake the writer then.
-    /// Other threads (the multi-thread runtime's `block_on` caller never parks) wake it at
-    /// once, so their lines do not wait for `MAX_AGE`.
-    static PARKS: Cell<bool> = const { Cell::new(false) };
-}
-
-/// For `on_thread_park`: the runtime is about to sleep, so pending lines go out now.
-pub fn on_park() {
-    PARKS.with(|p| p.set(true));
-    let mut s = state();
-    if !s.pending.is_empty() && !s.wake {
-        s.wake = true;
-        WORK.notify_one();
-    }
-}
-
 /// Asks the writer to open the log file again (after logrotate moved it).
 pub fn reopen() {
     let mut s = state();
@@ -223,8 +206,12 @@ fn push(line: &[u8], urgent: bool) {
         return;
     }
     s.pending.extend_from_slice(line);
-    let since = *s.since.get_or_insert_with(Instant::now);
-    let due = urgent || s.pending.len() >= BATCH_BYTES || since.elapsed() >= MAX_AGE;
+    if s.since.is_none() {
+        s.since = Some(Instant::now());
+        // The writer may be in its long wait: it must start counting this line's age.
+        WORK.notify_one();
+    }
+    let due = urgent || s.pending.len() >= BATCH_BYTES;
     if due && !s.wake {
         s.wake = true;
         WORK.notify_one();
@@ -236,7 +223,7 @@ pub struct Output;
 
 /// The writer for one log line.
 pub enum LineWriter {
-    /// Waits for the runtime to go idle (or the batch to fill).
+    /// Waits for the batch to age or fill.
     Batched,
     /// Wakes the writer at once.
     Now,
@@ -267,7 +254,7 @@ impl<'a> MakeWriter<'a> for Output {
 
 fn writer_for(level: Level) -> LineWriter {
     // In tracing's order, WARN and ERROR are the levels at or below WARN.
-    if level > Level::WARN && PARKS.with(Cell::get) {
+    if level > Level::WARN {
         LineWriter::Batched
     } else {
         LineWriter::Now
@@ -280,8 +267,6 @@ mod tests {
 
     #[test]
     fn bounded_batches_through_the_writer_thread() {
-        assert!(matches!(writer_for(Level::INFO), LineWriter::Now));
-        on_park();
         assert!(matches!(writer_for(Level::INFO), LineWriter::Batched));
         assert!(matches!(writer_for(Level::WARN), LineWriter::Now));
         let dir = std::env::temp_dir().join(format!("socksngd-log-{}", std::process::id()));

@@ -154,11 +154,7 @@ fn run(cfg: Config) -> Result<usize> {
         b.worker_threads(workers);
         b
     };
-    // Session lines wait while there is work and go out before the runtime sleeps.
-    let runtime = builder
-        .enable_all()
-        .on_thread_park(log_output::on_park)
-        .build()?;
+    let runtime = builder.enable_all().build()?;
     let served = runtime.block_on(async move {
         // Handlers go in before the first "accepting" line, so a supervisor that signals as
         // soon as it sees the server listening is never met by the default (killing) action.
