@@ -4,11 +4,11 @@
 
 use crate::cases::{Measure, Params};
 use crate::procs::{sample_tree, CpuWindow, Meter};
-use crate::tcp::record_memory;
 use crate::socks::{negotiate, request, step, tcp_connect, udp_header, udp_header_len, Route};
 use crate::socks::{SocksError, CMD_UDP};
 use crate::stats::percentile_sorted;
 use crate::targets::Targets;
+use crate::tcp::record_memory;
 use socksng_client::{Address, Client, ClientError, ProtocolPath, ProxyUdp, ProxyUrl, Resolve};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -227,6 +227,8 @@ impl LoginThrottle {
 pub enum NotChecked {
     /// Too many checks are already waiting.
     QueueFull,
+    /// This client address already has its share of checks waiting or running.
+    AddressBusy,
     /// The client address has failed too often lately.
     Throttled,
 }
@@ -239,6 +241,7 @@ const CHECKS_PER_ADDRESS: usize = 4;
 pub(crate) struct PasswordChecks {
     per_address: Stage,
     running: Arc<Semaphore>,
+    running_limit: usize,
     waiting: Arc<AtomicUsize>,
     queue: usize,
     /// Working memory handed from a finished check to a waiting one.
@@ -246,12 +249,33 @@ pub(crate) struct PasswordChecks {
     throttle: LoginThrottle,
 }
 
-/// Counts a waiting check until it starts or gives up.
-struct Waiting(Arc<AtomicUsize>);
+/// Counts a waiting check until it starts or gives up. A waiter that gives up (its client
+/// timed out) may have been the reason a finished check kept its memory: with nobody left
+/// to hand it to, it is freed.
+struct Waiting {
+    count: Arc<AtomicUsize>,
+    running: Arc<Semaphore>,
+    spare: Arc<Mutex<Vec<Vec<argon2::Block>>>>,
+    limit: usize,
+}
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            trim(&self.running, &self.count, &self.spare, self.limit);
+        }
+    }
+}
+
+/// Frees the spare argon2 memory when no check runs and none waits.
+fn trim(
+    running: &Semaphore,
+    waiting: &AtomicUsize,
+    spare: &Mutex<Vec<Vec<argon2::Block>>>,
+    limit: usize,
+) {
+    if running.available_permits() == limit && waiting.load(Ordering::Acquire) == 0 {
+        spare.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -267,6 +291,7 @@ impl PasswordChecks {
         PasswordChecks {
             per_address: Stage::new("password check", 0, CHECKS_PER_ADDRESS),
             running: Arc::new(Semaphore::new(running)),
+            running_limit: running,
             waiting: Arc::new(AtomicUsize::new(0)),
             queue: limits.password_queue,
             spare_memory: Arc::new(Mutex::new(Vec::new())),
@@ -275,6 +300,15 @@ impl PasswordChecks {
                 limits.login_failures_per_minute,
             ),
         }
+    }
+
+    fn trim_spare_memory(&self) {
+        trim(
+            &self.running,
+            &self.waiting,
+            &self.spare_memory,
+            self.running_limit,
+        );
     }
 
     /// Checks `name`/`password` for a client at `client`: `Ok(true)` when it matches,
@@ -286,26 +320,34 @@ impl PasswordChecks {
         name: &str,
         password: Vec<u8>,
     ) -> Result<bool, NotChecked> {
-        if let Some(ok) = db.verify_cached(name, &password) {
-            return Ok(ok);
-        }
+        // The throttle comes first: a cached password must not let a throttled address go
+        // on guessing at full speed (its wrong guesses would fail fast, its right one pass).
         if !self.throttle.allows(client) {
             return Err(NotChecked::Throttled);
         }
+        if let Some(ok) = db.verify_cached(name, &password) {
+            return Ok(ok);
+        }
         let Ok(_mine) = self.per_address.enter(client) else {
-            return Err(NotChecked::QueueFull);
+            return Err(NotChecked::AddressBusy);
         };
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let waiting = Waiting {
+            count: self.waiting.clone(),
+            running: self.running.clone(),
+            spare: self.spare_memory.clone(),
+            limit: self.running_limit,
+        };
+        if self.queue > 0 && queued >= self.queue {
             return Err(NotChecked::QueueFull);
         }
-        let waiting = Waiting(self.waiting.clone());
         let Ok(permit) = self.running.clone().acquire_owned().await else {
             return Err(NotChecked::QueueFull);
         };
         drop(waiting);
         // Failures may have piled up from this address while it waited.
         if !self.throttle.allows(client) {
+            self.trim_spare_memory();
             return Err(NotChecked::Throttled);
         }
         let name = name.to_owned();

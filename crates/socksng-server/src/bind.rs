@@ -16,6 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::{sleep_until, Instant};
 
+/// How long a BIND whose client closed before the peer arrived still waits for the peer
+/// (`timeouts.half_close` if shorter).
+const EOF_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Data the client may send before the peer arrives is kept for it, up to this much.
 const MAX_EARLY_DATA: usize = 64 * 1024;
 
@@ -51,9 +55,9 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
         return;
     }
     let mut deadline = Instant::now() + shared.cfg.timeouts.bind;
+    let mut client_eof = false;
     let mut early = std::mem::take(&mut conn.early_data);
     let mut chunk = [0u8; 4096];
-    let mut client_eof = false;
     let (mut peer_stream, peer) = loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -83,15 +87,16 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
                 break (s, from);
             }
             r = conn.stream.read(&mut chunk), if !client_eof => match r {
-                // A half-close is passed on to the peer once it is connected, but a client
-                // that has closed is probably gone: it may hold the port only for the
-                // half-close linger, not the whole BIND timeout.
+                // A client that closes before its peer arrives has probably gone, but it may
+                // only have half-closed after early data for the peer and still read the
+                // second reply: it keeps the port for a short linger, not the BIND timeout.
                 Ok(0) => {
                     client_eof = true;
-                    let linger = shared.cfg.timeouts.half_close;
-                    if !linger.is_zero() {
-                        deadline = deadline.min(Instant::now() + linger);
-                    }
+                    let linger = match shared.cfg.timeouts.half_close {
+                        d if d.is_zero() => EOF_LINGER,
+                        d => d.min(EOF_LINGER),
+                    };
+                    deadline = deadline.min(Instant::now() + linger);
                 }
                 Err(_) => { log.outcome = "client closed while waiting for the peer".into(); return; }
                 Ok(k) if early.len() + k <= MAX_EARLY_DATA => early.extend_from_slice(&chunk[..k]),

@@ -81,8 +81,8 @@ pub struct Timeouts {
     pub udp_idle: Duration,
     /// Once a relay's client has closed its sending direction, end the relay when the target
     /// sends nothing for this long, so a client that has gone does not hold a silent target
-    /// (and its slot) forever; 0 = never. Also how long a BIND whose client closed still
-    /// waits for its peer.
+    /// (and its slot) forever; 0 = never. Long enough for a client that half-closes after its
+    /// request and waits for a slow answer.
     #[serde(with = "humantime_serde")]
     pub half_close: Duration,
     /// How long a BIND waits for its peer.
@@ -103,7 +103,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             idle: Duration::ZERO,
             udp_idle: Duration::from_secs(300),
-            half_close: Duration::from_secs(60),
+            half_close: Duration::from_secs(300),
             bind: Duration::from_secs(120),
             tcp_keepalive: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
@@ -133,6 +133,7 @@ pub struct Limits {
     /// 0 = one per core, at most 4.
     pub password_checks: usize,
     /// Password checks waiting for a turn; a login beyond this fails at once (status 0x01).
+    /// 0: no bound (the handshake limits still bound it).
     pub password_queue: usize,
     /// Failed logins one client address may make in a burst before it is throttled: while
     /// throttled its logins fail at once without a check (a password that succeeded recently
@@ -387,6 +388,10 @@ pub struct Config {
     /// of the target's family is bound before connecting; with none of that family the kernel
     /// chooses, as it does when the list is empty.
     pub external: Vec<std::net::IpAddr>,
+    /// The network's own NAT64 prefixes (RFC 6052: /32, /40, /48, /56, /64 or /96), beside the
+    /// well-known 64:ff9b::/96: an address under one carries an IPv4 address, which the
+    /// policy judges too.
+    pub nat64_prefixes: Vec<IpNet>,
     /// `[auth]`.
     pub auth: AuthConfig,
     /// `[access]`.
@@ -421,6 +426,7 @@ impl Default for Config {
             log_file: None,
             workers: 0,
             external: Vec::new(),
+            nat64_prefixes: Vec::new(),
             auth: AuthConfig::default(),
             access: AccessConfig::default(),
             timeouts: Timeouts::default(),
@@ -539,6 +545,13 @@ impl Config {
                 }
             }
         }
+        for net in &self.nat64_prefixes {
+            if !net.addr().is_ipv6() || ![32, 40, 48, 56, 64, 96].contains(&net.prefix_len()) {
+                return invalid(format!(
+                    "`nat64_prefixes`: {net} is not an IPv6 prefix of 32, 40, 48, 56, 64 or 96 bits (RFC 6052)"
+                ));
+            }
+        }
         if let Some((a, b)) = overlapping_listens(&self.listen) {
             return invalid(if a == b {
                 format!("`listen` names {a} twice")
@@ -548,6 +561,13 @@ impl Config {
         }
         if let Err(e) = check_log_filter(&self.log_level) {
             return invalid(format!("`log_level` {:?}: {e}", self.log_level));
+        }
+        if self.limits.login_failures_burst > 0 && self.limits.login_failures_per_minute == 0 {
+            return invalid(
+                "`limits.login_failures_per_minute` is 0: a throttled address would never log in \
+                 again; set it above 0, or `login_failures_burst = 0` to switch throttling off"
+                    .into(),
+            );
         }
         if self.limits.lookups == 0 {
             return invalid("`limits.lookups` must be at least 1".into());
@@ -609,22 +629,49 @@ pub fn check_log_filter(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether client networks, taken together, admit most of the Internet: at least half of the
-/// IPv4 space, or at least half of IPv6 global unicast (2000::/3). A union of smaller nets
-/// ("0.0.0.0/1" and "128.0.0.0/1") is as open as 0.0.0.0/0.
+/// Whether client networks, taken together, admit a large part of the Internet: at least a
+/// sixteenth of the public IPv4 unicast space (private, shared, loopback, link-local, multicast
+/// and reserved space not counted), or of IPv6 global unicast (2000::/3). No access list for a
+/// site or a provider's customers comes near that; a union of nets ("0.0.0.0/1" and
+/// "128.0.0.0/1") is as open as 0.0.0.0/0.
 pub fn covers_most_addresses(nets: &[IpNet]) -> bool {
-    let merged = IpNet::aggregate(&nets.iter().map(|n| n.trunc()).collect::<Vec<_>>());
+    const NOT_PUBLIC_V4: [&str; 9] = [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    ];
+    let special: Vec<IpNet> = NOT_PUBLIC_V4
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let size = |n: &IpNet| -> u128 { 1u128 << (n.max_prefix_len() - n.prefix_len()) };
+    // The part of `n` inside `m` (CIDR blocks are nested or apart).
+    let overlap = |n: &IpNet, m: &IpNet| -> u128 {
+        if m.contains(n) {
+            size(n)
+        } else if n.contains(m) {
+            size(m)
+        } else {
+            0
+        }
+    };
+    let public_v4: u128 = (1u128 << 32) - special.iter().map(size).sum::<u128>();
     let global: IpNet = "2000::/3".parse().expect("valid net");
-    let (mut v4, mut v6): (u64, u128) = (0, 0);
-    for n in merged {
+    let merged = IpNet::aggregate(&nets.iter().map(|n| n.trunc()).collect::<Vec<_>>());
+    let (mut v4, mut v6): (u128, u128) = (0, 0);
+    for n in &merged {
         match n {
-            IpNet::V4(_) => v4 += 1u64 << (32 - n.prefix_len()),
-            IpNet::V6(_) if n.contains(&global) => v6 += 1u128 << 125,
-            IpNet::V6(_) if global.contains(&n) => v6 += 1u128 << (128 - n.prefix_len()),
-            IpNet::V6(_) => {}
+            IpNet::V4(_) => v4 += size(n) - special.iter().map(|s| overlap(n, s)).sum::<u128>(),
+            IpNet::V6(_) => v6 += overlap(n, &global),
         }
     }
-    v4 >= 1 << 31 || v6 >= 1 << 124
+    v4 >= public_v4 / 16 || v6 >= size(&global) / 16
 }
 
 /// Whether a `users` list (absent: anyone, unauthenticated clients included) names `user`:
@@ -715,13 +762,15 @@ mod tests {
             r#"["0.0.0.0/1", "10.0.0.0/8"]"#,
             r#"["2000::/4", "3000::/4"]"#,
             r#"["::/1"]"#,
+            r#"["16.0.0.0/4"]"#,
+            r#"["2000::/7"]"#,
         ] {
             let cfg = format!("listen = [\"0.0.0.0:1080\"]\n[access]\nclients = {clients}\n");
             let e = parse(&cfg).unwrap_err();
             assert!(e.to_string().contains("open proxy"), "{clients}: {e}");
         }
         assert!(parse(
-            "listen = [\"0.0.0.0:1080\"]\n[access]\nclients = [\"10.0.0.0/8\", \"100.64.0.0/10\", \"2001:db8::/32\"]\n"
+            "listen = [\"0.0.0.0:1080\"]\n[access]\nclients = [\"10.0.0.0/8\", \"100.64.0.0/10\", \"172.16.0.0/12\", \"192.168.0.0/16\", \"198.51.100.0/24\", \"2001:db8::/32\", \"fc00::/7\"]\n"
         )
         .is_ok());
         // Restricted client networks or authentication make it acceptable.
@@ -755,6 +804,10 @@ mod tests {
         assert!(parse("[timeouts]\nbind = \"600000000y\"\n").is_err());
         assert!(parse("[[rules]]\naction = \"allow\"\ndomains = [\".\"]\n").is_err());
         assert!(parse("[limits]\nlookups = 0\n").is_err());
+        assert!(parse("[limits]\nlogin_failures_per_minute = 0\n").is_err());
+        assert!(
+            parse("[limits]\nlogin_failures_per_minute = 0\nlogin_failures_burst = 0\n").is_ok()
+        );
     }
 
     #[test]

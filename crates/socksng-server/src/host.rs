@@ -3,20 +3,23 @@
 //! the subnet-directed broadcast addresses. The SSRF guard in `policy` asks it about every
 //! destination that no fixed range already decided.
 //!
-//! On Linux the source is the kernel's routing tables (routes of type local, anycast and
-//! broadcast, which is what `ip route show table local` lists), read over rtnetlink and read
-//! again as soon as an address or route event arrives on a second, subscribed socket. The event
-//! socket is checked without blocking on every question, so an address added a moment ago is
-//! already known: the kernel queues the event before `ip addr add` returns. Elsewhere, or when
-//! netlink is not available, the interface addresses from getifaddrs are used and re-read every
-//! few seconds.
+//! On Linux the source is the kernel's local routing table (routes of type local, anycast and
+//! broadcast: what `ip route show table local` lists), read over rtnetlink. A thread of its own
+//! waits on a second, subscribed socket for address events and for route events of the local
+//! table, and bumps a generation counter; a question that finds the counter moved reads the
+//! table again first (one at a time; the others wait for that read), so an address added a
+//! moment ago is known without a system call on every question. A failed read leaves the
+//! counter unsettled and is tried again by the next question, keeping the last good view
+//! meanwhile. Elsewhere, or when netlink is not available, the interface addresses from
+//! getifaddrs are used and re-read every few seconds.
 //!
 //! The netlink code is written by hand (a request, a dump and three attributes) because the
 //! general crates add half a megabyte to a router build for this.
 
 use ipnet::IpNet;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// How a host address relates to this host.
@@ -52,16 +55,32 @@ impl LocalView {
 /// How long the getifaddrs fallback trusts a snapshot.
 const FALLBACK_TTL: Duration = Duration::from_secs(5);
 
-struct State {
-    view: LocalView,
-    read_at: Instant,
-    #[cfg(target_os = "linux")]
-    events: Option<netlink::Events>,
+/// The count of relevant changes the event thread has seen: one thread and one subscribed
+/// socket per process, shared by every view (a process may run several servers).
+#[cfg(target_os = "linux")]
+fn changes() -> Option<Arc<AtomicU64>> {
+    static WATCH: std::sync::OnceLock<Option<Arc<AtomicU64>>> = std::sync::OnceLock::new();
+    WATCH
+        .get_or_init(|| {
+            let changed = Arc::new(AtomicU64::new(0));
+            netlink::watch(changed.clone())
+                .map_err(|e| tracing::warn!(error = %e, "no netlink address events; host addresses are re-read every few seconds"))
+                .ok()
+                .map(|()| changed)
+        })
+        .clone()
 }
 
 /// The host's local addresses, kept current.
 pub struct HostView {
-    state: Mutex<State>,
+    view: RwLock<LocalView>,
+    /// Held while the view is read again, so that questions wait for the new view.
+    refresh: Mutex<Instant>,
+    /// The process's change count while netlink events arrive; `None` for the getifaddrs
+    /// fallback.
+    changed: Option<Arc<AtomicU64>>,
+    /// The change count the view reflects.
+    settled: AtomicU64,
 }
 
 impl Default for HostView {
@@ -75,67 +94,88 @@ impl HostView {
     pub fn new() -> HostView {
         #[cfg(target_os = "linux")]
         {
-            // Subscribe before the first dump: a change between the two is then seen as an
-            // event and read again, never lost.
-            let events = netlink::Events::subscribe()
-                .map_err(|e| tracing::warn!(error = %e, "no netlink address events; host addresses are re-read every few seconds"))
-                .ok();
-            let view = read_view().unwrap_or_default();
-            HostView {
-                state: Mutex::new(State {
-                    view,
-                    read_at: Instant::now(),
-                    events,
-                }),
+            // Subscribe, and read the count, before the first dump: a change between the two
+            // is then seen as an event and read again, never lost.
+            if let Some(changed) = changes() {
+                let seen = changed.load(Ordering::Acquire);
+                match netlink::dump_local_routes() {
+                    Ok(view) => {
+                        return HostView {
+                            view: RwLock::new(view),
+                            refresh: Mutex::new(Instant::now()),
+                            changed: Some(changed),
+                            settled: AtomicU64::new(seen),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the local routing table; using the interface addresses")
+                    }
+                }
             }
         }
-        #[cfg(not(target_os = "linux"))]
         HostView {
-            state: Mutex::new(State {
-                view: read_view().unwrap_or_default(),
-                read_at: Instant::now(),
-            }),
+            view: RwLock::new(read_interfaces().unwrap_or_default()),
+            refresh: Mutex::new(Instant::now()),
+            changed: None,
+            settled: AtomicU64::new(0),
         }
     }
 
     /// Whether `ip` is this host's (or one of its broadcast addresses), as of now.
     pub fn classify(&self, ip: IpAddr) -> Option<HostKind> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.is_stale() {
-            // Failing to read (out of descriptors, say) keeps the last good view and tries
-            // again on the next question: it must not open the host's addresses.
-            if let Some(fresh) = read_view() {
-                state.view = fresh;
-                state.read_at = Instant::now();
-            }
-        }
-        state.view.classify(ip)
+        self.bring_up_to_date();
+        self.view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .classify(ip)
     }
 
     /// A copy of the current view (for tests and diagnostics).
     pub fn snapshot(&self) -> LocalView {
-        let _ = self.classify(IpAddr::from([0u8; 4]));
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.view.clone()
+        self.bring_up_to_date();
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
-}
 
-impl State {
-    fn is_stale(&mut self) -> bool {
-        #[cfg(target_os = "linux")]
-        if let Some(events) = &self.events {
-            return events.changed();
+    fn bring_up_to_date(&self) {
+        match &self.changed {
+            Some(count) => {
+                if count.load(Ordering::Acquire) == self.settled.load(Ordering::Acquire) {
+                    return;
+                }
+                let _turn = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+                // Read the count before the table: an event during the read moves it again.
+                let changed = count.load(Ordering::Acquire);
+                if changed == self.settled.load(Ordering::Acquire) {
+                    return;
+                }
+                #[cfg(target_os = "linux")]
+                match netlink::dump_local_routes() {
+                    Ok(fresh) => {
+                        *self.view.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                        self.settled.store(changed, Ordering::Release);
+                    }
+                    // Out of descriptors, say: keep the last good view (it must not open the
+                    // host's addresses) and try again on the next question.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the local routing table; keeping the last view")
+                    }
+                }
+            }
+            None => {
+                let mut read_at = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+                if read_at.elapsed() < FALLBACK_TTL {
+                    return;
+                }
+                if let Some(fresh) = read_interfaces() {
+                    *self.view.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                    *read_at = Instant::now();
+                }
+            }
         }
-        self.read_at.elapsed() >= FALLBACK_TTL
     }
 }
 
-fn read_view() -> Option<LocalView> {
-    #[cfg(target_os = "linux")]
-    match netlink::dump_local_routes() {
-        Ok(v) => return Some(v),
-        Err(e) => tracing::debug!(error = %e, "netlink route dump failed; using getifaddrs"),
-    }
+fn read_interfaces() -> Option<LocalView> {
     match if_addrs::get_if_addrs() {
         Ok(ifs) => {
             let mut view = LocalView::default();
@@ -169,12 +209,18 @@ mod netlink {
     const NLMSG_HDRLEN: usize = 16;
     const NLMSG_ERROR: u16 = 2;
     const NLMSG_DONE: u16 = 3;
+    const RTM_NEWADDR: u16 = 20;
+    const RTM_DELADDR: u16 = 21;
     const RTM_NEWROUTE: u16 = 24;
+    const RTM_DELROUTE: u16 = 25;
     const RTM_GETROUTE: u16 = 26;
+    const RT_TABLE_LOCAL: u8 = 255;
+    const NETLINK_GET_STRICT_CHK: libc::c_int = 12;
     const NLM_F_REQUEST: u16 = 0x1;
     const NLM_F_DUMP: u16 = 0x300;
     const RTMSG_LEN: usize = 12;
     const RTA_DST: u16 = 1;
+    const RTA_TABLE: u16 = 15;
     const RTN_LOCAL: u8 = 2;
     const RTN_BROADCAST: u8 = 3;
     const RTN_ANYCAST: u8 = 4;
@@ -183,12 +229,13 @@ mod netlink {
     const RTMGRP_IPV6_IFADDR: u32 = 0x100;
     const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 
-    fn socket(groups: u32) -> io::Result<OwnedFd> {
+    fn socket(groups: u32, nonblocking: bool) -> io::Result<OwnedFd> {
+        let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
         // SAFETY: plain socket creation; the descriptor is owned at once.
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
                 libc::NETLINK_ROUTE,
             )
         };
@@ -225,47 +272,92 @@ mod netlink {
         }
     }
 
-    /// A socket subscribed to address and route changes of both families.
-    pub(super) struct Events {
-        fd: OwnedFd,
-    }
-
-    impl Events {
-        pub(super) fn subscribe() -> io::Result<Events> {
-            let groups =
-                RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE;
-            Ok(Events {
-                fd: socket(groups)?,
-            })
-        }
-
-        /// Drains pending events; true when there were any (or some were lost to an overrun,
-        /// or the socket failed), so the view must be read again.
-        pub(super) fn changed(&self) -> bool {
-            let mut buf = [0u8; 8192];
-            let mut changed = false;
-            loop {
-                match recv(&self.fd, &mut buf, libc::MSG_DONTWAIT) {
-                    Ok(0) => return changed,
-                    Ok(_) => changed = true,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return changed,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // ENOBUFS: events were dropped while nobody asked; read everything again.
-                    Err(_) => return true,
+    /// Starts the thread that waits for address events and local-table route events and
+    /// moves `changed` for each batch of them.
+    pub(super) fn watch(changed: std::sync::Arc<std::sync::atomic::AtomicU64>) -> io::Result<()> {
+        let groups =
+            RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE;
+        let fd = socket(groups, false)?;
+        std::thread::Builder::new()
+            .name("socksng-netlink".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match recv(&fd, &mut buf, 0) {
+                        Ok(n) if concerns_local_addresses(&buf[..n]) => {
+                            changed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        // ENOBUFS: events were lost; read everything again.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                            changed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        }
+                        Err(e) => {
+                            // Without events the view could go stale unseen: say so, and
+                            // make every question read the table again.
+                            tracing::warn!(error = %e, "netlink events lost; reading the local table on every check");
+                            loop {
+                                changed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                                std::thread::sleep(std::time::Duration::from_millis(10));
+                            }
+                        }
+                    }
                 }
-            }
-        }
+            })?;
+        Ok(())
     }
 
-    /// Dumps every route of both families and keeps those delivered to this host.
+    /// Whether a datagram of events holds an address change or a change to a local,
+    /// broadcast or anycast route (a router's churn in its other routes is not our business).
+    fn concerns_local_addresses(mut data: &[u8]) -> bool {
+        while data.len() >= NLMSG_HDRLEN {
+            let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+            let kind = u16::from_ne_bytes([data[4], data[5]]);
+            if len < NLMSG_HDRLEN || len > data.len() {
+                return true;
+            }
+            let body = &data[NLMSG_HDRLEN..len];
+            match kind {
+                RTM_NEWADDR | RTM_DELADDR => return true,
+                RTM_NEWROUTE | RTM_DELROUTE
+                    if body.len() >= RTMSG_LEN
+                        && (body[4] == RT_TABLE_LOCAL
+                            || matches!(body[7], RTN_LOCAL | RTN_ANYCAST | RTN_BROADCAST)) =>
+                {
+                    return true
+                }
+                _ => {}
+            }
+            data = data.get((len + 3) & !3..).unwrap_or(&[]);
+        }
+        false
+    }
+
+    /// Dumps the local routing table of both families and keeps the routes delivered to this
+    /// host.
     pub(super) fn dump_local_routes() -> io::Result<LocalView> {
-        let fd = socket(0)?;
+        let fd = socket(0, true)?;
+        // Strict checking (Linux 4.20+) lets the kernel send the local table alone, not a
+        // router's whole routing table; older kernels send everything, which is filtered here.
+        let on: libc::c_int = 1;
+        // SAFETY: an int option on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                NETLINK_GET_STRICT_CHK,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         let mut req = [0u8; NLMSG_HDRLEN + RTMSG_LEN];
         req[0..4].copy_from_slice(&((NLMSG_HDRLEN + RTMSG_LEN) as u32).to_ne_bytes());
         req[4..6].copy_from_slice(&RTM_GETROUTE.to_ne_bytes());
         req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
         req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-        // rtmsg: family AF_UNSPEC (both), everything else zero.
+        // rtmsg: family AF_UNSPEC (both), table local, everything else zero.
+        req[NLMSG_HDRLEN + 4] = RT_TABLE_LOCAL;
         // SAFETY: the request buffer is ours and its length is passed.
         let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
         if sent < 0 {
@@ -346,6 +438,7 @@ mod netlink {
         if !matches!(kind, RTN_LOCAL | RTN_ANYCAST | RTN_BROADCAST) {
             return;
         }
+        let mut table = u32::from(body[4]);
         let mut dst: Option<IpAddr> = None;
         let mut attrs = &body[RTMSG_LEN..];
         while attrs.len() >= 4 {
@@ -355,6 +448,9 @@ mod netlink {
                 break;
             }
             let value = &attrs[4..len];
+            if ty == RTA_TABLE && value.len() == 4 {
+                table = u32::from_ne_bytes([value[0], value[1], value[2], value[3]]);
+            }
             if ty == RTA_DST {
                 dst = match (i32::from(family), value.len()) {
                     (libc::AF_INET, 4) => Some(IpAddr::V4(Ipv4Addr::new(
@@ -369,6 +465,11 @@ mod netlink {
                 };
             }
             attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
+        }
+        // `ip route add local` puts a route in the local table; the kernel only delivers
+        // from tables its rules consult, which for the other tables is the operator's design.
+        if table != u32::from(RT_TABLE_LOCAL) {
+            return;
         }
         // No destination attribute means the default route of its family.
         let dst = dst.or(match i32::from(family) {
@@ -421,8 +522,11 @@ mod netlink {
             v6[2] = 0x0d;
             v6[3] = 0xb8;
             data.extend(route(libc::AF_INET6 as u8, 128, RTN_ANYCAST, &v6));
-            // A unicast route is not ours.
+            // A unicast route is not ours, nor a local route of another table.
             data.extend(route(libc::AF_INET as u8, 8, 1, &[10, 0, 0, 0]));
+            let mut elsewhere = route(libc::AF_INET as u8, 24, RTN_LOCAL, &[203, 0, 113, 0]);
+            elsewhere[NLMSG_HDRLEN + 4] = 254;
+            data.extend(elsewhere);
             let mut done = vec![0u8; NLMSG_HDRLEN + 4];
             done[0..4].copy_from_slice(&((NLMSG_HDRLEN + 4) as u32).to_ne_bytes());
             done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
@@ -443,6 +547,15 @@ mod netlink {
             // Truncated input is an error, not a panic.
             let mut view = LocalView::default();
             assert!(parse_messages(&data[..20], &mut view).is_err());
+            // Events: local-table routes and address changes matter, other routes do not.
+            assert!(concerns_local_addresses(&data[..data.len() - 20]));
+            let mut addr = vec![0u8; NLMSG_HDRLEN + 8];
+            addr[0..4].copy_from_slice(&((NLMSG_HDRLEN + 8) as u32).to_ne_bytes());
+            addr[4..6].copy_from_slice(&RTM_NEWADDR.to_ne_bytes());
+            assert!(concerns_local_addresses(&addr));
+            let mut main = route(libc::AF_INET as u8, 8, 1, &[10, 0, 0, 0]);
+            main[NLMSG_HDRLEN + 4] = 254;
+            assert!(!concerns_local_addresses(&main));
         }
 
         #[test]

@@ -152,25 +152,49 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
     list.iter().filter_map(|n| n.parse().ok()).collect()
 }
 
-/// The IPv4 address an IPv6 address carries, where a translator, relay or dual stack would
+/// The IPv4 address placed in an IPv6 address under a NAT64 prefix of `prefix_len` bits, by
+/// the layouts of RFC 6052 section 2.2 (bits 64-71 are the zero "u" octet and are skipped).
+pub fn rfc6052_ipv4(ip: Ipv6Addr, prefix_len: u8) -> Option<Ipv4Addr> {
+    let b = ip.octets();
+    let at = match prefix_len {
+        32 => [4, 5, 6, 7],
+        40 => [5, 6, 7, 9],
+        48 => [6, 7, 9, 10],
+        56 => [7, 9, 10, 11],
+        64 => [9, 10, 11, 12],
+        96 => [12, 13, 14, 15],
+        _ => return None,
+    };
+    Some(Ipv4Addr::new(b[at[0]], b[at[1]], b[at[2]], b[at[3]]))
+}
+
+/// The IPv4 addresses an IPv6 address may carry, where a translator, relay or dual stack would
 /// deliver it: IPv4-compatible (`::/96`, RFC 4291), IPv4-translated (`::ffff:0:0:0/96`,
-/// RFC 2765), NAT64 (`64:ff9b::/96` and the /96 layout of `64:ff9b:1::/48`, RFC 6052 and
-/// RFC 8215), 6to4 (`2002::/16`, RFC 3056) and Teredo's client (`2001::/32`, RFC 4380).
-/// IPv4-mapped addresses are not here: `canonical` turns them into IPv4 outright.
-pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+/// RFC 2765), NAT64 (`64:ff9b::/96`, RFC 6052; the local-use `64:ff9b:1::/48` of RFC 8215 in
+/// every layout its sub-prefixes may use; and the network's own prefixes in `nat64`), 6to4
+/// (`2002::/16`, RFC 3056) and Teredo's client (`2001::/32`, RFC 4380). IPv4-mapped addresses
+/// are not here: `canonical` turns them into IPv4 outright.
+pub fn embedded_ipv4(ip: Ipv6Addr, nat64: &[ipnet::Ipv6Net]) -> Vec<Ipv4Addr> {
     let s = ip.segments();
-    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    match s {
+    let low = || rfc6052_ipv4(ip, 96).into_iter();
+    let mut found: Vec<Ipv4Addr> = match s {
         // :: and ::1 are the unspecified and loopback addresses, not IPv4-compatible ones.
-        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
-        [0, 0, 0, 0, 0, 0, _, _] => Some(low),
-        [0, 0, 0, 0, 0xffff, 0, _, _] => Some(low),
-        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
-        [0x64, 0xff9b, 1, ..] => Some(low),
-        [0x2002, hi, lo, ..] => Some(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))),
-        [0x2001, 0, ..] => Some(Ipv4Addr::from(!u32::from(low))),
-        _ => None,
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => Vec::new(),
+        [0, 0, 0, 0, 0, 0, _, _] => low().collect(),
+        [0, 0, 0, 0, 0xffff, 0, _, _] => low().collect(),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => low().collect(),
+        [0x64, 0xff9b, 1, ..] => [48, 56, 64, 96]
+            .into_iter()
+            .filter_map(|len| rfc6052_ipv4(ip, len))
+            .collect(),
+        [0x2002, hi, lo, ..] => vec![Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))],
+        [0x2001, 0, ..] => low().map(|v4| Ipv4Addr::from(!u32::from(v4))).collect(),
+        _ => Vec::new(),
+    };
+    for net in nat64.iter().filter(|n| n.contains(&ip)) {
+        found.extend(rfc6052_ipv4(ip, net.prefix_len()));
     }
+    found
 }
 
 /// IPv4-mapped IPv6 (::ffff:a.b.c.d) reaches the IPv4 address, so it is judged as one.
@@ -192,6 +216,7 @@ pub struct Policy {
     groups: Groups,
     fixed_local: Vec<IpNet>,
     multicast: Vec<IpNet>,
+    nat64: Vec<ipnet::Ipv6Net>,
     host: HostView,
 }
 
@@ -217,6 +242,14 @@ impl Policy {
             groups: cfg.groups.clone(),
             fixed_local: nets(&FIXED_LOCAL),
             multicast: nets(&MULTICAST),
+            nat64: cfg
+                .nat64_prefixes
+                .iter()
+                .filter_map(|n| match n {
+                    IpNet::V6(v6) => Some(v6.trunc()),
+                    IpNet::V4(_) => None,
+                })
+                .collect(),
             host: HostView::new(),
         }
     }
@@ -276,10 +309,11 @@ impl Policy {
         let ip = canonical(ip);
         let outer = self.check_one(user, cmd, name, ip, port);
         match ip {
-            IpAddr::V6(v6) if outer == Verdict::Allow => match embedded_ipv4(v6) {
-                Some(inner) => self.check_one(user, cmd, name, IpAddr::V4(inner), port),
-                None => outer,
-            },
+            IpAddr::V6(v6) if outer == Verdict::Allow => embedded_ipv4(v6, &self.nat64)
+                .into_iter()
+                .map(|inner| self.check_one(user, cmd, name, IpAddr::V4(inner), port))
+                .find(|v| *v != Verdict::Allow)
+                .unwrap_or(outer),
             _ => outer,
         }
     }
@@ -611,11 +645,55 @@ to = ["192.0.2.0/24"]
         ];
         for (v6, v4) in cases {
             let IpAddr::V6(six) = ip(v6) else { panic!() };
-            assert_eq!(embedded_ipv4(six), Some(v4.parse().unwrap()), "{v6}");
+            let v4: Ipv4Addr = v4.parse().unwrap();
+            assert!(embedded_ipv4(six, &[]).contains(&v4), "{v6}");
         }
-        assert_eq!(embedded_ipv4("2001:db8::1".parse().unwrap()), None);
-        assert_eq!(embedded_ipv4(Ipv6Addr::LOCALHOST), None);
-        assert_eq!(embedded_ipv4(Ipv6Addr::UNSPECIFIED), None);
+        assert!(embedded_ipv4("2001:db8::1".parse().unwrap(), &[]).is_empty());
+        assert!(embedded_ipv4(Ipv6Addr::LOCALHOST, &[]).is_empty());
+        assert!(embedded_ipv4(Ipv6Addr::UNSPECIFIED, &[]).is_empty());
+        // RFC 6052 section 2.4's examples: 192.0.2.33 under each prefix length.
+        for (v6, len) in [
+            ("2001:db8:c000:221::", 32),
+            ("2001:db8:1c0:2:21::", 40),
+            ("2001:db8:122:c000:2:2100::", 48),
+            ("2001:db8:122:3c0:0:221::", 56),
+            ("2001:db8:122:344:c0:2:2100:0", 64),
+            ("2001:db8:122:344::192.0.2.33", 96),
+        ] {
+            let IpAddr::V6(six) = ip(v6) else { panic!() };
+            assert_eq!(
+                rfc6052_ipv4(six, len),
+                Some(Ipv4Addr::new(192, 0, 2, 33)),
+                "{v6}"
+            );
+        }
+        // The local-use prefix in its /48 layout, and a network's own prefix.
+        let p = policy("");
+        assert_eq!(
+            p.check(
+                None,
+                Command::Connect,
+                None,
+                ip("64:ff9b:1:7f00:0:100::"),
+                80
+            ),
+            Verdict::Deny(DenyReason::HostLocal)
+        );
+        let p = policy("nat64_prefixes = [\"2001:db8:64::/96\"]\n");
+        assert_eq!(
+            p.check(None, Command::Connect, None, ip("2001:db8:64::7f00:1"), 80),
+            Verdict::Deny(DenyReason::HostLocal)
+        );
+        assert_eq!(
+            p.check(
+                None,
+                Command::Connect,
+                None,
+                ip("2001:db8:64::c000:221"),
+                80
+            ),
+            Verdict::Allow
+        );
         let p = policy("");
         for (v6, _) in cases {
             assert_eq!(

@@ -37,7 +37,7 @@ pub enum RelayEnd {
     Closed,
     /// No data either way for the idle timeout.
     Idle,
-    /// One side closed and the other sent nothing for the half-close timeout.
+    /// The client closed its side and the target sent nothing for the half-close timeout.
     HalfClosed,
     /// A read or write failed (reset, broken pipe).
     Error,
@@ -185,19 +185,6 @@ pub(crate) fn read_drained(
     }
 }
 
-async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        to.writable().await?;
-        match to.try_write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 struct Direction<'a> {
     from: &'a TcpStream,
     to: &'a TcpStream,
@@ -209,6 +196,24 @@ struct Direction<'a> {
 }
 
 impl Direction<'_> {
+    /// Writes all of `data` to the destination, counting each part as it goes: a slow reader
+    /// draining a large chunk is activity, not idleness.
+    async fn send(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            self.to.writable().await?;
+            match self.to.try_write(data) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.record(n);
+                    data = &data[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn record(&self, n: usize) {
         self.moved.fetch_add(n as u64, Ordering::Relaxed);
         self.activity
@@ -247,8 +252,7 @@ impl Direction<'_> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
-            write_all(self.to, &buf.bytes()[..n]).await?;
-            self.record(n);
+            self.send(&buf.bytes()[..n]).await?;
             bulk = splice_allowed && cfg!(target_os = "linux") && n == BUF_SIZE;
         }
     }
@@ -335,12 +339,14 @@ mod splice {
                     splice(pipe.read.as_raw_fd(), to_fd, left)
                 }) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(m) => left -= m,
+                    Ok(m) => {
+                        left -= m;
+                        d.record(m);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
                 }
             }
-            d.record(n);
         }
     }
 }
@@ -440,6 +446,11 @@ pub async fn relay(
                 let last = Duration::from_millis(activity.load(Ordering::Relaxed));
                 if let Some(l) = limit {
                     if Instant::now() >= epoch + last + l {
+                        // A relay ended by a clock did not end: both sides get a reset, so
+                        // neither takes a cut transfer for a complete one.
+                        for side in [client, target] {
+                            let _ = SockRef::from(side).set_linger(Some(Duration::ZERO));
+                        }
                         return if up_done {
                             RelayEnd::HalfClosed
                         } else {

@@ -242,6 +242,10 @@ async fn handshake(
                         Err(NotChecked::QueueFull) => {
                             (false, " (not checked: too many password checks waiting)")
                         }
+                        Err(NotChecked::AddressBusy) => (
+                            false,
+                            " (not checked: this address has password checks waiting)",
+                        ),
                         Err(NotChecked::Throttled) => (
                             false,
                             " (not checked: too many failed logins from this address)",
