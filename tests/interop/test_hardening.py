@@ -6,7 +6,8 @@
   CONNECTs to literal addresses stay quick and the thread count stays bounded.
 - The SSRF guard inside a namespace: an AnyIP local route and an address added after start
   are refused at once, and multicast through UDP ASSOCIATE never reaches the host's members.
-- Memory per idle UDP association.
+
+(Memory per idle UDP association is measured by socksng-bench, case udp-idle.)
 
 Every wait has a deadline; namespaces and files in /etc/netns are removed afterwards.
 """
@@ -106,7 +107,8 @@ FLOOD_RSS_BOUND_KIB = 64 * 1024
 
 
 def test_bad_login_flood_bounded_and_valid_login_answered(password_proxy):
-    proxy = password_proxy()
+    # Two checks at once (~19 MiB each), whatever the machine's core count.
+    proxy = password_proxy(password_checks=2)
     pid = proxy.proc.pid
     rss_start, _ = status(pid)
     stop = threading.Event()
@@ -211,8 +213,12 @@ def test_guesser_is_throttled_typo_is_not(password_proxy):
         line for line in proxy.log.lines() if "too many failed logins from this address" in line
     ]
     assert len(throttled) >= 7, proxy.log.text()
-    # A password that succeeded before still works from the throttled address.
+    # Even the right password fails from the throttled address (else a guesser could go on
+    # at full speed against a user whose password is cached), while another address logs in.
     s = from_source("127.0.0.6", proxy)
+    assert greet_login(s, USER, PASSWORD) == 1
+    s.close()
+    s = from_source("127.0.0.7", proxy)
     assert greet_login(s, USER, PASSWORD) == 0
     s.close()
 
@@ -390,9 +396,11 @@ def test_resolver_that_never_answers(start_proxy, ns):
     print(f"literal CONNECTs during the name flood: max {max(times):.3f}s; threads "
           f"{threads_start} at start, {peak_threads} at peak")
     assert lines[0].startswith("FLOODED 400"), lines
-    # Lookups take the resolver's whole timeout (5 s per try); literal CONNECTs never wait
-    # for them. The bound is generous against a loaded CI machine, far below a lookup.
-    assert max(times) < 3.0, times
+    # Every lookup is still waiting for the resolver (5 s per try) when all twenty literal
+    # CONNECTs are done: they waited for none of them.
+    assert not [line for line in proxy.log.lines() if 'target="never' in line], (
+        "a name session ended before the literal CONNECTs were done"
+    )
     # Workers, the log writer, and at most `lookups` resolver threads (plus tokio's spare).
     assert peak_threads <= threads_start + lookups + 2, (threads_start, peak_threads)
     # The flood's connections are reset; every waiting session ends with its client.

@@ -138,7 +138,10 @@ const EXIT_SESSIONS_CUT: i32 = 3;
 fn run(cfg: Config) -> Result<usize> {
     let filter = log_filter(&cfg.log_level)?;
     log_output::start(cfg.log_file())?;
-    init_logging(filter);
+    init_logging(
+        filter,
+        cfg.log_file.is_none() && std::io::stderr().is_terminal(),
+    );
     tune_allocator();
     raise_fd_limit();
     let workers = match cfg.workers {
@@ -184,7 +187,7 @@ fn run(cfg: Config) -> Result<usize> {
 /// and returned when freed. (musl, used by static router builds, always does this.)
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before other threads run.
+    // SAFETY: mallopt only changes allocator parameters (glibc takes its own lock).
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
@@ -253,10 +256,10 @@ fn log_filter(level: &str) -> Result<tracing_subscriber::filter::LevelFilter> {
 }
 
 #[cfg(feature = "env-filter")]
-fn init_logging(filter: tracing_subscriber::EnvFilter) {
+fn init_logging(filter: tracing_subscriber::EnvFilter, colours: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colours)
         // A vanished log reader must not turn every log call into a panic.
         .log_internal_errors(false)
         .with_writer(log_output::Output)
@@ -264,10 +267,10 @@ fn init_logging(filter: tracing_subscriber::EnvFilter) {
 }
 
 #[cfg(not(feature = "env-filter"))]
-fn init_logging(filter: tracing_subscriber::filter::LevelFilter) {
+fn init_logging(filter: tracing_subscriber::filter::LevelFilter, colours: bool) {
     tracing_subscriber::fmt()
         .with_max_level(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colours)
         .log_internal_errors(false)
         .with_writer(log_output::Output)
         .init();

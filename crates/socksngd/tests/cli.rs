@@ -234,6 +234,22 @@ fn served_ranges_as_proxy_config_json() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Waits for a child with a deadline; kills it and fails the test when the deadline passes.
+fn wait_deadline(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn check(config: &str) -> std::process::Output {
     let dir = tmpdir("check-run");
     let cfg = dir.join(format!("c{}.toml", config.len()));
@@ -243,18 +259,22 @@ fn check(config: &str) -> std::process::Output {
         .arg(&cfg)
         .output()
         .unwrap();
-    let run = Command::new(BIN)
+    // `run` must refuse too; one that starts serving instead is stopped by the deadline.
+    let mut run = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&cfg)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
         .unwrap();
+    let status = wait_deadline(&mut run, "run on an invalid configuration");
+    let mut err = String::new();
+    run.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     // `check` refuses exactly what `run` would.
     assert_eq!(
         out.status.success(),
-        run.status.success(),
-        "check and run disagree on {config:?}: {}",
-        String::from_utf8_lossy(&run.stderr)
+        status.success(),
+        "check and run disagree on {config:?}: {err}"
     );
     out
 }
@@ -352,7 +372,7 @@ fn sighup_reopens_the_log_file_and_the_server_goes_on() {
     assert!(socks_connect_works(addr, target));
     wait_for_line(&log, "session");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    assert!(wait_deadline(&mut child, "socksngd after SIGTERM").success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -406,7 +426,7 @@ fn sessions_cut_at_the_end_of_the_grace_period_are_reset() {
         Err(std::io::ErrorKind::ConnectionReset),
         "a cut session must not end like a complete one: {end:?}"
     );
-    let status = child.wait().unwrap();
+    let status = wait_deadline(&mut child, "socksngd after SIGTERM");
     assert_eq!(status.code(), Some(3), "exit status says sessions were cut");
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
