@@ -180,8 +180,12 @@ fn read_interfaces() -> Option<LocalView> {
         Ok(ifs) => {
             let mut view = LocalView::default();
             for i in ifs {
-                view.local
-                    .push(IpNet::from(crate::policy::canonical(i.ip())));
+                // An IPv4-mapped interface address is the IPv4 address.
+                let ip = match i.ip() {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                    v4 => v4,
+                };
+                view.local.push(IpNet::from(ip));
                 if let if_addrs::IfAddr::V4(v4) = &i.addr {
                     if let Some(b) = v4.broadcast {
                         view.broadcast.push(IpAddr::V4(b));
