@@ -210,7 +210,8 @@ mod tests {
                 Case::UdpRtt,
                 Case::UdpTput,
                 Case::UdpStreamRtt,
-                Case::UdpStreamTput
+                Case::UdpStreamTput,
+                Case::UdpIdle
             ]
         );
         assert_eq!(
