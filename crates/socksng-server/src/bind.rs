@@ -5,11 +5,11 @@
 //! Connections from other hosts, or refused by policy, are closed and the wait goes on until
 //! the BIND timeout, which is answered with TTL expired.
 
+use crate::conn::{allowed_addresses, Handshaken, SessionLog};
+use crate::connect::is_resource_exhaustion;
 use crate::connect::{canonical_addr, port_zero, tune_stream};
 use crate::policy::{canonical, Verdict};
 use crate::relay::{relay, RelayTimeouts};
-use crate::server::is_resource_exhaustion;
-use crate::session::{allowed_addresses, Handshaken, SessionLog};
 use socksng_proto::{Address, Command, Host, ReplyCode};
 use std::net::{IpAddr, SocketAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -171,6 +171,14 @@ fn more_telling(old: Option<io::Error>, new: io::Error) -> io::Error {
     }
 }
 
+/// Accept errors that mean "no resources right now": retrying at once would spin.
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// The SOCKS reply code for a failed connection attempt.
 pub fn reply_code_for(e: &io::Error) -> ReplyCode {
     match e.kind() {

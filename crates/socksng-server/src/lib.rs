@@ -23,10 +23,13 @@ pub mod testing;
 pub mod users;
 
 mod bind;
+mod conn;
 mod listen;
 pub mod ng;
 mod server;
 mod session;
+mod shared;
+mod tokens;
 mod udp;
 
 pub use config::Config;

@@ -1,25 +1,23 @@
 //! SOCKS-NG LISTEN and ACCEPT: listening sockets on the proxy's outside whose incoming
 //! connections are announced with single-use tokens and claimed over new connections.
 //!
-//! The registry maps each live token to its waiting connection and the user who owns the
-//! listener. The listener task owns the socket and the control connection: it announces
+//! Live tokens wait in the registry of `tokens`. The listener task owns the socket and the control connection: it announces
 //! incoming connections, honours REFUSE, expires unclaimed tokens, bounds the unclaimed ones
 //! by the backlog, and on the control connection's close removes everything it announced.
 
 use crate::config::{names_user, PortGrant};
+use crate::conn::{Handshaken, SessionLog};
 use crate::connect::{canonical_addr, port_zero, tune_stream};
 use crate::policy::Verdict;
 use crate::relay::{relay, IdleTimer, RelayTimeouts};
-use crate::server::Shared;
-use crate::session::{Handshaken, SessionLog};
+use crate::shared::Shared;
+use crate::tokens::Pending;
 use rand_core::RngCore;
 use socksng_proto::wire::ng::{rep, ControlMessage, Token};
 use socksng_proto::{Address, Command, DecodeError, Host, ReplyCode};
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep_until, Instant};
@@ -28,72 +26,6 @@ use tokio::time::{sleep_until, Instant};
 const MAX_BACKLOG: usize = 1024;
 /// Random ports tried when "any port" has to avoid ports the user may not take.
 const ANY_PORT_TRIES: usize = 64;
-
-struct Pending {
-    owner: Option<String>,
-    listener: u64,
-    stream: TcpStream,
-    peer: SocketAddr,
-}
-
-/// Tokens waiting to be claimed, and listeners per user.
-#[derive(Default)]
-pub(crate) struct Registry {
-    pending: Mutex<HashMap<Token, Pending>>,
-    listeners: Mutex<HashMap<Option<String>, usize>>,
-    next_id: AtomicU64,
-}
-
-impl Registry {
-    /// Takes the connection behind `token` if `user` owns it; another user's attempt leaves
-    /// the token in place.
-    fn claim(&self, token: &Token, user: Option<&str>) -> Option<(TcpStream, SocketAddr)> {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.get(token)?.owner.as_deref() != user {
-            return None;
-        }
-        pending.remove(token).map(|p| (p.stream, p.peer))
-    }
-
-    fn remove_for(&self, token: &Token, listener: u64) -> bool {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        match pending.get(token) {
-            Some(p) if p.listener == listener => pending.remove(token).is_some(),
-            _ => false,
-        }
-    }
-
-    fn is_pending(&self, token: &Token) -> bool {
-        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.contains_key(token)
-    }
-
-    fn insert(&self, token: Token, p: Pending) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.insert(token, p);
-    }
-
-    fn open_listener(&self, user: Option<&str>, max: usize) -> Option<u64> {
-        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        let n = listeners.entry(user.map(str::to_owned)).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(self.next_id.fetch_add(1, Ordering::Relaxed))
-    }
-
-    fn close_listener(&self, user: Option<&str>) {
-        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        let key = user.map(str::to_owned);
-        if let Some(n) = listeners.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                listeners.remove(&key);
-            }
-        }
-    }
-}
 
 /// Whether `user` may listen on `port` under the grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,7 +257,7 @@ async fn serve_listener(
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
-                    Err(e) if crate::server::is_resource_exhaustion(&e) => break format!("accept failed: {e}"),
+                    Err(e) if crate::connect::is_resource_exhaustion(&e) => break format!("accept failed: {e}"),
                     Err(_) => continue,
                 };
                 let peer = canonical_addr(peer);

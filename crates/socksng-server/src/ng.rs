@@ -2,7 +2,7 @@
 //! served ranges, and the dispatch of LISTEN, ACCEPT and UDP-TUNNEL.
 
 use crate::config::{Action, Config};
-use crate::session::{Handshaken, SessionLog};
+use crate::conn::{Handshaken, SessionLog};
 use socksng_proto::wire::ng::{cmd, Capabilities, NgRequest, ServedRange, NG_REVISION};
 use socksng_proto::{Address, ReplyCode};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

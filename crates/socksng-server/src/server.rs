@@ -1,18 +1,16 @@
 //! The server: listening sockets, accept loops with back-off on descriptor exhaustion, the
 //! session limits, and graceful shutdown (stop accepting, drain for the grace period, then cut).
 
-use crate::admission::{Lookups, NotChecked, PasswordChecks, Stage, StageSlot};
+use crate::admission::StageSlot;
 use crate::config::Config;
-use crate::policy::Policy;
+use crate::shared::Shared;
 use crate::users::{UserDb, UsersError};
 use socket2::{Domain, Protocol, Socket, Type};
 use socksng_proto::HandshakeConfig;
-use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,87 +31,6 @@ pub enum ServerError {
     /// The users file is missing or broken.
     #[error(transparent)]
     Users(#[from] UsersError),
-}
-
-/// State every session shares.
-pub(crate) struct Shared {
-    pub cfg: Arc<Config>,
-    pub policy: Policy,
-    pub users: Option<Arc<UserDb>>,
-    pub handshake_config: HandshakeConfig,
-    per_user: Mutex<HashMap<String, usize>>,
-    /// Argon2 takes ~19 MiB and tens of milliseconds per check; a flood of bad logins must
-    /// queue (boundedly) here rather than fill the blocking pool and the memory.
-    passwords: PasswordChecks,
-    /// getaddrinfo on a bounded number of threads.
-    pub lookups: Lookups,
-    /// Connections still in their handshake.
-    pub handshakes: Stage,
-    /// Sessions past the handshake.
-    pub sessions: Stage,
-    /// SOCKS-NG listeners and their pending tokens.
-    pub listeners: crate::listen::Registry,
-}
-
-/// Holds one of a user's concurrent-session slots until dropped.
-pub(crate) struct UserSlot {
-    shared: Arc<Shared>,
-    user: Option<String>,
-}
-
-impl Drop for UserSlot {
-    fn drop(&mut self) {
-        if let Some(u) = self.user.take() {
-            let mut map = self
-                .shared
-                .per_user
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = map.get_mut(&u) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&u);
-                }
-            }
-        }
-    }
-}
-
-impl Shared {
-    /// Checks a username/password from a client at `client`, off the runtime threads when
-    /// argon2 has to run. `Err` says why no check was made (the login fails).
-    pub(crate) async fn authenticate(
-        &self,
-        client: IpAddr,
-        name: &str,
-        password: Vec<u8>,
-    ) -> Result<bool, NotChecked> {
-        let Some(db) = self.users.clone() else {
-            return Ok(false);
-        };
-        self.passwords.check(db, client, name, password).await
-    }
-
-    /// Takes a per-user session slot; `None` when the user is at the limit.
-    pub(crate) fn user_slot(self: &Arc<Self>, user: Option<&str>) -> Option<UserSlot> {
-        let limit = self.cfg.limits.max_sessions_per_user;
-        let Some(user) = user.filter(|_| limit > 0) else {
-            return Some(UserSlot {
-                shared: self.clone(),
-                user: None,
-            });
-        };
-        let mut map = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(user.to_owned()).or_insert(0);
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(UserSlot {
-            shared: self.clone(),
-            user: Some(user.to_owned()),
-        })
-    }
 }
 
 /// A server with its sockets bound, ready to [`Server::run`].
@@ -170,26 +87,7 @@ impl Server {
                 return Err(e);
             }
         }
-        let shared = Arc::new(Shared {
-            policy: Policy::new(&cfg),
-            users,
-            handshake_config,
-            per_user: Mutex::new(HashMap::new()),
-            listeners: Default::default(),
-            passwords: PasswordChecks::new(&cfg.limits),
-            lookups: Lookups::new(cfg.limits.lookups),
-            handshakes: Stage::new(
-                "handshake",
-                cfg.limits.max_handshakes,
-                cfg.limits.max_handshakes_per_address,
-            ),
-            sessions: Stage::new(
-                "session",
-                cfg.limits.max_sessions,
-                cfg.limits.max_sessions_per_address,
-            ),
-            cfg: Arc::new(cfg),
-        });
+        let shared = Arc::new(Shared::new(cfg, users, handshake_config));
         Ok(Server { shared, listeners })
     }
 
@@ -281,14 +179,6 @@ fn is_address_unavailable(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
 }
 
-/// Accept errors that mean "no resources right now": retrying at once would spin.
-pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -310,7 +200,7 @@ async fn accept_loop(
                 backoff = MIN_BACKOFF;
                 x
             }
-            Err(e) if is_resource_exhaustion(&e) => {
+            Err(e) if crate::connect::is_resource_exhaustion(&e) => {
                 if backoff == MIN_BACKOFF {
                     tracing::warn!(error = %e, "accept: out of resources, backing off");
                 }
@@ -329,7 +219,7 @@ async fn accept_loop(
         let slot: StageSlot = match shared.handshakes.enter(peer.ip()) {
             Ok(slot) => slot,
             Err(why) => {
-                crate::session::log_refused(peer, &shared.handshakes.describe(why));
+                crate::conn::log_refused(peer, &shared.handshakes.describe(why));
                 continue;
             }
         };

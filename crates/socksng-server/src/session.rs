@@ -1,170 +1,23 @@
 //! One client connection from accept to close: client-network check, the handshake driven
-//! through the sans-IO machine under the handshake timeout, authentication, the per-user
-//! session limit, dispatch to CONNECT / BIND / UDP ASSOCIATE, and the one log line that
-//! records the session when it ends.
+//! through the sans-IO machine under the handshake timeout, authentication, the session and
+//! per-user limits, dispatch to CONNECT / BIND / UDP ASSOCIATE / SOCKS-NG, and CONNECT itself.
 
 use crate::admission::{NotChecked, StageSlot};
-use crate::connect::{canonical_addr, connect_racing, interleave, reply_code_for};
-use crate::policy::Verdict;
+use crate::conn::{allowed_addresses, client_gone, linger_close, Handshaken, SessionLog};
+use crate::connect::{canonical_addr, connect_racing, reply_code_for};
 use crate::relay::{relay, RelayTimeouts};
-use crate::server::Shared;
+use crate::shared::Shared;
 use socksng_proto::wire::ng::NgRequest;
-use socksng_proto::{Address, Command, Event, Host, ReplyCode, ServerHandshake};
-use std::io;
+use socksng_proto::{Address, Command, Event, ReplyCode, ServerHandshake};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 
 /// Largest handshake input buffered before a complete message; every SOCKS4/5 handshake
 /// message fits well within it, so reaching it means the client is misbehaving.
 const MAX_HANDSHAKE_BUFFER: usize = 4096;
-
-/// Everything the end-of-session log line reports.
-pub(crate) struct SessionLog {
-    pub client: SocketAddr,
-    pub user: Option<String>,
-    pub command: &'static str,
-    pub target: Option<Address>,
-    pub connected: Option<SocketAddr>,
-    pub up: AtomicU64,
-    pub down: AtomicU64,
-    pub outcome: String,
-    started: Instant,
-}
-
-/// The line is written when the session ends, however it ends: a session dropped at shutdown
-/// still reports who it was and what it moved.
-impl Drop for SessionLog {
-    fn drop(&mut self) {
-        if self.outcome.is_empty() {
-            self.outcome = "cut at shutdown".into();
-        }
-        self.emit();
-    }
-}
-
-/// Logs a connection refused before it became a session (a limit was reached).
-pub(crate) fn log_refused(client: SocketAddr, why: &str) {
-    let mut log = SessionLog::new(canonical_addr(client));
-    log.outcome = why.to_owned();
-}
-
-impl SessionLog {
-    fn new(client: SocketAddr) -> Self {
-        SessionLog {
-            client,
-            user: None,
-            command: "-",
-            target: None,
-            connected: None,
-            up: AtomicU64::new(0),
-            down: AtomicU64::new(0),
-            outcome: String::new(),
-            started: Instant::now(),
-        }
-    }
-
-    pub(crate) fn add_up(&self, n: u64) {
-        self.up.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn add_down(&self, n: u64) {
-        self.down.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn fail(&mut self, code: ReplyCode, why: impl std::fmt::Display) {
-        self.outcome = format!("{}: {why}", code.description());
-    }
-
-    fn emit(&self) {
-        let target = self.target.as_ref().map(|t| t.to_string());
-        let connected = self.connected.map(|c| c.to_string());
-        tracing::info!(
-            client = %self.client,
-            user = self.user.as_deref().unwrap_or("-"),
-            command = self.command,
-            target = target.as_deref().unwrap_or("-"),
-            connected = connected.as_deref().unwrap_or("-"),
-            bytes_up = self.up.load(Ordering::Relaxed),
-            bytes_down = self.down.load(Ordering::Relaxed),
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            outcome = %self.outcome,
-            "session"
-        );
-    }
-}
-
-/// A connection after a successful handshake, holding the machine for the reply(s).
-pub(crate) struct Handshaken {
-    pub stream: TcpStream,
-    pub hs: ServerHandshake,
-    /// Bytes the client sent after its request (pipelined data for the target).
-    pub early_data: Vec<u8>,
-    pub user: Option<String>,
-    pub peer: SocketAddr,
-    pub shared: Arc<Shared>,
-}
-
-impl Handshaken {
-    /// Sends a reply through the machine.
-    pub async fn reply(&mut self, code: ReplyCode, bound: &Address) -> io::Result<()> {
-        let mut out = Vec::with_capacity(32);
-        self.hs
-            .reply(code, bound, &mut out)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        self.stream.write_all(&out).await
-    }
-
-    /// Sends the success reply naming `bound`; false, with the outcome recorded, when the
-    /// client is already gone.
-    pub async fn succeed(&mut self, log: &mut SessionLog, bound: SocketAddr) -> bool {
-        match self.reply(ReplyCode::SUCCEEDED, &Address::ip(bound)).await {
-            Ok(()) => true,
-            Err(e) => {
-                log.outcome = format!("client gone before the reply: {e}");
-                false
-            }
-        }
-    }
-
-    /// Sends a failure reply (best effort: the client may be gone) and records why.
-    pub async fn refuse(
-        &mut self,
-        log: &mut SessionLog,
-        code: ReplyCode,
-        why: impl std::fmt::Display,
-    ) {
-        log.fail(code, why);
-        if self.reply(code, &Address::unspecified()).await.is_ok() {
-            linger_close(&mut self.stream).await;
-        }
-    }
-}
-
-/// Closes after a final failure reply so that the reply survives: send FIN, then read and
-/// discard what the client already sent (pipelined data) for a moment. Closing with unread
-/// input would make the kernel send a reset, which can destroy the reply before it is read.
-async fn linger_close(stream: &mut TcpStream) {
-    const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
-    const MAX_DISCARD: usize = 64 * 1024;
-    if stream.shutdown().await.is_err() {
-        return;
-    }
-    let mut sink = [0u8; 1024];
-    let mut discarded = 0;
-    let drain = async {
-        while discarded < MAX_DISCARD {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => discarded += n,
-            }
-        }
-    };
-    let _ = timeout(LINGER, drain).await;
-}
 
 /// Serves one accepted connection to its end and logs it. `handshake_slot` is its place among
 /// the connections still in their handshake, given back when the handshake ends.
@@ -376,82 +229,6 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
             ..
         } => Box::pin(crate::udp::associate(conn, address, log)).await,
         Asked::Ng(request) => Box::pin(crate::ng::serve(conn, request, log)).await,
-    }
-}
-
-/// Resolves and policy-checks a destination: the allowed addresses in connection order, or
-/// the reply code and reason for refusing it.
-pub(crate) async fn allowed_addresses(
-    shared: &Shared,
-    user: Option<&str>,
-    command: Command,
-    address: &Address,
-) -> Result<Vec<SocketAddr>, (ReplyCode, String)> {
-    let policy = &shared.policy;
-    let port = address.port;
-    let (name, candidates) = match &address.host {
-        Host::Ip(ip) => (
-            None,
-            vec![SocketAddr::new(crate::policy::canonical(*ip), port)],
-        ),
-        Host::Domain(name) => {
-            if let Some(Verdict::Deny(why)) = policy.check_name(user, command, name, port) {
-                return Err((ReplyCode::NOT_ALLOWED, why.to_string()));
-            }
-            let resolved = timeout(
-                shared.cfg.timeouts.connect,
-                shared.lookups.resolve(name, port),
-            )
-            .await
-            .map_err(|_| {
-                (
-                    ReplyCode::HOST_UNREACHABLE,
-                    format!("resolving {name} timed out"),
-                )
-            })?
-            .map_err(|e| {
-                (
-                    ReplyCode::HOST_UNREACHABLE,
-                    format!("cannot resolve {name}: {e}"),
-                )
-            })?;
-            (Some(name.as_str()), resolved)
-        }
-    };
-    let mut refusal = None;
-    let allowed: Vec<SocketAddr> = candidates
-        .into_iter()
-        .filter(|a| match policy.check(user, command, name, a.ip(), port) {
-            Verdict::Allow => true,
-            Verdict::Deny(why) => {
-                refusal.get_or_insert(format!("{} {why}", a.ip()));
-                false
-            }
-        })
-        .collect();
-    if allowed.is_empty() {
-        return Err((
-            ReplyCode::NOT_ALLOWED,
-            refusal.unwrap_or_else(|| "no address allowed".into()),
-        ));
-    }
-    Ok(interleave(&allowed, shared.cfg.resolver.prefer))
-}
-
-/// Completes when the client's connection has been reset. A FIN alone may be a half-close (a
-/// client that sent its data and waits for the answer), which is legitimate, and pipelined
-/// data says nothing either: in both cases this waits forever and the session goes on,
-/// bounded by its own timeouts.
-pub(crate) async fn client_gone(stream: &TcpStream) {
-    let mut byte = [0u8; 1];
-    let mut buf = tokio::io::ReadBuf::new(&mut byte);
-    // A peek that finds nothing clears the readiness, so a stale "readable" left by the
-    // handshake cannot hide the reset that comes later.
-    if std::future::poll_fn(|cx| stream.poll_peek(cx, &mut buf))
-        .await
-        .is_ok()
-    {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -11,11 +11,11 @@
 //! client has sent to are relayed (that destination was checked with its name and port),
 //! replies from anyone else are checked by address.
 
+use crate::conn::{Handshaken, SessionLog};
 use crate::connect::{external_for, interleave, port_zero};
 use crate::policy::{canonical, Verdict};
 use crate::relay::{read_drained, IdleTimer, PooledBuf};
-use crate::server::Shared;
-use crate::session::{Handshaken, SessionLog};
+use crate::shared::Shared;
 use socksng_proto::wire::ng::UdpFrameHeader;
 use socksng_proto::{Address, Command, DecodeError, Host, ReplyCode, UdpHeader};
 use std::collections::{HashMap, HashSet};
