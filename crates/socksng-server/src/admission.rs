@@ -347,28 +347,29 @@ impl PasswordChecks {
         drop(waiting);
         // Failures may have piled up from this address while it waited.
         if !self.throttle.allows(client) {
+            drop(permit);
             self.trim_spare_memory();
             return Err(NotChecked::Throttled);
         }
         let name = name.to_owned();
         let spare = self.spare_memory.clone();
         let others_waiting = self.waiting.clone();
+        let running = self.running.clone();
+        let limit = self.running_limit;
         let ok = tokio::task::spawn_blocking(move || {
             // Held until the check ends, even if the session that asked is dropped.
-            let _permit = permit;
+            let permit = permit;
             let mut memory = spare
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .pop()
                 .unwrap_or_default();
             let ok = db.verify_with_memory(&name, &password, &mut memory);
-            if others_waiting.load(Ordering::Acquire) > 0 {
-                spare.lock().unwrap_or_else(|p| p.into_inner()).push(memory);
-            } else {
-                // Nobody to hand it to: free it (and the spares) rather than keep ~19 MiB
-                // each for a login that may not come.
-                spare.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            }
+            // Handed to a check that waits; a waiter that gives up later finds no check
+            // running and frees it (`Waiting`), as does this check when nobody waits.
+            spare.lock().unwrap_or_else(|p| p.into_inner()).push(memory);
+            drop(permit);
+            trim(&running, &others_waiting, &spare, limit);
             ok
         })
         .await

@@ -136,8 +136,7 @@ pub struct Limits {
     /// 0: no bound (the handshake limits still bound it).
     pub password_queue: usize,
     /// Failed logins one client address may make in a burst before it is throttled: while
-    /// throttled its logins fail at once without a check (a password that succeeded recently
-    /// from anywhere still works).
+    /// throttled its logins fail at once without a check, right password or not.
     pub login_failures_burst: u32,
     /// How fast a throttled address earns further attempts back, per minute.
     pub login_failures_per_minute: u32,

@@ -6,11 +6,12 @@
 //! On Linux the source is the kernel's local routing table (routes of type local, anycast and
 //! broadcast: what `ip route show table local` lists), read over rtnetlink. A thread of its own
 //! waits on a second, subscribed socket for address events and for route events of the local
-//! table, and bumps a generation counter; a question that finds the counter moved reads the
-//! table again first (one at a time; the others wait for that read), so an address added a
-//! moment ago is known without a system call on every question. A failed read leaves the
-//! counter unsettled and is tried again by the next question, keeping the last good view
-//! meanwhile. Elsewhere, or when netlink is not available, the interface addresses from
+//! table, and bumps a change count; a question that finds the count moved reads the table
+//! again first (one at a time; the others wait for that read), so questions cost no system
+//! call. An address added a moment ago is known once that thread has run, microseconds after
+//! the kernel queued the event; a question in between still sees the old view. A failed read
+//! leaves the count unsettled and is tried again, at most every 100 ms, keeping the last good
+//! view meanwhile. Elsewhere, or when netlink is not available, the interface addresses from
 //! getifaddrs are used and re-read every few seconds.
 //!
 //! The netlink code is written by hand (a request, a dump and three attributes) because the
@@ -52,6 +53,9 @@ impl LocalView {
     }
 }
 
+/// How soon a failed read of the local table is tried again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(100);
+
 /// How long the getifaddrs fallback trusts a snapshot.
 const FALLBACK_TTL: Duration = Duration::from_secs(5);
 
@@ -81,6 +85,8 @@ pub struct HostView {
     changed: Option<Arc<AtomicU64>>,
     /// The change count the view reflects.
     settled: AtomicU64,
+    /// The last read of the table failed.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Default for HostView {
@@ -105,6 +111,7 @@ impl HostView {
                             refresh: Mutex::new(Instant::now()),
                             changed: Some(changed),
                             settled: AtomicU64::new(seen),
+                            failing: Default::default(),
                         }
                     }
                     Err(e) => {
@@ -118,6 +125,7 @@ impl HostView {
             refresh: Mutex::new(Instant::now()),
             changed: None,
             settled: AtomicU64::new(0),
+            failing: Default::default(),
         }
     }
 
@@ -142,22 +150,30 @@ impl HostView {
                 if count.load(Ordering::Acquire) == self.settled.load(Ordering::Acquire) {
                     return;
                 }
-                let _turn = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+                let mut tried_at = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
                 // Read the count before the table: an event during the read moves it again.
                 let changed = count.load(Ordering::Acquire);
                 if changed == self.settled.load(Ordering::Acquire) {
                     return;
                 }
+                if self.failing.load(Ordering::Relaxed) && tried_at.elapsed() < RETRY_AFTER_FAILURE
+                {
+                    return;
+                }
+                *tried_at = Instant::now();
                 #[cfg(target_os = "linux")]
                 match netlink::dump_local_routes() {
                     Ok(fresh) => {
                         *self.view.write().unwrap_or_else(|p| p.into_inner()) = fresh;
                         self.settled.store(changed, Ordering::Release);
+                        self.failing.store(false, Ordering::Relaxed);
                     }
                     // Out of descriptors, say: keep the last good view (it must not open the
-                    // host's addresses) and try again on the next question.
+                    // host's addresses) and try again shortly; one warning per failing run.
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the local routing table; keeping the last view")
+                        if !self.failing.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "cannot read the local routing table; keeping the last view");
+                        }
                     }
                 }
             }
@@ -219,6 +235,7 @@ mod netlink {
     const RTM_DELROUTE: u16 = 25;
     const RTM_GETROUTE: u16 = 26;
     const RT_TABLE_LOCAL: u8 = 255;
+    const RT_TABLE_MAIN: u8 = 254;
     const NETLINK_GET_STRICT_CHK: libc::c_int = 12;
     const NLM_F_REQUEST: u16 = 0x1;
     const NLM_F_DUMP: u16 = 0x300;
@@ -415,7 +432,17 @@ mod netlink {
             }
             let body = &data[NLMSG_HDRLEN..len];
             match kind {
-                NLMSG_DONE => return Ok(true),
+                // A dump cut short says so in its DONE message; its view is not complete.
+                NLMSG_DONE => {
+                    let code = body
+                        .get(0..4)
+                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                        .unwrap_or(0);
+                    if code < 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                    return Ok(true);
+                }
                 NLMSG_ERROR => {
                     let code = body
                         .get(0..4)
@@ -472,7 +499,9 @@ mod netlink {
         }
         // `ip route add local` puts a route in the local table; the kernel only delivers
         // from tables its rules consult, which for the other tables is the operator's design.
-        if table != u32::from(RT_TABLE_LOCAL) {
+        // A kernel without multiple IPv6 tables keeps IPv6 local routes in the main table.
+        let main_v6 = table == u32::from(RT_TABLE_MAIN) && i32::from(family) == libc::AF_INET6;
+        if table != u32::from(RT_TABLE_LOCAL) && !main_v6 {
             return;
         }
         // No destination attribute means the default route of its family.
@@ -569,6 +598,15 @@ mod netlink {
                 .local
                 .iter()
                 .any(|n| n.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST))));
+            let v6_loopback = std::net::UdpSocket::bind("[::1]:0").is_ok();
+            assert!(
+                !v6_loopback
+                    || view
+                        .local
+                        .iter()
+                        .any(|n| n.contains(&IpAddr::V6(Ipv6Addr::LOCALHOST))),
+                "{view:?}"
+            );
         }
     }
 }

@@ -171,7 +171,7 @@ pub fn rfc6052_ipv4(ip: Ipv6Addr, prefix_len: u8) -> Option<Ipv4Addr> {
 /// The IPv4 addresses an IPv6 address may carry, where a translator, relay or dual stack would
 /// deliver it: IPv4-compatible (`::/96`, RFC 4291), IPv4-translated (`::ffff:0:0:0/96`,
 /// RFC 2765), NAT64 (`64:ff9b::/96`, RFC 6052; the local-use `64:ff9b:1::/48` of RFC 8215 in
-/// every layout its sub-prefixes may use; and the network's own prefixes in `nat64`), 6to4
+/// the /96 layout; and the network's own prefixes in `nat64`, in their layouts), 6to4
 /// (`2002::/16`, RFC 3056) and Teredo's client (`2001::/32`, RFC 4380). IPv4-mapped addresses
 /// are not here: `canonical` turns them into IPv4 outright.
 pub fn embedded_ipv4(ip: Ipv6Addr, nat64: &[ipnet::Ipv6Net]) -> Vec<Ipv4Addr> {
@@ -183,10 +183,10 @@ pub fn embedded_ipv4(ip: Ipv6Addr, nat64: &[ipnet::Ipv6Net]) -> Vec<Ipv4Addr> {
         [0, 0, 0, 0, 0, 0, _, _] => low().collect(),
         [0, 0, 0, 0, 0xffff, 0, _, _] => low().collect(),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => low().collect(),
-        [0x64, 0xff9b, 1, ..] => [48, 56, 64, 96]
-            .into_iter()
-            .filter_map(|len| rfc6052_ipv4(ip, len))
-            .collect(),
+        // The local-use prefix is usually split into /96s; the /48-/64 layouts would read
+        // zero bytes as 0.0.0.0 and refuse everything under a /96. A network that uses
+        // another layout names its prefix in `nat64_prefixes`.
+        [0x64, 0xff9b, 1, ..] => low().collect(),
         [0x2002, hi, lo, ..] => vec![Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))],
         [0x2001, 0, ..] => low().map(|v4| Ipv4Addr::from(!u32::from(v4))).collect(),
         _ => Vec::new(),
@@ -667,14 +667,24 @@ to = ["192.0.2.0/24"]
                 "{v6}"
             );
         }
-        // The local-use prefix in its /48 layout, and a network's own prefix.
+        // The local-use prefix (/96 layout): loopback refused, a public address reachable.
         let p = policy("");
+        assert_eq!(
+            p.check(None, Command::Connect, None, ip("64:ff9b:1::7f00:1"), 80),
+            Verdict::Deny(DenyReason::HostLocal)
+        );
+        assert_eq!(
+            p.check(None, Command::Connect, None, ip("64:ff9b:1::c633:6401"), 80),
+            Verdict::Allow
+        );
+        // A network's own prefix in the /48 layout.
+        let p = policy("nat64_prefixes = [\"2001:db8:64::/48\"]\n");
         assert_eq!(
             p.check(
                 None,
                 Command::Connect,
                 None,
-                ip("64:ff9b:1:7f00:0:100::"),
+                ip("2001:db8:64:7f00:0:100::"),
                 80
             ),
             Verdict::Deny(DenyReason::HostLocal)

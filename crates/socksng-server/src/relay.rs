@@ -451,7 +451,7 @@ pub async fn relay(
                         for side in [client, target] {
                             let _ = SockRef::from(side).set_linger(Some(Duration::ZERO));
                         }
-                        return if up_done {
+                        return if up_done && l == timeouts.half_close {
                             RelayEnd::HalfClosed
                         } else {
                             RelayEnd::Idle
