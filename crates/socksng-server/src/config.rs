@@ -303,12 +303,24 @@ pub struct ServedRangeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortGrant {
-    /// The ports.
+    /// The ports (at least one).
+    #[serde(deserialize_with = "non_empty_ports")]
     pub ports: Vec<PortRange>,
     /// Who may listen on them: user names, `"*"` for any authenticated user; absent for
     /// anyone, unauthenticated clients included. A port listed for some users is reserved:
     /// others get "port reserved".
     pub users: Option<Vec<String>>,
+}
+
+/// A grant of no ports is a mistake, refused where it is written (with its line).
+fn non_empty_ports<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PortRange>, D::Error> {
+    let ports = Vec::<PortRange>::deserialize(d)?;
+    if ports.is_empty() {
+        return Err(serde::de::Error::custom(
+            "`ports` is empty: a grant names at least one port or range",
+        ));
+    }
+    Ok(ports)
 }
 
 /// `[ng]`: the SOCKS-NG extensions (docs/draft-socksng.md).
@@ -803,6 +815,11 @@ mod tests {
         assert!(parse("[timeouts]\nbind = \"600000000y\"\n").is_err());
         assert!(parse("[[rules]]\naction = \"allow\"\ndomains = [\".\"]\n").is_err());
         assert!(parse("[limits]\nlookups = 0\n").is_err());
+        let e = parse("[ng]\n[[ng.ports]]\nports = []\n").unwrap_err();
+        assert!(
+            e.to_string().contains("line 3") && e.to_string().contains("empty"),
+            "{e}"
+        );
         assert!(parse("[limits]\nlogin_failures_per_minute = 0\n").is_err());
         assert!(
             parse("[limits]\nlogin_failures_per_minute = 0\nlogin_failures_burst = 0\n").is_ok()

@@ -137,6 +137,12 @@ fn choose_and_bind(
         .filter(|g| grant_applies(g, user, groups))
         .flat_map(|g| g.ports.iter().map(|r| r.0.clone()))
         .collect();
+    if ranges.is_empty() {
+        return Err((
+            ReplyCode::NOT_ALLOWED,
+            "no port granted to this user".into(),
+        ));
+    }
     let mut rng = rand_core::OsRng;
     for _ in 0..ANY_PORT_TRIES {
         let range = &ranges[rng.next_u32() as usize % ranges.len()];
@@ -178,7 +184,7 @@ pub(crate) async fn listen(
         }
     };
     let max = shared.cfg.ng.max_listeners_per_user;
-    let Some(id) = shared.listeners.open_listener(user.as_deref(), max) else {
+    let Some(slot) = shared.listeners.open_listener(user.as_deref(), max) else {
         let why = format!("{max} listeners already open");
         return conn.refuse(log, rep::LIMIT_REACHED, why).await;
     };
@@ -195,17 +201,11 @@ pub(crate) async fn listen(
     );
     let listener = match bound {
         Ok(l) => l,
-        Err((code, why)) => {
-            shared.listeners.close_listener(user.as_deref());
-            return conn.refuse(log, code, why).await;
-        }
+        Err((code, why)) => return conn.refuse(log, code, why).await,
     };
     let mut announced = match listener.local_addr() {
         Ok(a) => a,
-        Err(e) => {
-            shared.listeners.close_listener(user.as_deref());
-            return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await;
-        }
+        Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
     };
     // A wildcard listener is reached at the address the client reached us on.
     if announced.ip().is_unspecified() {
@@ -221,15 +221,16 @@ pub(crate) async fn listen(
             &shared,
             &mut conn.stream,
             &listener,
-            id,
+            slot.id,
             user.as_deref(),
             backlog,
         )
         .await;
         log.outcome = stats;
     }
+    // The socket closes before the place is given back.
     drop(listener);
-    shared.listeners.close_listener(user.as_deref());
+    drop(slot);
 }
 
 /// Runs a listener until its control connection ends; returns the log outcome.
@@ -251,7 +252,7 @@ async fn serve_listener(
     // A control connection whose client vanished without closing would hold its port.
     let mut idle = IdleTimer::new(shared.cfg.timeouts.idle);
     let end = loop {
-        mine.retain(|(t, _)| registry.is_pending(t));
+        registry.keep_pending(&mut mine);
         let next_expiry = mine.iter().map(|(_, at)| *at).min();
         tokio::select! {
             accepted = listener.accept() => {
@@ -265,6 +266,8 @@ async fn serve_listener(
                     tracing::info!(from = %peer, %why, "LISTEN: incoming connection refused by policy");
                     continue;
                 }
+                // Claims made while this task waited have freed their places.
+                registry.keep_pending(&mut mine);
                 if mine.len() >= backlog {
                     overflow += 1;
                     continue; // Dropping the stream refuses the connection.

@@ -53,9 +53,10 @@ impl Registry {
         }
     }
 
-    pub(crate) fn is_pending(&self, token: &Token) -> bool {
+    /// Keeps only the tokens of `mine` that still wait for their claim (one lock for all).
+    pub(crate) fn keep_pending<T>(&self, mine: &mut Vec<(Token, T)>) {
         let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.contains_key(token)
+        mine.retain(|(t, _)| pending.contains_key(t));
     }
 
     pub(crate) fn insert(&self, token: Token, p: Pending) {
@@ -63,24 +64,43 @@ impl Registry {
         pending.insert(token, p);
     }
 
-    pub(crate) fn open_listener(&self, user: Option<&str>, max: usize) -> Option<u64> {
+    /// Takes one of `user`'s listener places (at most `max`); `None` at the limit. The place
+    /// is given back when the returned slot is dropped, on every path.
+    pub(crate) fn open_listener(&self, user: Option<&str>, max: usize) -> Option<ListenerSlot<'_>> {
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         let n = listeners.entry(user.map(str::to_owned)).or_insert(0);
         if *n >= max {
             return None;
         }
         *n += 1;
-        Some(self.next_id.fetch_add(1, Ordering::Relaxed))
+        Some(ListenerSlot {
+            registry: self,
+            user: user.map(str::to_owned),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
-    pub(crate) fn close_listener(&self, user: Option<&str>) {
+    fn close_listener(&self, user: &Option<String>) {
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        let key = user.map(str::to_owned);
-        if let Some(n) = listeners.get_mut(&key) {
+        if let Some(n) = listeners.get_mut(user) {
             *n -= 1;
             if *n == 0 {
-                listeners.remove(&key);
+                listeners.remove(user);
             }
         }
+    }
+}
+
+/// One of a user's listener places, with the listener's id; given back on drop.
+pub(crate) struct ListenerSlot<'a> {
+    registry: &'a Registry,
+    user: Option<String>,
+    /// Tells this listener's tokens from others'.
+    pub id: u64,
+}
+
+impl Drop for ListenerSlot<'_> {
+    fn drop(&mut self) {
+        self.registry.close_listener(&self.user);
     }
 }

@@ -554,3 +554,39 @@ async fn udp_tunnel_slow_reader_is_bounded() {
     );
     srv.stop().await;
 }
+
+/// A claim frees its place in the backlog: fill it, claim it down, and new peers are announced
+/// again, many times over.
+#[tokio::test]
+async fn claims_free_backlog_places() {
+    let f = fixture("backlog-cycle", "").await;
+    let (mut control, r) = listen(f.srv.addr, "alice", "wonder", 0, false, 2).await;
+    assert_eq!(r.code, ReplyCode::SUCCEEDED);
+    let public = r.bound.socket_addr().unwrap();
+    let deadline = std::time::Duration::from_secs(10);
+    for round in 0..5 {
+        let mut peers = Vec::new();
+        let mut tokens = Vec::new();
+        for _ in 0..2 {
+            peers.push(TcpStream::connect(public).await.unwrap());
+            let notice = tokio::time::timeout(deadline, read_control(&mut control))
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no accept notice"));
+            let ControlMessage::AcceptNotice { token, .. } = notice else {
+                panic!("round {round}: {notice:?}")
+            };
+            tokens.push(token);
+        }
+        for (token, peer) in tokens.into_iter().zip(peers.iter_mut()) {
+            let (mut claimed, r) = claim(f.srv.addr, "alice", "wonder", token).await;
+            assert_eq!(r.code, ReplyCode::SUCCEEDED, "round {round}");
+            peer.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            tokio::time::timeout(deadline, claimed.read_exact(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+    f.done().await;
+}

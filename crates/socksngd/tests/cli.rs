@@ -293,6 +293,7 @@ fn check_finds_every_error_run_would() {
         ("listen = [\"127.0.0.1:1080\", \"127.0.0.1:1080\"]\n", "twice"),
         ("listen = [\"0.0.0.0:1080\", \"127.0.0.1:1080\"]\n", "wildcard"),
         ("log_level = \"verbose\"\n", "log_level"),
+        ("[[ng.ports]]\nports = []\n", "line 2"),
         ("log_file = \"/nonexistent-dir/socksngd.log\"\n", "log file"),
     ] {
         let out = check(config);
