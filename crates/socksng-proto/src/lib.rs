@@ -15,14 +15,20 @@
 //! - [`wire`]: encode/decode of SOCKS5 (RFC 1928), username/password (RFC 1929), the UDP
 //!   request header (RFC 1928 section 7) and SOCKS4/4a.
 //! - [`handshake`]: the server handshake machine, SOCKS4 and SOCKS5 on one port.
+//! - [`client`]: the client handshake machine (SOCKS5 with RFC 1929, SOCKS-NG, the request and
+//!   its replies, BIND's second one and the CAPABILITIES block).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
 pub mod wire;
 
+pub use client::{
+    ClientConfig, ClientEvent, ClientHandshake, ClientHandshakeError, ClientProgress, ClientRequest,
+};
 pub use handshake::{Event, HandshakeConfig, HandshakeError, Progress, ServerHandshake};
 pub use wire::{
     Address, AuthReply, AuthRequest, Command, DecodeError, Greeting, Host, Method, MethodSelection,

@@ -1,0 +1,663 @@
+//! The client side of the SOCKS5 and SOCKS-NG handshake as a sans-IO state machine: the
+//! counterpart of [`crate::handshake::ServerHandshake`], for the async client, upstream
+//! chaining and the blocking socksify shim alike.
+//!
+//! [`ClientHandshake::new`] writes the greeting into `out`. The driver sends what the machine
+//! puts in `out`, appends what it receives to a buffer, calls
+//! [`ClientHandshake::handle_input`], drops the consumed prefix, and acts on the events:
+//! [`ClientEvent::Reply`] carries the reply to the request (for BIND the first one, with the
+//! listening address), [`ClientEvent::BindPeer`] the second BIND reply, and
+//! [`ClientEvent::Capabilities`] the block that follows a successful CAPABILITIES reply. Bytes
+//! left over once [`ClientHandshake::is_done`] belong to the stream (the target's first bytes).
+//! A refusal (any reply code but success) ends the machine with the reply as its event.
+
+use crate::wire::ng::{welcome, Capabilities, NgAuth, NgHello, NgRequest, NgWelcome, NG_METHOD};
+use crate::wire::{
+    AuthReply, AuthRequest, Command, DecodeError, Greeting, Method, MethodSelection, Reply,
+    ReplyCode, Request,
+};
+
+/// What the client asks for once the handshake is through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// A SOCKS5 command (CONNECT, BIND, UDP ASSOCIATE), valid on both paths.
+    Socks5(Request),
+    /// A SOCKS-NG command; it needs the server to select the SOCKS-NG method.
+    Ng(NgRequest),
+}
+
+/// How the client negotiates.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientConfig {
+    /// Offer the SOCKS-NG method (X'A5') beside the plain ones.
+    pub offer_ng: bool,
+    /// Username and password (RFC 1929, or inside NG-HELLO); `None` offers no login.
+    pub credentials: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Which protocol the server settled on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// SOCKS-NG (method X'A5', NG-HELLO and NG-WELCOME).
+    Ng,
+    /// Plain SOCKS5.
+    Socks5,
+}
+
+/// Something the driver learns from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The reply to the request (BIND: the first reply, with the listening address).
+    Reply(Reply),
+    /// The second BIND reply: the peer that connected.
+    BindPeer(Reply),
+    /// The block after a successful CAPABILITIES reply.
+    Capabilities(Capabilities),
+}
+
+/// How much input a call used, and an event if one is ready. `consumed == 0 && event ==
+/// None` means "read more".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientProgress {
+    /// Bytes of the input that belonged to handshake messages.
+    pub consumed: usize,
+    /// What arrived, if anything.
+    pub event: Option<ClientEvent>,
+}
+
+/// Why a client handshake ended without a reply to the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientHandshakeError {
+    /// The server accepted none of the offered methods (X'FF').
+    #[error("the proxy accepts none of the offered authentication methods")]
+    NoAcceptableMethod,
+    /// The server selected a method that was not offered.
+    #[error("the proxy selected method {0:#04x}, which was not offered")]
+    UnexpectedMethod(u8),
+    /// The request is a SOCKS-NG one and the server chose plain SOCKS5.
+    #[error("the proxy does not speak SOCKS-NG")]
+    NgNotSelected,
+    /// The username/password was rejected.
+    #[error("the proxy refused the login")]
+    AuthFailed,
+    /// NG-WELCOME with a status other than success or a failed login.
+    #[error("the proxy refused SOCKS-NG (status {0:#04x})")]
+    NgRefused(u8),
+    /// Credentials that cannot be encoded (over 255 bytes, or empty).
+    #[error("credentials cannot be sent: {0}")]
+    BadCredentials(DecodeError),
+    /// A message from the server is malformed.
+    #[error("malformed {stage} from the proxy: {source}")]
+    Malformed {
+        /// Which message.
+        stage: &'static str,
+        /// What is wrong with it.
+        source: DecodeError,
+    },
+    /// Input after the end, or after a failure.
+    #[error("handshake is not expecting this ({0})")]
+    WrongState(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitSelection,
+    AwaitAuthReply,
+    AwaitWelcome,
+    AwaitReply,
+    AwaitBindPeer,
+    AwaitCapabilities,
+    Done,
+    Failed,
+}
+
+/// The client handshake. See the module documentation for the driving loop.
+#[derive(Debug, Clone)]
+pub struct ClientHandshake {
+    config: ClientConfig,
+    request: ClientRequest,
+    state: State,
+    path: Option<Path>,
+}
+
+type Step = Result<Option<(usize, Option<ClientEvent>)>, ClientHandshakeError>;
+
+fn decoded<T>(
+    stage: &'static str,
+    r: Result<(T, usize), DecodeError>,
+) -> Result<Option<(T, usize)>, ClientHandshakeError> {
+    match r {
+        Ok(x) => Ok(Some(x)),
+        Err(DecodeError::Incomplete) => Ok(None),
+        Err(source) => Err(ClientHandshakeError::Malformed { stage, source }),
+    }
+}
+
+impl ClientHandshake {
+    /// A machine for one request; the greeting is appended to `out`.
+    pub fn new(config: ClientConfig, request: ClientRequest, out: &mut Vec<u8>) -> Self {
+        let mut methods = Vec::with_capacity(3);
+        if config.offer_ng {
+            methods.push(Method(NG_METHOD));
+        }
+        if config.credentials.is_some() {
+            methods.push(Method::USERNAME_PASSWORD);
+        }
+        methods.push(Method::NO_AUTH);
+        Greeting { methods }.encode(out);
+        ClientHandshake {
+            config,
+            request,
+            state: State::AwaitSelection,
+            path: None,
+        }
+    }
+
+    /// The protocol settled on, once the method is selected.
+    pub fn path(&self) -> Option<Path> {
+        self.path
+    }
+
+    /// True once the last reply (and, for CAPABILITIES, its block) has arrived.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Feeds received bytes; handles as many messages as are complete, stopping at the
+    /// first event.
+    pub fn handle_input(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<ClientProgress, ClientHandshakeError> {
+        let mut consumed = 0;
+        loop {
+            let rest = &input[consumed..];
+            let step = match self.state {
+                State::AwaitSelection => self.on_selection(rest, out),
+                State::AwaitAuthReply => self.on_auth_reply(rest, out),
+                State::AwaitWelcome => self.on_welcome(rest, out),
+                State::AwaitReply => self.on_reply(rest),
+                State::AwaitBindPeer => self.on_bind_peer(rest),
+                State::AwaitCapabilities => self.on_capabilities(rest),
+                State::Done | State::Failed => {
+                    return Ok(ClientProgress {
+                        consumed,
+                        event: None,
+                    })
+                }
+            };
+            match step {
+                Ok(Some((n, event))) => {
+                    consumed += n;
+                    if event.is_some() {
+                        return Ok(ClientProgress { consumed, event });
+                    }
+                }
+                Ok(None) => {
+                    return Ok(ClientProgress {
+                        consumed,
+                        event: None,
+                    })
+                }
+                Err(e) => {
+                    self.state = State::Failed;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn send_request(&mut self, out: &mut Vec<u8>) {
+        match &self.request {
+            ClientRequest::Socks5(r) => r.encode(out),
+            ClientRequest::Ng(r) => r.encode(out),
+        }
+        self.state = State::AwaitReply;
+    }
+
+    fn on_selection(&mut self, input: &[u8], out: &mut Vec<u8>) -> Step {
+        let Some((MethodSelection(m), n)) =
+            decoded("method selection", MethodSelection::decode(input))?
+        else {
+            return Ok(None);
+        };
+        let ng_request = matches!(self.request, ClientRequest::Ng(_));
+        match m {
+            Method(NG_METHOD) if self.config.offer_ng => {
+                self.path = Some(Path::Ng);
+                let auth = match &self.config.credentials {
+                    Some((username, password)) => NgAuth::Password {
+                        username: username.clone(),
+                        password: password.clone(),
+                    },
+                    None => NgAuth::None,
+                };
+                NgHello { auth }
+                    .encode(out)
+                    .map_err(ClientHandshakeError::BadCredentials)?;
+                self.state = State::AwaitWelcome;
+            }
+            Method::NO_AUTH | Method::USERNAME_PASSWORD if ng_request => {
+                return Err(ClientHandshakeError::NgNotSelected)
+            }
+            Method::USERNAME_PASSWORD if self.config.credentials.is_some() => {
+                self.path = Some(Path::Socks5);
+                let (username, password) = self.config.credentials.clone().unwrap_or_default();
+                AuthRequest { username, password }
+                    .encode(out)
+                    .map_err(ClientHandshakeError::BadCredentials)?;
+                self.state = State::AwaitAuthReply;
+            }
+            Method::NO_AUTH => {
+                self.path = Some(Path::Socks5);
+                self.send_request(out);
+            }
+            Method::NO_ACCEPTABLE => return Err(ClientHandshakeError::NoAcceptableMethod),
+            Method(other) => return Err(ClientHandshakeError::UnexpectedMethod(other)),
+        }
+        Ok(Some((n, None)))
+    }
+
+    fn on_auth_reply(&mut self, input: &[u8], out: &mut Vec<u8>) -> Step {
+        let Some((reply, n)) = decoded("login reply", AuthReply::decode(input))? else {
+            return Ok(None);
+        };
+        if !reply.success {
+            return Err(ClientHandshakeError::AuthFailed);
+        }
+        self.send_request(out);
+        Ok(Some((n, None)))
+    }
+
+    fn on_welcome(&mut self, input: &[u8], out: &mut Vec<u8>) -> Step {
+        let Some((w, n)) = decoded("NG-WELCOME", NgWelcome::decode(input))? else {
+            return Ok(None);
+        };
+        match w.status {
+            welcome::OK => self.send_request(out),
+            welcome::AUTH_FAILED => return Err(ClientHandshakeError::AuthFailed),
+            other => return Err(ClientHandshakeError::NgRefused(other)),
+        }
+        Ok(Some((n, None)))
+    }
+
+    fn on_reply(&mut self, input: &[u8]) -> Step {
+        let Some((reply, n)) = decoded("reply", Reply::decode(input))? else {
+            return Ok(None);
+        };
+        let ok = reply.code == ReplyCode::SUCCEEDED;
+        self.state = match (&self.request, ok) {
+            (_, false) => State::Done,
+            (ClientRequest::Socks5(r), true) if r.command == Command::Bind => State::AwaitBindPeer,
+            (ClientRequest::Ng(NgRequest::Capabilities), true) => State::AwaitCapabilities,
+            _ => State::Done,
+        };
+        Ok(Some((n, Some(ClientEvent::Reply(reply)))))
+    }
+
+    fn on_bind_peer(&mut self, input: &[u8]) -> Step {
+        let Some((reply, n)) = decoded("second BIND reply", Reply::decode(input))? else {
+            return Ok(None);
+        };
+        self.state = State::Done;
+        Ok(Some((n, Some(ClientEvent::BindPeer(reply)))))
+    }
+
+    fn on_capabilities(&mut self, input: &[u8]) -> Step {
+        let Some((caps, n)) = decoded("CAPABILITIES block", Capabilities::decode(input))? else {
+            return Ok(None);
+        };
+        self.state = State::Done;
+        Ok(Some((n, Some(ClientEvent::Capabilities(caps)))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::{Event, HandshakeConfig, ServerHandshake};
+    use crate::wire::ng::ServedRange;
+    use crate::wire::Address;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    const USER: &[u8] = b"alice";
+    const PASS: &[u8] = b"s3cret";
+
+    /// What the server side of a pair does with each decision.
+    struct Server {
+        hs: ServerHandshake,
+        bind_peer: Address,
+        caps: Capabilities,
+    }
+
+    impl Server {
+        fn new(config: HandshakeConfig) -> Self {
+            Server {
+                hs: ServerHandshake::new(config),
+                bind_peer: Address::ip("192.0.2.7:4000".parse().unwrap()),
+                caps: Capabilities {
+                    revision: 1,
+                    commands: vec![1, 2, 3],
+                    max_udp_payload: 1400,
+                    token_lifetime: Some(30),
+                    ranges: vec![ServedRange {
+                        prefixes: vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 8)],
+                        ..Default::default()
+                    }],
+                },
+            }
+        }
+
+        /// Feeds the server's input, answering every event; returns whether it is done.
+        fn step(&mut self, input: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
+            loop {
+                let Ok(p) = self.hs.handle_input(input, out) else {
+                    return true;
+                };
+                input.drain(..p.consumed);
+                let bound = Address::ip("198.51.100.1:1080".parse().unwrap());
+                match p.event {
+                    None => return self.hs.is_done(),
+                    Some(Event::Authenticate(a)) => {
+                        let ok = a.username == USER && a.password == PASS;
+                        if self.hs.auth_result(ok, out).is_err() {
+                            return true;
+                        }
+                    }
+                    Some(Event::Request(r)) => {
+                        self.hs.reply(ReplyCode::SUCCEEDED, &bound, out).unwrap();
+                        if r.command == Command::Bind {
+                            self.hs
+                                .reply(ReplyCode::SUCCEEDED, &self.bind_peer, out)
+                                .unwrap();
+                        }
+                        return true;
+                    }
+                    Some(Event::NgRequest(r)) => {
+                        self.hs.reply(ReplyCode::SUCCEEDED, &bound, out).unwrap();
+                        if r == NgRequest::Capabilities {
+                            self.caps.encode(out).unwrap();
+                        }
+                        return true;
+                    }
+                    Some(Event::Socks4Request(_)) => panic!("no SOCKS4 here"),
+                }
+            }
+        }
+    }
+
+    /// Runs a client and a server machine against each other, delivering bytes in chunks of
+    /// `chunk`; returns the client's events, its path, and its final error if any.
+    fn pair(
+        config: ClientConfig,
+        request: ClientRequest,
+        server: HandshakeConfig,
+        chunk: usize,
+    ) -> (Vec<ClientEvent>, Option<Path>, Option<ClientHandshakeError>) {
+        let mut to_server = Vec::new();
+        let mut client = ClientHandshake::new(config, request, &mut to_server);
+        let mut server = Server::new(server);
+        let (mut server_in, mut client_in, mut to_client) = (Vec::new(), Vec::new(), Vec::new());
+        let mut events = Vec::new();
+        let mut server_done = false;
+        for _ in 0..10_000 {
+            if !to_server.is_empty() {
+                let n = chunk.min(to_server.len());
+                server_in.extend(to_server.drain(..n));
+            }
+            if !server_done {
+                server_done = server.step(&mut server_in, &mut to_client);
+            }
+            if !to_client.is_empty() {
+                let n = chunk.min(to_client.len());
+                client_in.extend(to_client.drain(..n));
+            }
+            match client.handle_input(&client_in, &mut to_server) {
+                Ok(p) => {
+                    client_in.drain(..p.consumed);
+                    events.extend(p.event);
+                }
+                Err(e) => return (events, client.path(), Some(e)),
+            }
+            if client.is_done() {
+                assert!(
+                    client_in.is_empty() && to_client.is_empty(),
+                    "bytes left over"
+                );
+                return (events, client.path(), None);
+            }
+            if server_done && to_client.is_empty() && to_server.is_empty() && client_in.is_empty() {
+                return (events, client.path(), None);
+            }
+        }
+        panic!("the pair did not finish");
+    }
+
+    fn connect() -> ClientRequest {
+        ClientRequest::Socks5(Request {
+            command: Command::Connect,
+            address: Address::domain("example.test", 443).unwrap(),
+        })
+    }
+
+    fn server(no_auth: bool, password: bool, ng: bool) -> HandshakeConfig {
+        HandshakeConfig {
+            no_auth,
+            username_password: password,
+            socks4: false,
+            ng,
+        }
+    }
+
+    fn creds() -> Option<(Vec<u8>, Vec<u8>)> {
+        Some((USER.to_vec(), PASS.to_vec()))
+    }
+
+    #[test]
+    fn every_method_and_command_in_every_segmentation() {
+        let bound = |e: &ClientEvent| match e {
+            ClientEvent::Reply(r) | ClientEvent::BindPeer(r) => r.code == ReplyCode::SUCCEEDED,
+            ClientEvent::Capabilities(c) => c.ranges.len() == 1,
+        };
+        let bind = ClientRequest::Socks5(Request {
+            command: Command::Bind,
+            address: Address::ip(SocketAddr::from(([192, 0, 2, 7], 0))),
+        });
+        let udp = ClientRequest::Socks5(Request {
+            command: Command::UdpAssociate,
+            address: Address::ip(SocketAddr::from(([0, 0, 0, 0], 0))),
+        });
+        let cases = [
+            // (client config, request, server config, path, events)
+            (
+                ClientConfig::default(),
+                connect(),
+                server(true, false, false),
+                Path::Socks5,
+                1,
+            ),
+            (
+                ClientConfig {
+                    offer_ng: false,
+                    credentials: creds(),
+                },
+                connect(),
+                server(false, true, false),
+                Path::Socks5,
+                1,
+            ),
+            (
+                ClientConfig {
+                    offer_ng: true,
+                    credentials: None,
+                },
+                connect(),
+                server(true, false, true),
+                Path::Ng,
+                1,
+            ),
+            (
+                ClientConfig {
+                    offer_ng: true,
+                    credentials: creds(),
+                },
+                bind.clone(),
+                server(false, true, true),
+                Path::Ng,
+                2,
+            ),
+            (
+                ClientConfig::default(),
+                bind,
+                server(true, false, false),
+                Path::Socks5,
+                2,
+            ),
+            (
+                ClientConfig::default(),
+                udp,
+                server(true, false, false),
+                Path::Socks5,
+                1,
+            ),
+            (
+                ClientConfig {
+                    offer_ng: true,
+                    credentials: creds(),
+                },
+                ClientRequest::Ng(NgRequest::Capabilities),
+                server(false, true, true),
+                Path::Ng,
+                2,
+            ),
+            (
+                ClientConfig {
+                    offer_ng: true,
+                    credentials: None,
+                },
+                ClientRequest::Ng(NgRequest::UdpTunnel),
+                server(true, false, true),
+                Path::Ng,
+                1,
+            ),
+            // An NG-capable client against a plain server falls back to SOCKS5.
+            (
+                ClientConfig {
+                    offer_ng: true,
+                    credentials: creds(),
+                },
+                connect(),
+                server(false, true, false),
+                Path::Socks5,
+                1,
+            ),
+        ];
+        for (i, (config, request, srv, path, n)) in cases.into_iter().enumerate() {
+            for chunk in [1, 2, 3, 7, 64, 4096] {
+                let (events, got_path, err) = pair(config.clone(), request.clone(), srv, chunk);
+                assert_eq!(err, None, "case {i}, chunk {chunk}");
+                assert_eq!(got_path, Some(path), "case {i}, chunk {chunk}");
+                assert_eq!(events.len(), n, "case {i}, chunk {chunk}: {events:?}");
+                assert!(events.iter().all(bound), "case {i}: {events:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn failures_are_typed() {
+        let plain = ClientConfig::default();
+        let with_creds = ClientConfig {
+            offer_ng: false,
+            credentials: Some((USER.to_vec(), b"wrong".to_vec())),
+        };
+        let ng_wrong = ClientConfig {
+            offer_ng: true,
+            credentials: Some((USER.to_vec(), b"wrong".to_vec())),
+        };
+        for chunk in [1, 4096] {
+            assert_eq!(
+                pair(plain.clone(), connect(), server(false, true, false), chunk).2,
+                Some(ClientHandshakeError::NoAcceptableMethod)
+            );
+            assert_eq!(
+                pair(
+                    with_creds.clone(),
+                    connect(),
+                    server(false, true, false),
+                    chunk
+                )
+                .2,
+                Some(ClientHandshakeError::AuthFailed)
+            );
+            assert_eq!(
+                pair(
+                    ng_wrong.clone(),
+                    connect(),
+                    server(false, true, true),
+                    chunk
+                )
+                .2,
+                Some(ClientHandshakeError::AuthFailed)
+            );
+            assert_eq!(
+                pair(
+                    ClientConfig {
+                        offer_ng: true,
+                        credentials: None
+                    },
+                    ClientRequest::Ng(NgRequest::Capabilities),
+                    server(true, false, false),
+                    chunk
+                )
+                .2,
+                Some(ClientHandshakeError::NgNotSelected)
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_and_pipelined_target_bytes() {
+        // A refusal is the reply event, and the machine ends.
+        let mut out = Vec::new();
+        let mut c = ClientHandshake::new(ClientConfig::default(), connect(), &mut out);
+        assert_eq!(out, [5, 1, 0]);
+        out.clear();
+        let p = c.handle_input(&[5, 0], &mut out).unwrap();
+        assert_eq!((p.consumed, p.event), (2, None));
+        let mut reply = vec![5, 5, 0, 1, 0, 0, 0, 0, 0, 0];
+        reply.extend_from_slice(b"target bytes");
+        let p = c.handle_input(&reply, &mut out).unwrap();
+        assert_eq!(p.consumed, 10, "the target's bytes stay in the stream");
+        assert!(matches!(
+            p.event,
+            Some(ClientEvent::Reply(Reply {
+                code: ReplyCode::CONNECTION_REFUSED,
+                ..
+            }))
+        ));
+        assert!(c.is_done());
+        // A selected method that was never offered, and garbage.
+        let mut c = ClientHandshake::new(ClientConfig::default(), connect(), &mut out);
+        assert_eq!(
+            c.handle_input(&[5, 2], &mut out).unwrap_err(),
+            ClientHandshakeError::UnexpectedMethod(2)
+        );
+        let mut c = ClientHandshake::new(ClientConfig::default(), connect(), &mut out);
+        assert!(matches!(
+            c.handle_input(&[4, 0], &mut out),
+            Err(ClientHandshakeError::Malformed { .. })
+        ));
+        // Credentials that cannot be encoded are an error, not a panic.
+        let long = ClientConfig {
+            offer_ng: false,
+            credentials: Some((vec![b'a'; 300], PASS.to_vec())),
+        };
+        let mut c = ClientHandshake::new(long, connect(), &mut out);
+        assert!(matches!(
+            c.handle_input(&[5, 2], &mut out),
+            Err(ClientHandshakeError::BadCredentials(_))
+        ));
+    }
+}
