@@ -660,4 +660,27 @@ mod tests {
             Err(ClientHandshakeError::BadCredentials(_))
         ));
     }
+
+    /// Random proxy bytes at random segmentations: never a panic (the fuzz target's entry
+    /// point, run here on a fixed pseudo-random sample in every test run).
+    #[test]
+    fn random_proxy_bytes_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Mostly well-formed beginnings, so the machine gets past its first message.
+            if len > 3 && next() % 2 == 0 {
+                data[1] = 5;
+                data[2] = [0u8, 2, 0xa5][(next() % 3) as usize];
+            }
+            crate::fuzzing::client_handshake(&data);
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! replays their corpus in every normal test run. Each takes arbitrary bytes and must never
 //! panic; internal invariants are asserted so the fuzzer also finds logic slips.
 
+use crate::client::{ClientConfig, ClientEvent, ClientHandshake, ClientRequest};
 use crate::handshake::{Event, HandshakeConfig, ServerHandshake};
 use crate::wire::ng::{Capabilities, ControlMessage, NgHello, NgRequest, UdpFrameHeader};
 use crate::wire::{
@@ -157,5 +158,63 @@ pub fn wire_roundtrip(data: &[u8]) {
         r.encode(&mut out)
             .expect("SOCKS4 targets are IPv4 or names");
         assert_eq!(Socks4Request::decode(&out).map(|x| x.0), Ok(r));
+    }
+}
+
+/// Drives the client handshake over `data` as the proxy's bytes. The first byte picks the
+/// configuration, the request and the chunk size. The machine must never panic, never claim
+/// more input than it was given, and stop consuming once it is done.
+pub fn client_handshake(data: &[u8]) {
+    let Some((&flags, input)) = data.split_first() else {
+        return;
+    };
+    let config = ClientConfig {
+        offer_ng: flags & 1 != 0,
+        credentials: (flags & 2 != 0).then(|| (b"user".to_vec(), b"pass".to_vec())),
+    };
+    let request = match (flags >> 2) & 3 {
+        0 => ClientRequest::Socks5(Request {
+            command: crate::wire::Command::Connect,
+            address: Address::ip("192.0.2.1:80".parse().expect("literal")),
+        }),
+        1 => ClientRequest::Socks5(Request {
+            command: crate::wire::Command::Bind,
+            address: Address::ip("0.0.0.0:0".parse().expect("literal")),
+        }),
+        2 => ClientRequest::Ng(NgRequest::Capabilities),
+        _ => ClientRequest::Ng(NgRequest::UdpTunnel),
+    };
+    let chunk = usize::from(flags >> 4) + 1;
+    let mut out = Vec::new();
+    let mut hs = ClientHandshake::new(config, request, &mut out);
+    let mut buf = Vec::new();
+    let mut fed = 0;
+    let mut events = 0;
+    loop {
+        let progress = match hs.handle_input(&buf, &mut out) {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        assert!(progress.consumed <= buf.len());
+        buf.drain(..progress.consumed);
+        if let Some(e) = progress.event {
+            events += 1;
+            // A reply first; then at most one more (BIND's second reply or the block).
+            assert!(events <= 2, "too many events");
+            assert_eq!(events == 1, matches!(e, ClientEvent::Reply(_)), "{e:?}");
+            continue;
+        }
+        if hs.is_done() {
+            let rest = buf.len();
+            let again = hs.handle_input(&buf, &mut out).expect("done stays quiet");
+            assert_eq!((again.consumed, again.event, buf.len()), (0, None, rest));
+            return;
+        }
+        if fed >= input.len() {
+            return;
+        }
+        let n = chunk.min(input.len() - fed);
+        buf.extend_from_slice(&input[fed..fed + n]);
+        fed += n;
     }
 }

@@ -27,3 +27,8 @@ fn server_handshake_corpus() {
 fn wire_roundtrip_corpus() {
     assert!(replay("wire_roundtrip", socksng_proto::fuzzing::wire_roundtrip) >= 10);
 }
+
+#[test]
+fn client_handshake_corpus() {
+    assert!(replay("client_handshake", socksng_proto::fuzzing::client_handshake) >= 8);
+}
