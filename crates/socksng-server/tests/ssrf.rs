@@ -102,13 +102,6 @@ async fn connect_to_host_local_destinations_refused() {
     srv.stop().await;
 }
 
-/// Awaits `f`, failing the test after 10 s instead of hanging it.
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(std::time::Duration::from_secs(10), f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within 10 s"))
-}
-
 fn datagram(to: Address, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     UdpHeader {

@@ -63,7 +63,21 @@ pub async fn udp_echo(bind: &str) -> (SocketAddr, std::sync::Arc<std::sync::atom
     (addr, count)
 }
 
+/// Every wait in these helpers fails the test after this long instead of hanging it.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Awaits `f` within [`DEADLINE`].
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {DEADLINE:?}"))
+}
+
 pub async fn read_reply(s: &mut TcpStream) -> Reply {
+    within("reply", read_reply_unbounded(s)).await
+}
+
+async fn read_reply_unbounded(s: &mut TcpStream) -> Reply {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     loop {
@@ -84,14 +98,18 @@ pub async fn request(s: &mut TcpStream, cmd: u8, addr: &Address) -> Reply {
     addr.encode(&mut msg);
     s.write_all(&msg).await.unwrap();
     let mut sel = [0u8; 2];
-    s.read_exact(&mut sel).await.unwrap();
+    within("method selection", s.read_exact(&mut sel))
+        .await
+        .unwrap();
     assert_eq!(sel, [5, 0]);
     read_reply(s).await
 }
 
 /// Opens a connection to the proxy and asks for CONNECT to `target`.
 pub async fn socks_connect(proxy: SocketAddr, target: &Address) -> (TcpStream, Reply) {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let mut s = within("connect to the proxy", TcpStream::connect(proxy))
+        .await
+        .unwrap();
     let r = request(&mut s, 1, target).await;
     (s, r)
 }
@@ -99,14 +117,16 @@ pub async fn socks_connect(proxy: SocketAddr, target: &Address) -> (TcpStream, R
 /// Reads until EOF; panics on error.
 pub async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
     let mut v = Vec::new();
-    s.read_to_end(&mut v).await.unwrap();
+    within("end of stream", s.read_to_end(&mut v))
+        .await
+        .unwrap();
     v
 }
 
 /// True when the peer closed the connection (EOF or reset) without sending anything more.
 pub async fn closed_silently(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf).await, Ok(0) | Err(_))
+    matches!(within("close", s.read(&mut buf)).await, Ok(0) | Err(_))
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so checksums need no extra crate.
@@ -156,7 +176,9 @@ pub async fn ng_session(proxy: std::net::SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     s.write_all(&[5, 2, 0xa5, 0]).await.unwrap();
     let mut sel = [0u8; 2];
-    s.read_exact(&mut sel).await.unwrap();
+    within("method selection", s.read_exact(&mut sel))
+        .await
+        .unwrap();
     assert_eq!(sel, [5, 0xa5]);
     let mut hello = Vec::new();
     socksng_proto::wire::ng::NgHello {
@@ -166,7 +188,7 @@ pub async fn ng_session(proxy: std::net::SocketAddr) -> TcpStream {
     .unwrap();
     s.write_all(&hello).await.unwrap();
     let mut w = [0u8; 3];
-    s.read_exact(&mut w).await.unwrap();
+    within("NG-WELCOME", s.read_exact(&mut w)).await.unwrap();
     assert_eq!(
         socksng_proto::wire::ng::NgWelcome::decode(&w).unwrap().0,
         socksng_proto::wire::ng::NgWelcome {
