@@ -75,7 +75,9 @@ impl SessionLog {
     fn emit(&self) {
         let target = self.target.as_ref().map(|t| t.to_string());
         let connected = self.connected.map(|c| c.to_string());
+        // The target names the session line for log filters, wherever the code lives.
         tracing::info!(
+            target: "socksng_server::session",
             client = %self.client,
             user = self.user.as_deref().unwrap_or("-"),
             command = self.command,
