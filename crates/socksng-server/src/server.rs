@@ -1,5 +1,6 @@
 //! The server: listening sockets, accept loops with back-off on descriptor exhaustion, the
-//! session limits, and graceful shutdown (stop accepting, drain for the grace period, then cut).
+//! handshake stage every accepted connection must find a place in, and graceful shutdown
+//! (stop accepting, drain for the grace period, then reset what is left).
 
 use crate::admission::StageSlot;
 use crate::config::Config;
