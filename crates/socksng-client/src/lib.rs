@@ -164,17 +164,6 @@ pub struct Client {
     offer_ng: bool,
 }
 
-/// The length of the SOCKS5 reply starting `buf`, once its first five bytes tell it.
-fn reply_len(buf: &[u8]) -> Option<usize> {
-    let (&atyp, &first) = (buf.get(3)?, buf.get(4)?);
-    match atyp {
-        0x01 => Some(4 + 4 + 2),
-        0x04 => Some(4 + 16 + 2),
-        0x03 => Some(4 + 1 + usize::from(first) + 2),
-        _ => None,
-    }
-}
-
 /// Reads from `stream` into `buf` until `decode` yields a message, which is removed from `buf`.
 async fn read_message<T, R: AsyncRead + Unpin>(
     stream: &mut R,
@@ -287,8 +276,8 @@ impl Client {
         // Read exactly the reply: the target's first bytes may follow it at once, and they
         // belong to the stream, not to this buffer. Bytes go into `buf` only once read, so a
         // caller that gives up (a timeout around `accept`, say) leaves it consistent.
-        loop {
-            let want = reply_len(buf).unwrap_or(5);
+        // An unknown address type: nothing more to read, and the decode below says why.
+        while let Some(want) = Reply::wanted_len(buf) {
             if buf.len() >= want {
                 break;
             }
@@ -296,19 +285,14 @@ impl Client {
             let n = stream.read(&mut more).await?;
             if n == 0 {
                 // A refusal may come without a usable address, and then a close.
-                if buf.len() >= 2 && buf[0] == 5 && buf[1] != 0 {
-                    return Err(ClientError::Refused {
-                        code: ReplyCode(buf[1]),
-                    });
+                if let Some(code) = Reply::failure_code(buf) {
+                    return Err(ClientError::Refused { code });
                 }
                 return Err(ClientError::Protocol(
                     "the proxy closed the connection".into(),
                 ));
             }
             buf.extend_from_slice(&more[..n]);
-            if buf.len() >= 5 && reply_len(buf).is_none() {
-                break;
-            }
         }
         let reply = match Reply::decode(buf) {
             Ok((reply, used)) => {
@@ -316,12 +300,12 @@ impl Client {
                 reply
             }
             // A failure reply with an odd address is still a failure reply.
-            Err(_) if buf.len() >= 2 && buf[0] == 5 && buf[1] != 0 => {
-                return Err(ClientError::Refused {
-                    code: ReplyCode(buf[1]),
+            Err(e) => {
+                return Err(match Reply::failure_code(buf) {
+                    Some(code) => ClientError::Refused { code },
+                    None => ClientError::Protocol(e.to_string()),
                 })
             }
-            Err(e) => return Err(ClientError::Protocol(e.to_string())),
         };
         if reply.code != ReplyCode::SUCCEEDED {
             return Err(ClientError::Refused { code: reply.code });

@@ -313,6 +313,29 @@ impl Reply {
         self.bound.encode(out);
     }
 
+    /// How many bytes the reply at the start of `buf` takes, as far as its first bytes tell:
+    /// exact once ATYP (and a domain's length) has arrived, else 5, the bytes to read before
+    /// asking again. `None` when ATYP is unknown and nothing more can be learnt. Lets a driver
+    /// read a reply and not the target's bytes that may follow it.
+    pub fn wanted_len(buf: &[u8]) -> Option<usize> {
+        match (buf.get(3), buf.get(4)) {
+            (None, _) | (Some(&0x03), None) => Some(5),
+            (Some(&0x01), _) => Some(4 + 4 + 2),
+            (Some(&0x04), _) => Some(4 + 16 + 2),
+            (Some(&0x03), Some(&n)) => Some(4 + 1 + usize::from(n) + 2),
+            _ => None,
+        }
+    }
+
+    /// The code of a failure reply at the start of `buf`, even when the rest of it is
+    /// malformed or missing: some servers send a short refusal and close.
+    pub fn failure_code(buf: &[u8]) -> Option<ReplyCode> {
+        match buf {
+            [SOCKS5_VERSION, code, ..] if *code != 0 => Some(ReplyCode(*code)),
+            _ => None,
+        }
+    }
+
     /// Decodes a reply. The address is parsed even for failures, since its length is needed
     /// to find the end of the message.
     pub fn decode(buf: &[u8]) -> Result<(Self, usize), DecodeError> {
@@ -332,6 +355,41 @@ impl Reply {
 mod tests {
     use super::*;
     use crate::wire::testutil::assert_every_prefix_incomplete;
+
+    #[test]
+    fn reply_lengths_and_short_refusals() {
+        for reply in [
+            Reply {
+                code: ReplyCode::SUCCEEDED,
+                bound: Address::ip("192.0.2.1:80".parse().unwrap()),
+            },
+            Reply {
+                code: ReplyCode::SUCCEEDED,
+                bound: Address::ip("[2001:db8::1]:80".parse().unwrap()),
+            },
+            Reply {
+                code: ReplyCode::HOST_UNREACHABLE,
+                bound: Address::domain("a.example", 443).unwrap(),
+            },
+        ] {
+            let mut bytes = Vec::new();
+            reply.encode(&mut bytes);
+            // Every prefix asks for at most the whole reply, and the whole reply asks for itself.
+            for cut in 0..bytes.len() {
+                let want = Reply::wanted_len(&bytes[..cut]).unwrap();
+                assert!(want > cut && want <= bytes.len(), "{reply:?} at {cut}");
+            }
+            assert_eq!(Reply::wanted_len(&bytes), Some(bytes.len()));
+        }
+        assert_eq!(Reply::wanted_len(&[5, 0, 0, 9, 1]), None);
+        assert_eq!(
+            Reply::failure_code(&[5, 4]),
+            Some(ReplyCode::HOST_UNREACHABLE)
+        );
+        assert_eq!(Reply::failure_code(&[5, 0, 0, 1]), None);
+        assert_eq!(Reply::failure_code(&[4, 91]), None);
+        assert_eq!(Reply::failure_code(&[5]), None);
+    }
 
     #[test]
     fn greeting() {
