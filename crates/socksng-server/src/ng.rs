@@ -202,15 +202,23 @@ mod tests {
     #[test]
     fn json_publication() {
         let c = cfg("[[ng.served]]\nto = [\"10.0.0.0/8\"]\ndomains = [\"corp.example\"]\nports = [443, \"8000-8080\"]\n");
-        let json = served_ranges_json(&c, None, "proxy.example:1080");
-        assert!(json.contains("\"proxy\": \"proxy.example:1080\""), "{json}");
-        assert!(json.contains("\"subnets\": [\"10.0.0.0/8\"]"), "{json}");
-        assert!(json.contains("\"domains\": [\"corp.example\"]"), "{json}");
-        assert!(
-            json.contains("\"ports\": [\"443\", \"8000-8080\"]"),
+        let json = served_ranges_json(&c, None, "proxy.example:1080\"\\");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        // The proxy string is escaped, not spliced in.
+        assert_eq!(v["proxies"][0]["proxy"], "proxy.example:1080\"\\", "{json}");
+        let rule = &v["proxy-match"][0];
+        assert_eq!(rule["subnets"], serde_json::json!(["10.0.0.0/8"]), "{json}");
+        assert_eq!(
+            rule["domains"],
+            serde_json::json!(["corp.example"]),
             "{json}"
         );
-        assert!(json.contains("\"proxies\": [\"socksng\"]"), "{json}");
+        assert_eq!(
+            rule["ports"],
+            serde_json::json!(["443", "8000-8080"]),
+            "{json}"
+        );
+        assert_eq!(rule["proxies"], serde_json::json!(["socksng"]), "{json}");
     }
 
     #[test]

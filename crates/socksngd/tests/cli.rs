@@ -227,10 +227,14 @@ fn served_ranges_as_proxy_config_json() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let json = String::from_utf8(out.stdout).unwrap();
-    assert!(json.contains("\"proxy\": \"vpn.example:1080\""), "{json}");
-    assert!(json.contains("\"subnets\": [\"10.0.0.0/8\"]"), "{json}");
-    assert!(json.contains("\"domains\": [\"corp.example\"]"), "{json}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["proxies"][0]["proxy"], "vpn.example:1080", "{v}");
+    assert_eq!(v["proxies"][0]["protocol"], "socks5", "{v}");
+    let rule = &v["proxy-match"][0];
+    assert_eq!(rule["subnets"], serde_json::json!(["10.0.0.0/8"]), "{v}");
+    assert_eq!(rule["domains"], serde_json::json!(["corp.example"]), "{v}");
+    assert_eq!(rule["proxies"], serde_json::json!(["socksng"]), "{v}");
+    assert_eq!(v["proxy-match"].as_array().map(Vec::len), Some(1), "{v}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
