@@ -380,6 +380,31 @@ def run(argv, input=None, timeout=PROC_TIMEOUT, netns=None):
     )
 
 
+def sh(*argv):
+    """Runs a setup command (ip, say) that must succeed; returns its output."""
+    r = subprocess.run(argv, capture_output=True, timeout=PROC_TIMEOUT)
+    assert r.returncode == 0, f"{' '.join(argv)}: {r.stderr.decode(errors='replace')}"
+    return r.stdout.decode()
+
+
+def quiet(*argv):
+    """Cleanup step: errors are expected when the thing is already gone."""
+    try:
+        subprocess.run(argv, capture_output=True, timeout=PROC_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def recv_exact(sock, n):
+    """Reads exactly n bytes; fails on EOF."""
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"EOF after {len(data)} of {n} bytes"
+        data += chunk
+    return data
+
+
 def curl(*args, output=None, headers=None, netns=None):
     """curl with its configuration file ignored (-q), the proxy environment overridden, and
     bounded times. Returns the CompletedProcess."""

@@ -34,6 +34,9 @@ from interop_support import (
     clean_env,
     proxy_config,
     read_ready_line,
+    quiet,
+    recv_exact,
+    sh,
 )
 
 
@@ -70,15 +73,6 @@ def connect_request(sock, host, port):
         tail = recv_exact(sock, 1)[0] + 2
     recv_exact(sock, tail)
     return head[1]
-
-
-def recv_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, f"closed after {data!r}"
-        data += chunk
-    return data
 
 
 def from_source(source, proxy, timeout=IO_TIMEOUT):
@@ -227,20 +221,6 @@ def test_guesser_is_throttled_typo_is_not(password_proxy):
 # Namespaces: a resolver that never answers, AnyIP, addresses added after start, multicast
 
 
-def sh(*argv):
-    r = subprocess.run(argv, capture_output=True, timeout=PROC_TIMEOUT)
-    assert r.returncode == 0, f"{' '.join(argv)}: {r.stderr.decode(errors='replace')}"
-    return r.stdout.decode()
-
-
-def quiet(*argv):
-    try:
-        subprocess.run(argv, capture_output=True, timeout=PROC_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-# A DNS server that reads every query and answers none; prints READY and, at the end, the count.
 SILENT_DNS = r"""
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

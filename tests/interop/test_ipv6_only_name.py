@@ -28,6 +28,8 @@ from interop_support import (
     read_ready_line,
     run,
     sha256,
+    quiet,
+    sh,
 )
 
 PROXY_IP6 = "fd00:5ca::1"
@@ -110,20 +112,6 @@ for i in range(3):
     print(data.decode(), src[0], src[1])
 s.close()
 """
-
-
-def sh(*argv):
-    r = subprocess.run(argv, capture_output=True, timeout=PROC_TIMEOUT)
-    assert r.returncode == 0, f"{' '.join(argv)}: {r.stderr.decode(errors='replace')}"
-    return r.stdout.decode()
-
-
-def quiet(*argv):
-    """Cleanup step: errors are expected when the thing is already gone."""
-    try:
-        subprocess.run(argv, capture_output=True, timeout=PROC_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 class V6OnlyEnv:

@@ -28,6 +28,7 @@ from interop_support import (
     proxy_config,
     sha256,
     to_toml,
+    recv_exact,
 )
 
 
@@ -51,15 +52,6 @@ def socks5_error(sock, dest):
             e = e.socket_err
         return e
     raise AssertionError(f"connect to {dest} through the proxy succeeded")
-
-
-def recv_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, f"EOF after {len(data)} of {n} bytes"
-        data += chunk
-    return data
 
 
 def test_client_outside_access_list_is_dropped(start_proxy, http_target, tmp_path):

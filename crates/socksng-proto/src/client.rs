@@ -11,6 +11,7 @@
 //! left over once [`ClientHandshake::is_done`] belong to the stream (the target's first bytes).
 //! A refusal (any reply code but success) ends the machine with the reply as its event.
 
+use crate::handshake::{run_steps, StepResult};
 use crate::wire::ng::{welcome, Capabilities, NgAuth, NgHello, NgRequest, NgWelcome, NG_METHOD};
 use crate::wire::{
     AuthReply, AuthRequest, Command, DecodeError, Greeting, Method, MethodSelection, Reply,
@@ -121,7 +122,7 @@ pub struct ClientHandshake {
     path: Option<Path>,
 }
 
-type Step = Result<Option<(usize, Option<ClientEvent>)>, ClientHandshakeError>;
+type Step = StepResult<ClientEvent, ClientHandshakeError>;
 
 fn decoded<T>(
     stage: &'static str,
@@ -171,9 +172,7 @@ impl ClientHandshake {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<ClientProgress, ClientHandshakeError> {
-        let mut consumed = 0;
-        loop {
-            let rest = &input[consumed..];
+        let (consumed, event) = run_steps(input, |rest| {
             let step = match self.state {
                 State::AwaitSelection => self.on_selection(rest, out),
                 State::AwaitAuthReply => self.on_auth_reply(rest, out),
@@ -181,32 +180,14 @@ impl ClientHandshake {
                 State::AwaitReply => self.on_reply(rest),
                 State::AwaitBindPeer => self.on_bind_peer(rest),
                 State::AwaitCapabilities => self.on_capabilities(rest),
-                State::Done | State::Failed => {
-                    return Ok(ClientProgress {
-                        consumed,
-                        event: None,
-                    })
-                }
+                State::Done | State::Failed => return None,
             };
-            match step {
-                Ok(Some((n, event))) => {
-                    consumed += n;
-                    if event.is_some() {
-                        return Ok(ClientProgress { consumed, event });
-                    }
-                }
-                Ok(None) => {
-                    return Ok(ClientProgress {
-                        consumed,
-                        event: None,
-                    })
-                }
-                Err(e) => {
-                    self.state = State::Failed;
-                    return Err(e);
-                }
+            if step.is_err() {
+                self.state = State::Failed;
             }
-        }
+            Some(step)
+        })?;
+        Ok(ClientProgress { consumed, event })
     }
 
     fn send_request(&mut self, out: &mut Vec<u8>) {

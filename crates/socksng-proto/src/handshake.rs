@@ -100,6 +100,32 @@ enum State {
     Failed,
 }
 
+/// What one step of a handshake machine made of the input at hand: `Ok(None)` waits for more
+/// input, `Ok(Some((n, event)))` used `n` bytes and may have produced an event.
+pub(crate) type StepResult<Ev, E> = Result<Option<(usize, Option<Ev>)>, E>;
+
+/// Runs a machine's steps over `input` until one yields an event, needs more input, or fails,
+/// or `step` says the machine takes no input now (`None`). Returns the bytes used and the
+/// event. Shared by the server and the client machine.
+pub(crate) fn run_steps<Ev, E>(
+    input: &[u8],
+    mut step: impl FnMut(&[u8]) -> Option<StepResult<Ev, E>>,
+) -> Result<(usize, Option<Ev>), E> {
+    let mut consumed = 0;
+    loop {
+        match step(&input[consumed..]) {
+            None | Some(Ok(None)) => return Ok((consumed, None)),
+            Some(Ok(Some((n, event)))) => {
+                consumed += n;
+                if event.is_some() {
+                    return Ok((consumed, event));
+                }
+            }
+            Some(Err(e)) => return Err(e),
+        }
+    }
+}
+
 /// The server handshake. See the module documentation for the driving loop.
 #[derive(Debug, Clone)]
 pub struct ServerHandshake {
@@ -140,45 +166,27 @@ impl ServerHandshake {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<Progress, HandshakeError> {
-        let mut consumed = 0;
-        loop {
-            let rest = &input[consumed..];
+        let (consumed, event) = run_steps(input, |rest| {
             let step = match self.state {
                 State::AwaitGreeting => self.on_first_message(rest, out),
                 State::AwaitAuth => self.on_auth(rest),
                 State::AwaitNgHello => self.on_ng_hello(rest, out),
                 State::AwaitRequest => self.on_request(rest, out),
                 State::AuthPending | State::RequestPending { .. } | State::BindPending => {
-                    return Ok(Progress {
-                        consumed,
-                        event: None,
-                    })
+                    return None
                 }
                 State::Done | State::Failed => {
-                    return Err(HandshakeError::WrongState(
+                    return Some(Err(HandshakeError::WrongState(
                         "input after the handshake ended",
-                    ))
+                    )))
                 }
             };
-            match step {
-                Ok(Some((n, event))) => {
-                    consumed += n;
-                    if event.is_some() {
-                        return Ok(Progress { consumed, event });
-                    }
-                }
-                Ok(None) => {
-                    return Ok(Progress {
-                        consumed,
-                        event: None,
-                    })
-                }
-                Err(e) => {
-                    self.state = State::Failed;
-                    return Err(e);
-                }
+            if step.is_err() {
+                self.state = State::Failed;
             }
-        }
+            Some(step)
+        })?;
+        Ok(Progress { consumed, event })
     }
 
     /// Answers an [`Event::Authenticate`].

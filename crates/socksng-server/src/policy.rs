@@ -633,6 +633,11 @@ to = ["192.0.2.0/24"]
         );
     }
 
+    /// The verdict for an anonymous client and a destination address written as text.
+    fn anon(p: &Policy, cmd: Command, dest: &str, port: u16) -> Verdict {
+        p.check(None, cmd, None, ip(dest), port)
+    }
+
     #[test]
     fn embedded_ipv4_is_unwrapped_for_every_check() {
         let cases = [
@@ -670,58 +675,46 @@ to = ["192.0.2.0/24"]
         // The local-use prefix (/96 layout): loopback refused, a public address reachable.
         let p = policy("");
         assert_eq!(
-            p.check(None, Command::Connect, None, ip("64:ff9b:1::7f00:1"), 80),
+            anon(&p, Command::Connect, "64:ff9b:1::7f00:1", 80),
             Verdict::Deny(DenyReason::HostLocal)
         );
         assert_eq!(
-            p.check(None, Command::Connect, None, ip("64:ff9b:1::c633:6401"), 80),
+            anon(&p, Command::Connect, "64:ff9b:1::c633:6401", 80),
             Verdict::Allow
         );
         // A network's own prefix in the /48 layout.
         let p = policy("nat64_prefixes = [\"2001:db8:64::/48\"]\n");
         assert_eq!(
-            p.check(
-                None,
-                Command::Connect,
-                None,
-                ip("2001:db8:64:7f00:0:100::"),
-                80
-            ),
+            anon(&p, Command::Connect, "2001:db8:64:7f00:0:100::", 80),
             Verdict::Deny(DenyReason::HostLocal)
         );
         let p = policy("nat64_prefixes = [\"2001:db8:64::/96\"]\n");
         assert_eq!(
-            p.check(None, Command::Connect, None, ip("2001:db8:64::7f00:1"), 80),
+            anon(&p, Command::Connect, "2001:db8:64::7f00:1", 80),
             Verdict::Deny(DenyReason::HostLocal)
         );
         assert_eq!(
-            p.check(
-                None,
-                Command::Connect,
-                None,
-                ip("2001:db8:64::c000:221"),
-                80
-            ),
+            anon(&p, Command::Connect, "2001:db8:64::c000:221", 80),
             Verdict::Allow
         );
         let p = policy("");
         for (v6, _) in cases {
             assert_eq!(
-                p.check(None, Command::Connect, None, ip(v6), 80),
+                anon(&p, Command::Connect, v6, 80),
                 Verdict::Deny(DenyReason::HostLocal),
                 "{v6}"
             );
         }
         // Public IPv4 through NAT64 stays reachable...
         assert_eq!(
-            p.check(None, Command::Connect, None, ip("64:ff9b::c000:201"), 80),
+            anon(&p, Command::Connect, "64:ff9b::c000:201", 80),
             Verdict::Allow
         );
         // ...and the operator's IPv4 rules apply to it.
         let p = policy("[[rules]]\naction = \"deny\"\nto = [\"192.0.2.0/24\"]\n");
         for a in ["64:ff9b::c000:201", "2002:c000:201::1", "::c000:201"] {
             assert_eq!(
-                p.check(None, Command::UdpAssociate, None, ip(a), 53),
+                anon(&p, Command::UdpAssociate, a, 53),
                 Verdict::Deny(DenyReason::Rule(0)),
                 "{a}"
             );
@@ -729,11 +722,11 @@ to = ["192.0.2.0/24"]
         // Opening loopback by name opens it in its embedded forms too, not more.
         let p = policy("[[rules]]\naction = \"allow\"\nto = [\"127.0.0.1/32\"]\n");
         assert_eq!(
-            p.check(None, Command::Connect, None, ip("64:ff9b::7f00:1"), 80),
+            anon(&p, Command::Connect, "64:ff9b::7f00:1", 80),
             Verdict::Allow
         );
         assert_eq!(
-            p.check(None, Command::Connect, None, ip("64:ff9b::7f00:2"), 80),
+            anon(&p, Command::Connect, "64:ff9b::7f00:2", 80),
             Verdict::Deny(DenyReason::HostLocal)
         );
     }
@@ -749,13 +742,13 @@ to = ["192.0.2.0/24"]
             "ff05::c",
         ] {
             assert_eq!(
-                p.check(None, Command::UdpAssociate, None, ip(a), 1900),
+                anon(&p, Command::UdpAssociate, a, 1900),
                 Verdict::Deny(DenyReason::Multicast),
                 "{a}"
             );
         }
         assert_eq!(
-            p.check(None, Command::UdpAssociate, None, ip("255.255.255.255"), 67),
+            anon(&p, Command::UdpAssociate, "255.255.255.255", 67),
             Verdict::Deny(DenyReason::Broadcast)
         );
         for b in p.host_view().broadcast {
@@ -773,23 +766,11 @@ to = ["192.0.2.0/24"]
             "[[rules]]\naction = \"allow\"\nto = [\"239.255.255.250/32\"]\ncommands = [\"udp\"]\n",
         );
         assert_eq!(
-            p.check(
-                None,
-                Command::UdpAssociate,
-                None,
-                ip("239.255.255.250"),
-                1900
-            ),
+            anon(&p, Command::UdpAssociate, "239.255.255.250", 1900),
             Verdict::Allow
         );
         assert_eq!(
-            p.check(
-                None,
-                Command::UdpAssociate,
-                None,
-                ip("239.255.255.251"),
-                1900
-            ),
+            anon(&p, Command::UdpAssociate, "239.255.255.251", 1900),
             Verdict::Deny(DenyReason::Multicast)
         );
     }

@@ -379,34 +379,6 @@ async fn reserved_ports_backlog_and_anonymous() {
 
 use socksng_proto::wire::ng::UdpFrameHeader;
 
-async fn open_tunnel(proxy: SocketAddr) -> TcpStream {
-    let mut s = ng_session(proxy).await;
-    let mut req = Vec::new();
-    NgRequest::UdpTunnel.encode(&mut req);
-    s.write_all(&req).await.unwrap();
-    assert_eq!(read_reply(&mut s).await.code, ReplyCode::SUCCEEDED);
-    s
-}
-
-async fn read_frame(s: &mut TcpStream) -> Option<(Address, Vec<u8>)> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    let (h, _) = loop {
-        match UdpFrameHeader::decode(&head) {
-            Ok(x) => break x,
-            Err(socksng_proto::DecodeError::Incomplete) => {}
-            Err(e) => panic!("bad frame head {head:?}: {e}"),
-        }
-        if s.read(&mut byte).await.ok()? == 0 {
-            return None;
-        }
-        head.push(byte[0]);
-    };
-    let mut payload = vec![0u8; h.len as usize];
-    s.read_exact(&mut payload).await.ok()?;
-    Some((h.address, payload))
-}
-
 fn frame(to: &Address, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     UdpFrameHeader::encode_frame(to, payload, &mut v).unwrap();

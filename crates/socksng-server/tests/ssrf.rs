@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use socksng_proto::{Address, Host, ReplyCode, UdpHeader};
 use std::net::{IpAddr, SocketAddr};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UdpSocket;
 
 fn ssrf_addresses() -> Vec<IpAddr> {
@@ -180,16 +180,12 @@ async fn udp_to_host_local_destinations_dropped() {
 /// one sent after each proves the relay has handled it.
 #[tokio::test]
 async fn udp_tunnel_to_host_local_multicast_and_broadcast_dropped() {
-    use socksng_proto::wire::ng::{NgRequest, UdpFrameHeader};
+    use socksng_proto::wire::ng::UdpFrameHeader;
     let srv = start("[[rules]]\naction = \"allow\"\nto = [\"127.0.0.2/32\"]\n[[rules]]\naction = \"allow\"\nto = [\"0.0.0.0/0\", \"::/0\"]\n").await;
     let (forbidden, forbidden_count) = udp_echo("127.0.0.1:0").await;
     let (forbidden6, forbidden6_count) = udp_echo("[::1]:0").await;
     let (allowed, _) = udp_echo("127.0.0.2:0").await;
-    let mut tunnel = ng_session(srv.addr).await;
-    let mut req = Vec::new();
-    NgRequest::UdpTunnel.encode(&mut req);
-    tunnel.write_all(&req).await.unwrap();
-    assert_eq!(read_reply(&mut tunnel).await.code, ReplyCode::SUCCEEDED);
+    let mut tunnel = open_tunnel(srv.addr).await;
     for (i, ip) in ssrf_addresses().into_iter().enumerate() {
         let mut frames = Vec::new();
         let port = if ip.is_ipv4() || ip.to_string().starts_with("::ffff") {
@@ -203,24 +199,8 @@ async fn udp_tunnel_to_host_local_multicast_and_broadcast_dropped() {
         UdpFrameHeader::encode_frame(&Address::ip(allowed), marker.as_bytes(), &mut frames)
             .unwrap();
         tunnel.write_all(&frames).await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        let (h, _) = loop {
-            match UdpFrameHeader::decode(&head) {
-                Ok(x) => break x,
-                Err(socksng_proto::DecodeError::Incomplete) => {}
-                Err(e) => panic!("bad frame {head:?}: {e}"),
-            }
-            within("the allowed frame", tunnel.read_exact(&mut byte))
-                .await
-                .unwrap();
-            head.push(byte[0]);
-        };
-        let mut payload = vec![0u8; usize::from(h.len)];
-        within("the allowed frame", tunnel.read_exact(&mut payload))
-            .await
-            .unwrap();
-        assert_eq!(h.address, Address::ip(allowed));
+        let (from, payload) = read_frame(&mut tunnel).await.expect("the allowed frame");
+        assert_eq!(from, Address::ip(allowed));
         assert_eq!(
             payload,
             marker.as_bytes(),

@@ -198,3 +198,40 @@ pub async fn ng_session(proxy: std::net::SocketAddr) -> TcpStream {
     );
     s
 }
+
+/// Negotiates SOCKS-NG and opens a UDP tunnel.
+pub async fn open_tunnel(proxy: SocketAddr) -> TcpStream {
+    let mut s = ng_session(proxy).await;
+    let mut req = Vec::new();
+    socksng_proto::wire::ng::NgRequest::UdpTunnel.encode(&mut req);
+    s.write_all(&req).await.unwrap();
+    assert_eq!(
+        read_reply(&mut s).await.code,
+        socksng_proto::ReplyCode::SUCCEEDED
+    );
+    s
+}
+
+/// Reads one tunnel frame; `None` when the stream ends.
+pub async fn read_frame(s: &mut TcpStream) -> Option<(Address, Vec<u8>)> {
+    within("a tunnel frame", read_frame_unbounded(s)).await
+}
+
+async fn read_frame_unbounded(s: &mut TcpStream) -> Option<(Address, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    let (h, _) = loop {
+        match socksng_proto::wire::ng::UdpFrameHeader::decode(&head) {
+            Ok(x) => break x,
+            Err(socksng_proto::DecodeError::Incomplete) => {}
+            Err(e) => panic!("bad frame head {head:?}: {e}"),
+        }
+        if s.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    };
+    let mut payload = vec![0u8; h.len as usize];
+    s.read_exact(&mut payload).await.ok()?;
+    Some((h.address, payload))
+}
