@@ -328,46 +328,75 @@ async fn a_proxy_that_is_down_is_an_error_never_a_direct_connection() {
 const DNS_QUERY: &[u8] =
     b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x04test\x00\x00\x01\x00\x01";
 
+/// A port on 127.0.0.1 free for both UDP and TCP at the time of asking: dnsmasq binds both.
+fn free_udp_and_tcp_port() -> u16 {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port on 127.0.0.1 free for both UDP and TCP");
+}
+
 /// dnsmasq on 127.0.0.1 answering `example.test` with 192.0.2.7 and nothing else (no upstream,
-/// no hosts file), stopped when dropped; waits until it answers.
+/// no hosts file), stopped when dropped; waits until it answers. The port is chosen before
+/// dnsmasq binds it, so another test may take it in between: dnsmasq then exits, and it is
+/// started again on another port.
 async fn dnsmasq() -> (Child, SocketAddr) {
     let bin = socksng_bench::subjects::tool("dnsmasq", "dnsmasq-base")
         .expect("dnsmasq must be installed (dnsmasq-base)");
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
-    let child = Command::new(bin)
-        .args([
-            "-k",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-        ])
-        .args([
-            "--listen-address=127.0.0.1",
-            "--pid-file=",
-            "--address=/example.test/192.0.2.7",
-        ])
-        .arg(format!("--port={}", addr.port()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let asker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut buf = [0u8; 512];
-    for _ in 0..100 {
-        asker.send_to(DNS_QUERY, addr).await.unwrap();
-        let answered =
-            tokio::time::timeout(std::time::Duration::from_millis(100), asker.recv(&mut buf));
-        if let Ok(Ok(n)) = answered.await {
-            if n > 2 && buf[..2] == DNS_QUERY[..2] {
-                return (child, addr);
+    let mut last_words = String::new();
+    for _ in 0..5 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_and_tcp_port()));
+        let mut child = Command::new(&bin)
+            .args([
+                "-k",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                // Stay the user we are: a fresh machine may have no `dnsmasq` account to drop to.
+                "--user=",
+                "--group=",
+            ])
+            .args([
+                "--listen-address=127.0.0.1",
+                "--pid-file=",
+                "--address=/example.test/192.0.2.7",
+            ])
+            .arg(format!("--port={}", addr.port()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let asker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = [0u8; 512];
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut stderr) = child.stderr.take() {
+                    let _ = stderr.read_to_string(&mut err).await;
+                }
+                last_words = format!("{status}: {}", err.trim());
+                break;
+            }
+            asker.send_to(DNS_QUERY, addr).await.unwrap();
+            let answered =
+                tokio::time::timeout(std::time::Duration::from_millis(100), asker.recv(&mut buf));
+            if let Ok(Ok(n)) = answered.await {
+                if n > 2 && buf[..2] == DNS_QUERY[..2] {
+                    return (child, addr);
+                }
             }
         }
+        if last_words.is_empty() {
+            panic!("dnsmasq did not answer on {addr}");
+        }
     }
-    panic!("dnsmasq did not answer on {addr}");
+    panic!("dnsmasq would not start: {last_words}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
