@@ -12,10 +12,12 @@
 //! A refusal (any reply code but success) ends the machine with the reply as its event.
 
 use crate::handshake::{run_steps, StepResult};
-use crate::wire::ng::{welcome, Capabilities, NgAuth, NgHello, NgRequest, NgWelcome, NG_METHOD};
+use crate::wire::ng::{
+    welcome, Capabilities, NgAuth, NgHello, NgRequest, NgWelcome, NG_METHOD, NG_REVISION,
+};
 use crate::wire::{
-    AuthReply, AuthRequest, Command, DecodeError, Greeting, Method, MethodSelection, Reply,
-    ReplyCode, Request,
+    AuthReply, AuthRequest, Command, DecodeError, EncodeError, Greeting, Method, MethodSelection,
+    Reply, ReplyCode, Request,
 };
 
 /// What the client asks for once the handshake is through.
@@ -85,9 +87,12 @@ pub enum ClientHandshakeError {
     /// NG-WELCOME with a status other than success or a failed login.
     #[error("the proxy refused SOCKS-NG (status {0:#04x})")]
     NgRefused(u8),
-    /// Credentials that cannot be encoded (over 255 bytes, or empty).
+    /// The server settled on a revision this client does not implement.
+    #[error("the proxy speaks SOCKS-NG revision {0}, which this client does not")]
+    UnsupportedRevision(u8),
+    /// Credentials that cannot be encoded (over 255 bytes).
     #[error("credentials cannot be sent: {0}")]
-    BadCredentials(DecodeError),
+    BadCredentials(EncodeError),
     /// A message from the server is malformed.
     #[error("malformed {stage} from the proxy: {source}")]
     Malformed {
@@ -215,7 +220,7 @@ impl ClientHandshake {
                     },
                     None => NgAuth::None,
                 };
-                NgHello { auth }
+                NgHello::new(auth)
                     .encode(out)
                     .map_err(ClientHandshakeError::BadCredentials)?;
                 self.state = State::AwaitWelcome;
@@ -257,6 +262,9 @@ impl ClientHandshake {
             return Ok(None);
         };
         match w.status {
+            welcome::OK if w.revision != NG_REVISION => {
+                return Err(ClientHandshakeError::UnsupportedRevision(w.revision))
+            }
             welcome::OK => self.send_request(out),
             welcome::AUTH_FAILED => return Err(ClientHandshakeError::AuthFailed),
             other => return Err(ClientHandshakeError::NgRefused(other)),
@@ -321,7 +329,7 @@ mod tests {
                 caps: Capabilities {
                     revision: 1,
                     commands: vec![1, 2, 3],
-                    max_udp_payload: 1400,
+                    max_udp_payload: Some(1400),
                     token_lifetime: Some(30),
                     ranges: vec![ServedRange {
                         prefixes: vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 8)],

@@ -4,7 +4,7 @@
 
 use crate::client::{ClientConfig, ClientEvent, ClientHandshake, ClientRequest};
 use crate::handshake::{Event, HandshakeConfig, ServerHandshake};
-use crate::wire::ng::{Capabilities, ControlMessage, NgHello, NgRequest, UdpFrameHeader};
+use crate::wire::ng::{Capabilities, ControlMessage, NgHello, NgRequest, TunnelFrame};
 use crate::wire::{
     Address, AuthRequest, Greeting, Reply, ReplyCode, Request, Socks4Request, UdpHeader,
 };
@@ -144,13 +144,18 @@ pub fn wire_roundtrip(data: &[u8]) {
             assert_eq!(Capabilities::decode(&out).map(|x| x.0), Ok(c));
         }
     }
-    if let Ok((h, _)) = UdpFrameHeader::decode(data) {
+    if let Ok((frame, n)) = TunnelFrame::decode(data) {
         let mut out = Vec::new();
-        UdpFrameHeader::encode_frame(&h.address, &[], &mut out).expect("empty payload fits");
-        assert_eq!(
-            UdpFrameHeader::decode(&out).map(|x| x.0.address),
-            Ok(h.address)
-        );
+        match &frame {
+            TunnelFrame::Datagram { address, payload } => {
+                TunnelFrame::encode_datagram(address, payload, &mut out)
+                    .expect("a decoded payload fits")
+            }
+            TunnelFrame::Error { code, address } => {
+                TunnelFrame::encode_error(*code, address, &mut out)
+            }
+        }
+        assert_eq!(out, &data[..n]);
     }
     if let Ok((r, _)) = Socks4Request::decode(data) {
         // Not byte-exact: any 0.0.0.x (x != 0) marks SOCKS4a, and we always write 0.0.0.1.

@@ -132,6 +132,8 @@ pub struct ServerHandshake {
     config: HandshakeConfig,
     state: State,
     method: Option<Method>,
+    /// The client's NG-HELLO VER, for the NG-WELCOME REV.
+    ng_revision: u8,
 }
 
 fn ng_selected(method: Option<Method>) -> bool {
@@ -145,6 +147,7 @@ impl ServerHandshake {
             config,
             state: State::AwaitGreeting,
             method: None,
+            ng_revision: NG_REVISION,
         }
     }
 
@@ -200,11 +203,7 @@ impl ServerHandshake {
             } else {
                 welcome::AUTH_FAILED
             };
-            NgWelcome {
-                status,
-                revision: NG_REVISION,
-            }
-            .encode(out);
+            NgWelcome::for_client(status, self.ng_revision).encode(out);
         } else {
             AuthReply { success: accepted }.encode(out);
         }
@@ -327,30 +326,35 @@ impl ServerHandshake {
     ) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
         let (hello, n) = match NgHello::decode(input) {
             Ok(h) => h,
-            Err(DecodeError::Incomplete) => return Ok(None),
-            Err(DecodeError::Version(v)) => return Err(HandshakeError::UnsupportedVersion(v)),
             Err(source) => {
-                return Err(HandshakeError::Malformed {
-                    stage: "NG-HELLO",
-                    source,
-                })
+                let Some(status) = NgHello::refusal_status(&source) else {
+                    return Ok(None);
+                };
+                NgWelcome::for_client(status, NG_REVISION).encode(out);
+                return Err(match source {
+                    DecodeError::Version(v) => HandshakeError::UnsupportedVersion(v),
+                    source => HandshakeError::Malformed {
+                        stage: "NG-HELLO",
+                        source,
+                    },
+                });
             }
         };
+        self.ng_revision = hello.revision;
         let refuse = |out: &mut Vec<u8>| {
-            NgWelcome {
-                status: welcome::AUTH_NOT_ACCEPTABLE,
-                revision: NG_REVISION,
-            }
-            .encode(out);
+            NgWelcome::for_client(welcome::AUTH_NOT_ACCEPTABLE, hello.revision).encode(out);
             Err(HandshakeError::NoAcceptableMethod)
         };
+        // A server without logins takes credentials it does not need and serves the client
+        // anonymously: a client with credentials then never loses a round trip.
+        let anonymous = match &hello.auth {
+            NgAuth::None => self.config.no_auth,
+            NgAuth::Password { .. } => self.config.no_auth && !self.config.username_password,
+            NgAuth::Unknown(_) => false,
+        };
         match hello.auth {
-            NgAuth::None if self.config.no_auth => {
-                NgWelcome {
-                    status: welcome::OK,
-                    revision: NG_REVISION,
-                }
-                .encode(out);
+            _ if anonymous => {
+                NgWelcome::for_client(welcome::OK, hello.revision).encode(out);
                 self.state = State::AwaitRequest;
                 Ok(Some((n, None)))
             }

@@ -17,6 +17,8 @@
 //! - [`handshake`]: the server handshake machine, SOCKS4 and SOCKS5 on one port.
 //! - [`client`]: the client handshake machine (SOCKS5 with RFC 1929, SOCKS-NG, the request and
 //!   its replies, BIND's second one and the CAPABILITIES block).
+//! - [`listener`]: the LISTEN control connection, one machine per side (notices, tokens and
+//!   their lifetimes, REFUSE, keep-alive, CLOSING), driven with time passed in as a value.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -24,6 +26,7 @@ pub mod client;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+pub mod listener;
 pub mod wire;
 
 pub use client::{
@@ -31,6 +34,7 @@ pub use client::{
 };
 pub use handshake::{Event, HandshakeConfig, HandshakeError, Progress, ServerHandshake};
 pub use wire::{
-    Address, AuthReply, AuthRequest, Command, DecodeError, Greeting, Host, Method, MethodSelection,
-    Reply, ReplyCode, Request, Socks4Command, Socks4Reply, Socks4Request, UdpHeader,
+    Address, AuthReply, AuthRequest, Command, DecodeError, DomainName, EncodeError, Greeting, Host,
+    Method, MethodSelection, Reply, ReplyCode, Request, Socks4Command, Socks4Reply, Socks4Request,
+    UdpHeader,
 };

@@ -11,13 +11,56 @@ const ATYP_IPV4: u8 = 0x01;
 const ATYP_DOMAIN: u8 = 0x03;
 const ATYP_IPV6: u8 = 0x04;
 
+/// A domain name as a SOCKS address carries it: 1 to 255 bytes of UTF-8 without NUL or
+/// control bytes. It can only be built through [`DomainName::new`] (or decoded), so a name that
+/// cannot be encoded never exists.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainName(String);
+
+impl DomainName {
+    /// Validates `name`.
+    pub fn new(name: &str) -> Result<Self, DecodeError> {
+        validate_domain(name.as_bytes()).map(|n| DomainName(n.to_owned()))
+    }
+
+    /// Validates a name as it came off the wire.
+    pub(crate) fn from_wire(name: &[u8]) -> Result<Self, DecodeError> {
+        validate_domain(name).map(|n| DomainName(n.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for DomainName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<&str> for DomainName {
+    type Error = DecodeError;
+    fn try_from(name: &str) -> Result<Self, DecodeError> {
+        DomainName::new(name)
+    }
+}
+
 /// The host part of a SOCKS address: an IP address or a name for the server to resolve.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
     /// An IPv4 or IPv6 address.
     Ip(IpAddr),
-    /// A domain name, 1 to 255 bytes, validated to hold no NUL or control byte.
-    Domain(String),
+    /// A validated domain name.
+    Domain(DomainName),
 }
 
 /// A host and port as carried in SOCKS requests, replies and UDP headers.
@@ -40,9 +83,8 @@ impl Address {
 
     /// An address naming a domain and port. Fails when the name could not be encoded.
     pub fn domain(name: &str, port: u16) -> Result<Self, DecodeError> {
-        validate_domain(name.as_bytes())?;
         Ok(Address {
-            host: Host::Domain(name.to_owned()),
+            host: Host::Domain(DomainName::new(name)?),
             port,
         })
     }
@@ -107,7 +149,7 @@ impl Address {
             ATYP_DOMAIN => {
                 let len = r.u8()? as usize;
                 let name = r.take(len)?;
-                Host::Domain(validate_domain(name)?.to_owned())
+                Host::Domain(DomainName::from_wire(name)?)
             }
             other => return Err(DecodeError::UnknownAddressType(other)),
         };

@@ -11,7 +11,7 @@ mod socks4;
 mod socks5;
 mod udp;
 
-pub use addr::{Address, Host, MAX_DOMAIN_LEN};
+pub use addr::{Address, DomainName, Host, MAX_DOMAIN_LEN};
 pub use socks4::{Socks4Command, Socks4Reply, Socks4Request, SOCKS4_GRANTED, SOCKS4_REJECTED};
 pub use socks5::{
     AuthReply, AuthRequest, Command, Greeting, Method, MethodSelection, Reply, ReplyCode, Request,
@@ -47,10 +47,28 @@ pub enum DecodeError {
     /// A reserved field that must be zero is not (only where tolerance would be unsafe).
     #[error("reserved field is not zero")]
     Reserved,
+    /// A message breaks a rule of its protocol in a way no other variant names.
+    #[error("invalid: {0}")]
+    Invalid(&'static str),
     /// An item's length runs past the end of the block that has fully arrived around it:
     /// waiting for more bytes would never help.
     #[error("{0} truncated inside a complete block")]
     Truncated(&'static str),
+}
+
+/// Why a value could not be encoded: it does not fit the field the wire gives it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A variable-length field is longer than its length byte(s) can say.
+    #[error("{0} too long to encode")]
+    TooLong(&'static str),
+    /// A value lies outside the range the protocol allows for its field.
+    #[error("{0} out of range")]
+    OutOfRange(&'static str),
+    /// The message cannot express this address family (an IPv6 target in SOCKS4).
+    #[error("{0} cannot carry this address")]
+    AddressFamily(&'static str),
 }
 
 /// A bounds-checked cursor over a byte slice; every read that runs out yields `Incomplete`.

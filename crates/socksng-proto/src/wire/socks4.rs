@@ -1,7 +1,6 @@
 //! SOCKS4 and SOCKS4a requests and replies, served on the same port as SOCKS5.
 
-use super::addr::validate_domain;
-use super::{Address, DecodeError, Host, Reader};
+use super::{Address, DecodeError, DomainName, EncodeError, Host, Reader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 /// Longest USERID or 4a hostname accepted; a request that runs on past it is refused rather
@@ -52,7 +51,7 @@ impl Socks4Request {
         let o = ip.octets();
         let host = if o[0] == 0 && o[1] == 0 && o[2] == 0 && o[3] != 0 {
             let name = r.cstring(MAX_FIELD, "SOCKS4a hostname")?;
-            Host::Domain(validate_domain(name)?.to_owned())
+            Host::Domain(DomainName::from_wire(name)?)
         } else {
             Host::Ip(IpAddr::V4(ip))
         };
@@ -67,7 +66,7 @@ impl Socks4Request {
     }
 
     /// Appends the encoding (4a form for domain targets). IPv6 targets cannot be expressed.
-    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         let cd = match self.command {
             Socks4Command::Connect => 1,
             Socks4Command::Bind => 2,
@@ -76,7 +75,7 @@ impl Socks4Request {
         out.extend_from_slice(&self.address.port.to_be_bytes());
         match &self.address.host {
             Host::Ip(IpAddr::V4(v4)) => out.extend_from_slice(&v4.octets()),
-            Host::Ip(IpAddr::V6(_)) => return Err(DecodeError::UnknownAddressType(4)),
+            Host::Ip(IpAddr::V6(_)) => return Err(EncodeError::AddressFamily("SOCKS4 request")),
             Host::Domain(_) => out.extend_from_slice(&[0, 0, 0, 1]),
         }
         out.extend_from_slice(&self.user_id);

@@ -1,6 +1,6 @@
 //! SOCKS5 messages (RFC 1928) and the username/password sub-negotiation (RFC 1929).
 
-use super::{Address, DecodeError, Reader};
+use super::{Address, DecodeError, EncodeError, Reader};
 use std::fmt;
 
 /// The SOCKS5 version byte.
@@ -115,12 +115,12 @@ impl AuthRequest {
     }
 
     /// Appends the encoding; fails when a field exceeds 255 bytes.
-    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         if self.username.len() > 255 {
-            return Err(DecodeError::TooLong("username"));
+            return Err(EncodeError::TooLong("username"));
         }
         if self.password.len() > 255 {
-            return Err(DecodeError::TooLong("password"));
+            return Err(EncodeError::TooLong("password"));
         }
         out.push(AUTH_VERSION);
         out.push(self.username.len() as u8);
