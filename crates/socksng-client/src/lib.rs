@@ -65,13 +65,11 @@ pub use socksng_proto::wire::ng::{Capabilities, ServedRange};
 pub use socksng_proto::{Address, ReplyCode};
 pub use url::{no_proxy_matches, ProxyUrl, Resolve};
 
-use socksng_proto::wire::ng::{welcome, NgAuth, NgHello, NgRequest, NgWelcome, NG_METHOD};
-use socksng_proto::wire::MethodSelection;
-use socksng_proto::{
-    AuthReply, AuthRequest, Command, DecodeError, Greeting, Host, Method, Reply, Request,
-};
+use socksng_proto::client::{ClientEvent, ClientHandshake, ClientHandshakeError, ClientRequest};
+use socksng_proto::wire::ng::NgRequest;
+use socksng_proto::{Command, DecodeError, Host, Reply, Request};
 use std::io;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// What went wrong, in words and with the SOCKS reply code where there is one.
@@ -96,6 +94,16 @@ pub enum ClientError {
         /// The reply code (0x01 to 0x08 from RFC 1928, 0x0A to 0x0D from SOCKS-NG).
         code: ReplyCode,
     },
+    /// A datagram sent through a UDP-TUNNEL was not delivered (a SOCKS-NG ERROR frame); the
+    /// tunnel stays open, as a UDP socket does after an ICMP error.
+    #[error("datagram to {to} not sent: {code}")]
+    DatagramRefused {
+        /// X'02' refused by rule, X'03' network unreachable, X'04' name not resolved, X'0E'
+        /// too large.
+        code: ReplyCode,
+        /// The destination as it was given.
+        to: Address,
+    },
     /// The proxy sent something that is not SOCKS.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -117,19 +125,117 @@ impl ClientError {
     /// The SOCKS reply code, when the proxy refused a request.
     pub fn reply_code(&self) -> Option<ReplyCode> {
         match self {
-            ClientError::Refused { code } => Some(*code),
+            ClientError::Refused { code } | ClientError::DatagramRefused { code, .. } => {
+                Some(*code)
+            }
             _ => None,
         }
     }
 }
 
-/// Which protocol a connection ended up speaking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProtocolPath {
-    /// SOCKS-NG was negotiated.
-    Ng,
-    /// Plain SOCKS5 (the proxy did not select SOCKS-NG).
-    Socks5,
+impl From<ClientHandshakeError> for ClientError {
+    fn from(e: ClientHandshakeError) -> Self {
+        match e {
+            ClientHandshakeError::NoAcceptableMethod => ClientError::NoAcceptableMethod,
+            ClientHandshakeError::AuthFailed => ClientError::AuthFailed,
+            // NG-WELCOME X'02': this login kind is not acceptable (a login is required).
+            ClientHandshakeError::NgRefused(0x02) => ClientError::NoAcceptableMethod,
+            ClientHandshakeError::NgNotSelected => ClientError::NotSupported("SOCKS-NG"),
+            ClientHandshakeError::BadCredentials(e) => ClientError::BadUrl(e.to_string()),
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// Which protocol a connection ended up speaking: `Ng` when SOCKS-NG was negotiated,
+/// `Socks5` when the proxy did not select it.
+pub use socksng_proto::client::Path as ProtocolPath;
+
+/// A connection to the proxy through method selection and login, driven by the protocol's
+/// client machine, waiting for its one request.
+#[derive(Debug)]
+pub(crate) struct Negotiated {
+    pub(crate) stream: TcpStream,
+    machine: ClientHandshake,
+    /// Bytes read and not yet taken by the machine.
+    inbox: Vec<u8>,
+    pub(crate) path: ProtocolPath,
+}
+
+impl Negotiated {
+    /// Sends `request` and waits for its reply: the bound address, or the refusal.
+    pub(crate) async fn request(&mut self, request: ClientRequest) -> Result<Address, ClientError> {
+        let mut out = Vec::with_capacity(300);
+        self.machine.request(request, &mut out)?;
+        self.stream.write_all(&out).await?;
+        match self.next_event().await? {
+            ClientEvent::Reply(reply) => bound_or_refusal(reply),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Drives the machine to its next event (BIND's second reply, the CAPABILITIES block).
+    /// Cancel-safe: bytes are kept once read.
+    pub(crate) async fn next_event(&mut self) -> Result<ClientEvent, ClientError> {
+        drive(&mut self.stream, &mut self.machine, &mut self.inbox).await
+    }
+
+    /// The stream once the last reply is in; the machine never reads past it.
+    pub(crate) fn into_stream(self) -> Result<TcpStream, ClientError> {
+        if !self.inbox.is_empty() {
+            return Err(ClientError::Protocol(
+                "data before the relay started".into(),
+            ));
+        }
+        Ok(self.stream)
+    }
+}
+
+fn bound_or_refusal(reply: Reply) -> Result<Address, ClientError> {
+    if reply.code != ReplyCode::SUCCEEDED {
+        return Err(ClientError::Refused { code: reply.code });
+    }
+    Ok(reply.bound)
+}
+
+fn unexpected(event: ClientEvent) -> ClientError {
+    ClientError::Protocol(format!("unexpected {event:?}"))
+}
+
+/// Runs the client machine over `stream` until it has an event, reading no byte past the
+/// message it waits for.
+async fn drive(
+    stream: &mut TcpStream,
+    machine: &mut ClientHandshake,
+    inbox: &mut Vec<u8>,
+) -> Result<ClientEvent, ClientError> {
+    let mut out = Vec::new();
+    loop {
+        let progress = machine.handle_input(inbox, &mut out)?;
+        inbox.drain(..progress.consumed);
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if let Some(event) = progress.event {
+            return Ok(event);
+        }
+        let want = machine.next_read_len(inbox);
+        if want == 0 {
+            return Err(ClientError::Protocol("nothing more expected".into()));
+        }
+        let mut more = vec![0u8; want];
+        let n = stream.read(&mut more).await?;
+        if n == 0 {
+            if let Some(code) = machine.refusal_at_eof(inbox) {
+                return Err(ClientError::Refused { code });
+            }
+            return Err(ClientError::Protocol(
+                "the proxy closed the connection".into(),
+            ));
+        }
+        inbox.extend_from_slice(&more[..n]);
+    }
 }
 
 /// A connection through the proxy, ready for data.
@@ -164,32 +270,6 @@ pub struct Client {
     offer_ng: bool,
 }
 
-/// Reads from `stream` into `buf` until `decode` yields a message, which is removed from `buf`.
-async fn read_message<T, R: AsyncRead + Unpin>(
-    stream: &mut R,
-    buf: &mut Vec<u8>,
-    decode: impl Fn(&[u8]) -> Result<(T, usize), DecodeError>,
-) -> Result<T, ClientError> {
-    loop {
-        match decode(buf) {
-            Ok((msg, used)) => {
-                buf.drain(..used);
-                return Ok(msg);
-            }
-            Err(DecodeError::Incomplete) => {}
-            Err(e) => return Err(ClientError::Protocol(e.to_string())),
-        }
-        let mut chunk = [0u8; 512];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(ClientError::Protocol(
-                "the proxy closed the connection".into(),
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 impl Client {
     /// A client for `proxy`; SOCKS-NG is offered on every connection.
     pub fn new(proxy: ProxyUrl) -> Client {
@@ -205,145 +285,54 @@ impl Client {
         self
     }
 
-    /// Connects to the proxy and authenticates; returns the stream and the negotiated path.
-    pub(crate) async fn negotiate(
-        &self,
-    ) -> Result<(TcpStream, Vec<u8>, ProtocolPath), ClientError> {
+    /// Connects to the proxy and authenticates with the protocol's client machine; the
+    /// request is chosen afterwards, by the path the proxy settled on.
+    pub(crate) async fn negotiate(&self) -> Result<Negotiated, ClientError> {
         let mut stream = TcpStream::connect((self.proxy.host.as_str(), self.proxy.port)).await?;
         let _ = stream.set_nodelay(true);
-        let mut methods = Vec::with_capacity(3);
-        if self.offer_ng {
-            methods.push(Method(NG_METHOD));
-        }
-        if self.proxy.credentials.is_some() {
-            methods.push(Method::USERNAME_PASSWORD);
-        }
-        methods.push(Method::NO_AUTH);
+        let config = socksng_proto::ClientConfig {
+            offer_ng: self.offer_ng,
+            credentials: self
+                .proxy
+                .credentials
+                .clone()
+                .map(|(u, p)| (u.into_bytes(), p.into_bytes())),
+        };
         let mut out = Vec::with_capacity(64);
-        Greeting { methods }.encode(&mut out);
+        let mut machine = ClientHandshake::negotiate(config, &mut out);
         stream.write_all(&out).await?;
-        let mut buf = Vec::new();
-        let MethodSelection(chosen) =
-            read_message(&mut stream, &mut buf, MethodSelection::decode).await?;
-        let credentials = || {
-            let (u, p) = self.proxy.credentials.clone().unwrap_or_default();
-            (u.into_bytes(), p.into_bytes())
-        };
-        let path = match chosen {
-            Method(NG_METHOD) if self.offer_ng => {
-                let auth = match &self.proxy.credentials {
-                    Some(_) => {
-                        let (username, password) = credentials();
-                        NgAuth::Password { username, password }
-                    }
-                    None => NgAuth::None,
-                };
-                out.clear();
-                NgHello { auth }
-                    .encode(&mut out)
-                    .map_err(|e| ClientError::BadUrl(e.to_string()))?;
-                stream.write_all(&out).await?;
-                let w = read_message(&mut stream, &mut buf, NgWelcome::decode).await?;
-                match w.status {
-                    welcome::OK => ProtocolPath::Ng,
-                    welcome::AUTH_FAILED => return Err(ClientError::AuthFailed),
-                    _ => return Err(ClientError::NoAcceptableMethod),
-                }
-            }
-            Method::USERNAME_PASSWORD if self.proxy.credentials.is_some() => {
-                let (username, password) = credentials();
-                out.clear();
-                AuthRequest { username, password }
-                    .encode(&mut out)
-                    .map_err(|e| ClientError::BadUrl(e.to_string()))?;
-                stream.write_all(&out).await?;
-                let r = read_message(&mut stream, &mut buf, AuthReply::decode).await?;
-                if !r.success {
-                    return Err(ClientError::AuthFailed);
-                }
-                ProtocolPath::Socks5
-            }
-            Method::NO_AUTH => ProtocolPath::Socks5,
-            _ => return Err(ClientError::NoAcceptableMethod),
-        };
-        Ok((stream, buf, path))
-    }
-
-    pub(crate) async fn reply(
-        stream: &mut TcpStream,
-        buf: &mut Vec<u8>,
-    ) -> Result<Address, ClientError> {
-        // Read exactly the reply: the target's first bytes may follow it at once, and they
-        // belong to the stream, not to this buffer. Bytes go into `buf` only once read, so a
-        // caller that gives up (a timeout around `accept`, say) leaves it consistent.
-        // An unknown address type: nothing more to read, and the decode below says why.
-        while let Some(want) = Reply::wanted_len(buf) {
-            if buf.len() >= want {
-                break;
-            }
-            let mut more = vec![0u8; want - buf.len()];
-            let n = stream.read(&mut more).await?;
-            if n == 0 {
-                // A refusal may come without a usable address, and then a close.
-                if let Some(code) = Reply::failure_code(buf) {
-                    return Err(ClientError::Refused { code });
-                }
-                return Err(ClientError::Protocol(
-                    "the proxy closed the connection".into(),
-                ));
-            }
-            buf.extend_from_slice(&more[..n]);
+        let mut inbox = Vec::new();
+        match drive(&mut stream, &mut machine, &mut inbox).await? {
+            ClientEvent::Negotiated(path) => Ok(Negotiated {
+                stream,
+                machine,
+                inbox,
+                path,
+            }),
+            other => Err(unexpected(other)),
         }
-        let reply = match Reply::decode(buf) {
-            Ok((reply, used)) => {
-                buf.drain(..used);
-                reply
-            }
-            // A failure reply with an odd address is still a failure reply.
-            Err(e) => {
-                return Err(match Reply::failure_code(buf) {
-                    Some(code) => ClientError::Refused { code },
-                    None => ClientError::Protocol(e.to_string()),
-                })
-            }
-        };
-        if reply.code != ReplyCode::SUCCEEDED {
-            return Err(ClientError::Refused { code: reply.code });
-        }
-        Ok(reply.bound)
     }
 
     /// Opens a connection to `target` through the proxy.
     pub async fn connect(&self, target: Address) -> Result<ProxyStream, ClientError> {
         let target = self.resolve_target(target).await?;
-        let (stream, buf, path) = self.negotiate().await?;
-        Self::connect_negotiated(stream, buf, path, target).await
+        let negotiated = self.negotiate().await?;
+        Self::connect_negotiated(negotiated, target).await
     }
 
-    /// The CONNECT request and reply on a negotiated connection; `target` as it goes on the
-    /// wire. Kept apart so that the router can tell a failing proxy (negotiation) from a
-    /// failing target (the reply).
+    /// CONNECT on a negotiated connection.
     pub(crate) async fn connect_negotiated(
-        mut stream: TcpStream,
-        mut buf: Vec<u8>,
-        path: ProtocolPath,
+        mut negotiated: Negotiated,
         target: Address,
     ) -> Result<ProxyStream, ClientError> {
-        let mut out = Vec::with_capacity(300);
-        Request {
+        let request = ClientRequest::Socks5(Request {
             command: Command::Connect,
             address: target,
-        }
-        .encode(&mut out);
-        stream.write_all(&out).await?;
-        let bound = Self::reply(&mut stream, &mut buf).await?;
-        if !buf.is_empty() {
-            return Err(ClientError::Protocol(
-                "data before the relay started".into(),
-            ));
-        }
+        });
+        let bound = negotiated.request(request).await?;
+        let path = negotiated.path;
         Ok(ProxyStream {
-            stream,
+            stream: negotiated.into_stream()?,
             bound,
             path,
         })
@@ -370,30 +359,25 @@ impl Client {
         &self.proxy
     }
 
-    async fn ng_request(&self, request: NgRequest) -> Result<(TcpStream, Vec<u8>), ClientError> {
-        let (mut stream, mut buf) = self.ng_request_keep(request).await?;
-        Self::reply(&mut stream, &mut buf).await?;
-        Ok((stream, buf))
-    }
-
-    /// Negotiates SOCKS-NG and sends `request`, leaving the reply unread.
-    pub(crate) async fn ng_request_keep(
+    /// Negotiates SOCKS-NG and sends `request`; the connection with the reply read.
+    pub(crate) async fn ng_request(
         &self,
         request: NgRequest,
-    ) -> Result<(TcpStream, Vec<u8>), ClientError> {
-        let (mut stream, buf, path) = self.negotiate().await?;
-        if path != ProtocolPath::Ng {
+    ) -> Result<(Negotiated, Address), ClientError> {
+        let mut negotiated = self.negotiate().await?;
+        if negotiated.path != ProtocolPath::Ng {
             return Err(ClientError::NotSupported("SOCKS-NG"));
         }
-        let mut out = Vec::with_capacity(32);
-        request.encode(&mut out);
-        stream.write_all(&out).await?;
-        Ok((stream, buf))
+        let bound = negotiated.request(ClientRequest::Ng(request)).await?;
+        Ok((negotiated, bound))
     }
 
     /// Asks the proxy what it offers and which ranges it serves (SOCKS-NG only).
     pub async fn capabilities(&self) -> Result<Capabilities, ClientError> {
-        let (mut stream, mut buf) = self.ng_request(NgRequest::Capabilities).await?;
-        read_message(&mut stream, &mut buf, Capabilities::decode).await
+        let (mut negotiated, _) = self.ng_request(NgRequest::Capabilities).await?;
+        match negotiated.next_event().await? {
+            ClientEvent::Capabilities(caps) => Ok(caps),
+            other => Err(unexpected(other)),
+        }
     }
 }

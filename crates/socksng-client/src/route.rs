@@ -685,13 +685,12 @@ impl Router {
             let client = &self.servers[i].client;
             let wire = client.resolve_target(ask).await?;
             match tokio::time::timeout(limit, client.negotiate()).await {
-                Ok(Ok((stream, buf, path))) => {
-                    let proxied = tokio::time::timeout(
-                        limit,
-                        Client::connect_negotiated(stream, buf, path, wire),
-                    )
-                    .await
-                    .map_err(|_| timed_out())??;
+                Ok(Ok(negotiated)) => {
+                    let path = negotiated.path;
+                    let proxied =
+                        tokio::time::timeout(limit, Client::connect_negotiated(negotiated, wire))
+                            .await
+                            .map_err(|_| timed_out())??;
                     return Ok(RoutedStream {
                         stream: proxied.into_inner(),
                         via,

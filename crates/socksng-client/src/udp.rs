@@ -2,7 +2,8 @@
 //! against a plain SOCKS5 server, RFC 1928 UDP ASSOCIATE with its relay socket.
 
 use crate::{Client, ClientError, ProtocolPath};
-use socksng_proto::wire::ng::{NgRequest, UdpFrameHeader};
+use socksng_proto::client::ClientRequest;
+use socksng_proto::wire::ng::{NgRequest, TunnelFrame};
 use socksng_proto::{Address, Command, DecodeError, Request, UdpHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,17 +65,17 @@ impl Client {
     /// SOCKS-NG, else RFC 1928 UDP ASSOCIATE ([`ProxyUdp::path`] tells which). Use
     /// [`Client::plain_socks5_only`] to force UDP ASSOCIATE.
     pub async fn udp(&self) -> Result<ProxyUdp, ClientError> {
-        let (mut stream, mut buf, path) = self.negotiate().await?;
-        let mut out = Vec::with_capacity(32);
+        let mut negotiated = self.negotiate().await?;
+        let path = negotiated.path;
         let (relay, out, inbound) = match path {
             ProtocolPath::Ng => {
-                NgRequest::UdpTunnel.encode(&mut out);
-                stream.write_all(&out).await?;
-                Client::reply(&mut stream, &mut buf).await?;
-                let (read, write) = stream.into_split();
+                negotiated
+                    .request(ClientRequest::Ng(NgRequest::UdpTunnel))
+                    .await?;
+                let (read, write) = negotiated.into_stream()?.into_split();
                 let inbound = Inbound::Tunnel {
                     stream: read,
-                    inbox: buf,
+                    inbox: Vec::new(),
                 };
                 (None, Outbound::Tunnel(write), inbound)
             }
@@ -83,19 +84,18 @@ impl Client {
                 // the one the proxy can reach. The request names no address (all zeros, as RFC
                 // 1928 allows): behind NAT the proxy sees another one, and a server that pinned
                 // the association to ours would drop every datagram.
-                let local = stream.local_addr()?;
+                let local = negotiated.stream.local_addr()?;
                 let socket = UdpSocket::bind((local.ip(), 0)).await?;
                 let unknown = match local {
                     SocketAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
                     SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
                 };
-                Request {
+                let request = ClientRequest::Socks5(Request {
                     command: Command::UdpAssociate,
                     address: Address::ip(unknown),
-                }
-                .encode(&mut out);
-                stream.write_all(&out).await?;
-                let bound = Client::reply(&mut stream, &mut buf).await?;
+                });
+                let bound = negotiated.request(request).await?;
+                let stream = negotiated.into_stream()?;
                 let mut relay = bound.socket_addr().ok_or_else(|| {
                     ClientError::Protocol(format!("UDP relay given as a name: {bound}"))
                 })?;
@@ -163,7 +163,7 @@ impl UdpSender {
         datagram.clear();
         match &mut self.out {
             Outbound::Tunnel(stream) => {
-                UdpFrameHeader::encode_frame(&to, payload, datagram)
+                TunnelFrame::encode_datagram(&to, payload, datagram)
                     .map_err(|e| ClientError::Protocol(e.to_string()))?;
                 stream.write_all(datagram).await?;
             }
@@ -206,22 +206,30 @@ async fn tunnel_recv(
     inbox: &mut Vec<u8>,
     buf: &mut [u8],
 ) -> Result<(usize, SocketAddr), ClientError> {
-    let (header, head) = loop {
-        match UdpFrameHeader::decode(inbox) {
-            Ok((h, head)) if inbox.len() >= head + usize::from(h.len) => break (h, head),
-            Ok(_) | Err(DecodeError::Incomplete) => {}
+    loop {
+        let got = match TunnelFrame::decode(inbox) {
+            Ok((TunnelFrame::Datagram { address, payload }, used)) => {
+                let n = payload.len().min(buf.len());
+                buf[..n].copy_from_slice(&payload[..n]);
+                Some((used, source_of(&address).map(|from| (n, from))))
+            }
+            // The tunnel stays: only that datagram was lost, and the caller hears why.
+            Ok((TunnelFrame::Error { code, address }, used)) => Some((
+                used,
+                Err(ClientError::DatagramRefused { code, to: address }),
+            )),
+            Err(DecodeError::Incomplete) => None,
             Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        };
+        if let Some((used, result)) = got {
+            inbox.drain(..used);
+            return result;
         }
         inbox.reserve(DATAGRAM_ROOM);
         if stream.read_buf(inbox).await? == 0 {
             return Err(ClientError::Protocol("the proxy closed the tunnel".into()));
         }
-    };
-    let len = usize::from(header.len);
-    let n = len.min(buf.len());
-    buf[..n].copy_from_slice(&inbox[head..head + n]);
-    inbox.drain(..head + len);
-    Ok((n, source_of(&header.address)?))
+    }
 }
 
 async fn associate_recv(

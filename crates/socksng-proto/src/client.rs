@@ -50,6 +50,9 @@ pub enum Path {
 /// Something the driver learns from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
+    /// A machine made with [`ClientHandshake::negotiate`] got through method selection and
+    /// login: give it the request with [`ClientHandshake::request`].
+    Negotiated(Path),
     /// The reply to the request (BIND: the first reply, with the listening address).
     Reply(Reply),
     /// The second BIND reply: the peer that connected.
@@ -111,6 +114,7 @@ enum State {
     AwaitSelection,
     AwaitAuthReply,
     AwaitWelcome,
+    AwaitRequest,
     AwaitReply,
     AwaitBindPeer,
     AwaitCapabilities,
@@ -122,7 +126,7 @@ enum State {
 #[derive(Debug, Clone)]
 pub struct ClientHandshake {
     config: ClientConfig,
-    request: ClientRequest,
+    request: Option<ClientRequest>,
     state: State,
     path: Option<Path>,
 }
@@ -143,6 +147,15 @@ fn decoded<T>(
 impl ClientHandshake {
     /// A machine for one request; the greeting is appended to `out`.
     pub fn new(config: ClientConfig, request: ClientRequest, out: &mut Vec<u8>) -> Self {
+        let mut machine = Self::negotiate(config, out);
+        machine.request = Some(request);
+        machine
+    }
+
+    /// A machine that negotiates first and stops with [`ClientEvent::Negotiated`], so the
+    /// request can depend on the path (LISTEN on SOCKS-NG, BIND on a plain server); the
+    /// greeting is appended to `out`.
+    pub fn negotiate(config: ClientConfig, out: &mut Vec<u8>) -> Self {
         let mut methods = Vec::with_capacity(3);
         if config.offer_ng {
             methods.push(Method(NG_METHOD));
@@ -154,9 +167,53 @@ impl ClientHandshake {
         Greeting { methods }.encode(out);
         ClientHandshake {
             config,
-            request,
+            request: None,
             state: State::AwaitSelection,
             path: None,
+        }
+    }
+
+    /// Sends the request of a machine made with [`ClientHandshake::negotiate`], after its
+    /// [`ClientEvent::Negotiated`].
+    pub fn request(
+        &mut self,
+        request: ClientRequest,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ClientHandshakeError> {
+        if self.state != State::AwaitRequest {
+            return Err(ClientHandshakeError::WrongState("no request expected"));
+        }
+        if matches!(request, ClientRequest::Ng(_)) && self.path != Some(Path::Ng) {
+            return Err(ClientHandshakeError::NgNotSelected);
+        }
+        self.request = Some(request);
+        self.send_request(out);
+        Ok(())
+    }
+
+    /// How many bytes to read next without reading past the message the machine waits for,
+    /// so bytes the target sends right after the last reply stay in the socket. `buffered`
+    /// is what the driver holds unconsumed; 0 once the machine waits for nothing.
+    pub fn next_read_len(&self, buffered: &[u8]) -> usize {
+        let whole = match self.state {
+            State::AwaitSelection | State::AwaitAuthReply => 2,
+            State::AwaitWelcome => 3,
+            State::AwaitReply | State::AwaitBindPeer => Reply::wanted_len(buffered).unwrap_or(0),
+            State::AwaitCapabilities => match buffered {
+                [hi, lo, ..] => 2 + usize::from(u16::from_be_bytes([*hi, *lo])),
+                _ => 2,
+            },
+            State::AwaitRequest | State::Done | State::Failed => 0,
+        };
+        whole.saturating_sub(buffered.len())
+    }
+
+    /// The reply code when the server closed the connection in the middle of a failure
+    /// reply (some servers send a short refusal and close): the refusal still counts.
+    pub fn refusal_at_eof(&self, buffered: &[u8]) -> Option<ReplyCode> {
+        match self.state {
+            State::AwaitReply | State::AwaitBindPeer => Reply::failure_code(buffered),
+            _ => None,
         }
     }
 
@@ -185,7 +242,7 @@ impl ClientHandshake {
                 State::AwaitReply => self.on_reply(rest),
                 State::AwaitBindPeer => self.on_bind_peer(rest),
                 State::AwaitCapabilities => self.on_capabilities(rest),
-                State::Done | State::Failed => return None,
+                State::AwaitRequest | State::Done | State::Failed => return None,
             };
             if step.is_err() {
                 self.state = State::Failed;
@@ -195,12 +252,18 @@ impl ClientHandshake {
         Ok(ClientProgress { consumed, event })
     }
 
-    fn send_request(&mut self, out: &mut Vec<u8>) {
+    /// Sends the request, or with none given yet stops for it with the path settled on.
+    fn send_request(&mut self, out: &mut Vec<u8>) -> Option<ClientEvent> {
         match &self.request {
-            ClientRequest::Socks5(r) => r.encode(out),
-            ClientRequest::Ng(r) => r.encode(out),
+            Some(ClientRequest::Socks5(r)) => r.encode(out),
+            Some(ClientRequest::Ng(r)) => r.encode(out),
+            None => {
+                self.state = State::AwaitRequest;
+                return self.path.map(ClientEvent::Negotiated);
+            }
         }
         self.state = State::AwaitReply;
+        None
     }
 
     fn on_selection(&mut self, input: &[u8], out: &mut Vec<u8>) -> Step {
@@ -209,7 +272,7 @@ impl ClientHandshake {
         else {
             return Ok(None);
         };
-        let ng_request = matches!(self.request, ClientRequest::Ng(_));
+        let ng_request = matches!(self.request, Some(ClientRequest::Ng(_)));
         match m {
             Method(NG_METHOD) if self.config.offer_ng => {
                 self.path = Some(Path::Ng);
@@ -238,7 +301,7 @@ impl ClientHandshake {
             }
             Method::NO_AUTH => {
                 self.path = Some(Path::Socks5);
-                self.send_request(out);
+                return Ok(Some((n, self.send_request(out))));
             }
             Method::NO_ACCEPTABLE => return Err(ClientHandshakeError::NoAcceptableMethod),
             Method(other) => return Err(ClientHandshakeError::UnexpectedMethod(other)),
@@ -253,8 +316,7 @@ impl ClientHandshake {
         if !reply.success {
             return Err(ClientHandshakeError::AuthFailed);
         }
-        self.send_request(out);
-        Ok(Some((n, None)))
+        Ok(Some((n, self.send_request(out))))
     }
 
     fn on_welcome(&mut self, input: &[u8], out: &mut Vec<u8>) -> Step {
@@ -263,24 +325,43 @@ impl ClientHandshake {
         };
         match w.status {
             welcome::OK if w.revision != NG_REVISION => {
-                return Err(ClientHandshakeError::UnsupportedRevision(w.revision))
+                Err(ClientHandshakeError::UnsupportedRevision(w.revision))
             }
-            welcome::OK => self.send_request(out),
-            welcome::AUTH_FAILED => return Err(ClientHandshakeError::AuthFailed),
-            other => return Err(ClientHandshakeError::NgRefused(other)),
+            welcome::OK => Ok(Some((n, self.send_request(out)))),
+            welcome::AUTH_FAILED => Err(ClientHandshakeError::AuthFailed),
+            other => Err(ClientHandshakeError::NgRefused(other)),
         }
-        Ok(Some((n, None)))
     }
 
     fn on_reply(&mut self, input: &[u8]) -> Step {
-        let Some((reply, n)) = decoded("reply", Reply::decode(input))? else {
-            return Ok(None);
+        let (reply, n) = match Reply::decode(input) {
+            Ok(r) => r,
+            Err(DecodeError::Incomplete) => return Ok(None),
+            // A failure reply with an address that cannot be read is still a failure reply;
+            // nothing after it can be trusted, so it takes the rest of the input.
+            Err(source) => match Reply::failure_code(input) {
+                Some(code) => (
+                    Reply {
+                        code,
+                        bound: crate::wire::Address::unspecified(),
+                    },
+                    input.len(),
+                ),
+                None => {
+                    return Err(ClientHandshakeError::Malformed {
+                        stage: "reply",
+                        source,
+                    })
+                }
+            },
         };
         let ok = reply.code == ReplyCode::SUCCEEDED;
         self.state = match (&self.request, ok) {
             (_, false) => State::Done,
-            (ClientRequest::Socks5(r), true) if r.command == Command::Bind => State::AwaitBindPeer,
-            (ClientRequest::Ng(NgRequest::Capabilities), true) => State::AwaitCapabilities,
+            (Some(ClientRequest::Socks5(r)), true) if r.command == Command::Bind => {
+                State::AwaitBindPeer
+            }
+            (Some(ClientRequest::Ng(NgRequest::Capabilities)), true) => State::AwaitCapabilities,
             _ => State::Done,
         };
         Ok(Some((n, Some(ClientEvent::Reply(reply)))))
@@ -444,11 +525,83 @@ mod tests {
         Some((USER.to_vec(), PASS.to_vec()))
     }
 
+    /// Feeds `client` everything `server` answers until the client has an event.
+    fn until_event(
+        client: &mut ClientHandshake,
+        server: &mut Server,
+        to_server: &mut Vec<u8>,
+        client_in: &mut Vec<u8>,
+    ) -> ClientEvent {
+        for _ in 0..100 {
+            let mut to_client = Vec::new();
+            server.step(to_server, &mut to_client);
+            // The driver reads no more than the machine asks for.
+            assert!(client.next_read_len(client_in) > 0 || !client_in.is_empty());
+            client_in.extend_from_slice(&to_client);
+            let p = client.handle_input(client_in, to_server).unwrap();
+            client_in.drain(..p.consumed);
+            if let Some(e) = p.event {
+                return e;
+            }
+        }
+        panic!("no event");
+    }
+
+    #[test]
+    fn negotiate_first_then_choose_the_request_by_path() {
+        for (ng, path) in [(true, Path::Ng), (false, Path::Socks5)] {
+            let mut to_server = Vec::new();
+            let config = ClientConfig {
+                offer_ng: true,
+                credentials: creds(),
+            };
+            let mut client = ClientHandshake::negotiate(config, &mut to_server);
+            let mut server = Server::new(server(false, true, ng));
+            let mut client_in = Vec::new();
+            let e = until_event(&mut client, &mut server, &mut to_server, &mut client_in);
+            assert_eq!(e, ClientEvent::Negotiated(path));
+            assert_eq!(client.next_read_len(&client_in), 0, "waits for the request");
+            if path == Path::Socks5 {
+                assert_eq!(
+                    client.request(ClientRequest::Ng(NgRequest::UdpTunnel), &mut to_server),
+                    Err(ClientHandshakeError::NgNotSelected)
+                );
+            }
+            client.request(connect(), &mut to_server).unwrap();
+            assert_eq!(
+                client.next_read_len(&[]),
+                5,
+                "VER REP RSV ATYP and one more"
+            );
+            assert_eq!(client.next_read_len(&[5, 0, 0, 1]), 6);
+            let e = until_event(&mut client, &mut server, &mut to_server, &mut client_in);
+            assert!(matches!(e, ClientEvent::Reply(r) if r.code == ReplyCode::SUCCEEDED));
+            assert!(client.is_done());
+            assert!(
+                client.request(connect(), &mut to_server).is_err(),
+                "one request per connection"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_cut_short_is_still_a_refusal() {
+        let mut out = Vec::new();
+        let mut client = ClientHandshake::new(ClientConfig::default(), connect(), &mut out);
+        client.handle_input(&[5, 0], &mut out).unwrap();
+        assert_eq!(client.refusal_at_eof(&[5, 5, 0]), Some(ReplyCode(5)));
+        // With an address type nobody knows, the code still comes through.
+        let p = client.handle_input(&[5, 2, 0, 9, 1, 2], &mut out).unwrap();
+        assert_eq!(p.consumed, 6);
+        assert!(matches!(p.event, Some(ClientEvent::Reply(r)) if r.code == ReplyCode::NOT_ALLOWED));
+    }
+
     #[test]
     fn every_method_and_command_in_every_segmentation() {
         let bound = |e: &ClientEvent| match e {
             ClientEvent::Reply(r) | ClientEvent::BindPeer(r) => r.code == ReplyCode::SUCCEEDED,
             ClientEvent::Capabilities(c) => c.ranges.len() == 1,
+            ClientEvent::Negotiated(_) => false,
         };
         let bind = ClientRequest::Socks5(Request {
             command: Command::Bind,

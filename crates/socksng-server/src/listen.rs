@@ -1,29 +1,36 @@
 //! SOCKS-NG LISTEN and ACCEPT: listening sockets on the proxy's outside whose incoming
 //! connections are announced with single-use tokens and claimed over new connections.
 //!
-//! Live tokens wait in the registry of `tokens`. The listener task owns the socket and the control connection: it announces
-//! incoming connections, honours REFUSE, expires unclaimed tokens, bounds the unclaimed ones
-//! by the backlog, and on the control connection's close removes everything it announced.
+//! The listener task owns the socket and the control connection and drives the protocol's
+//! control machine (`socksng_proto::listener::ServerListener`: notices, REFUSE, token expiry,
+//! backlog, keep-alive, idle and CLOSING). Each announced connection is held by a small task
+//! that notices a peer going away before the claim and hands the connection to its claimer;
+//! the token itself waits in the registry of `tokens`. When the control connection closes,
+//! everything the listener announced is removed.
 
 use crate::config::{names_user, PortGrant};
 use crate::conn::{Handshaken, SessionLog};
 use crate::connect::{canonical_addr, port_zero, tune_stream};
 use crate::policy::Verdict;
-use crate::relay::{relay, IdleTimer, RelayTimeouts};
+use crate::relay::{relay, RelayTimeouts};
 use crate::shared::Shared;
-use crate::tokens::Pending;
+use crate::tokens::{Owner, Pending};
 use rand_core::RngCore;
-use socksng_proto::wire::ng::{rep, ControlMessage, Token};
-use socksng_proto::{Address, Command, DecodeError, Host, ReplyCode};
+use socksng_proto::listener::{ListenerGrant, ServerListener, ServerListenerEvent};
+use socksng_proto::wire::ng::{rep, Token};
+use socksng_proto::{Address, Command, Host, ReplyCode};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
 /// Largest backlog honoured, whatever the client asks for.
-const MAX_BACKLOG: usize = 1024;
+const MAX_BACKLOG: u16 = 1024;
+/// The backlog a LISTEN with BACKLOG 0 gets.
+const DEFAULT_BACKLOG: u16 = 128;
 /// Random ports tried when "any port" has to avoid ports the user may not take.
 const ANY_PORT_TRIES: usize = 64;
 
@@ -109,7 +116,7 @@ fn choose_and_bind(
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                     (rep::PORT_IN_USE, format!("port {port} in use"))
                 }
-                Err(e) => return Err((ReplyCode::GENERAL_FAILURE, format!("listen: {e}"))),
+                Err(e) => return Err(bind_refusal(ip, e)),
             },
             PortVerdict::Reserved => (rep::PORT_RESERVED, format!("port {port} reserved")),
             PortVerdict::NotAllowed => (ReplyCode::NOT_ALLOWED, format!("port {port} not granted")),
@@ -125,8 +132,7 @@ fn choose_and_bind(
         ));
     }
     // The kernel's pick is usually inside the grants; otherwise try random granted ports.
-    let any = bind_listener(SocketAddr::new(ip, 0), backlog)
-        .map_err(|e| (ReplyCode::GENERAL_FAILURE, format!("listen: {e}")))?;
+    let any = bind_listener(SocketAddr::new(ip, 0), backlog).map_err(|e| bind_refusal(ip, e))?;
     let picked = any.local_addr().map(|a| a.port()).unwrap_or(0);
     if port_verdict(grants, groups, user, picked) == PortVerdict::Allowed {
         return Ok(any);
@@ -158,6 +164,54 @@ fn choose_and_bind(
     Err((rep::PORT_IN_USE, "no free granted port found".into()))
 }
 
+/// A bind that failed for a reason other than the port: an address this host does not have
+/// is not one the client may listen on.
+fn bind_refusal(ip: IpAddr, e: io::Error) -> (ReplyCode, String) {
+    if e.kind() == io::ErrorKind::AddrNotAvailable {
+        (
+            ReplyCode::NOT_ALLOWED,
+            format!("{ip} is not an address of this host"),
+        )
+    } else {
+        (ReplyCode::GENERAL_FAILURE, format!("listen: {e}"))
+    }
+}
+
+/// The address a listener bound to the unspecified address is reached at: the server's own
+/// address on the control connection when the family matches, else the configured external
+/// address of that family, else the address this host would send from on its default route
+/// (a UDP connect sends nothing), else loopback.
+async fn reachable_address(shared: &Shared, control: &TcpStream, bound: SocketAddr) -> IpAddr {
+    if let Ok(local) = control.local_addr() {
+        let local = port_zero(local).ip();
+        if local.is_ipv4() == bound.is_ipv4() {
+            return local;
+        }
+    }
+    let (any, probe, loopback): (IpAddr, IpAddr, IpAddr) = if bound.is_ipv4() {
+        (
+            Ipv4Addr::UNSPECIFIED.into(),
+            Ipv4Addr::new(192, 0, 2, 1).into(),
+            Ipv4Addr::LOCALHOST.into(),
+        )
+    } else {
+        (
+            Ipv6Addr::UNSPECIFIED.into(),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+            Ipv6Addr::LOCALHOST.into(),
+        )
+    };
+    if let Some(external) = crate::connect::external_for(&shared.cfg.external, probe) {
+        return external;
+    }
+    let routed = async {
+        let s = UdpSocket::bind(SocketAddr::new(any, 0)).await.ok()?;
+        s.connect(SocketAddr::new(probe, 9)).await.ok()?;
+        Some(s.local_addr().ok()?.ip())
+    };
+    routed.await.unwrap_or(loopback)
+}
+
 fn new_token() -> Token {
     let mut t = [0u8; 16];
     rand_core::OsRng.fill_bytes(&mut t);
@@ -175,7 +229,7 @@ pub(crate) async fn listen(
     let user = conn.user.clone();
     log.target = Some(address.clone());
     let ip = match address.host {
-        Host::Ip(ip) => ip,
+        Host::Ip(ip) => crate::policy::canonical(ip),
         Host::Domain(_) => {
             let why = "LISTEN takes an address family, not a name";
             return conn
@@ -188,7 +242,10 @@ pub(crate) async fn listen(
         let why = format!("{max} listeners already open");
         return conn.refuse(log, rep::LIMIT_REACHED, why).await;
     };
-    let backlog = usize::from(backlog).clamp(1, MAX_BACKLOG);
+    let backlog = match backlog {
+        0 => DEFAULT_BACKLOG,
+        n => n.min(MAX_BACKLOG),
+    };
     let grants = &shared.cfg.ng.ports;
     let bound = choose_and_bind(
         grants,
@@ -197,147 +254,194 @@ pub(crate) async fn listen(
         ip,
         address.port,
         exact,
-        backlog as u32,
+        u32::from(backlog),
     );
     let listener = match bound {
         Ok(l) => l,
         Err((code, why)) => return conn.refuse(log, code, why).await,
     };
     let mut announced = match listener.local_addr() {
-        Ok(a) => a,
+        Ok(a) => canonical_addr(a),
         Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
     };
-    // A wildcard listener is reached at the address the client reached us on.
     if announced.ip().is_unspecified() {
-        if let Ok(local) = conn.stream.local_addr() {
-            if local.is_ipv4() == announced.is_ipv4() {
-                announced = SocketAddr::new(port_zero(local).ip(), announced.port());
-            }
-        }
+        announced.set_ip(reachable_address(&shared, &conn.stream, announced).await);
     }
+    let idle = shared.cfg.timeouts.idle;
+    let grant = ListenerGrant {
+        backlog,
+        token_lifetime: shared.cfg.ng.token_lifetime,
+        idle: (!idle.is_zero()).then_some(idle),
+    };
     if conn.succeed(log, announced).await {
         log.connected = Some(announced);
-        let stats = serve_listener(
-            &shared,
-            &mut conn.stream,
-            &listener,
-            slot.id,
-            user.as_deref(),
-            backlog,
-        )
-        .await;
-        log.outcome = stats;
+        let owner = Owner::of(user.as_deref(), conn.peer.ip());
+        let ctx = ListenerCtx {
+            shared: &shared,
+            listener: &listener,
+            id: slot.id,
+            user: user.as_deref(),
+            owner: &owner,
+        };
+        log.outcome = serve_listener(ctx, &mut conn.stream, grant).await;
     }
     // The socket closes before the place is given back.
     drop(listener);
     drop(slot);
 }
 
+/// What a listener task works with besides its control connection.
+struct ListenerCtx<'a> {
+    shared: &'a Arc<Shared>,
+    listener: &'a TcpListener,
+    id: u64,
+    user: Option<&'a str>,
+    owner: &'a Owner,
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
 /// Runs a listener until its control connection ends; returns the log outcome.
 async fn serve_listener(
-    shared: &Arc<Shared>,
+    cx: ListenerCtx<'_>,
     control: &mut TcpStream,
-    listener: &TcpListener,
-    id: u64,
-    user: Option<&str>,
-    backlog: usize,
+    grant: ListenerGrant,
 ) -> String {
-    let lifetime = shared.cfg.ng.token_lifetime;
-    let registry = &shared.listeners;
-    let mut mine: Vec<(Token, Instant)> = Vec::new();
-    let (mut announced, mut overflow, mut refused, mut expired) = (0u64, 0u64, 0u64, 0u64);
-    let mut inbox: Vec<u8> = Vec::with_capacity(64);
-    let mut chunk = [0u8; 256];
+    let registry = &cx.shared.listeners;
+    let mut machine = ServerListener::new(grant, now());
+    // Each holder task reports at most once, so the queue is bounded by the backlog.
+    let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<Token>();
     let mut out = Vec::with_capacity(64);
-    // A control connection whose client vanished without closing would hold its port.
-    let mut idle = IdleTimer::new(shared.cfg.timeouts.idle);
+    let mut chunk = [0u8; 256];
+    let mut overflow = 0u64;
     let end = loop {
-        registry.keep_pending(&mut mine);
-        let next_expiry = mine.iter().map(|(_, at)| *at).min();
+        let mut closing = None;
+        while let Some(event) = machine.poll_event() {
+            match event {
+                ServerListenerEvent::Refused(token) | ServerListenerEvent::Expired(token) => {
+                    registry.remove_for(&token, cx.id);
+                }
+                ServerListenerEvent::Close { reason, why } => {
+                    closing = Some(format!("closed it (CLOSING {:#04x}): {why}", reason.0))
+                }
+            }
+        }
+        if machine.poll_transmit(&mut out) {
+            let written = control.write_all(&out).await;
+            out.clear();
+            if written.is_err() {
+                break "control connection failed".to_string();
+            }
+        }
+        if let Some(why) = closing {
+            break why;
+        }
+        let deadline = machine.poll_timeout().map(Instant::from_std);
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = cx.listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
-                    Err(e) if crate::connect::is_resource_exhaustion(&e) => break format!("accept failed: {e}"),
+                    Err(e) if crate::connect::is_resource_exhaustion(&e) => {
+                        machine.fail(format!("accept failed: {e}"));
+                        continue;
+                    }
                     Err(_) => continue,
                 };
                 let peer = canonical_addr(peer);
-                if let Verdict::Deny(why) = shared.policy.check(user, Command::Bind, None, peer.ip(), peer.port()) {
+                if let Verdict::Deny(why) = cx.shared.policy.check(cx.user, Command::Bind, None, peer.ip(), peer.port()) {
                     tracing::info!(from = %peer, %why, "LISTEN: incoming connection refused by policy");
                     continue;
                 }
                 // Claims made while this task waited have freed their places.
-                registry.keep_pending(&mut mine);
-                if mine.len() >= backlog {
+                machine.retain_unclaimed(|t| registry.is_pending(t));
+                if !machine.has_room() {
                     overflow += 1;
                     continue; // Dropping the stream refuses the connection.
                 }
-                tune_stream(&stream, shared.cfg.timeouts.tcp_keepalive);
+                tune_stream(&stream, cx.shared.cfg.timeouts.tcp_keepalive);
                 let token = new_token();
-                registry.insert(token, Pending { owner: user.map(str::to_owned), listener: id, stream, peer });
-                mine.push((token, Instant::now() + lifetime));
-                out.clear();
-                ControlMessage::AcceptNotice { token, peer: Address::ip(peer) }.encode(&mut out);
-                if control.write_all(&out).await.is_err() {
-                    break "control connection failed".to_string();
-                }
-                idle.touch();
-                announced += 1;
+                let (handoff, claimed) = oneshot::channel();
+                registry.insert(token, Pending { owner: cx.owner.clone(), listener: cx.id, peer, handoff });
+                tokio::spawn(hold_until_claimed(stream, token, cx.id, cx.shared.clone(), claimed, gone_tx.clone()));
+                machine.announce(token, Address::ip(peer), now());
             }
             r = control.read(&mut chunk) => match r {
                 Ok(0) => break "control connection closed".to_string(),
                 Err(e) => break format!("control connection failed: {e}"),
-                Ok(n) => {
-                    idle.touch();
-                    inbox.extend_from_slice(&chunk[..n]);
-                    loop {
-                        match ControlMessage::decode(&inbox) {
-                            Ok((ControlMessage::Refuse { token }, used)) => {
-                                if registry.remove_for(&token, id) {
-                                    refused += 1;
-                                }
-                                inbox.drain(..used);
-                            }
-                            Ok((_, _)) => break,
-                            Err(DecodeError::Incomplete) => break,
-                            Err(_) => { inbox.clear(); break; }
-                        }
-                    }
-                    if ControlMessage::decode(&inbox).is_ok() {
-                        break "client sent a server-only message".to_string();
-                    }
-                }
+                Ok(n) => machine.handle_input(&chunk[..n], now()),
             },
-            _ = sleep_until(next_expiry.unwrap_or_else(|| Instant::now() + lifetime)), if next_expiry.is_some() => {
-                let now = Instant::now();
-                for (token, _) in mine.iter().filter(|(_, at)| *at <= now) {
-                    if registry.remove_for(token, id) {
-                        expired += 1;
-                        out.clear();
-                        ControlMessage::Expired { token: *token }.encode(&mut out);
-                        let _ = control.write_all(&out).await;
-                    }
-                }
-                mine.retain(|(_, at)| *at > now);
+            Some(token) = gone_rx.recv() => {
+                machine.peer_gone(&token);
             }
-            _ = idle.expired() => break format!("idle for {:?}", shared.cfg.timeouts.idle),
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                machine.handle_timeout(now());
+            }
         }
     };
     // Every unclaimed connection goes with the listener.
-    for (token, _) in &mine {
-        registry.remove_for(token, id);
+    for token in machine.unclaimed() {
+        registry.remove_for(token, cx.id);
     }
+    let st = machine.stats();
     format!(
-        "{end}; announced {announced}, refused {refused}, expired {expired}, overflow {overflow}"
+        "{end}; announced {}, claimed {}, refused {}, expired {}, gone {}, overflow {overflow}",
+        st.announced, st.claimed, st.refused, st.expired, st.gone
     )
+}
+
+/// Holds an announced connection until it is claimed (handing it over) or its entry leaves
+/// the registry (closing it). A peer that resets, or closes before sending a byte, is gone:
+/// its entry is removed and the listener told, so the client hears EXPIRED.
+async fn hold_until_claimed(
+    stream: TcpStream,
+    token: Token,
+    listener: u64,
+    shared: Arc<Shared>,
+    mut claimed: oneshot::Receiver<oneshot::Sender<TcpStream>>,
+    gone: mpsc::UnboundedSender<Token>,
+) {
+    let mut watching = true;
+    let mut byte = [0u8; 1];
+    let answer = loop {
+        tokio::select! {
+            request = &mut claimed => break request.ok(),
+            seen = stream.peek(&mut byte), if watching => match seen {
+                // Data waits for the claim, even if the peer closes after it.
+                Ok(n) if n > 0 => watching = false,
+                _ => {
+                    if shared.listeners.remove_for(&token, listener) {
+                        let _ = gone.send(token);
+                        return;
+                    }
+                    // Claimed at this very moment: the claimer gets what there is.
+                    watching = false;
+                }
+            },
+        }
+    };
+    if let Some(reply) = answer {
+        let _ = reply.send(stream);
+    }
 }
 
 pub(crate) async fn accept(mut conn: Handshaken, token: Token, log: &mut SessionLog) {
     let shared = conn.shared.clone();
-    let Some((mut incoming, peer)) = shared.listeners.claim(&token, conn.user.as_deref()) else {
+    let claimant = Owner::of(conn.user.as_deref(), conn.peer.ip());
+    let Some((handoff, peer)) = shared.listeners.claim(&token, &claimant) else {
         return conn
             .refuse(log, rep::TOKEN_NOT_VALID, "token not valid")
             .await;
+    };
+    let (reply, incoming) = oneshot::channel();
+    let incoming = match handoff.send(reply) {
+        Ok(()) => incoming.await.ok(),
+        Err(_) => None,
+    };
+    let Some(mut incoming) = incoming else {
+        let why = "the peer went away before the claim";
+        return conn.refuse(log, rep::TOKEN_NOT_VALID, why).await;
     };
     log.target = Some(Address::ip(peer));
     log.connected = Some(peer);

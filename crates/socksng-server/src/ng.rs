@@ -3,13 +3,12 @@
 
 use crate::config::{Action, Config};
 use crate::conn::{Handshaken, SessionLog};
-use socksng_proto::wire::ng::{cmd, Capabilities, NgRequest, ServedRange, NG_REVISION};
+use socksng_proto::wire::ng::{
+    cmd, Capabilities, NgRequest, ServedRange, MAX_UDP_PAYLOAD, NG_REVISION,
+};
 use socksng_proto::{Address, ReplyCode};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tokio::io::AsyncWriteExt;
-
-/// Largest UDP payload an IPv4 datagram can carry; announced as the relay's limit.
-pub(crate) const MAX_UDP_PAYLOAD: u16 = 65_507;
 
 /// The log's name for an NG request.
 pub(crate) fn command_name(request: &NgRequest) -> &'static str {
@@ -46,7 +45,7 @@ async fn capabilities(mut conn: Handshaken, log: &mut SessionLog) {
             cmd::ACCEPT,
             cmd::UDP_TUNNEL,
         ],
-        max_udp_payload: MAX_UDP_PAYLOAD,
+        max_udp_payload: Some(MAX_UDP_PAYLOAD),
         token_lifetime: Some(
             conn.shared
                 .cfg

@@ -5,21 +5,44 @@
 
 use socksng_proto::wire::ng::Token;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
-/// An incoming connection announced to a listener's client, waiting for its claim.
+/// Who may claim a token: the listener's user, or for an anonymous listener the client
+/// address that opened it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Owner {
+    User(String),
+    Anonymous(IpAddr),
+}
+
+impl Owner {
+    pub(crate) fn of(user: Option<&str>, client: IpAddr) -> Owner {
+        match user {
+            Some(u) => Owner::User(u.to_owned()),
+            None => Owner::Anonymous(crate::policy::canonical(client)),
+        }
+    }
+}
+
+/// Hands the incoming connection over: send it the channel to answer on.
+pub(crate) type Handoff = oneshot::Sender<oneshot::Sender<TcpStream>>;
+
+/// An incoming connection announced to a listener's client, waiting for its claim. The
+/// connection itself stays with the task that watches it (for a peer that goes away); dropping
+/// this entry ends that task and closes the connection.
 pub(crate) struct Pending {
-    /// The user who owns the listener.
-    pub owner: Option<String>,
+    /// Who may claim it.
+    pub owner: Owner,
     /// The listener that announced it.
     pub listener: u64,
-    /// The connection.
-    pub stream: TcpStream,
     /// Its peer.
     pub peer: SocketAddr,
+    /// The way to the connection.
+    pub handoff: Handoff,
 }
 
 /// Tokens waiting to be claimed, and listeners per user.
@@ -31,20 +54,17 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// Takes the connection behind `token` if `user` owns it; another user's attempt leaves
-    /// the token in place.
-    pub(crate) fn claim(
-        &self,
-        token: &Token,
-        user: Option<&str>,
-    ) -> Option<(TcpStream, SocketAddr)> {
+    /// Takes the entry behind `token` if `claimant` owns it; anyone else's attempt leaves the
+    /// token in place.
+    pub(crate) fn claim(&self, token: &Token, claimant: &Owner) -> Option<(Handoff, SocketAddr)> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.get(token)?.owner.as_deref() != user {
+        if &pending.get(token)?.owner != claimant {
             return None;
         }
-        pending.remove(token).map(|p| (p.stream, p.peer))
+        pending.remove(token).map(|p| (p.handoff, p.peer))
     }
 
+    /// Removes `token` if `listener` announced it (closing its connection).
     pub(crate) fn remove_for(&self, token: &Token, listener: u64) -> bool {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         match pending.get(token) {
@@ -53,10 +73,10 @@ impl Registry {
         }
     }
 
-    /// Keeps only the tokens of `mine` that still wait for their claim (one lock for all).
-    pub(crate) fn keep_pending<T>(&self, mine: &mut Vec<(Token, T)>) {
+    /// Whether `token` still waits for its claim.
+    pub(crate) fn is_pending(&self, token: &Token) -> bool {
         let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        mine.retain(|(t, _)| pending.contains_key(t));
+        pending.contains_key(token)
     }
 
     pub(crate) fn insert(&self, token: Token, p: Pending) {

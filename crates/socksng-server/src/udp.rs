@@ -16,8 +16,8 @@ use crate::connect::{external_for, interleave, port_zero};
 use crate::policy::{canonical, Verdict};
 use crate::relay::{read_drained, IdleTimer, PooledBuf};
 use crate::shared::Shared;
-use socksng_proto::wire::ng::UdpFrameHeader;
-use socksng_proto::{Address, Command, DecodeError, Host, ReplyCode, UdpHeader};
+use socksng_proto::wire::ng::{rep, TunnelFrame, MAX_UDP_PAYLOAD};
+use socksng_proto::{Address, Command, DecodeError, DomainName, Host, ReplyCode, UdpHeader};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -57,7 +57,7 @@ pub(crate) struct UdpOutside {
     user: Option<String>,
     out4: Option<UdpSocket>,
     out6: Option<UdpSocket>,
-    names: HashMap<String, Vec<IpAddr>>,
+    names: HashMap<DomainName, Vec<IpAddr>>,
     contacted: HashSet<SocketAddr>,
 }
 
@@ -73,11 +73,10 @@ impl UdpOutside {
         }
     }
 
-    /// Sends `payload` to `to` if the policy allows it; false when it was dropped.
-    async fn send(&mut self, to: &Address, payload: &[u8]) -> bool {
-        let Some(dest) = self.destination(to).await else {
-            return false;
-        };
+    /// Sends `payload` to `to` if the policy allows it; when it was dropped, the reply code
+    /// that says why (X'02' refused, X'04' the name did not resolve, X'03' not sent).
+    async fn send(&mut self, to: &Address, payload: &[u8]) -> Result<(), ReplyCode> {
+        let dest = self.destination(to).await?;
         let slot = if dest.is_ipv4() {
             &mut self.out4
         } else {
@@ -104,25 +103,27 @@ impl UdpOutside {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot open outgoing UDP socket");
-                    return false;
+                    return Err(ReplyCode::GENERAL_FAILURE);
                 }
             }
         }
         let Some(sock) = slot.as_ref() else {
-            return false;
+            return Err(ReplyCode::GENERAL_FAILURE);
         };
-        if sock.send_to(payload, dest).await.is_err() {
-            return false;
+        if let Err(e) = sock.send_to(payload, dest).await {
+            return Err(crate::connect::reply_code_for(&e));
         }
         if self.contacted.len() >= CONTACTED_MAX {
             self.contacted.clear();
         }
         self.contacted.insert(dest);
-        true
+        Ok(())
     }
 
-    /// The address to send to, resolved and allowed by policy; `None` drops the datagram.
-    async fn destination(&mut self, address: &Address) -> Option<SocketAddr> {
+    /// The address to send to, resolved and allowed by policy; else why the datagram is
+    /// dropped.
+    async fn destination(&mut self, address: &Address) -> Result<SocketAddr, ReplyCode> {
+        let refused = ReplyCode::NOT_ALLOWED;
         let user = self.user.as_deref();
         let port = address.port;
         let policy = &self.shared.policy;
@@ -130,20 +131,24 @@ impl UdpOutside {
             Host::Ip(ip) => {
                 let ip = canonical(*ip);
                 let verdict = policy.check(user, Command::UdpAssociate, None, ip, port);
-                (verdict == Verdict::Allow).then_some(SocketAddr::new(ip, port))
+                (verdict == Verdict::Allow)
+                    .then_some(SocketAddr::new(ip, port))
+                    .ok_or(refused)
             }
             Host::Domain(name) => {
                 if let Some(Verdict::Deny(_)) =
                     policy.check_name(user, Command::UdpAssociate, name, port)
                 {
-                    return None;
+                    return Err(refused);
                 }
                 if !self.names.contains_key(name) {
                     let lookup = self.shared.lookups.resolve(name, port);
                     let resolved = tokio::time::timeout(UDP_RESOLVE_TIMEOUT, lookup)
                         .await
-                        .ok()?
-                        .ok()?;
+                        .ok()
+                        .and_then(Result::ok)
+                        .filter(|r| !r.is_empty())
+                        .ok_or(ReplyCode::HOST_UNREACHABLE)?;
                     let ordered = interleave(&resolved, self.shared.cfg.resolver.prefer);
                     if self.names.len() >= NAME_CACHE_MAX {
                         self.names.clear();
@@ -151,7 +156,7 @@ impl UdpOutside {
                     self.names
                         .insert(name.clone(), ordered.iter().map(|a| a.ip()).collect());
                 }
-                let ips = self.names.get(name)?;
+                let ips = self.names.get(name).ok_or(ReplyCode::HOST_UNREACHABLE)?;
                 let policy = &self.shared.policy;
                 ips.iter()
                     .find(|ip| {
@@ -159,6 +164,7 @@ impl UdpOutside {
                             == Verdict::Allow
                     })
                     .map(|ip| SocketAddr::new(*ip, port))
+                    .ok_or(refused)
             }
         }
     }
@@ -250,7 +256,7 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
                 client_port = Some(src.port());
                 idle.touch();
                 let sent = match UdpHeader::decode(&buf[..len]) {
-                    Ok((h, head)) if h.frag == 0 => outside.send(&h.address, &buf[head..len]).await.then_some(len - head),
+                    Ok((h, head)) if h.frag == 0 => outside.send(&h.address, &buf[head..len]).await.ok().map(|()| len - head),
                     _ => None,
                 };
                 match sent {
@@ -336,15 +342,28 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
     let mut sent_off = 0usize;
     let mut n = Counts::default();
     let mut pending_early = !inbox.is_empty();
+    let mut errors = ErrorFrames::new();
     let end = 'session: loop {
         if pending_early {
             pending_early = false;
-            match relay_frames(&mut outside, &inbox, &mut n, log).await {
+            match relay_frames(&mut outside, &inbox, &mut n, log, &mut errors).await {
                 Ok(used) => {
                     inbox.drain(..used);
                 }
                 Err(e) => break 'session e,
             }
+        }
+        if !errors.bytes.is_empty() {
+            if sent_off > 0 && sent_off == outq.len() {
+                outq.clear();
+                sent_off = 0;
+            }
+            // Like datagrams, error reports beyond the queue's bound are dropped; the
+            // writable branch below sends what was queued.
+            if outq.len() - sent_off + errors.bytes.len() <= limit {
+                outq.append(&mut errors.bytes);
+            }
+            errors.bytes.clear();
         }
         let want_write = sent_off < outq.len();
         tokio::select! {
@@ -363,12 +382,12 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
                 // Frames are relayed straight from the read buffer; only a partial frame at
                 // its end is kept, so an idle tunnel holds no buffer.
                 let relayed = if inbox.is_empty() {
-                    relay_frames(&mut outside, &chunk[..got], &mut n, log).await.map(|used| {
+                    relay_frames(&mut outside, &chunk[..got], &mut n, log, &mut errors).await.map(|used| {
                         inbox.extend_from_slice(&chunk[used..got]);
                     })
                 } else {
                     inbox.extend_from_slice(&chunk[..got]);
-                    relay_frames(&mut outside, &inbox, &mut n, log).await.map(|used| {
+                    relay_frames(&mut outside, &inbox, &mut n, log, &mut errors).await.map(|used| {
                         inbox.drain(..used);
                         if inbox.is_empty() {
                             inbox = Vec::new();
@@ -393,7 +412,7 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
                     sent_off = 0;
                 }
                 let was_idle = sent_off == outq.len();
-                if UdpFrameHeader::encode_frame(&Address::ip(src), &buf[..len], &mut outq).is_ok() {
+                if TunnelFrame::encode_datagram(&Address::ip(src), &buf[..len], &mut outq).is_ok() {
                     n.down += 1;
                     idle.touch();
                     log.add_down(len as u64);
@@ -420,29 +439,75 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
     );
 }
 
+/// ERROR frames a tunnel sends per second at most; the rest are dropped silently, so a
+/// client spraying refused destinations cannot turn the server into an amplifier.
+const ERROR_FRAMES_PER_SECOND: u32 = 10;
+
+/// ERROR frames waiting to be queued towards the client, rate limited.
+struct ErrorFrames {
+    bytes: Vec<u8>,
+    window: tokio::time::Instant,
+    sent: u32,
+}
+
+impl ErrorFrames {
+    fn new() -> Self {
+        ErrorFrames {
+            bytes: Vec::new(),
+            window: tokio::time::Instant::now(),
+            sent: 0,
+        }
+    }
+
+    fn note(&mut self, code: ReplyCode, to: &Address) {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.sent = 0;
+        }
+        if self.sent < ERROR_FRAMES_PER_SECOND {
+            self.sent += 1;
+            TunnelFrame::encode_error(code, to, &mut self.bytes);
+        }
+    }
+}
+
 /// Relays every complete frame at the start of `data`; returns the bytes used (a partial
-/// frame at the end is left), or why the stream cannot go on.
+/// frame at the end is left), or why the stream cannot go on. A datagram that is not sent
+/// leaves an ERROR frame in `errors`.
 async fn relay_frames(
     outside: &mut UdpOutside,
     data: &[u8],
     n: &mut Counts,
     log: &SessionLog,
+    errors: &mut ErrorFrames,
 ) -> Result<usize, String> {
     let mut used = 0;
     loop {
         let rest = &data[used..];
-        match UdpFrameHeader::decode(rest) {
-            Ok((h, head)) if rest.len() >= head + usize::from(h.len) => {
-                let total = head + usize::from(h.len);
-                if outside.send(&h.address, &rest[head..total]).await {
-                    n.up += 1;
-                    log.add_up(u64::from(h.len));
-                } else {
-                    n.dropped += 1;
-                }
+        match TunnelFrame::decode(rest) {
+            Ok((TunnelFrame::Datagram { address, payload }, total)) => {
                 used += total;
+                let sent = if payload.len() > usize::from(MAX_UDP_PAYLOAD) {
+                    Err(rep::DATAGRAM_TOO_LARGE)
+                } else {
+                    outside.send(&address, payload).await
+                };
+                match sent {
+                    Ok(()) => {
+                        n.up += 1;
+                        log.add_up(payload.len() as u64);
+                    }
+                    Err(code) => {
+                        n.dropped += 1;
+                        errors.note(code, &address);
+                    }
+                }
             }
-            Ok(_) | Err(DecodeError::Incomplete) => return Ok(used),
+            Ok((TunnelFrame::Error { .. }, _)) => {
+                return Err("malformed frame: an ERROR frame from the client".into())
+            }
+            Err(DecodeError::Incomplete) => return Ok(used),
             Err(e) => return Err(format!("malformed frame: {e}")),
         }
     }

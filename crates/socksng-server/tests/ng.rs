@@ -97,12 +97,10 @@ impl Fixture {
 async fn ng_login(proxy: SocketAddr, user: &str, pass: &str) -> TcpStream {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     let mut msg = vec![5, 1, 0xa5];
-    NgHello {
-        auth: NgAuth::Password {
-            username: user.into(),
-            password: pass.into(),
-        },
-    }
+    NgHello::new(NgAuth::Password {
+        username: user.into(),
+        password: pass.into(),
+    })
     .encode(&mut msg)
     .unwrap();
     s.write_all(&msg).await.unwrap();
@@ -130,10 +128,22 @@ async fn listen(
     .encode(&mut req);
     s.write_all(&req).await.unwrap();
     let r = read_reply(&mut s).await;
+    if r.code == socksng_proto::ReplyCode::SUCCEEDED {
+        // LISTENING comes first, before any notice.
+        let granted = read_control(&mut s).await;
+        assert!(
+            matches!(granted, ControlMessage::Listening { backlog: b, .. } if b >= 1 && b <= backlog.max(128)),
+            "{granted:?}"
+        );
+    }
     (s, r)
 }
 
 async fn read_control(s: &mut TcpStream) -> ControlMessage {
+    within("a control message", read_control_unbounded(s)).await
+}
+
+async fn read_control_unbounded(s: &mut TcpStream) -> ControlMessage {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     loop {
@@ -377,11 +387,11 @@ async fn reserved_ports_backlog_and_anonymous() {
 
 // ---- UDP-TUNNEL --------------------------------------------------------------------------
 
-use socksng_proto::wire::ng::UdpFrameHeader;
+use socksng_proto::wire::ng::TunnelFrame;
 
 fn frame(to: &Address, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    UdpFrameHeader::encode_frame(to, payload, &mut v).unwrap();
+    TunnelFrame::encode_datagram(to, payload, &mut v).unwrap();
     v
 }
 
@@ -442,7 +452,7 @@ async fn udp_tunnel_thousands_in_flight() {
             let mut payload = i.to_be_bytes().to_vec();
             payload.extend(pattern(100 + (i as usize * 37) % 1400, u64::from(i)));
             let mut f = Vec::new();
-            UdpFrameHeader::encode_frame(&Address::ip(echo), &payload, &mut f).unwrap();
+            TunnelFrame::encode_datagram(&Address::ip(echo), &payload, &mut f).unwrap();
             wr.write_all(&f).await.unwrap();
         }
         // Returned, not dropped: dropping a write half shuts the tunnel down.

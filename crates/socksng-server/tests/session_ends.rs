@@ -5,11 +5,11 @@
 
 mod common;
 use common::*;
-use socksng_proto::wire::ng::NgRequest;
+use socksng_proto::wire::ng::{ControlMessage, NgRequest};
 use socksng_proto::{Address, ReplyCode};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn open_fds() -> usize {
@@ -120,9 +120,27 @@ async fn sessions_end_with_their_clients() {
     let r = read_reply(&mut ctl).await;
     assert_eq!(r.code, ReplyCode::SUCCEEDED);
     let listen_port = r.bound.socket_addr().unwrap().port();
+    // LISTENING (with the idle time), then CLOSING X'09', then the close.
+    let mut rest = Vec::new();
+    within("the idle close", ctl.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    let mut said = Vec::new();
+    let mut at = 0;
+    while at < rest.len() {
+        let (m, used) = socksng_proto::wire::ng::ControlMessage::decode(&rest[at..]).unwrap();
+        said.push(m);
+        at += used;
+    }
     assert!(
-        closed_silently(&mut ctl).await,
-        "idle LISTEN control connection"
+        matches!(
+            said.as_slice(),
+            [
+                ControlMessage::Listening { idle: 1, .. },
+                ControlMessage::Closing { reason }
+            ] if reason.0 == 0x09
+        ),
+        "idle LISTEN control connection: {said:?}"
     );
     drop(ctl);
     assert!(std::net::TcpStream::connect(("127.0.0.1", listen_port)).is_err());

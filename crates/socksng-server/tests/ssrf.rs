@@ -180,7 +180,7 @@ async fn udp_to_host_local_destinations_dropped() {
 /// one sent after each proves the relay has handled it.
 #[tokio::test]
 async fn udp_tunnel_to_host_local_multicast_and_broadcast_dropped() {
-    use socksng_proto::wire::ng::UdpFrameHeader;
+    use socksng_proto::wire::ng::TunnelFrame;
     let srv = start("[[rules]]\naction = \"allow\"\nto = [\"127.0.0.2/32\"]\n[[rules]]\naction = \"allow\"\nto = [\"0.0.0.0/0\", \"::/0\"]\n").await;
     let (forbidden, forbidden_count) = udp_echo("127.0.0.1:0").await;
     let (forbidden6, forbidden6_count) = udp_echo("[::1]:0").await;
@@ -194,9 +194,9 @@ async fn udp_tunnel_to_host_local_multicast_and_broadcast_dropped() {
             forbidden6.port()
         };
         let to = Address::ip(SocketAddr::new(ip, port));
-        UdpFrameHeader::encode_frame(&to, b"must not pass", &mut frames).unwrap();
+        TunnelFrame::encode_datagram(&to, b"must not pass", &mut frames).unwrap();
         let marker = format!("probe {i}");
-        UdpFrameHeader::encode_frame(&Address::ip(allowed), marker.as_bytes(), &mut frames)
+        TunnelFrame::encode_datagram(&Address::ip(allowed), marker.as_bytes(), &mut frames)
             .unwrap();
         tunnel.write_all(&frames).await.unwrap();
         let (from, payload) = read_frame(&mut tunnel).await.expect("the allowed frame");

@@ -490,7 +490,9 @@ async fn info(cli: &Cli, server: Option<&str>, json: bool) -> Result<()> {
                     let cmds: Vec<String> =
                         caps.commands.iter().map(|&c| command_name(c)).collect();
                     println!("commands         {}", cmds.join(" "));
-                    println!("max UDP payload  {}", caps.max_udp_payload);
+                    if let Some(max) = caps.max_udp_payload {
+                        println!("max UDP payload  {max}");
+                    }
                     if let Some(t) = caps.token_lifetime {
                         println!("token lifetime   {t} s");
                     }

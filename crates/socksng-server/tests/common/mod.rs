@@ -181,11 +181,9 @@ pub async fn ng_session(proxy: std::net::SocketAddr) -> TcpStream {
         .unwrap();
     assert_eq!(sel, [5, 0xa5]);
     let mut hello = Vec::new();
-    socksng_proto::wire::ng::NgHello {
-        auth: socksng_proto::wire::ng::NgAuth::None,
-    }
-    .encode(&mut hello)
-    .unwrap();
+    socksng_proto::wire::ng::NgHello::new(socksng_proto::wire::ng::NgAuth::None)
+        .encode(&mut hello)
+        .unwrap();
     s.write_all(&hello).await.unwrap();
     let mut w = [0u8; 3];
     within("NG-WELCOME", s.read_exact(&mut w)).await.unwrap();
@@ -212,26 +210,61 @@ pub async fn open_tunnel(proxy: SocketAddr) -> TcpStream {
     s
 }
 
-/// Reads one tunnel frame; `None` when the stream ends.
+/// One frame from a tunnel, as the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A datagram from `.0`.
+    Datagram(Address, Vec<u8>),
+    /// An ERROR frame: the datagram to `.1` was not sent, for reply code `.0`.
+    Error(socksng_proto::ReplyCode, Address),
+}
+
+/// Reads one datagram frame, skipping ERROR frames; `None` when the stream ends.
 pub async fn read_frame(s: &mut TcpStream) -> Option<(Address, Vec<u8>)> {
+    loop {
+        match read_tunnel_frame(s).await? {
+            Frame::Datagram(from, payload) => return Some((from, payload)),
+            Frame::Error(..) => continue,
+        }
+    }
+}
+
+/// Reads one frame of either kind; `None` when the stream ends.
+pub async fn read_tunnel_frame(s: &mut TcpStream) -> Option<Frame> {
     within("a tunnel frame", read_frame_unbounded(s)).await
 }
 
-async fn read_frame_unbounded(s: &mut TcpStream) -> Option<(Address, Vec<u8>)> {
-    let mut head = Vec::new();
+/// Reads exactly one frame (the head byte by byte, so nothing after it is taken) and
+/// decodes it with the protocol's own decoder.
+async fn read_frame_unbounded(s: &mut TcpStream) -> Option<Frame> {
+    use socksng_proto::wire::ng::{TunnelFrame, ERROR_FRAME_LEN};
+    let mut bytes = vec![0u8; 2];
+    s.read_exact(&mut bytes).await.ok()?;
+    let len = u16::from_be_bytes([bytes[0], bytes[1]]);
     let mut byte = [0u8; 1];
-    let (h, _) = loop {
-        match socksng_proto::wire::ng::UdpFrameHeader::decode(&head) {
-            Ok(x) => break x,
+    if len == ERROR_FRAME_LEN {
+        s.read_exact(&mut byte).await.ok()?;
+        bytes.push(byte[0]);
+    }
+    let head = bytes.len();
+    loop {
+        match Address::decode(&bytes[head..]) {
+            Ok(_) => break,
             Err(socksng_proto::DecodeError::Incomplete) => {}
-            Err(e) => panic!("bad frame head {head:?}: {e}"),
+            Err(e) => panic!("bad frame head {bytes:?}: {e}"),
         }
-        if s.read(&mut byte).await.ok()? == 0 {
-            return None;
-        }
-        head.push(byte[0]);
-    };
-    let mut payload = vec![0u8; h.len as usize];
-    s.read_exact(&mut payload).await.ok()?;
-    Some((h.address, payload))
+        s.read_exact(&mut byte).await.ok()?;
+        bytes.push(byte[0]);
+    }
+    if len != ERROR_FRAME_LEN {
+        let at = bytes.len();
+        bytes.resize(at + usize::from(len), 0);
+        s.read_exact(&mut bytes[at..]).await.ok()?;
+    }
+    let (frame, used) = TunnelFrame::decode(&bytes).expect("a whole frame");
+    assert_eq!(used, bytes.len());
+    Some(match frame {
+        TunnelFrame::Datagram { address, payload } => Frame::Datagram(address, payload.to_vec()),
+        TunnelFrame::Error { code, address } => Frame::Error(code, address),
+    })
 }
