@@ -152,7 +152,14 @@ impl Route {
             .domains
             .iter()
             .filter_map(|d| Destination::parse(d).ok());
+        // A RANGE of ports alone serves every destination on those ports (the draft's
+        // matching rules); names then go to it unresolved, as to a gateway.
+        let port_only = range.prefixes.is_empty() && range.domains.is_empty();
+        let every = everything()
+            .into_iter()
+            .filter(move |_| port_only && !range.ports.is_empty());
         nets.chain(names)
+            .chain(every)
             .map(|destination| Route {
                 destination,
                 ports: range.ports.clone(),
@@ -941,5 +948,20 @@ mod tests {
         let routes = Route::from_served(&r, Via::Server(2), Origin::Announced);
         assert_eq!(routes.len(), 2);
         assert!(routes.iter().all(|r| r.ports == vec![(1, 1024)]));
+        // Ports alone: every destination on those ports, names included (as a gateway).
+        let ports_only = ServedRange {
+            ports: vec![(443, 443)],
+            ..Default::default()
+        };
+        let routes = Route::from_served(&ports_only, Via::Server(0), Origin::Announced);
+        let table = RouteTable::new(routes, vec!["s".into()]);
+        let any = |_: Via| true;
+        assert!(table.gateway(443, &any).is_some());
+        assert!(table.gateway(80, &any).is_none());
+        // An empty range serves nothing.
+        assert!(
+            Route::from_served(&ServedRange::default(), Via::Server(0), Origin::Announced)
+                .is_empty()
+        );
     }
 }

@@ -379,6 +379,13 @@ impl ClientHandshake {
         let Some((caps, n)) = decoded("CAPABILITIES block", Capabilities::decode(input))? else {
             return Ok(None);
         };
+        // REVISION repeats the NG-WELCOME REV, which this client accepted only as its own.
+        if caps.revision != NG_REVISION {
+            return Err(ClientHandshakeError::Malformed {
+                stage: "CAPABILITIES block",
+                source: DecodeError::Invalid("REVISION differs from NG-WELCOME REV"),
+            });
+        }
         self.state = State::Done;
         Ok(Some((n, Some(ClientEvent::Capabilities(caps)))))
     }

@@ -103,15 +103,16 @@ impl UdpOutside {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot open outgoing UDP socket");
-                    return Err(ReplyCode::GENERAL_FAILURE);
+                    return Err(ReplyCode::NETWORK_UNREACHABLE);
                 }
             }
         }
+        // The draft gives every failure to send one code: X'03'.
         let Some(sock) = slot.as_ref() else {
-            return Err(ReplyCode::GENERAL_FAILURE);
+            return Err(ReplyCode::NETWORK_UNREACHABLE);
         };
-        if let Err(e) = sock.send_to(payload, dest).await {
-            return Err(crate::connect::reply_code_for(&e));
+        if sock.send_to(payload, dest).await.is_err() {
+            return Err(ReplyCode::NETWORK_UNREACHABLE);
         }
         if self.contacted.len() >= CONTACTED_MAX {
             self.contacted.clear();

@@ -619,7 +619,7 @@ impl ServedRange {
         Ok(())
     }
 
-    /// `None` when the RANGE must be ignored as a whole: an unknown field type (whose length
+    /// `None` when the RANGE must be ignored as a whole: no field at all, an unknown field type (whose length
     /// cannot be known), a prefix length out of range, an empty or invalid domain, a port
     /// range backwards, or a field cut short by the item's end.
     fn decode_fields(value: &[u8]) -> Option<ServedRange> {
@@ -650,7 +650,8 @@ impl ServedRange {
                 _ => return None,
             }
         }
-        Some(range)
+        // A RANGE without fields says nothing; it must not read as "everything".
+        (!value.is_empty()).then_some(range)
     }
 }
 
