@@ -223,3 +223,84 @@ pub fn client_handshake(data: &[u8]) {
         fed += n;
     }
 }
+
+/// Drives both LISTEN control-connection machines over `data`. Each byte is an instruction
+/// (announce, claim, refuse, peer gone, a clock step, or a run of raw bytes for either
+/// machine's input), so the fuzzer explores orders of events as well as hostile bytes. The
+/// machines must never panic, never exceed the backlog, never schedule a timeout in the past
+/// of a timeout they were just given, and stop producing output once closed.
+pub fn listener_control(data: &[u8]) {
+    use crate::listener::{ClientListener, ListenerGrant, ServerListener, ServerListenerEvent};
+    use std::time::{Duration, Instant};
+    let Some((&flags, mut rest)) = data.split_first() else {
+        return;
+    };
+    let grant = ListenerGrant {
+        backlog: u16::from(flags & 7) + 1,
+        token_lifetime: Duration::from_secs(u64::from(flags >> 3 & 7) + 1),
+        idle: (flags & 0x40 != 0).then(|| Duration::from_secs(5)),
+    };
+    let mut now = Instant::now();
+    let mut server = ServerListener::new(grant, now);
+    let mut client = ClientListener::new(now);
+    let mut next_token = 0u8;
+    let mut wire = Vec::new();
+    let mut client_alive = true;
+    while let Some((&op, tail)) = rest.split_first() {
+        rest = tail;
+        match op % 8 {
+            0 => {
+                let token = [next_token; 16];
+                next_token = next_token.wrapping_add(1);
+                let peer = Address::ip("198.51.100.7:4000".parse().expect("literal"));
+                let room = server.has_room();
+                assert_eq!(server.announce(token, peer, now), room);
+            }
+            1 => {
+                server.claimed(&[op >> 3; 16]);
+            }
+            2 => {
+                server.peer_gone(&[op >> 3; 16]);
+            }
+            3 => client.refuse([op >> 3; 16], now),
+            4 => {
+                now += Duration::from_millis(u64::from(op) * 20);
+                server.handle_timeout(now);
+                client.handle_timeout(now);
+                if let Some(at) = server.poll_timeout() {
+                    assert!(at > now || server.is_closing(), "a timeout already due");
+                }
+            }
+            _ => {
+                // Raw bytes for one side: the next `op >> 4` bytes of the input.
+                let n = usize::from(op >> 4).min(rest.len());
+                let (raw, tail) = rest.split_at(n);
+                rest = tail;
+                if op & 8 != 0 {
+                    server.handle_input(raw, now);
+                } else if client_alive {
+                    client_alive = client.handle_input(raw, now).is_ok();
+                }
+            }
+        }
+        assert!(server.unclaimed().count() <= usize::from(server.grant().backlog));
+        // Whatever the machines say to each other must be understood by the other side.
+        wire.clear();
+        server.poll_transmit(&mut wire);
+        if client_alive {
+            client_alive = client.handle_input(&wire, now).is_ok();
+        }
+        wire.clear();
+        client.poll_transmit(&mut wire);
+        server.handle_input(&wire, now);
+        while let Some(event) = server.poll_event() {
+            if let ServerListenerEvent::Close { .. } = event {
+                let mut after = Vec::new();
+                server.poll_transmit(&mut after);
+                server.handle_input(&[3; 17], now);
+                assert!(!server.poll_transmit(&mut after), "quiet once closing");
+            }
+        }
+        while client.poll_event().is_some() {}
+    }
+}

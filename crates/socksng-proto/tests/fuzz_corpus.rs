@@ -32,3 +32,8 @@ fn wire_roundtrip_corpus() {
 fn client_handshake_corpus() {
     assert!(replay("client_handshake", socksng_proto::fuzzing::client_handshake) >= 8);
 }
+
+#[test]
+fn listener_control_corpus() {
+    assert!(replay("listener_control", socksng_proto::fuzzing::listener_control) >= 8);
+}
