@@ -393,13 +393,27 @@ pub struct RoutedStream {
     pub skipped: Vec<String>,
 }
 
-/// Routes connections across several proxies and direct.
+/// Routes connections across several proxies and direct. Cloning is cheap: clones share the
+/// table and the servers' state.
+#[derive(Clone)]
 pub struct Router {
+    inner: Arc<RouterInner>,
+}
+
+struct RouterInner {
     servers: Vec<ServerEntry>,
     configured: Vec<Route>,
     options: RouterOptions,
     table: Mutex<Arc<RouteTable>>,
-    refreshed: tokio::sync::Mutex<Option<Instant>>,
+    /// Held while the servers are asked, so concurrent refreshes become one.
+    refreshing: tokio::sync::Mutex<()>,
+    /// When the servers were last asked; `None` before the first time.
+    refreshed_at: Mutex<Option<Instant>>,
+    /// A background refresh is under way (connections do not start another).
+    in_background: std::sync::atomic::AtomicBool,
+    /// Whether the table knows what the asked servers serve (from an answer or the cache),
+    /// so connections need not wait for the servers.
+    known: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Router {
@@ -408,6 +422,7 @@ impl fmt::Debug for Router {
             .field(
                 "servers",
                 &self
+                    .inner
                     .servers
                     .iter()
                     .map(|s| &s.spec.name)
@@ -439,19 +454,28 @@ impl Router {
                 state: Mutex::new(ServerState::default()),
             })
             .collect();
-        if let Some(dir) = &options.cache_dir {
-            for s in servers.iter().filter(|s| s.spec.ask) {
-                if let Some(ranges) = cache::load(dir, &s.spec.name) {
-                    s.state.lock().expect("state lock").status.announced = ranges;
-                }
+        let mut known = true;
+        for s in servers.iter().filter(|s| s.spec.ask) {
+            let cached = options
+                .cache_dir
+                .as_deref()
+                .and_then(|dir| cache::load(dir, &s.spec.name));
+            match cached {
+                Some(ranges) => s.state.lock().expect("state lock").status.announced = ranges,
+                None => known = false,
             }
         }
         let router = Router {
-            servers,
-            configured,
-            options,
-            table: Mutex::new(Arc::new(RouteTable::default())),
-            refreshed: tokio::sync::Mutex::new(None),
+            inner: Arc::new(RouterInner {
+                servers,
+                configured,
+                options,
+                table: Mutex::new(Arc::new(RouteTable::default())),
+                refreshing: tokio::sync::Mutex::new(()),
+                refreshed_at: Mutex::new(None),
+                in_background: std::sync::atomic::AtomicBool::new(false),
+                known: std::sync::atomic::AtomicBool::new(known),
+            }),
         };
         router.rebuild();
         router
@@ -474,12 +498,13 @@ impl Router {
 
     /// The current table.
     pub fn table(&self) -> Arc<RouteTable> {
-        self.table.lock().expect("table lock").clone()
+        self.inner.table.lock().expect("table lock").clone()
     }
 
     /// The servers' names, specs and what is known about them.
     pub fn servers(&self) -> Vec<(ServerSpec, ServerStatus)> {
-        self.servers
+        self.inner
+            .servers
             .iter()
             .map(|s| {
                 (
@@ -491,30 +516,35 @@ impl Router {
     }
 
     fn rebuild(&self) {
-        let mut routes = self.configured.clone();
-        for (i, s) in self.servers.iter().enumerate() {
+        let mut routes = self.inner.configured.clone();
+        for (i, s) in self.inner.servers.iter().enumerate() {
             let state = s.state.lock().expect("state lock");
             for range in &state.status.announced {
                 routes.extend(Route::from_served(range, Via::Server(i), Origin::Announced));
             }
         }
-        let names = self.servers.iter().map(|s| s.spec.name.clone()).collect();
-        *self.table.lock().expect("table lock") = Arc::new(RouteTable::new(routes, names));
+        let names = self
+            .inner
+            .servers
+            .iter()
+            .map(|s| s.spec.name.clone())
+            .collect();
+        *self.inner.table.lock().expect("table lock") = Arc::new(RouteTable::new(routes, names));
     }
 
     /// Asks every server that is to be asked for its served ranges, and rebuilds the table.
     /// A server that cannot be reached is taken out for `retry_after`.
     pub async fn refresh(&self) {
-        let mut stamp = self.refreshed.lock().await;
-        self.refresh_under(&mut stamp).await;
+        let _one = self.inner.refreshing.lock().await;
+        self.ask_servers().await;
     }
 
-    async fn refresh_under(&self, stamp: &mut Option<Instant>) {
+    async fn ask_servers(&self) {
         let mut asks = tokio::task::JoinSet::new();
-        for (i, s) in self.servers.iter().enumerate() {
+        for (i, s) in self.inner.servers.iter().enumerate() {
             if s.spec.ask {
                 let client = s.client.clone();
-                let limit = self.options.connect_timeout;
+                let limit = self.inner.options.connect_timeout;
                 asks.spawn(async move {
                     let got = match tokio::time::timeout(limit, client.capabilities()).await {
                         Ok(r) => r,
@@ -526,12 +556,12 @@ impl Router {
         }
         while let Some(joined) = asks.join_next().await {
             let Ok((i, got)) = joined else { continue };
-            let mut state = self.servers[i].state.lock().expect("state lock");
+            let mut state = self.inner.servers[i].state.lock().expect("state lock");
             match got {
                 Ok(caps) => {
-                    if let Some(dir) = &self.options.cache_dir {
+                    if let Some(dir) = &self.inner.options.cache_dir {
                         // Best effort: without the cache, routing still works in this process.
-                        let _ = cache::save(dir, &self.servers[i].spec.name, &caps.ranges);
+                        let _ = cache::save(dir, &self.inner.servers[i].spec.name, &caps.ranges);
                     }
                     state.status.path = Some(ProtocolPath::Ng);
                     state.status.announced = caps.ranges;
@@ -548,38 +578,72 @@ impl Router {
                 Err(e) => {
                     state.status.path = None;
                     state.status.down = Some(e.to_string());
-                    state.down_until = Some(Instant::now() + self.options.retry_after);
+                    state.down_until = Some(Instant::now() + self.inner.options.retry_after);
                 }
             }
         }
         self.rebuild();
-        *stamp = Some(Instant::now());
+        *self.inner.refreshed_at.lock().expect("stamp lock") = Some(Instant::now());
+        self.inner
+            .known
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Refreshes when the table is older than `refresh`, or when a server that could not be
-    /// asked is due for another try. Checked under the lock, so concurrent connections share
-    /// one refresh instead of queueing for one each.
-    async fn refresh_if_stale(&self) {
-        let mut stamp = self.refreshed.lock().await;
-        let stale = stamp.is_none_or(|t| t.elapsed() >= self.options.refresh);
-        let retry_due = self.servers.iter().any(|s| {
-            s.spec.ask
-                && s.state
-                    .lock()
-                    .expect("state lock")
-                    .down_until
-                    .is_some_and(|t| Instant::now() >= t)
-        });
-        if stale || retry_due {
-            self.refresh_under(&mut stamp).await;
+    /// Whether the table is older than `refresh`, or a server that could not be asked is due
+    /// for another try.
+    fn refresh_due(&self) -> bool {
+        let stale = self
+            .inner
+            .refreshed_at
+            .lock()
+            .expect("stamp lock")
+            .is_none_or(|t| t.elapsed() >= self.inner.options.refresh);
+        stale
+            || self.inner.servers.iter().any(|s| {
+                s.spec.ask
+                    && s.state
+                        .lock()
+                        .expect("state lock")
+                        .down_until
+                        .is_some_and(|t| Instant::now() >= t)
+            })
+    }
+
+    /// Keeps the table fresh without holding up connections: only before the table knows
+    /// anything about the asked servers (no answer yet, nothing cached) does a connection
+    /// wait for them, since routing without that would send their traffic the wrong way.
+    /// Otherwise a due refresh runs in the background, one at a time, and connections use
+    /// the table as it is; a direct connection never waits for a proxy.
+    async fn keep_fresh(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.inner.known.load(Ordering::Acquire) {
+            let _one = self.inner.refreshing.lock().await;
+            // Another connection may have asked while this one waited.
+            if !self.inner.known.load(Ordering::Acquire) {
+                self.ask_servers().await;
+            }
+            return;
         }
+        if !self.refresh_due() || self.inner.in_background.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let router = self.clone();
+        tokio::spawn(async move {
+            {
+                let _one = router.inner.refreshing.lock().await;
+                if router.refresh_due() {
+                    router.ask_servers().await;
+                }
+            }
+            router.inner.in_background.store(false, Ordering::Release);
+        });
     }
 
     fn usable(&self, via: Via) -> bool {
         match via {
             Via::Direct => true,
             Via::Server(i) => {
-                let state = self.servers[i].state.lock().expect("state lock");
+                let state = self.inner.servers[i].state.lock().expect("state lock");
                 state.down_until.is_none_or(|t| Instant::now() >= t)
             }
         }
@@ -587,9 +651,9 @@ impl Router {
 
     fn mark_down(&self, via: Via, why: &ClientError) {
         if let Via::Server(i) = via {
-            let mut state = self.servers[i].state.lock().expect("state lock");
+            let mut state = self.inner.servers[i].state.lock().expect("state lock");
             state.status.down = Some(why.to_string());
-            state.down_until = Some(Instant::now() + self.options.retry_after);
+            state.down_until = Some(Instant::now() + self.inner.options.retry_after);
         }
     }
 
@@ -601,7 +665,7 @@ impl Router {
     /// over, but never a direct one: traffic meant for a proxy does not silently leave
     /// without it. That is an [`ClientError::Unavailable`] error instead.
     pub async fn decide(&self, target: &Address) -> Result<(Via, Address), ClientError> {
-        self.refresh_if_stale().await;
+        self.keep_fresh().await;
         let table = self.table();
         let port = target.port;
         let ip = match &target.host {
@@ -649,7 +713,7 @@ impl Router {
             Some(r) => Ok(Some(r.via)),
             None => {
                 let why = match best.via {
-                    Via::Server(i) => self.servers[i]
+                    Via::Server(i) => self.inner.servers[i]
                         .state
                         .lock()
                         .expect("state lock")
@@ -671,10 +735,10 @@ impl Router {
     /// negotiated with is taken out for `retry_after` and the next best server is tried; a
     /// refusal or a timeout after the request is the target's failure and is returned as is.
     pub async fn connect(&self, target: Address) -> Result<RoutedStream, ClientError> {
-        let limit = self.options.connect_timeout;
+        let limit = self.inner.options.connect_timeout;
         let timed_out = || ClientError::Io(std::io::ErrorKind::TimedOut.into());
         let mut skipped = Vec::new();
-        for _ in 0..=self.servers.len() {
+        for _ in 0..=self.inner.servers.len() {
             let (via, ask) = self.decide(&target).await?;
             let via_name = self.table().via_name(via).to_string();
             let Via::Server(i) = via else {
@@ -689,7 +753,7 @@ impl Router {
                     skipped,
                 });
             };
-            let client = &self.servers[i].client;
+            let client = &self.inner.servers[i].client;
             let wire = client.resolve_target(ask).await?;
             match tokio::time::timeout(limit, client.negotiate()).await {
                 Ok(Ok(negotiated)) => {
@@ -727,7 +791,7 @@ impl Router {
     /// The client for the server `via` names, to open listeners or datagram sockets on it.
     pub fn client(&self, via: Via) -> Option<&Client> {
         match via {
-            Via::Server(i) => self.servers.get(i).map(|s| &s.client),
+            Via::Server(i) => self.inner.servers.get(i).map(|s| &s.client),
             Via::Direct => None,
         }
     }

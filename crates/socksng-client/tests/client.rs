@@ -308,7 +308,9 @@ async fn router_fails_over_takes_servers_out_and_refreshes() {
     assert_eq!(routed.via_name, "gw");
     assert_eq!(routed.skipped.len(), 1, "{:?}", routed.skipped);
     // Server a stops: the next refresh finds it down; its last ranges stay, unusable.
+    // (Connections start refreshes in the background; this one is awaited to see it.)
     a.stop().await;
+    router.refresh().await;
     assert!(matches!(
         router.decide(&in_a).await,
         Err(ClientError::Unavailable(_))
@@ -323,4 +325,58 @@ async fn router_fails_over_takes_servers_out_and_refreshes() {
     let gateway = Router::single(ProxyUrl::parse("socks5h://127.0.0.1:1").unwrap());
     let name = Address::domain("only-the-proxy-knows.invalid", 80).unwrap();
     assert_eq!(gateway.decide(&name).await.unwrap(), (Via::Server(0), name));
+}
+
+/// A refresh never holds up a connection once the table knows the servers' ranges (from an
+/// earlier answer, cached on disk): here the server accepts and never answers, and both a
+/// proxied decision and a direct connection go ahead while the refresh they started waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_do_not_wait_for_a_refresh() {
+    use socksng_client::route::{RouterOptions, ServerSpec, Via};
+    use socksng_client::Router;
+    use std::time::Duration;
+    let served = format!("[[ng.served]]\nto = [\"127.0.1.0/24\"]\n{ALLOW_LOOPBACK}");
+    let a = proxy("no-wait", &served).await;
+    let cache = std::env::temp_dir().join(format!("socksng-no-wait-{}", std::process::id()));
+    let spec = |addr: SocketAddr| ServerSpec {
+        name: "a".into(),
+        url: ProxyUrl::parse(&format!("socks5h://{addr}")).unwrap(),
+        ranges: Vec::new(),
+        ask: true,
+    };
+    let options = RouterOptions {
+        refresh: Duration::ZERO,
+        retry_after: Duration::from_secs(3600),
+        // A refresh that started would hold a waiting connection for an hour.
+        connect_timeout: Duration::from_secs(3600),
+        cache_dir: Some(cache.clone()),
+    };
+    let first = Router::new(vec![spec(a.addr)], Vec::new(), options.clone());
+    first.refresh().await;
+    a.stop().await;
+    // The same server name, now silent: it accepts and says nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let router = Router::new(vec![spec(silent_addr)], Vec::new(), options);
+    let in_a = Address::ip("127.0.1.1:9".parse().unwrap());
+    let deadline = Duration::from_secs(20);
+    let decided = tokio::time::timeout(deadline, router.decide(&in_a))
+        .await
+        .expect("the decision waited for the refresh")
+        .unwrap();
+    assert_eq!(decided.0, Via::Server(0), "routed by the cached ranges");
+    let target = echo().await;
+    let direct = tokio::time::timeout(deadline, router.connect(Address::ip(target)))
+        .await
+        .expect("the direct connection waited for the refresh")
+        .unwrap();
+    assert_eq!(direct.via, Via::Direct);
+    held.abort();
+    let _ = std::fs::remove_dir_all(cache);
 }
