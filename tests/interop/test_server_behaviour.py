@@ -73,6 +73,8 @@ def test_domain_rule_denies_name_but_not_address(start_proxy, http_target, tmp_p
     assert http_target.tagged(tag) == []
     s = p.wait_session(target=f"localhost:{http_target.port}")
     assert s["outcome"] == "connection not allowed by ruleset: denied by rules[0]", s
+    # The typed outcome behind the words: a refusal, the policy's doing, reply 0x02.
+    assert (s["outcome_kind"], s["side"], s["reply"]) == ("refused", "policy", "2"), s
     assert s["connected"] == "-"
 
     url, tag = blob("127.0.0.1", http_target.port)
@@ -191,6 +193,7 @@ def test_sigterm_drains_running_session(start_proxy, echo_target):
     assert "grace period over" not in text
     sess = p.wait_session(target=f"127.0.0.1:{echo_target.port}")
     assert sess["outcome"] == "closed"
+    assert (sess["outcome_kind"], sess["side"], sess["reply"]) == ("completed", "client", "0")
     assert sess["bytes_up"] == str(6 + len(payload))
 
 

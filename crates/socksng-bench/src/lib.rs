@@ -1,15 +1,15 @@
-//! socksng-bench as a library: the load generators, the built-in targets, and the start-up of
-//! real SOCKS5 servers (socksngd, Dante, microsocks, `ssh -D`) with their configuration and
-//! package installation. The `socksng-bench` binary drives them; the client's test suites use
-//! `subjects` to run their interop tests against the same peers.
+//! socksng-bench as a library: the load generators, the cases and their report, the machine-wide
+//! CPU accounting, and the installation of the peers' packages for a benchmark run. The peers
+//! themselves (socksngd, Dante, microsocks, `ssh -D`), the built-in targets and the SOCKS5
+//! client come from socksng-testkit, re-exported here under their old paths so the benchmark's
+//! modules name them as before.
 
 pub mod cases;
-pub mod procs;
+pub mod install;
+pub mod machine;
 pub mod report;
-pub mod socks;
 pub mod stats;
-pub mod subjects;
-pub mod targets;
 pub mod tcp;
 pub mod udp;
-pub mod zerocopy;
+
+pub use socksng_testkit::{procs, socks, subjects, targets, zerocopy};

@@ -9,7 +9,9 @@ use clap::Parser;
 use procs::Meter;
 use report::{CaseResult, Status};
 use socks::Credentials;
-use socksng_bench::{cases, procs, report, socks, stats, subjects, targets, tcp, udp, zerocopy};
+use socksng_bench::{
+    cases, install, machine, procs, report, socks, stats, subjects, targets, tcp, udp, zerocopy,
+};
 use stats::{parse_size, Summary};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -171,7 +173,7 @@ fn real_main(cli: &Cli) -> Result<()> {
             eprintln!("# warning: {cpus} CPU(s): proxy and load generator are not pinned apart");
             false
         };
-    let nofile = procs::raise_nofile(65536);
+    let nofile = machine::raise_nofile(65536);
     if let Some(n) = cli.nice {
         procs::set_nice(n).with_context(|| format!("setting nice {n}"))?;
     }
@@ -179,7 +181,7 @@ fn real_main(cli: &Cli) -> Result<()> {
     // Held to the end of this function: the previous algorithm comes back on every exit path.
     let _congestion = match &cli.tcp_congestion {
         Some(cc) => Some(
-            procs::CongestionControl::set(cc)
+            machine::CongestionControl::set(cc)
                 .with_context(|| format!("setting TCP congestion control {cc}"))?,
         ),
         None => None,
@@ -324,7 +326,7 @@ fn machine_note(cli: &Cli, setup: &Setup) -> String {
         } else {
             "sendfile/splice"
         },
-        procs::tcp_congestion().unwrap_or_else(|| "unknown".into()),
+        machine::tcp_congestion().unwrap_or_else(|| "unknown".into()),
         cli.nice.map_or("unchanged".into(), |n| n.to_string()),
         setup.nofile,
         if cli.quick { 1 } else { cli.repeat.max(1) },
@@ -426,6 +428,7 @@ async fn run(
         .context("starting the built-in targets")?;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() == 0 };
+    let may_install = !cli.no_install && (root || cli.install);
     let env = Env {
         dir,
         proxy_cpu: setup.pinned.then_some(cli.proxy_cpu),
@@ -441,7 +444,6 @@ async fn run(
         io_timeout: p.io_timeout,
         allow_system_user: !cli.no_system_user,
         socksng_log_level: cli.socksng_log_level.clone(),
-        may_install: !cli.no_install && (root || cli.install),
     };
     let repeats = if cli.quick { 1 } else { cli.repeat.max(1) };
     eprintln!(
@@ -455,6 +457,10 @@ async fn run(
     let mut subjects: Vec<Subject> = Vec::new();
     for (name, kind) in kinds {
         eprintln!("# preparing {name}");
+        // A failed installation is only a warning: preparing says what is still missing.
+        if let Err(e) = install::ensure_packages(kind.programs(), may_install) {
+            eprintln!("# warning: installing the packages of {name}: {e}");
+        }
         let s = Subject::prepare(&name, kind, &env);
         if let Err(e) = &s.usable {
             eprintln!("# {name} unusable: {e}");

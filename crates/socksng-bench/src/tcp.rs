@@ -2,7 +2,8 @@
 //! cycles with latency percentiles, and memory per idle proxied connection.
 
 use crate::cases::{Measure, Params};
-use crate::procs::{sample_tree, tcp_congestion, CpuWindow, Meter, TreeSample};
+use crate::machine::{tcp_congestion, CpuWindow};
+use crate::procs::{sample_tree, Meter, TreeSample};
 use crate::socks::{io_error, open, step, Route, SocksError};
 use crate::stats::percentile_sorted;
 use crate::targets::{Targets, BULK, ZEROS};

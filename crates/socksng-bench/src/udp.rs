@@ -3,7 +3,8 @@
 //! trips with one datagram outstanding, and windowed throughput.
 
 use crate::cases::{Measure, Params};
-use crate::procs::{sample_tree, CpuWindow, Meter};
+use crate::machine::CpuWindow;
+use crate::procs::{sample_tree, Meter};
 use crate::socks::{negotiate, request, step, tcp_connect, udp_header, udp_header_len, Route};
 use crate::socks::{SocksError, CMD_UDP};
 use crate::stats::percentile_sorted;

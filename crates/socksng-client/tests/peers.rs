@@ -4,11 +4,12 @@
 //! fallbacks (BIND for a listener, UDP ASSOCIATE for datagrams) are the paths taken.
 //!
 //! The peers come from Debian's packages (dante-server, microsocks, openssh-server and
-//! openssh-client); `scripts/test-all` installs them, and as root a missing one is installed
-//! here.
+//! openssh-client), which `scripts/test-all` installs; nothing is installed here. So that a bare
+//! `cargo test` needs none of them, the tests are ignored unless asked for
+//! (`cargo test -- --include-ignored`, as scripts/test-all runs them).
 
-use socksng_bench::subjects::{start_peer, Env};
 use socksng_client::{Address, Client, ClientError, ProtocolPath, ProxyUrl};
+use socksng_testkit::subjects::{start_peer, Env};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -43,11 +44,10 @@ async fn connect_and_echo(c: &Client, echo: SocketAddr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "starts peer programs (Dante, microsocks, sshd, dnsmasq): run by scripts/test-all"]
 async fn dante_connect_bind_and_udp_associate() {
     let env = env("dante").await;
-    let (_subject, instance, addr) = start_peer("dante", &env)
-        .await
-        .expect("Dante must be installed (dante-server)");
+    let (_subject, instance, addr) = start_peer("dante", &env).await.expect("starting Dante");
     let c = client(addr);
     connect_and_echo(&c, env.targets.echo).await;
 
@@ -89,21 +89,21 @@ async fn dante_connect_bind_and_udp_associate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "starts peer programs (Dante, microsocks, sshd, dnsmasq): run by scripts/test-all"]
 async fn ssh_dynamic_forwarding_connect() {
     let env = env("sshd").await;
-    let (_subject, instance, addr) = start_peer("ssh-d", &env)
-        .await
-        .expect("ssh and sshd must be installed (openssh-client, openssh-server)");
+    let (_subject, instance, addr) = start_peer("ssh-d", &env).await.expect("starting ssh -D");
     connect_and_echo(&client(addr), env.targets.echo).await;
     instance.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "starts peer programs (Dante, microsocks, sshd, dnsmasq): run by scripts/test-all"]
 async fn microsocks_connect() {
     let env = env("microsocks").await;
     let (_subject, instance, addr) = start_peer("microsocks", &env)
         .await
-        .expect("microsocks must be installed");
+        .expect("starting microsocks");
     connect_and_echo(&client(addr), env.targets.echo).await;
     instance.stop().await;
 }

@@ -8,6 +8,7 @@
 use crate::conn::{allowed_addresses, Handshaken, SessionLog};
 use crate::connect::is_resource_exhaustion;
 use crate::connect::{canonical_addr, port_zero, tune_stream};
+use crate::outcome::{OutcomeKind, Side};
 use crate::policy::{canonical, Verdict};
 use crate::relay::{relay, RelayTimeouts};
 use socksng_proto::{Address, Command, Host, ReplyCode};
@@ -15,6 +16,9 @@ use std::net::{IpAddr, SocketAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::{sleep_until, Instant};
+
+/// The client closed before the peer came: its choice, not a failure.
+const CLIENT_GAVE_UP: &str = "client closed while waiting for the peer";
 
 /// How long a BIND whose client closed before the peer arrived still waits for the peer
 /// (`timeouts.half_close` if shorter).
@@ -98,13 +102,13 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
                     };
                     deadline = deadline.min(Instant::now() + linger);
                 }
-                Err(_) => { log.outcome = "client closed while waiting for the peer".into(); return; }
+                Err(_) => { log.end(OutcomeKind::Completed, Side::Client, CLIENT_GAVE_UP); return; }
                 Ok(k) if early.len() + k <= MAX_EARLY_DATA => early.extend_from_slice(&chunk[..k]),
-                Ok(_) => { log.outcome = "client sent too much before the peer arrived".into(); return; }
+                Ok(_) => { log.end(OutcomeKind::ProtocolError, Side::Client, "client sent too much before the peer arrived"); return; }
             },
             _ = sleep_until(deadline) => {
                 if client_eof {
-                    log.outcome = "client closed while waiting for the peer".into();
+                    log.end(OutcomeKind::Completed, Side::Client, CLIENT_GAVE_UP);
                     return;
                 }
                 let why = format!("no peer within {:?}", shared.cfg.timeouts.bind);
@@ -120,7 +124,7 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
     }
     if !early.is_empty() {
         if peer_stream.write_all(&early).await.is_err() {
-            log.outcome = "peer write failed".into();
+            log.end(OutcomeKind::Broken, Side::Target, "peer write failed");
             return;
         }
         log.add_up(early.len() as u64);
@@ -133,7 +137,7 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
         &log.down,
     )
     .await;
-    log.outcome = end.as_str().into();
+    log.outcome = Some(end.outcome());
 }
 
 /// Where to listen so the expected peer can reach us: the source address this host would use

@@ -4,6 +4,7 @@
 //! is ended or watched.
 
 use crate::connect::{canonical_addr, interleave};
+use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::Verdict;
 use crate::shared::Shared;
 use socksng_proto::{Address, Command, Host, ReplyCode, ServerHandshake};
@@ -24,7 +25,8 @@ pub(crate) struct SessionLog {
     pub connected: Option<SocketAddr>,
     pub up: AtomicU64,
     pub down: AtomicU64,
-    pub outcome: String,
+    /// How it ended; unset when it is dropped means it was cut at shutdown.
+    pub outcome: Option<SessionOutcome>,
     started: Instant,
 }
 
@@ -32,17 +34,17 @@ pub(crate) struct SessionLog {
 /// still reports who it was and what it moved.
 impl Drop for SessionLog {
     fn drop(&mut self) {
-        if self.outcome.is_empty() {
-            self.outcome = "cut at shutdown".into();
-        }
-        self.emit();
+        let outcome = self.outcome.take().unwrap_or_else(|| {
+            SessionOutcome::new(OutcomeKind::Cut, Side::Internal, "cut at shutdown")
+        });
+        self.emit(&outcome);
     }
 }
 
 /// Logs a connection refused before it became a session (a limit was reached).
 pub(crate) fn log_refused(client: SocketAddr, why: &str) {
     let mut log = SessionLog::new(canonical_addr(client));
-    log.outcome = why.to_owned();
+    log.end(OutcomeKind::Refused, Side::Policy, why);
 }
 
 impl SessionLog {
@@ -55,7 +57,7 @@ impl SessionLog {
             connected: None,
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
-            outcome: String::new(),
+            outcome: None,
             started: Instant::now(),
         }
     }
@@ -68,11 +70,17 @@ impl SessionLog {
         self.down.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Records a refusal with `code`.
     pub(crate) fn fail(&mut self, code: ReplyCode, why: impl std::fmt::Display) {
-        self.outcome = format!("{}: {why}", code.description());
+        self.outcome = Some(SessionOutcome::refused(code, why));
     }
 
-    fn emit(&self) {
+    /// Records how the session ended.
+    pub(crate) fn end(&mut self, kind: OutcomeKind, side: Side, detail: impl Into<String>) {
+        self.outcome = Some(SessionOutcome::new(kind, side, detail));
+    }
+
+    fn emit(&self, outcome: &SessionOutcome) {
         let target = self.target.as_ref().map(|t| t.to_string());
         let connected = self.connected.map(|c| c.to_string());
         // The target names the session line for log filters, wherever the code lives.
@@ -86,7 +94,11 @@ impl SessionLog {
             bytes_up = self.up.load(Ordering::Relaxed),
             bytes_down = self.down.load(Ordering::Relaxed),
             duration_ms = self.started.elapsed().as_millis() as u64,
-            outcome = %self.outcome,
+            outcome_kind = outcome.kind.as_str(),
+            side = outcome.side.as_str(),
+            reply = outcome.reply.map_or(0, |c| c.0),
+            // Last: its words run to the end of the line.
+            outcome = %outcome,
             "session"
         );
     }
@@ -119,7 +131,8 @@ impl Handshaken {
         match self.reply(ReplyCode::SUCCEEDED, &Address::ip(bound)).await {
             Ok(()) => true,
             Err(e) => {
-                log.outcome = format!("client gone before the reply: {e}");
+                let why = format!("client gone before the reply: {e}");
+                log.end(OutcomeKind::Broken, Side::Client, why);
                 false
             }
         }

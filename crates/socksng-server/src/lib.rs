@@ -17,6 +17,7 @@ mod admission;
 pub mod config;
 pub mod connect;
 pub mod host;
+pub mod outcome;
 pub mod policy;
 pub mod relay;
 pub mod testing;

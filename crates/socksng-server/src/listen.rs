@@ -11,6 +11,7 @@
 use crate::config::{names_user, PortGrant};
 use crate::conn::{Handshaken, SessionLog};
 use crate::connect::{canonical_addr, port_zero, tune_stream};
+use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::Verdict;
 use crate::relay::{relay, RelayTimeouts};
 use crate::shared::Shared;
@@ -283,7 +284,7 @@ pub(crate) async fn listen(
             user: user.as_deref(),
             owner: &owner,
         };
-        log.outcome = serve_listener(ctx, &mut conn.stream, grant).await;
+        log.outcome = Some(serve_listener(ctx, &mut conn.stream, grant).await);
     }
     // The socket closes before the place is given back.
     drop(listener);
@@ -303,12 +304,12 @@ fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-/// Runs a listener until its control connection ends; returns the log outcome.
+/// Runs a listener until its control connection ends; returns how it ended.
 async fn serve_listener(
     cx: ListenerCtx<'_>,
     control: &mut TcpStream,
     grant: ListenerGrant,
-) -> String {
+) -> SessionOutcome {
     let registry = &cx.shared.listeners;
     let mut machine = ServerListener::new(grant, now());
     // Each holder task reports at most once, so the queue is bounded by the backlog.
@@ -324,7 +325,16 @@ async fn serve_listener(
                     registry.remove_for(&token, cx.id);
                 }
                 ServerListenerEvent::Close { reason, why } => {
-                    closing = Some(format!("closed it (CLOSING {:#04x}): {why}", reason.0))
+                    // CLOSING's reason says whose doing the end was.
+                    let (kind, side) = match reason {
+                        ReplyCode::COMMAND_NOT_SUPPORTED => {
+                            (OutcomeKind::ProtocolError, Side::Client)
+                        }
+                        rep::TIMED_OUT => (OutcomeKind::TimedOut, Side::Client),
+                        _ => (OutcomeKind::Broken, Side::Internal),
+                    };
+                    let words = format!("closed it (CLOSING {:#04x}): {why}", reason.0);
+                    closing = Some(SessionOutcome::new(kind, side, words));
                 }
             }
         }
@@ -332,7 +342,11 @@ async fn serve_listener(
             let written = control.write_all(&out).await;
             out.clear();
             if written.is_err() {
-                break "control connection failed".to_string();
+                break SessionOutcome::new(
+                    OutcomeKind::Broken,
+                    Side::Client,
+                    "control connection failed",
+                );
             }
         }
         if let Some(why) = closing {
@@ -368,8 +382,8 @@ async fn serve_listener(
                 machine.announce(token, Address::ip(peer), now());
             }
             r = control.read(&mut chunk) => match r {
-                Ok(0) => break "control connection closed".to_string(),
-                Err(e) => break format!("control connection failed: {e}"),
+                Ok(0) => break SessionOutcome::new(OutcomeKind::Completed, Side::Client, "control connection closed"),
+                Err(e) => break SessionOutcome::new(OutcomeKind::Broken, Side::Client, format!("control connection failed: {e}")),
                 Ok(n) => machine.handle_input(&chunk[..n], now()),
             },
             Some(token) = gone_rx.recv() => {
@@ -385,10 +399,10 @@ async fn serve_listener(
         registry.remove_for(token, cx.id);
     }
     let st = machine.stats();
-    format!(
-        "{end}; announced {}, claimed {}, refused {}, expired {}, gone {}, overflow {overflow}",
+    end.with_note(format_args!(
+        "announced {}, claimed {}, refused {}, expired {}, gone {}, overflow {overflow}",
         st.announced, st.claimed, st.refused, st.expired, st.gone
-    )
+    ))
 }
 
 /// Holds an announced connection until it is claimed (handing it over) or its entry leaves
@@ -456,7 +470,7 @@ pub(crate) async fn accept(mut conn: Handshaken, token: Token, log: &mut Session
         &log.down,
     )
     .await;
-    log.outcome = end.as_str().into();
+    log.outcome = Some(end.outcome());
 }
 
 #[cfg(test)]

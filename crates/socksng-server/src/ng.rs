@@ -3,6 +3,7 @@
 
 use crate::config::{Action, Config};
 use crate::conn::{Handshaken, SessionLog};
+use crate::outcome::{OutcomeKind, Side};
 use socksng_proto::wire::ng::{
     cmd, Capabilities, NgRequest, ServedRange, MAX_UDP_PAYLOAD, NG_REVISION,
 };
@@ -72,10 +73,15 @@ async fn capabilities(mut conn: Handshaken, log: &mut SessionLog) {
         .is_err()
         || conn.stream.write_all(&block).await.is_err()
     {
-        log.outcome = "client gone before the capabilities".into();
+        log.end(
+            OutcomeKind::Broken,
+            Side::Client,
+            "client gone before the capabilities",
+        );
         return;
     }
-    log.outcome = format!("{} range(s) announced", caps.ranges.len());
+    let done = format!("{} range(s) announced", caps.ranges.len());
+    log.end(OutcomeKind::Completed, Side::Client, done);
 }
 
 /// The served ranges as draft-ietf-intarea-proxy-config JSON (a `proxies` entry for this

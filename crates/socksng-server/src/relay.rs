@@ -9,6 +9,7 @@
 //! A direction that fills a whole buffer in one read is carrying bulk data; on Linux it then
 //! switches to splice(2) through a pipe of its own, so the bytes never enter user space.
 
+use crate::outcome::Side;
 use socket2::SockRef;
 use std::cell::RefCell;
 use std::io;
@@ -39,18 +40,30 @@ pub enum RelayEnd {
     Idle,
     /// The client closed its side and the target sent nothing for the half-close timeout.
     HalfClosed,
-    /// A read or write failed (reset, broken pipe).
-    Error,
+    /// A read or write failed (reset, broken pipe) on this side's socket.
+    Error(Side),
 }
 
 impl RelayEnd {
+    /// The session outcome a relay's end is.
+    pub fn outcome(self) -> crate::outcome::SessionOutcome {
+        use crate::outcome::{OutcomeKind, SessionOutcome};
+        let (kind, side) = match self {
+            RelayEnd::Closed => (OutcomeKind::Completed, Side::Client),
+            RelayEnd::Idle => (OutcomeKind::TimedOut, Side::Client),
+            RelayEnd::HalfClosed => (OutcomeKind::TimedOut, Side::Target),
+            RelayEnd::Error(side) => (OutcomeKind::Broken, side),
+        };
+        SessionOutcome::new(kind, side, self.as_str())
+    }
+
     /// Word for the session log.
     pub fn as_str(self) -> &'static str {
         match self {
             RelayEnd::Closed => "closed",
             RelayEnd::Idle => "idle timeout",
             RelayEnd::HalfClosed => "half-close timeout",
-            RelayEnd::Error => "reset",
+            RelayEnd::Error(_) => "reset",
         }
     }
 }
@@ -195,20 +208,29 @@ struct Direction<'a> {
     epoch: Instant,
 }
 
+/// Which socket of a direction failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    /// The one it reads from.
+    Reading,
+    /// The one it writes to.
+    Writing,
+}
+
 impl Direction<'_> {
     /// Writes all of `data` to the destination, counting each part as it goes: a slow reader
     /// draining a large chunk is activity, not idleness.
-    async fn send(&self, mut data: &[u8]) -> io::Result<()> {
+    async fn send(&self, mut data: &[u8]) -> Result<(), Failed> {
         while !data.is_empty() {
-            self.to.writable().await?;
+            self.to.writable().await.map_err(|_| Failed::Writing)?;
             match self.to.try_write(data) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(0) => return Err(Failed::Writing),
                 Ok(n) => {
                     self.record(n);
                     data = &data[n..];
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                Err(_) => return Err(Failed::Writing),
             }
         }
         Ok(())
@@ -220,7 +242,7 @@ impl Direction<'_> {
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn half_close(&self) -> io::Result<()> {
+    fn half_close(&self) -> Result<(), Failed> {
         if self.one_done.swap(true, Ordering::Relaxed) {
             // The other direction has read `to` to its EOF, so the relay ends now and its
             // caller closes both sockets; the close sends this FIN (nothing is left unread, so
@@ -230,11 +252,12 @@ impl Direction<'_> {
         match SockRef::from(self.to).shutdown(std::net::Shutdown::Write) {
             // The destination may already be gone; its own direction reports that.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-            other => other,
+            Err(_) => Err(Failed::Writing),
+            Ok(()) => Ok(()),
         }
     }
 
-    async fn run(self, splice_allowed: bool) -> io::Result<()> {
+    async fn run(self, splice_allowed: bool) -> Result<(), Failed> {
         let mut bulk = false;
         loop {
             if bulk {
@@ -242,7 +265,7 @@ impl Direction<'_> {
                 #[cfg(target_os = "linux")]
                 return Box::pin(splice::pump(&self)).await;
             }
-            self.from.readable().await?;
+            self.from.readable().await.map_err(|_| Failed::Reading)?;
             let mut buf = PooledBuf::take();
             let bytes = buf.bytes();
             let room = bytes.len();
@@ -250,7 +273,7 @@ impl Direction<'_> {
                 Ok(0) => return self.half_close(),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                Err(_) => return Err(Failed::Reading),
             };
             self.send(&buf.bytes()[..n]).await?;
             bulk = splice_allowed && cfg!(target_os = "linux") && n == BUF_SIZE;
@@ -261,7 +284,7 @@ impl Direction<'_> {
 #[cfg(target_os = "linux")]
 mod splice {
     //! Zero-copy forwarding for one direction: socket → pipe → socket with splice(2).
-    use super::Direction;
+    use super::{Direction, Failed};
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use tokio::io::Interest;
@@ -316,12 +339,13 @@ mod splice {
         }
     }
 
-    pub(super) async fn pump(d: &Direction<'_>) -> io::Result<()> {
-        let pipe = Pipe::new()?;
+    pub(super) async fn pump(d: &Direction<'_>) -> Result<(), Failed> {
+        // Without a pipe this direction cannot go on; the read side is as good a name as any.
+        let pipe = Pipe::new().map_err(|_| Failed::Reading)?;
         super::SPLICED_DIRECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (from_fd, to_fd) = (d.from.as_raw_fd(), d.to.as_raw_fd());
         loop {
-            d.from.readable().await?;
+            d.from.readable().await.map_err(|_| Failed::Reading)?;
             // Not `read_drained`: splice also stops short when the pipe runs out of slots
             // with data still queued, so a short splice says nothing about the socket.
             let n = match d.from.try_io(Interest::READABLE, || {
@@ -330,21 +354,21 @@ mod splice {
                 Ok(0) => return d.half_close(),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                Err(_) => return Err(Failed::Reading),
             };
             let mut left = n;
             while left > 0 {
-                d.to.writable().await?;
+                d.to.writable().await.map_err(|_| Failed::Writing)?;
                 match d.to.try_io(Interest::WRITABLE, || {
                     splice(pipe.read.as_raw_fd(), to_fd, left)
                 }) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(0) => return Err(Failed::Writing),
                     Ok(m) => {
                         left -= m;
                         d.record(m);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
+                    Err(_) => return Err(Failed::Writing),
                 }
             }
         }
@@ -428,14 +452,16 @@ pub async fn relay(
         tokio::select! {
             r = &mut up_run, if !up_done => match r {
                 // One failing direction (a reset, say) ends both: the other may never see EOF.
-                Err(_) => return RelayEnd::Error,
+                Err(Failed::Reading) => return RelayEnd::Error(Side::Client),
+                Err(Failed::Writing) => return RelayEnd::Error(Side::Target),
                 Ok(()) => {
                     up_done = true;
                     activity.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
             },
             r = &mut down_run, if !down_done => match r {
-                Err(_) => return RelayEnd::Error,
+                Err(Failed::Reading) => return RelayEnd::Error(Side::Target),
+                Err(Failed::Writing) => return RelayEnd::Error(Side::Client),
                 Ok(()) => {
                     down_done = true;
                     activity.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);

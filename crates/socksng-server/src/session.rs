@@ -5,6 +5,7 @@
 use crate::admission::{NotChecked, StageSlot};
 use crate::conn::{allowed_addresses, client_gone, linger_close, Handshaken, SessionLog};
 use crate::connect::{canonical_addr, connect_racing, reply_code_for};
+use crate::outcome::{OutcomeKind, Side};
 use crate::relay::{relay, RelayTimeouts};
 use crate::shared::Shared;
 use socksng_proto::wire::ng::NgRequest;
@@ -30,7 +31,11 @@ pub(crate) async fn serve(
     let peer = canonical_addr(peer);
     let mut log = SessionLog::new(peer);
     if !shared.policy.client_allowed(peer.ip()) {
-        log.outcome = "client network not allowed".into();
+        log.end(
+            OutcomeKind::Refused,
+            Side::Policy,
+            "client network not allowed",
+        );
         return;
     }
     // Nodelay and keepalive came with the accepted socket from the listener (server.rs).
@@ -45,11 +50,12 @@ pub(crate) async fn serve(
     .await;
     let (conn, asked) = match result {
         Err(_) => {
-            log.outcome = format!("handshake timed out after {handshake_timeout:?}");
+            let why = format!("handshake timed out after {handshake_timeout:?}");
+            log.end(OutcomeKind::TimedOut, Side::Client, why);
             return;
         }
         Ok(Err(why)) => {
-            log.outcome = why;
+            log.end(OutcomeKind::HandshakeFailed, Side::Client, why);
             return;
         }
         Ok(Ok(x)) => x,
@@ -267,7 +273,8 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
     let reached = tokio::select! {
         r = reach => r,
         _ = client_gone(&conn.stream) => {
-            log.outcome = "client gone before the target was reached".into();
+            let why = "client gone before the target was reached";
+            log.end(OutcomeKind::Broken, Side::Client, why);
             return;
         }
     };
@@ -285,7 +292,11 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
     }
     if !conn.early_data.is_empty() {
         if let Err(e) = target.write_all(&conn.early_data).await {
-            log.outcome = format!("target write failed: {e}");
+            log.end(
+                OutcomeKind::Broken,
+                Side::Target,
+                format!("target write failed: {e}"),
+            );
             return;
         }
         log.add_up(conn.early_data.len() as u64);
@@ -299,5 +310,5 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
         &log.down,
     )
     .await;
-    log.outcome = end.as_str().into();
+    log.outcome = Some(end.outcome());
 }

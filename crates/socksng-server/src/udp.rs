@@ -13,6 +13,7 @@
 
 use crate::conn::{Handshaken, SessionLog};
 use crate::connect::{external_for, interleave, port_zero};
+use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::{canonical, Verdict};
 use crate::relay::{read_drained, IdleTimer, PooledBuf};
 use crate::shared::Shared;
@@ -40,6 +41,10 @@ async fn readable(sock: &Option<UdpSocket>) -> io::Result<()> {
         Some(s) => s.readable().await,
         None => std::future::pending().await,
     }
+}
+
+fn ended(kind: OutcomeKind, side: Side, why: impl Into<String>) -> SessionOutcome {
+    SessionOutcome::new(kind, side, why)
 }
 
 /// Counters for the session log.
@@ -236,13 +241,13 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
     let end = loop {
         tokio::select! {
             r = conn.stream.read(&mut control_buf) => match r {
-                Ok(0) => break "control connection closed".to_string(),
+                Ok(0) => break ended(OutcomeKind::Completed, Side::Client, "control connection closed"),
                 Ok(_) => continue, // Nothing is defined for the client to send here.
-                Err(e) => break format!("control connection failed: {e}"),
+                Err(e) => break ended(OutcomeKind::Broken, Side::Client, format!("control connection failed: {e}")),
             },
             r = relay.readable() => {
                 if let Err(e) = r {
-                    break format!("relay socket failed: {e}");
+                    break ended(OutcomeKind::Broken, Side::Internal, format!("relay socket failed: {e}"));
                 }
                 let mut held = PooledBuf::take_datagram();
                 let buf = held.bytes();
@@ -288,13 +293,13 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
                     n.dropped += 1;
                 }
             },
-            _ = idle.expired() => break format!("no datagram for {:?}", conn.shared.cfg.timeouts.udp_idle),
+            _ = idle.expired() => break ended(OutcomeKind::TimedOut, Side::Client, format!("no datagram for {:?}", conn.shared.cfg.timeouts.udp_idle)),
         }
     };
-    log.outcome = format!(
-        "{end}; datagrams up {} down {} dropped {}",
+    log.outcome = Some(end.with_note(format_args!(
+        "datagrams up {} down {} dropped {}",
         n.up, n.down, n.dropped
-    );
+    )));
 }
 
 /// Writes what the socket takes of the frames queued for the client (`outq` from `sent_off`);
@@ -369,15 +374,15 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
         let want_write = sent_off < outq.len();
         tokio::select! {
             r = stream.readable() => {
-                if let Err(e) = r { break format!("connection failed: {e}"); }
+                if let Err(e) = r { break ended(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}")); }
                 let mut held = PooledBuf::take_datagram();
                 let chunk = held.bytes();
                 let room = chunk.len();
                 let got = match read_drained(stream, room, || stream.try_read(chunk)) {
-                    Ok(0) => break "client closed".to_string(),
+                    Ok(0) => break ended(OutcomeKind::Completed, Side::Client, "client closed"),
                     Ok(k) => k,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => break format!("connection failed: {e}"),
+                    Err(e) => break ended(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}")),
                 };
                 idle.touch();
                 // Frames are relayed straight from the read buffer; only a partial frame at
@@ -421,23 +426,23 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
                 // Nothing was waiting: write now rather than after another turn of the loop.
                 if was_idle {
                     if let Err(e) = write_queued(stream, &mut outq, &mut sent_off, limit) {
-                        break format!("connection failed: {e}");
+                        break ended(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}"));
                     }
                 }
             }
             r = stream.writable(), if want_write => {
-                if let Err(e) = r { break format!("connection failed: {e}"); }
+                if let Err(e) = r { break ended(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}")); }
                 if let Err(e) = write_queued(stream, &mut outq, &mut sent_off, limit) {
-                    break format!("connection failed: {e}");
+                    break ended(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}"));
                 }
             }
-            _ = idle.expired() => break format!("no datagram for {:?}", conn.shared.cfg.timeouts.udp_idle),
+            _ = idle.expired() => break ended(OutcomeKind::TimedOut, Side::Client, format!("no datagram for {:?}", conn.shared.cfg.timeouts.udp_idle)),
         }
     };
-    log.outcome = format!(
-        "{end}; datagrams up {} down {} dropped {}",
+    log.outcome = Some(end.with_note(format_args!(
+        "datagrams up {} down {} dropped {}",
         n.up, n.down, n.dropped
-    );
+    )));
 }
 
 /// ERROR frames a tunnel sends per second at most; the rest are dropped silently, so a
@@ -482,7 +487,7 @@ async fn relay_frames(
     n: &mut Counts,
     log: &SessionLog,
     errors: &mut ErrorFrames,
-) -> Result<usize, String> {
+) -> Result<usize, SessionOutcome> {
     let mut used = 0;
     loop {
         let rest = &data[used..];
@@ -506,10 +511,14 @@ async fn relay_frames(
                 }
             }
             Ok((TunnelFrame::Error { .. }, _)) => {
-                return Err("malformed frame: an ERROR frame from the client".into())
+                let why = "malformed frame: an ERROR frame from the client";
+                return Err(ended(OutcomeKind::ProtocolError, Side::Client, why));
             }
             Err(DecodeError::Incomplete) => return Ok(used),
-            Err(e) => return Err(format!("malformed frame: {e}")),
+            Err(e) => {
+                let why = format!("malformed frame: {e}");
+                return Err(ended(OutcomeKind::ProtocolError, Side::Client, why));
+            }
         }
     }
 }

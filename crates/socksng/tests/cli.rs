@@ -1,6 +1,8 @@
 //! The `socksng` command against real servers: socksngd in-process (SOCKS-NG and plain),
 //! curl as the outside clients of forward-remote, sshd behind `connect` as ProxyCommand, and
-//! routing across two servers plus direct, checked by what the targets see.
+//! routing across two servers plus direct, checked by what the targets see. The tests that
+//! start sshd or dnsmasq are ignored unless asked for, as scripts/test-all does (it installs
+//! them); nothing is installed here.
 
 use socksng_server::testing::{echo_server, TestServer};
 use std::net::SocketAddr;
@@ -345,8 +347,7 @@ fn free_udp_and_tcp_port() -> u16 {
 /// dnsmasq binds it, so another test may take it in between: dnsmasq then exits, and it is
 /// started again on another port.
 async fn dnsmasq() -> (Child, SocketAddr) {
-    let bin = socksng_bench::subjects::tool("dnsmasq", "dnsmasq-base")
-        .expect("dnsmasq must be installed (dnsmasq-base)");
+    let bin = socksng_testkit::require("dnsmasq");
     let mut last_words = String::new();
     for _ in 0..5 {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_and_tcp_port()));
@@ -400,6 +401,7 @@ async fn dnsmasq() -> (Child, SocketAddr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "starts peer programs (Dante, microsocks, sshd, dnsmasq): run by scripts/test-all"]
 async fn one_dns_query_through_the_tunnel_and_udp_associate() {
     let (_dns, dns) = dnsmasq().await;
     let ng = proxy("dns-ng", ALLOW_LOOPBACK).await;
@@ -586,21 +588,19 @@ async fn routing_across_two_servers_a_plain_one_and_direct() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "starts peer programs (Dante, microsocks, sshd, dnsmasq): run by scripts/test-all"]
 async fn connect_as_ssh_proxy_command() {
     let p = proxy(
         "ssh",
         &format!("external = [\"127.0.0.11\"]\n{ALLOW_LOOPBACK}"),
     )
     .await;
-    let env = socksng_bench::subjects::Env::for_tests(scratch("ssh-peer"))
+    let env = socksng_testkit::subjects::Env::for_tests(scratch("ssh-peer"))
         .await
         .unwrap();
-    let kind = socksng_bench::subjects::Kind::SshD;
-    let subject = socksng_bench::subjects::Subject::prepare("ssh-d", kind, &env);
-    let (mut sshd, port, key, user) = subject
-        .start_sshd_only()
-        .await
-        .expect("sshd and ssh must be installed (openssh-server, openssh-client)");
+    let kind = socksng_testkit::subjects::Kind::SshD;
+    let subject = socksng_testkit::subjects::Subject::prepare("ssh-d", kind, &env);
+    let (mut sshd, port, key, user) = subject.start_sshd_only().await.expect("starting sshd");
     let proxy_command = format!(
         "{} -x {} connect %h:%p",
         env!("CARGO_BIN_EXE_socksng"),

@@ -1,7 +1,7 @@
-//! The SOCKS5 client side of the load generator: greeting, RFC 1929 login, CONNECT and UDP
-//! ASSOCIATE over tokio streams, every step under a timeout, and the RFC 1928 §7 UDP header.
-//! Written from the RFCs and independent of socksng-proto, so the proxy under test is not
-//! checked against its own codec.
+//! The SOCKS5 client of the peers' readiness probes and of the benchmark's load generator:
+//! greeting, RFC 1929 login, CONNECT and UDP ASSOCIATE over tokio streams, every step under a
+//! timeout, and the RFC 1928 §7 UDP header. Written from the RFCs and independent of
+//! socksng-proto, so the proxy under test is not checked against its own codec.
 
 use std::fmt;
 use std::future::Future;

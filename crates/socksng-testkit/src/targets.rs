@@ -1,8 +1,8 @@
-//! The built-in targets the proxies connect to, served by the benchmark process itself on
-//! 127.0.0.1: a data server that sinks an upload or sources a download, a TCP echo and a UDP
+//! The built-in targets the proxies connect to, served by the test or benchmark process itself
+//! on 127.0.0.1: a data server that sinks an upload or sources a download, a TCP echo and a UDP
 //! echo.
 //!
-//! Bulk data moves by sendfile/splice unless `--copy-io` (see `zerocopy`).
+//! Bulk data moves by sendfile/splice unless the benchmark's `--copy-io` (see `zerocopy`).
 //!
 //! Data protocol: the client sends `op` (b'U' or b'D') and a big-endian u64 length. For `U`
 //! the server reads that many bytes and answers one byte `K`, so the upload's end is known

@@ -1,11 +1,12 @@
 //! The servers under test ("subjects"): direct, socksngd, Dante, microsocks, `ssh -D` and any
-//! command given on the command line. Owns their configuration files, package installation,
-//! start-up (pinned to the proxy CPU, readiness checked with a real CONNECT) and teardown.
+//! command given on the command line. Owns their configuration files, start-up (pinned to the
+//! proxy CPU, readiness checked with a real CONNECT) and teardown. Their programs are looked
+//! up, never installed (see `programs`).
 
 use crate::procs::{log_tail, Cgroup, Meter, Proc};
+use crate::programs::{find, run_capture, which};
 use crate::socks::{open, step, Credentials, Route};
 use crate::targets::Targets;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,6 +42,19 @@ pub enum Kind {
     },
 }
 
+impl Kind {
+    /// The programs this kind of server runs, each one of `programs::PACKAGES`: what must be
+    /// installed before it can start.
+    pub fn programs(&self) -> &'static [&'static str] {
+        match self {
+            Kind::Dante => &["danted"],
+            Kind::Microsocks => &["microsocks"],
+            Kind::SshD => &["sshd", "ssh", "ssh-keygen"],
+            Kind::Direct | Kind::Socksng { .. } | Kind::Custom { .. } => &[],
+        }
+    }
+}
+
 /// Shared settings for starting subjects.
 pub struct Env {
     /// Run directory for configs and logs.
@@ -59,8 +73,6 @@ pub struct Env {
     pub allow_system_user: bool,
     /// socksngd's `log_level`.
     pub socksng_log_level: String,
-    /// Whether missing packages may be installed.
-    pub may_install: bool,
 }
 
 /// A subject after preparation.
@@ -114,7 +126,7 @@ impl Instance {
 
 impl Env {
     /// Settings for test suites that need a real peer: a run directory of their own, no
-    /// pinning, packages installed only as root, no system user for Dante.
+    /// pinning, no system user for Dante.
     pub async fn for_tests(dir: PathBuf) -> Result<Env, String> {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         Ok(Env {
@@ -131,7 +143,6 @@ impl Env {
             io_timeout: Duration::from_secs(10),
             allow_system_user: false,
             socksng_log_level: "warn".into(),
-            may_install: is_root(),
         })
     }
 }
@@ -171,109 +182,6 @@ fn current_user() -> String {
             .to_string_lossy()
             .into_owned()
     }
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    if bin.contains('/') {
-        return Path::new(bin).is_file().then(|| PathBuf::from(bin));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
-}
-
-/// The path of `bin`, installing Debian's `package` first when it is missing and this process
-/// runs as root: for test suites that drive a real program (dnsmasq, say).
-pub fn tool(bin: &str, package: &str) -> Result<PathBuf, String> {
-    ensure_packages(&[(bin, package)], is_root())?;
-    which(bin).ok_or_else(|| format!("{bin} not found after installing {package}"))
-}
-
-/// Runs a short command, returning stdout+stderr; bounded by `timeout`.
-fn run_capture(
-    cmd: &mut Command,
-    stdin: Option<&str>,
-    timeout: Duration,
-) -> Result<String, String> {
-    let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    if let (Some(text), Some(mut inp)) = (stdin, child.stdin.take()) {
-        let _ = inp.write_all(text.as_bytes());
-    }
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{cmd:?}: timed out"));
-            }
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("{cmd:?} failed ({}): {}", out.status, text.trim()))
-    }
-}
-
-/// Installs the Debian packages providing the missing binaries when allowed.
-pub fn ensure_packages(wanted: &[(&str, &str)], may_install: bool) -> Result<(), String> {
-    let missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(bin, _)| which(bin).is_none())
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !may_install {
-        return Err(format!(
-            "missing package(s) {}; run as root or with --install",
-            missing.join(" ")
-        ));
-    }
-    let mut pkgs = missing.clone();
-    pkgs.dedup();
-    eprintln!("# installing {}", pkgs.join(" "));
-    let install = |pkgs: &[&str]| {
-        run_capture(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(pkgs)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            None,
-            Duration::from_secs(600),
-        )
-    };
-    if install(&pkgs).is_err() {
-        // Stale package lists are the usual reason; refresh once and retry.
-        run_capture(
-            Command::new("apt-get").args(["update", "-q"]),
-            None,
-            Duration::from_secs(300),
-        )?;
-        install(&pkgs)?;
-    }
-    Ok(())
 }
 
 /// A system user created for Dante's username method; deleted again on drop.
@@ -340,7 +248,8 @@ impl Subject {
         })
     }
 
-    /// Checks binaries, installs packages, writes the files every start needs.
+    /// Checks that its programs are there (installing none), writes the files every start
+    /// needs.
     pub fn prepare(name: &str, kind: Kind, env: &Env) -> Subject {
         let dir = env.dir.join(name);
         let mut s = Subject {
@@ -369,6 +278,9 @@ impl Subject {
     }
 
     fn prepare_kind(&mut self, env: &Env) -> Result<(), String> {
+        for bin in self.kind.programs() {
+            find(bin)?;
+        }
         let creds = &env.creds;
         match self.kind.clone() {
             Kind::Direct => {
@@ -402,7 +314,6 @@ impl Subject {
                 }
             }
             Kind::Dante => {
-                ensure_packages(&[("danted", "dante-server")], env.may_install)?;
                 self.version = run_capture(Command::new(danted()).arg("-v"), None, secs(10))
                     .unwrap_or_else(|e| e)
                     .lines()
@@ -440,7 +351,6 @@ impl Subject {
                 self.udp_note = None;
             }
             Kind::Microsocks => {
-                ensure_packages(&[("microsocks", "microsocks")], env.may_install)?;
                 self.version = "microsocks (Debian package)".into();
                 if let Ok(v) = run_capture(
                     Command::new("dpkg-query").args(["-W", "-f", "${Version}", "microsocks"]),
@@ -452,14 +362,6 @@ impl Subject {
                 self.udp_note = Some("microsocks implements CONNECT only".into());
             }
             Kind::SshD => {
-                ensure_packages(
-                    &[
-                        ("sshd", "openssh-server"),
-                        ("ssh", "openssh-client"),
-                        ("ssh-keygen", "openssh-client"),
-                    ],
-                    env.may_install,
-                )?;
                 self.version = run_capture(Command::new("ssh").arg("-V"), None, secs(10))
                     .unwrap_or_else(|e| e)
                     .trim()
@@ -609,7 +511,7 @@ impl Subject {
                 ak = d.join("authorized_keys").display(),
             ),
         )?;
-        let sshd_bin = which("sshd").ok_or("sshd not found")?;
+        let sshd_bin = find("sshd")?;
         let mut c = Command::new(sshd_bin);
         c.arg("-f").arg(&conf).args(["-D", "-e"]);
         let mut sshd = spawn("sshd", c)?;
