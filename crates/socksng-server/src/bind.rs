@@ -35,7 +35,7 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
         Host::Ip(ip) if ip.is_unspecified() => None,
         _ => match allowed_addresses(&shared, user.as_deref(), Command::Bind, &expected).await {
             Ok(addrs) => Some(addrs.iter().map(|a| canonical(a.ip())).collect()),
-            Err((code, why)) => return conn.refuse(log, code, why).await,
+            Err(refusal) => return conn.refuse_with(log, refusal).await,
         },
     };
     let control_local = match conn.stream.local_addr() {

@@ -70,11 +70,6 @@ impl SessionLog {
         self.down.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Records a refusal with `code`.
-    pub(crate) fn fail(&mut self, code: ReplyCode, why: impl std::fmt::Display) {
-        self.outcome = Some(SessionOutcome::refused(code, why));
-    }
-
     /// Records how the session ended.
     pub(crate) fn end(&mut self, kind: OutcomeKind, side: Side, detail: impl Into<String>) {
         self.outcome = Some(SessionOutcome::new(kind, side, detail));
@@ -145,7 +140,14 @@ impl Handshaken {
         code: ReplyCode,
         why: impl std::fmt::Display,
     ) {
-        log.fail(code, why);
+        self.refuse_with(log, SessionOutcome::refused(code, why))
+            .await
+    }
+
+    /// Sends the failure reply `outcome` carries (general failure if none) and records it.
+    pub async fn refuse_with(&mut self, log: &mut SessionLog, outcome: SessionOutcome) {
+        let code = outcome.reply.unwrap_or(ReplyCode::GENERAL_FAILURE);
+        log.outcome = Some(outcome);
         if self.reply(code, &Address::unspecified()).await.is_ok() {
             linger_close(&mut self.stream).await;
         }
@@ -175,13 +177,13 @@ pub(crate) async fn linger_close(stream: &mut TcpStream) {
 }
 
 /// Resolves and policy-checks a destination: the allowed addresses in connection order, or
-/// the reply code and reason for refusing it.
+/// the refusal.
 pub(crate) async fn allowed_addresses(
     shared: &Shared,
     user: Option<&str>,
     command: Command,
     address: &Address,
-) -> Result<Vec<SocketAddr>, (ReplyCode, String)> {
+) -> Result<Vec<SocketAddr>, SessionOutcome> {
     let policy = &shared.policy;
     let port = address.port;
     let (name, candidates) = match &address.host {
@@ -191,7 +193,7 @@ pub(crate) async fn allowed_addresses(
         ),
         Host::Domain(name) => {
             if let Some(Verdict::Deny(why)) = policy.check_name(user, command, name, port) {
-                return Err((ReplyCode::NOT_ALLOWED, why.to_string()));
+                return Err(SessionOutcome::refused(ReplyCode::NOT_ALLOWED, why));
             }
             let resolved = timeout(
                 shared.cfg.timeouts.connect,
@@ -199,16 +201,12 @@ pub(crate) async fn allowed_addresses(
             )
             .await
             .map_err(|_| {
-                (
-                    ReplyCode::HOST_UNREACHABLE,
-                    format!("resolving {name} timed out"),
-                )
+                let why = format!("resolving {name} timed out");
+                SessionOutcome::refused(ReplyCode::HOST_UNREACHABLE, why)
             })?
             .map_err(|e| {
-                (
-                    ReplyCode::HOST_UNREACHABLE,
-                    format!("cannot resolve {name}: {e}"),
-                )
+                let why = format!("cannot resolve {name}: {e}");
+                SessionOutcome::refused(ReplyCode::HOST_UNREACHABLE, why)
             })?;
             (Some(name.as_str()), resolved)
         }
@@ -225,10 +223,8 @@ pub(crate) async fn allowed_addresses(
         })
         .collect();
     if allowed.is_empty() {
-        return Err((
-            ReplyCode::NOT_ALLOWED,
-            refusal.unwrap_or_else(|| "no address allowed".into()),
-        ));
+        let why = refusal.unwrap_or_else(|| "no address allowed".into());
+        return Err(SessionOutcome::refused(ReplyCode::NOT_ALLOWED, why));
     }
     Ok(interleave(&allowed, shared.cfg.resolver.prefer))
 }

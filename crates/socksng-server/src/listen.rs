@@ -109,27 +109,31 @@ fn choose_and_bind(
     port: u16,
     exact: bool,
     backlog: u32,
-) -> Result<TcpListener, (ReplyCode, String)> {
+) -> Result<TcpListener, SessionOutcome> {
     if port != 0 {
         let refusal = match port_verdict(grants, groups, user, port) {
             PortVerdict::Allowed => match bind_listener(SocketAddr::new(ip, port), backlog) {
                 Ok(l) => return Ok(l),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                    (rep::PORT_IN_USE, format!("port {port} in use"))
+                    SessionOutcome::refused(rep::PORT_IN_USE, format!("port {port} in use"))
                 }
                 Err(e) => return Err(bind_refusal(ip, e)),
             },
-            PortVerdict::Reserved => (rep::PORT_RESERVED, format!("port {port} reserved")),
-            PortVerdict::NotAllowed => (ReplyCode::NOT_ALLOWED, format!("port {port} not granted")),
+            PortVerdict::Reserved => {
+                SessionOutcome::refused(rep::PORT_RESERVED, format!("port {port} reserved"))
+            }
+            PortVerdict::NotAllowed => {
+                SessionOutcome::refused(ReplyCode::NOT_ALLOWED, format!("port {port} not granted"))
+            }
         };
         if exact {
             return Err(refusal);
         }
     }
     if !grants.iter().any(|g| grant_applies(g, user, groups)) {
-        return Err((
+        return Err(SessionOutcome::refused(
             ReplyCode::NOT_ALLOWED,
-            "no port granted to this user".into(),
+            "no port granted to this user",
         ));
     }
     // The kernel's pick is usually inside the grants; otherwise try random granted ports.
@@ -145,9 +149,9 @@ fn choose_and_bind(
         .flat_map(|g| g.ports.iter().map(|r| r.0.clone()))
         .collect();
     if ranges.is_empty() {
-        return Err((
+        return Err(SessionOutcome::refused(
             ReplyCode::NOT_ALLOWED,
-            "no port granted to this user".into(),
+            "no port granted to this user",
         ));
     }
     let mut rng = rand_core::OsRng;
@@ -162,19 +166,20 @@ fn choose_and_bind(
             return Ok(l);
         }
     }
-    Err((rep::PORT_IN_USE, "no free granted port found".into()))
+    Err(SessionOutcome::refused(
+        rep::PORT_IN_USE,
+        "no free granted port found",
+    ))
 }
 
 /// A bind that failed for a reason other than the port: an address this host does not have
 /// is not one the client may listen on.
-fn bind_refusal(ip: IpAddr, e: io::Error) -> (ReplyCode, String) {
+fn bind_refusal(ip: IpAddr, e: io::Error) -> SessionOutcome {
     if e.kind() == io::ErrorKind::AddrNotAvailable {
-        (
-            ReplyCode::NOT_ALLOWED,
-            format!("{ip} is not an address of this host"),
-        )
+        let why = format!("{ip} is not an address of this host");
+        SessionOutcome::refused(ReplyCode::NOT_ALLOWED, why)
     } else {
-        (ReplyCode::GENERAL_FAILURE, format!("listen: {e}"))
+        SessionOutcome::refused(ReplyCode::GENERAL_FAILURE, format!("listen: {e}"))
     }
 }
 
@@ -259,7 +264,7 @@ pub(crate) async fn listen(
     );
     let listener = match bound {
         Ok(l) => l,
-        Err((code, why)) => return conn.refuse(log, code, why).await,
+        Err(refusal) => return conn.refuse_with(log, refusal).await,
     };
     let mut announced = match listener.local_addr() {
         Ok(a) => canonical_addr(a),

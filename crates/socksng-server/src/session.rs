@@ -5,7 +5,7 @@
 use crate::admission::{NotChecked, StageSlot};
 use crate::conn::{allowed_addresses, client_gone, linger_close, Handshaken, SessionLog};
 use crate::connect::{canonical_addr, connect_racing, reply_code_for};
-use crate::outcome::{OutcomeKind, Side};
+use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::relay::{relay, RelayTimeouts};
 use crate::shared::Shared;
 use socksng_proto::wire::ng::NgRequest;
@@ -54,8 +54,8 @@ pub(crate) async fn serve(
             log.end(OutcomeKind::TimedOut, Side::Client, why);
             return;
         }
-        Ok(Err(why)) => {
-            log.end(OutcomeKind::HandshakeFailed, Side::Client, why);
+        Ok(Err(outcome)) => {
+            log.outcome = Some(outcome);
             return;
         }
         Ok(Ok(x)) => x,
@@ -64,12 +64,22 @@ pub(crate) async fn serve(
     dispatch(conn, asked, &mut log).await;
 }
 
+/// The client broke off the handshake (closed, reset, or could not be written to).
+fn broken(why: impl Into<String>) -> SessionOutcome {
+    SessionOutcome::new(OutcomeKind::Broken, Side::Client, why)
+}
+
+/// The handshake failed on its own terms (malformed, refused login, nothing acceptable).
+fn failed(why: impl Into<String>) -> SessionOutcome {
+    SessionOutcome::new(OutcomeKind::HandshakeFailed, Side::Client, why)
+}
+
 async fn handshake(
     shared: Arc<Shared>,
     mut stream: TcpStream,
     peer: SocketAddr,
     log: &mut SessionLog,
-) -> Result<(Handshaken, Asked), String> {
+) -> Result<(Handshaken, Asked), SessionOutcome> {
     let mut hs = ServerHandshake::new(shared.handshake_config);
     let mut buf: Vec<u8> = Vec::with_capacity(512);
     let mut out = Vec::with_capacity(16);
@@ -80,7 +90,7 @@ async fn handshake(
         if replied {
             let written = stream.write_all(&out).await;
             out.clear();
-            written.map_err(|e| format!("handshake write failed: {e}"))?;
+            written.map_err(|e| broken(format!("handshake write failed: {e}")))?;
         }
         let progress = match progress {
             Ok(p) => p,
@@ -88,7 +98,7 @@ async fn handshake(
                 if replied {
                     linger_close(&mut stream).await;
                 }
-                return Err(format!("handshake failed: {e}"));
+                return Err(failed(format!("handshake failed: {e}")));
             }
         };
         buf.drain(..progress.consumed);
@@ -115,11 +125,11 @@ async fn handshake(
                 stream
                     .write_all(&out)
                     .await
-                    .map_err(|e| format!("handshake write failed: {e}"))?;
+                    .map_err(|e| broken(format!("handshake write failed: {e}")))?;
                 out.clear();
                 if let Err(e) = res {
                     linger_close(&mut stream).await;
-                    return Err(format!("handshake failed: {e}{unchecked}"));
+                    return Err(failed(format!("handshake failed: {e}{unchecked}")));
                 }
                 user = Some(name);
                 continue;
@@ -137,19 +147,19 @@ async fn handshake(
             },
             None => {
                 if buf.len() >= MAX_HANDSHAKE_BUFFER {
-                    return Err("handshake failed: oversized message".into());
+                    return Err(failed("handshake failed: oversized message"));
                 }
                 buf.reserve(512);
                 let n = stream
                     .read_buf(&mut buf)
                     .await
-                    .map_err(|e| format!("handshake read failed: {e}"))?;
+                    .map_err(|e| broken(format!("handshake read failed: {e}")))?;
                 if n == 0 {
-                    return Err(if buf.is_empty() && hs.method().is_none() {
-                        "client closed before the greeting".into()
+                    return Err(broken(if buf.is_empty() && hs.method().is_none() {
+                        "client closed before the greeting"
                     } else {
-                        "client closed during the handshake".into()
-                    });
+                        "client closed during the handshake"
+                    }));
                 }
                 continue;
             }
@@ -263,8 +273,8 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
         .await
         {
             Ok(Ok(t)) => Ok(t),
-            Ok(Err(e)) => Err((reply_code_for(&e), e.to_string())),
-            Err(_) => Err((
+            Ok(Err(e)) => Err(SessionOutcome::refused(reply_code_for(&e), e)),
+            Err(_) => Err(SessionOutcome::refused(
                 ReplyCode::TTL_EXPIRED,
                 format!("connect timed out after {limit:?}"),
             )),
@@ -280,7 +290,7 @@ async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
     };
     let (mut target, used) = match reached {
         Ok(t) => t,
-        Err((code, why)) => return conn.refuse(log, code, why).await,
+        Err(refusal) => return conn.refuse_with(log, refusal).await,
     };
     log.connected = Some(used);
     let bound = match target.local_addr() {
