@@ -70,6 +70,28 @@ fn next_message(inbox: &mut Vec<u8>) -> Result<Option<ControlMessage>, ControlEr
     }
 }
 
+/// What a machine has to say: bytes for the other side and events for its own driver.
+#[derive(Debug)]
+struct Outbox<E> {
+    bytes: Vec<u8>,
+    events: VecDeque<E>,
+}
+
+impl<E> Outbox<E> {
+    fn new() -> Self {
+        Outbox {
+            bytes: Vec::with_capacity(64),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn transmit(&mut self, buf: &mut Vec<u8>) -> bool {
+        let any = !self.bytes.is_empty();
+        buf.append(&mut self.bytes);
+        any
+    }
+}
+
 /// What the server's driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerListenerEvent {
@@ -109,8 +131,7 @@ pub struct ServerListener {
     /// Unclaimed tokens with their deadlines, in announcement order.
     unclaimed: Vec<(Token, Instant)>,
     inbox: Vec<u8>,
-    out: Vec<u8>,
-    events: VecDeque<ServerListenerEvent>,
+    out: Outbox<ServerListenerEvent>,
     last_activity: Instant,
     closing: bool,
     stats: ListenerStats,
@@ -123,14 +144,13 @@ impl ServerListener {
             backlog: grant.backlog.max(1),
             ..grant
         };
-        let mut out = Vec::with_capacity(64);
-        grant.message().encode(&mut out);
+        let mut out = Outbox::new();
+        grant.message().encode(&mut out.bytes);
         ServerListener {
             grant,
             unclaimed: Vec::new(),
             inbox: Vec::new(),
             out,
-            events: VecDeque::new(),
             last_activity: now,
             closing: false,
             stats: ListenerStats::default(),
@@ -149,7 +169,7 @@ impl ServerListener {
         if !self.has_room() {
             return false;
         }
-        ControlMessage::AcceptNotice { token, peer }.encode(&mut self.out);
+        ControlMessage::AcceptNotice { token, peer }.encode(&mut self.out.bytes);
         self.unclaimed
             .push((token, now + self.grant.token_lifetime));
         self.last_activity = now;
@@ -177,7 +197,7 @@ impl ServerListener {
             return false;
         }
         if !self.closing {
-            ControlMessage::Expired { token: *token }.encode(&mut self.out);
+            ControlMessage::Expired { token: *token }.encode(&mut self.out.bytes);
         }
         self.stats.gone += 1;
         true
@@ -204,11 +224,13 @@ impl ServerListener {
                     // An unknown token may have crossed its EXPIRED or its claim: not an error.
                     if self.forget(&token) {
                         self.stats.refused += 1;
-                        self.events.push_back(ServerListenerEvent::Refused(token));
+                        self.out
+                            .events
+                            .push_back(ServerListenerEvent::Refused(token));
                     }
                 }
                 Ok(Some(ControlMessage::Ping(opaque))) => {
-                    ControlMessage::Pong(opaque).encode(&mut self.out)
+                    ControlMessage::Pong(opaque).encode(&mut self.out.bytes)
                 }
                 Ok(Some(ControlMessage::Pong(_))) => {}
                 Ok(Some(_)) => {
@@ -237,9 +259,10 @@ impl ServerListener {
             return;
         }
         self.closing = true;
-        ControlMessage::Closing { reason }.encode(&mut self.out);
+        ControlMessage::Closing { reason }.encode(&mut self.out.bytes);
         self.inbox.clear();
-        self.events
+        self.out
+            .events
             .push_back(ServerListenerEvent::Close { reason, why });
     }
 
@@ -252,9 +275,11 @@ impl ServerListener {
         while i < self.unclaimed.len() {
             if self.unclaimed[i].1 <= now {
                 let (token, _) = self.unclaimed.remove(i);
-                ControlMessage::Expired { token }.encode(&mut self.out);
+                ControlMessage::Expired { token }.encode(&mut self.out.bytes);
                 self.stats.expired += 1;
-                self.events.push_back(ServerListenerEvent::Expired(token));
+                self.out
+                    .events
+                    .push_back(ServerListenerEvent::Expired(token));
             } else {
                 i += 1;
             }
@@ -284,16 +309,12 @@ impl ServerListener {
 
     /// The next thing the driver must do.
     pub fn poll_event(&mut self) -> Option<ServerListenerEvent> {
-        self.events.pop_front()
+        self.out.events.pop_front()
     }
 
     /// Moves the bytes to send into `buf` (appended); `false` when there were none.
     pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> bool {
-        if self.out.is_empty() {
-            return false;
-        }
-        buf.append(&mut self.out);
-        true
+        self.out.transmit(buf)
     }
 
     /// The tokens still waiting for their claim (all of them close with the listener).
@@ -339,8 +360,7 @@ pub enum ClientListenerEvent {
 #[derive(Debug)]
 pub struct ClientListener {
     inbox: Vec<u8>,
-    out: Vec<u8>,
-    events: VecDeque<ClientListenerEvent>,
+    out: Outbox<ClientListenerEvent>,
     grant: Option<ListenerGrant>,
     last_activity: Instant,
     pings: u32,
@@ -352,8 +372,7 @@ impl ClientListener {
     pub fn new(now: Instant) -> Self {
         ClientListener {
             inbox: Vec::new(),
-            out: Vec::new(),
-            events: VecDeque::new(),
+            out: Outbox::new(),
             grant: None,
             last_activity: now,
             pings: 0,
@@ -393,11 +412,13 @@ impl ClientListener {
                 ControlMessage::Expired { token } => ClientListenerEvent::Expired(token),
                 ControlMessage::Closing { reason } => {
                     self.closed = true;
-                    self.events.push_back(ClientListenerEvent::Closing(reason));
+                    self.out
+                        .events
+                        .push_back(ClientListenerEvent::Closing(reason));
                     return Ok(());
                 }
                 ControlMessage::Ping(opaque) => {
-                    ControlMessage::Pong(opaque).encode(&mut self.out);
+                    ControlMessage::Pong(opaque).encode(&mut self.out.bytes);
                     continue;
                 }
                 ControlMessage::Pong(_) => continue,
@@ -405,14 +426,14 @@ impl ClientListener {
                     return Err(ControlError::Unexpected("REFUSE from the server"))
                 }
             };
-            self.events.push_back(event);
+            self.out.events.push_back(event);
         }
         Ok(())
     }
 
     /// Queues a REFUSE for `token`.
     pub fn refuse(&mut self, token: Token, now: Instant) {
-        ControlMessage::Refuse { token }.encode(&mut self.out);
+        ControlMessage::Refuse { token }.encode(&mut self.out.bytes);
         self.last_activity = now;
     }
 
@@ -430,7 +451,7 @@ impl ClientListener {
         if let Some(every) = self.keepalive() {
             if now >= self.last_activity + every {
                 self.pings = self.pings.wrapping_add(1);
-                ControlMessage::Ping(self.pings.to_be_bytes()).encode(&mut self.out);
+                ControlMessage::Ping(self.pings.to_be_bytes()).encode(&mut self.out.bytes);
                 self.last_activity = now;
             }
         }
@@ -446,16 +467,12 @@ impl ClientListener {
 
     /// The next thing heard from the server.
     pub fn poll_event(&mut self) -> Option<ClientListenerEvent> {
-        self.events.pop_front()
+        self.out.events.pop_front()
     }
 
     /// Moves the bytes to send into `buf` (appended); `false` when there were none.
     pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> bool {
-        if self.out.is_empty() {
-            return false;
-        }
-        buf.append(&mut self.out);
-        true
+        self.out.transmit(buf)
     }
 
     /// What the server granted, once LISTENING arrived.

@@ -57,22 +57,9 @@ fn hello_password(user: &str, pass: &str) -> Vec<u8> {
     out
 }
 
-/// A server with alice (password wonder) and bob, LISTEN ports for every user, and `extra`.
-async fn password_server(tag: &str, extra: &str) -> (TestServer, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("socksng-draft-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for (u, p) in [("alice", "wonder"), ("bob", "builder")] {
-        socksng_server::users::set_password(&dir.join("users"), u, p.as_bytes()).unwrap();
-    }
-    let cfg = format!(
-        "[auth]\nmethods = [\"password\"]\nusers_file = \"users\"\n{extra}\n{ALLOW_LOOPBACK}"
-    );
-    (start_in(&cfg, &dir).await, dir)
-}
-
 #[tokio::test]
 async fn ng_hello_errors_get_their_welcome_status_and_a_close() {
-    let (srv, dir) = password_server("hello", "").await;
+    let (srv, dir) = two_user_server("draft-hello", "").await;
     let selected = v("method-ng");
     for (hello, welcome) in [
         ("hello-version-zero", "welcome-revision-not-supported"),
@@ -127,12 +114,17 @@ async fn a_server_without_logins_takes_credentials_and_serves_anonymously() {
     srv.stop().await;
 }
 
+/// A server without logins whose LISTEN may take `ports`, plus `extra` configuration.
+async fn listen_server(ports: &str, extra: &str) -> TestServer {
+    start(&format!(
+        "{extra}[[ng.ports]]\nports = [\"{ports}\"]\n{ALLOW_LOOPBACK}"
+    ))
+    .await
+}
+
 #[tokio::test]
 async fn requests_refused_with_their_codes() {
-    let srv = start(&format!(
-        "[[ng.ports]]\nports = [\"20000-60000\"]\n{ALLOW_LOOPBACK}"
-    ))
-    .await;
+    let srv = listen_server("20000-60000", "").await;
     let ng = cat(&[NG_ONLY, &v("hello-none")]);
     let ng_ok = cat(&[&v("method-ng"), &v("welcome-ok")]);
     // A SOCKS-NG command without SOCKS-NG negotiation: X'07'.
@@ -191,8 +183,8 @@ fn listen_on(at: &str, exact: bool) -> Vec<u8> {
 
 #[tokio::test]
 async fn listen_reserved_ports_and_the_listener_limit() {
-    let (srv, dir) = password_server(
-        "ports",
+    let (srv, dir) = two_user_server(
+        "draft-ports",
         "[ng]\nmax_listeners_per_user = 1\n[[ng.ports]]\nports = [\"20000-20009\"]\nusers = [\"alice\"]\n[[ng.ports]]\nports = [\"20000-60000\"]\nusers = [\"*\"]\n",
     )
     .await;
@@ -217,13 +209,17 @@ async fn listen_reserved_ports_and_the_listener_limit() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Opens an anonymous listener on 127.0.0.1 with `backlog`; returns the control connection
-/// (its LISTENING read and checked) and where peers connect.
-async fn anonymous_listener(proxy: SocketAddr, backlog: u16) -> (TcpStream, SocketAddr) {
+/// Opens an anonymous listener on `at` with `backlog`; returns the control connection (the
+/// reply read, LISTENING not yet) and the address the server reported.
+async fn anonymous_listener_on(
+    proxy: SocketAddr,
+    at: &str,
+    backlog: u16,
+) -> (TcpStream, SocketAddr) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     let mut req = Vec::new();
     NgRequest::Listen {
-        address: Address::ip("127.0.0.1:0".parse().unwrap()),
+        address: Address::ip(at.parse().unwrap()),
         exact: false,
         backlog,
     }
@@ -234,8 +230,21 @@ async fn anonymous_listener(proxy: SocketAddr, backlog: u16) -> (TcpStream, Sock
     let mut head = vec![0u8; 5];
     within("welcome", s.read_exact(&mut head)).await.unwrap();
     let r = read_reply(&mut s).await;
-    assert_eq!(r.code, ReplyCode::SUCCEEDED);
+    assert_eq!(r.code, ReplyCode::SUCCEEDED, "LISTEN on {at}");
     (s, r.bound.socket_addr().unwrap())
+}
+
+async fn anonymous_listener(proxy: SocketAddr, backlog: u16) -> (TcpStream, SocketAddr) {
+    anonymous_listener_on(proxy, "127.0.0.1:0", backlog).await
+}
+
+/// What an anonymous claim of a token it may not have gets: welcome, then X'0C'.
+fn token_not_valid() -> Vec<u8> {
+    cat(&[
+        &v("method-ng"),
+        &v("welcome-ok"),
+        &v("reply-token-not-valid"),
+    ])
 }
 
 /// Reads exactly `n` bytes of the control connection.
@@ -255,10 +264,8 @@ async fn notice(s: &mut TcpStream) -> ControlMessage {
 
 #[tokio::test]
 async fn the_control_connection_per_the_draft() {
-    let srv = start(&format!(
-        "[ng]\ntoken_lifetime = \"60s\"\n[timeouts]\nidle = \"300s\"\n[[ng.ports]]\nports = [\"1024-65535\"]\n{ALLOW_LOOPBACK}"
-    ))
-    .await;
+    let timers = "[ng]\ntoken_lifetime = \"60s\"\n[timeouts]\nidle = \"300s\"\n";
+    let srv = listen_server("1024-65535", timers).await;
     let (mut ctl, at) = anonymous_listener(srv.addr, 16).await;
     // LISTENING first: backlog 16, lifetime 60 s, idle 300 s, exactly the draft's vector.
     assert_eq!(read_n(&mut ctl, v("listening").len()).await, v("listening"));
@@ -286,14 +293,7 @@ async fn the_control_connection_per_the_draft() {
     let mut other = other.connect(srv.addr).await.unwrap();
     other.write_all(&claim_bytes).await.unwrap();
     let got = read_to_end(&mut other).await;
-    assert_eq!(
-        got,
-        cat(&[
-            &v("method-ng"),
-            &v("welcome-ok"),
-            &v("reply-token-not-valid")
-        ])
-    );
+    assert_eq!(got, token_not_valid());
     let mut mine = TcpStream::connect(srv.addr).await.unwrap();
     mine.write_all(&claim_bytes).await.unwrap();
     let mut head = vec![0u8; 5];
@@ -313,14 +313,7 @@ async fn the_control_connection_per_the_draft() {
     let mut accept = Vec::new();
     NgRequest::Accept { token }.encode(&mut accept);
     let got = exchange(srv.addr, &cat(&[NG_ONLY, &v("hello-none"), &accept])).await;
-    assert_eq!(
-        got,
-        cat(&[
-            &v("method-ng"),
-            &v("welcome-ok"),
-            &v("reply-token-not-valid")
-        ])
-    );
+    assert_eq!(got, token_not_valid());
     // An unknown message: CLOSING X'07', then the close, and the listener is gone.
     ctl.write_all(&[0x42, 0, 0, 0]).await.unwrap();
     assert_eq!(read_to_end(&mut ctl).await, v("closing-unknown-message"));
@@ -333,27 +326,9 @@ async fn the_control_connection_per_the_draft() {
 
 #[tokio::test]
 async fn listen_on_the_unspecified_address_reports_a_concrete_one() {
-    let srv = start(&format!(
-        "[[ng.ports]]\nports = [\"1024-65535\"]\n{ALLOW_LOOPBACK}"
-    ))
-    .await;
+    let srv = listen_server("1024-65535", "").await;
     for (any, v6) in [("0.0.0.0:0", false), ("[::]:0", true)] {
-        let mut s = TcpStream::connect(srv.addr).await.unwrap();
-        let mut req = Vec::new();
-        NgRequest::Listen {
-            address: Address::ip(any.parse().unwrap()),
-            exact: false,
-            backlog: 0,
-        }
-        .encode(&mut req);
-        s.write_all(&cat(&[NG_ONLY, &v("hello-none"), &req]))
-            .await
-            .unwrap();
-        let mut head = vec![0u8; 5];
-        within("welcome", s.read_exact(&mut head)).await.unwrap();
-        let r = read_reply(&mut s).await;
-        assert_eq!(r.code, ReplyCode::SUCCEEDED, "{any}");
-        let bound = r.bound.socket_addr().unwrap();
+        let (mut s, bound) = anonymous_listener_on(srv.addr, any, 0).await;
         assert!(!bound.ip().is_unspecified(), "{any} reported as {bound}");
         assert_eq!(bound.is_ipv6(), v6, "{any} reported as {bound}");
         if !v6 {
@@ -374,39 +349,36 @@ async fn listen_on_the_unspecified_address_reports_a_concrete_one() {
     srv.stop().await;
 }
 
+/// The draft's example destination, refused by `DENY_ALL_BUT_LOOPBACK`.
+fn refused() -> Address {
+    Address::ip("192.0.2.1:53".parse().unwrap())
+}
+
+fn frame_to(to: &Address, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    TunnelFrame::encode_datagram(to, payload, &mut frame).unwrap();
+    frame
+}
+
 #[tokio::test]
 async fn udp_tunnel_error_frames_and_malformed_frames() {
     let srv = start(DENY_ALL_BUT_LOOPBACK).await;
     let (echo, _) = udp_echo("127.0.0.1:0").await;
     let mut t = open_tunnel(srv.addr).await;
     // A refused destination: the draft's ERROR frame, byte for byte (nothing is sent to it).
-    let mut frame = Vec::new();
-    TunnelFrame::encode_datagram(
-        &Address::ip("192.0.2.1:53".parse().unwrap()),
-        b"x",
-        &mut frame,
-    )
-    .unwrap();
-    t.write_all(&frame).await.unwrap();
+    t.write_all(&frame_to(&refused(), b"x")).await.unwrap();
     let want = v("udp-error-refused");
     assert_eq!(read_n(&mut t, want.len()).await, want);
     // Above MAX-UDP-PAYLOAD (65507): X'0E', checked before anything else.
-    let mut big = Vec::new();
-    TunnelFrame::encode_datagram(
-        &Address::ip("192.0.2.1:53".parse().unwrap()),
-        &vec![0u8; 65_508],
-        &mut big,
-    )
-    .unwrap();
-    t.write_all(&big).await.unwrap();
+    t.write_all(&frame_to(&refused(), &vec![0u8; 65_508]))
+        .await
+        .unwrap();
     let want = v("udp-error-too-large");
     assert_eq!(read_n(&mut t, want.len()).await, want);
     // A name that cannot resolve (a label over 63 bytes fails before any query leaves).
     let name = format!("{}.test", "x".repeat(64));
     let unresolved = Address::domain(&name, 53).unwrap();
-    let mut frame = Vec::new();
-    TunnelFrame::encode_datagram(&unresolved, b"x", &mut frame).unwrap();
-    t.write_all(&frame).await.unwrap();
+    t.write_all(&frame_to(&unresolved, b"x")).await.unwrap();
     match read_tunnel_frame(&mut t).await {
         Some(Frame::Error(code, to)) => {
             assert_eq!((code, to), (ReplyCode::HOST_UNREACHABLE, unresolved));
@@ -414,9 +386,9 @@ async fn udp_tunnel_error_frames_and_malformed_frames() {
         other => panic!("an ERROR frame, got {other:?}"),
     }
     // The tunnel still carries datagrams.
-    let mut frame = Vec::new();
-    TunnelFrame::encode_datagram(&Address::ip(echo), b"still here", &mut frame).unwrap();
-    t.write_all(&frame).await.unwrap();
+    t.write_all(&frame_to(&Address::ip(echo), b"still here"))
+        .await
+        .unwrap();
     let (from, back) = read_frame(&mut t).await.expect("the echo");
     assert_eq!(
         (from, back.as_slice()),
@@ -434,15 +406,7 @@ async fn udp_tunnel_error_frames_and_malformed_frames() {
 async fn error_frames_are_rate_limited() {
     let srv = start(DENY_ALL_BUT_LOOPBACK).await;
     let mut t = open_tunnel(srv.addr).await;
-    let mut frames = Vec::new();
-    for _ in 0..50 {
-        TunnelFrame::encode_datagram(
-            &Address::ip("192.0.2.1:53".parse().unwrap()),
-            b"x",
-            &mut frames,
-        )
-        .unwrap();
-    }
+    let mut frames = frame_to(&refused(), b"x").repeat(50);
     t.write_all(&frames).await.unwrap();
     // Then one to the tunnel's end marker: a malformed frame closes it, so the count is final.
     TunnelFrame::encode_error(ReplyCode::NOT_ALLOWED, &Address::unspecified(), &mut frames);

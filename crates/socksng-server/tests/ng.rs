@@ -75,15 +75,7 @@ struct Fixture {
 
 /// A server with users alice and bob, loopback allowed, and extra configuration.
 async fn fixture(tag: &str, extra: &str) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("socksng-ng-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for (u, p) in [("alice", "wonder"), ("bob", "builder")] {
-        socksng_server::users::set_password(&dir.join("users"), u, p.as_bytes()).unwrap();
-    }
-    let cfg = format!(
-        "[auth]\nmethods = [\"password\"]\nusers_file = \"users\"\n{extra}\n{ALLOW_LOOPBACK}"
-    );
-    let srv = start_in(&cfg, &dir).await;
+    let (srv, dir) = two_user_server(&format!("ng-{tag}"), extra).await;
     Fixture { srv, dir }
 }
 

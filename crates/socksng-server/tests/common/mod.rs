@@ -27,6 +27,21 @@ pub async fn start_in(config: &str, dir: &Path) -> TestServer {
 #[allow(unused_imports)]
 pub use socksng_server::testing::echo_server;
 
+/// A server whose users are alice (password wonder) and bob (builder), with password logins
+/// required, loopback destinations allowed and `extra` configuration; its directory is
+/// returned for removal.
+pub async fn two_user_server(tag: &str, extra: &str) -> (TestServer, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("socksng-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (u, p) in [("alice", "wonder"), ("bob", "builder")] {
+        socksng_server::users::set_password(&dir.join("users"), u, p.as_bytes()).unwrap();
+    }
+    let cfg = format!(
+        "[auth]\nmethods = [\"password\"]\nusers_file = \"users\"\n{extra}\n{ALLOW_LOOPBACK}"
+    );
+    (start_in(&cfg, &dir).await, dir)
+}
+
 /// A TCP server that hands each accepted connection (with the peer address) to the test.
 pub async fn accepting_server(
     bind: &str,
