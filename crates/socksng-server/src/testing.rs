@@ -8,6 +8,16 @@ use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
+/// How long any one step of a test may take: past it the test fails instead of hanging.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Awaits `f`, failing with `what` if it takes longer than [`DEADLINE`].
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {DEADLINE:?}"))
+}
+
 /// The user every [`TestServer::with_user`] server knows, and the password.
 pub const TEST_USER: (&str, &str) = ("alice", "s3cret");
 

@@ -25,7 +25,7 @@ pub async fn start_in(config: &str, dir: &Path) -> TestServer {
 }
 
 #[allow(unused_imports)]
-pub use socksng_server::testing::echo_server;
+pub use socksng_server::testing::{echo_server, within, DEADLINE};
 
 /// A server whose users are alice (password wonder) and bob (builder), with password logins
 /// required, loopback destinations allowed and `extra` configuration; its directory is
@@ -79,15 +79,6 @@ pub async fn udp_echo(bind: &str) -> (SocketAddr, std::sync::Arc<std::sync::atom
 }
 
 /// Every wait in these helpers fails the test after this long instead of hanging it.
-pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// Awaits `f` within [`DEADLINE`].
-pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {DEADLINE:?}"))
-}
-
 pub async fn read_reply(s: &mut TcpStream) -> Reply {
     within("reply", read_reply_unbounded(s)).await
 }
