@@ -102,6 +102,8 @@ enum Control {
     },
     /// A BIND: the connection waits for its second reply, then becomes the accepted stream.
     Bind(Option<Negotiated>),
+    /// The control connection was closed (a protocol error or the proxy's CLOSING), and why.
+    Closed(String),
 }
 
 /// A listening socket on the proxy's outside.
@@ -124,7 +126,7 @@ impl ProxyListener {
     /// SOCKS-NG listener, or a plain SOCKS5 BIND fallback (one connection only).
     pub fn path(&self) -> ProtocolPath {
         match self.control {
-            Control::Ng { .. } => ProtocolPath::Ng,
+            Control::Ng { .. } | Control::Closed(_) => ProtocolPath::Ng,
             Control::Bind(_) => ProtocolPath::Socks5,
         }
     }
@@ -134,7 +136,7 @@ impl ProxyListener {
     pub fn grant(&self) -> Option<ListenerGrant> {
         match &self.control {
             Control::Ng { machine, .. } => machine.grant(),
-            Control::Bind(_) => None,
+            Control::Bind(_) | Control::Closed(_) => None,
         }
     }
 
@@ -145,6 +147,11 @@ impl ProxyListener {
     /// own. Dropping the future (a timeout around it, say) loses no connection: a notice read
     /// but not yet claimed is claimed by the next call.
     pub async fn accept(&mut self) -> Result<(ProxyStream, Address), ClientError> {
+        if let Control::Closed(why) = &self.control {
+            return Err(ClientError::Protocol(format!(
+                "the listener is closed: {why}"
+            )));
+        }
         if let Control::Bind(slot) = &mut self.control {
             let Some(negotiated) = slot.as_mut() else {
                 return Err(ClientError::NotSupported(
@@ -172,7 +179,17 @@ impl ProxyListener {
             let (token, peer) = match self.pending.clone() {
                 Some(notice) => notice,
                 None => {
-                    let notice = self.next_notice().await?;
+                    let notice = match self.next_notice().await {
+                        Ok(notice) => notice,
+                        Err(e) => {
+                            // A protocol error or the proxy's CLOSING ends the listener: the
+                            // control connection is dropped, which closes it.
+                            if !matches!(e, ClientError::Io(_)) {
+                                self.control = Control::Closed(e.to_string());
+                            }
+                            return Err(e);
+                        }
+                    };
                     self.pending = Some(notice.clone());
                     notice
                 }

@@ -3,7 +3,7 @@
 
 use crate::{Client, ClientError, ProtocolPath};
 use socksng_proto::client::ClientRequest;
-use socksng_proto::wire::ng::{NgRequest, TunnelFrame};
+use socksng_proto::wire::ng::{NgRequest, TunnelFrame, MAX_UDP_PAYLOAD};
 use socksng_proto::{Address, Command, DecodeError, Request, UdpHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -158,6 +158,16 @@ impl ProxyUdp {
 impl UdpSender {
     /// As [`ProxyUdp::send_to`].
     pub async fn send_to(&mut self, payload: &[u8], to: &Address) -> Result<(), ClientError> {
+        if payload.len() > usize::from(MAX_UDP_PAYLOAD) {
+            // As a UDP socket says EMSGSIZE: no proxy relays more than a datagram carries.
+            return Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "datagram of {} bytes, above {MAX_UDP_PAYLOAD}",
+                    payload.len()
+                ),
+            )));
+        }
         let to = self.client.resolve_target(to.clone()).await?;
         let datagram = &mut self.scratch;
         datagram.clear();
@@ -185,7 +195,16 @@ impl UdpReceiver {
     /// As [`ProxyUdp::recv_from`].
     pub async fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, SocketAddr), ClientError> {
         match &mut self.inbound {
-            Inbound::Tunnel { stream, inbox } => tunnel_recv(stream, inbox, buf).await,
+            Inbound::Tunnel { stream, inbox } => {
+                let got = tunnel_recv(stream, inbox, buf).await;
+                if let Err(ClientError::Protocol(_)) = &got {
+                    // A frame that cannot be understood ends the tunnel (the draft's MUST):
+                    // both directions, so the sending half fails from now on too.
+                    let _ =
+                        socket2::SockRef::from(stream.as_ref()).shutdown(std::net::Shutdown::Both);
+                }
+                got
+            }
             Inbound::Associate {
                 control,
                 socket,

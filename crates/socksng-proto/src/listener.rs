@@ -10,7 +10,7 @@
 //! understand, on idleness and on a listener failure. The client machine ([`ClientListener`])
 //! reads LISTENING, notices, EXPIRED and CLOSING, answers PING and keeps an idle listener alive.
 
-use crate::wire::ng::{ControlMessage, Token};
+use crate::wire::ng::{control, ControlMessage, Token};
 use crate::wire::{Address, DecodeError, ReplyCode};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -218,6 +218,14 @@ impl ServerListener {
         self.last_activity = now;
         self.inbox.extend_from_slice(bytes);
         loop {
+            // A TYPE a client may not send is refused on its first byte: its length is
+            // unknown, and waiting for a body that may never come would stall the listener.
+            if let Some(&t) = self.inbox.first() {
+                if ![control::REFUSE, control::PING, control::PONG].contains(&t) {
+                    let why = format!("client sent control message type {t:#04x}");
+                    return self.close(crate::wire::ReplyCode::COMMAND_NOT_SUPPORTED, why);
+                }
+            }
             match next_message(&mut self.inbox) {
                 Ok(None) => return,
                 Ok(Some(ControlMessage::Refuse { token })) => {
@@ -385,7 +393,6 @@ impl ClientListener {
         if self.closed {
             return Ok(());
         }
-        self.last_activity = now;
         self.inbox.extend_from_slice(bytes);
         while let Some(msg) = next_message(&mut self.inbox)? {
             let listening = matches!(msg, ControlMessage::Listening { .. });
@@ -406,7 +413,15 @@ impl ClientListener {
                     self.grant = Some(grant);
                     ClientListenerEvent::Listening(grant)
                 }
+                ControlMessage::AcceptNotice { peer, .. }
+                    if matches!(peer.host, crate::wire::Host::Domain(_)) =>
+                {
+                    return Err(ControlError::Unexpected("ACCEPT-NOTICE naming a host"));
+                }
                 ControlMessage::AcceptNotice { token, peer } => {
+                    // Only what the server counts as activity keeps the keep-alive quiet:
+                    // its notices and our own messages, not its PONGs or EXPIREDs.
+                    self.last_activity = now;
                     ClientListenerEvent::Incoming { token, peer }
                 }
                 ControlMessage::Expired { token } => ClientListenerEvent::Expired(token),

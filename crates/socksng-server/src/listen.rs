@@ -51,6 +51,11 @@ fn grant_applies(grant: &PortGrant, user: Option<&str>, groups: &Groups) -> bool
 
 type Groups = std::collections::HashMap<String, Vec<String>>;
 
+/// Whether any port grant applies to `user`, so LISTEN can succeed at all.
+pub(crate) fn may_listen(grants: &[PortGrant], groups: &Groups, user: Option<&str>) -> bool {
+    grants.iter().any(|g| grant_applies(g, user, groups))
+}
+
 /// Ports named for particular users are reserved to them, whatever broader grants say.
 pub(crate) fn port_verdict(
     grants: &[PortGrant],
@@ -110,6 +115,13 @@ fn choose_and_bind(
     exact: bool,
     backlog: u32,
 ) -> Result<TcpListener, SessionOutcome> {
+    // The draft checks the address before the port: one this host does not have is X'02'
+    // whatever the port. A trial bind on port 0 says whether the address is ours.
+    if !ip.is_unspecified() {
+        if let Err(e) = std::net::TcpListener::bind(SocketAddr::new(ip, 0)) {
+            return Err(bind_refusal(ip, e));
+        }
+    }
     if port != 0 {
         let refusal = match port_verdict(grants, groups, user, port) {
             PortVerdict::Allowed => match bind_listener(SocketAddr::new(ip, port), backlog) {
@@ -130,7 +142,7 @@ fn choose_and_bind(
             return Err(refusal);
         }
     }
-    if !grants.iter().any(|g| grant_applies(g, user, groups)) {
+    if !may_listen(grants, groups, user) {
         return Err(SessionOutcome::refused(
             ReplyCode::NOT_ALLOWED,
             "no port granted to this user",
@@ -289,7 +301,16 @@ pub(crate) async fn listen(
             user: user.as_deref(),
             owner: &owner,
         };
-        log.outcome = Some(serve_listener(ctx, &mut conn.stream, grant).await);
+        let early = std::mem::take(&mut conn.early_data);
+        let (end, sent_closing) = serve_listener(ctx, &mut conn.stream, grant, early).await;
+        log.outcome = Some(end);
+        if sent_closing {
+            // CLOSING is the last message: a reset must not overtake it. The listener goes
+            // first, so nobody connects to a port that is already given up.
+            drop(listener);
+            crate::conn::linger_close(&mut conn.stream).await;
+            return;
+        }
     }
     // The socket closes before the place is given back.
     drop(listener);
@@ -309,19 +330,26 @@ fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-/// Runs a listener until its control connection ends; returns how it ended.
+/// Runs a listener until its control connection ends; returns how it ended, and whether it
+/// ended with the server's CLOSING (which wants a lingering close).
 async fn serve_listener(
     cx: ListenerCtx<'_>,
     control: &mut TcpStream,
     grant: ListenerGrant,
-) -> SessionOutcome {
+    early: Vec<u8>,
+) -> (SessionOutcome, bool) {
     let registry = &cx.shared.listeners;
     let mut machine = ServerListener::new(grant, now());
+    // Control messages may have come right behind the LISTEN request.
+    if !early.is_empty() {
+        machine.handle_input(&early, now());
+    }
     // Each holder task reports at most once, so the queue is bounded by the backlog.
     let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<Token>();
     let mut out = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     let mut overflow = 0u64;
+    let mut sent_closing = false;
     let end = loop {
         let mut closing = None;
         while let Some(event) = machine.poll_event() {
@@ -355,6 +383,7 @@ async fn serve_listener(
             }
         }
         if let Some(why) = closing {
+            sent_closing = true;
             break why;
         }
         let deadline = machine.poll_timeout().map(Instant::from_std);
@@ -395,6 +424,8 @@ async fn serve_listener(
                 machine.peer_gone(&token);
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                // A token claimed meanwhile must not be announced as expired.
+                machine.retain_unclaimed(|t| registry.is_pending(t));
                 machine.handle_timeout(now());
             }
         }
@@ -404,10 +435,11 @@ async fn serve_listener(
         registry.remove_for(token, cx.id);
     }
     let st = machine.stats();
-    end.with_note(format_args!(
+    let end = end.with_note(format_args!(
         "announced {}, claimed {}, refused {}, expired {}, gone {}, overflow {overflow}",
         st.announced, st.claimed, st.refused, st.expired, st.gone
-    ))
+    ));
+    (end, sent_closing)
 }
 
 /// Holds an announced connection until it is claimed (handing it over) or its entry leaves
@@ -466,6 +498,19 @@ pub(crate) async fn accept(mut conn: Handshaken, token: Token, log: &mut Session
     log.connected = Some(peer);
     if !conn.succeed(log, peer).await {
         return;
+    }
+    // Bytes the client sent right behind its ACCEPT are the first for the peer.
+    if !conn.early_data.is_empty() {
+        if let Err(e) = incoming.write_all(&conn.early_data).await {
+            log.end(
+                OutcomeKind::Broken,
+                Side::Target,
+                format!("peer write failed: {e}"),
+            );
+            return;
+        }
+        log.add_up(conn.early_data.len() as u64);
+        conn.early_data = Vec::new();
     }
     let end = relay(
         &mut conn.stream,

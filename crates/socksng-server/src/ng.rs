@@ -35,26 +35,20 @@ pub(crate) async fn serve(conn: Handshaken, request: NgRequest, log: &mut Sessio
 }
 
 async fn capabilities(mut conn: Handshaken, log: &mut SessionLog) {
+    let cfg = &conn.shared.cfg;
+    // LISTEN and ACCEPT are offered only to a client some port grant applies to.
+    let listens = crate::listen::may_listen(&cfg.ng.ports, &cfg.groups, conn.user.as_deref());
+    let mut commands = vec![0x01, 0x02, 0x03, cmd::CAPABILITIES];
+    if listens {
+        commands.extend([cmd::LISTEN, cmd::ACCEPT]);
+    }
+    commands.push(cmd::UDP_TUNNEL);
     let caps = Capabilities {
         revision: NG_REVISION,
-        commands: vec![
-            0x01,
-            0x02,
-            0x03,
-            cmd::CAPABILITIES,
-            cmd::LISTEN,
-            cmd::ACCEPT,
-            cmd::UDP_TUNNEL,
-        ],
+        commands,
         max_udp_payload: Some(MAX_UDP_PAYLOAD),
-        token_lifetime: Some(
-            conn.shared
-                .cfg
-                .ng
-                .token_lifetime
-                .as_secs()
-                .min(u32::MAX as u64) as u32,
-        ),
+        token_lifetime: listens
+            .then(|| cfg.ng.token_lifetime.as_secs().min(u64::from(u32::MAX)) as u32),
         ranges: served_ranges(&conn.shared.cfg, conn.user.as_deref()),
     };
     let mut block = Vec::with_capacity(128);
@@ -82,6 +76,8 @@ async fn capabilities(mut conn: Handshaken, log: &mut SessionLog) {
     }
     let done = format!("{} range(s) announced", caps.ranges.len());
     log.end(OutcomeKind::Completed, Side::Client, done);
+    // The block is the last message: a reset must not overtake it.
+    crate::conn::linger_close(&mut conn.stream).await;
 }
 
 /// The served ranges as draft-ietf-intarea-proxy-config JSON (a `proxies` entry for this
@@ -174,7 +170,9 @@ pub(crate) fn served_ranges(cfg: &Config, user: Option<&str>) -> Vec<ServedRange
         .filter(|r| crate::config::names_user(r.users.as_deref(), user, &cfg.groups))
         .map(|r| {
             let mut range = range_of(&r.to, &r.domains, &r.ports);
-            if range.prefixes.is_empty() && range.domains.is_empty() {
+            // A rule for every destination is a gateway; one for some ports only stays a
+            // RANGE of ports, which serves names too.
+            if range.prefixes.is_empty() && range.domains.is_empty() && range.ports.is_empty() {
                 range.prefixes = everything().prefixes;
             }
             range
@@ -190,7 +188,16 @@ fn range_of(
 ) -> ServedRange {
     ServedRange {
         prefixes: to.iter().map(|n| (n.network(), n.prefix_len())).collect(),
-        domains: domains.to_vec(),
+        // The wire carries suffixes without the configuration's leading dot, in lower case.
+        domains: domains
+            .iter()
+            .map(|d| {
+                d.trim_start_matches('.')
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase()
+            })
+            .filter(|d| !d.is_empty())
+            .collect(),
         ports: ports.iter().map(|p| (*p.0.start(), *p.0.end())).collect(),
     }
 }

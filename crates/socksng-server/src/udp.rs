@@ -189,14 +189,17 @@ impl UdpOutside {
         let sock = if v6 { &self.out6 } else { &self.out4 };
         let (len, src) = sock.as_ref()?.try_recv_from(buf).ok()?;
         let src = SocketAddr::new(canonical(src.ip()), src.port());
-        let allowed = self.contacted.contains(&src)
-            || self.shared.policy.check(
-                self.user.as_deref(),
-                Command::UdpAssociate,
-                None,
-                src.ip(),
-                src.port(),
-            ) == Verdict::Allow;
+        // Larger than MAX-UDP-PAYLOAD (an IPv6 datagram can be): dropped, as the draft says,
+        // rather than relayed beyond what was announced.
+        let allowed = len <= usize::from(MAX_UDP_PAYLOAD)
+            && (self.contacted.contains(&src)
+                || self.shared.policy.check(
+                    self.user.as_deref(),
+                    Command::UdpAssociate,
+                    None,
+                    src.ip(),
+                    src.port(),
+                ) == Verdict::Allow);
         Some((len, src, allowed))
     }
 }
@@ -491,7 +494,7 @@ async fn relay_frames(
     let mut used = 0;
     loop {
         let rest = &data[used..];
-        match TunnelFrame::decode(rest) {
+        match TunnelFrame::decode_from_client(rest) {
             Ok((TunnelFrame::Datagram { address, payload }, total)) => {
                 used += total;
                 let sent = if payload.len() > usize::from(MAX_UDP_PAYLOAD) {

@@ -192,6 +192,10 @@ async fn listen_reserved_ports_and_the_listener_limit() {
     let ok = cat(&[&v("method-ng"), &v("welcome-ok")]);
     let got = exchange(srv.addr, &cat(&[&bob, &listen_on("127.0.0.1:20005", true)])).await;
     assert_eq!(got, cat(&[&ok, &v("reply-port-reserved")]));
+    // The address is judged before the port: one this host lacks is X'02' even there.
+    let elsewhere = listen_on("198.51.100.254:20005", true);
+    let got = exchange(srv.addr, &cat(&[&bob, &elsewhere])).await;
+    assert_eq!(got, cat(&[&ok, &v("reply-not-allowed")]));
     // Bob's one listener is open; a second one hits the limit.
     let mut first = TcpStream::connect(srv.addr).await.unwrap();
     first
@@ -314,8 +318,9 @@ async fn the_control_connection_per_the_draft() {
     NgRequest::Accept { token }.encode(&mut accept);
     let got = exchange(srv.addr, &cat(&[NG_ONLY, &v("hello-none"), &accept])).await;
     assert_eq!(got, token_not_valid());
-    // An unknown message: CLOSING X'07', then the close, and the listener is gone.
-    ctl.write_all(&[0x42, 0, 0, 0]).await.unwrap();
+    // A type only a server may send, alone: CLOSING X'07' at once (its body is never
+    // waited for), then the close, and the listener is gone.
+    ctl.write_all(&[0x04]).await.unwrap();
     assert_eq!(read_to_end(&mut ctl).await, v("closing-unknown-message"));
     assert!(
         std::net::TcpStream::connect(at).is_err(),
@@ -394,10 +399,10 @@ async fn udp_tunnel_error_frames_and_malformed_frames() {
         (from, back.as_slice()),
         (Address::ip(echo), &b"still here"[..])
     );
-    // An ERROR frame from the client is a protocol error: the tunnel closes.
+    // An ERROR frame from the client is a protocol error: the tunnel closes on its LEN alone.
     let mut bad = Vec::new();
     TunnelFrame::encode_error(rep::DATAGRAM_TOO_LARGE, &Address::ip(echo), &mut bad);
-    t.write_all(&bad).await.unwrap();
+    t.write_all(&bad[..2]).await.unwrap();
     assert!(read_to_end(&mut t).await.is_empty());
     srv.stop().await;
 }
@@ -420,4 +425,73 @@ async fn error_frames_are_rate_limited() {
         "{count} ERROR frames for 50 refused datagrams"
     );
     srv.stop().await;
+}
+
+/// Bytes pipelined behind a request belong to the protocol step after it: control messages
+/// behind LISTEN are answered, data behind ACCEPT reaches the peer first.
+#[tokio::test]
+async fn bytes_behind_listen_and_accept_are_not_lost() {
+    let srv = listen_server("1024-65535", "").await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(&cat(&[
+        NG_ONLY,
+        &v("hello-none"),
+        &listen_on("127.0.0.1:0", false),
+        &v("ping"),
+    ]))
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 5];
+    within("welcome", s.read_exact(&mut head)).await.unwrap();
+    let at = read_reply(&mut s).await.bound.socket_addr().unwrap();
+    let listening = read_n(&mut s, 11).await;
+    assert!(matches!(
+        ControlMessage::decode(&listening).unwrap().0,
+        ControlMessage::Listening { .. }
+    ));
+    assert_eq!(read_n(&mut s, 5).await, v("pong"), "the PING behind LISTEN");
+    let mut peer = TcpStream::connect(at).await.unwrap();
+    let ControlMessage::AcceptNotice { token, .. } = notice(&mut s).await else {
+        panic!("a notice");
+    };
+    let mut accept = Vec::new();
+    NgRequest::Accept { token }.encode(&mut accept);
+    let mut claim = TcpStream::connect(srv.addr).await.unwrap();
+    claim
+        .write_all(&cat(&[NG_ONLY, &v("hello-none"), &accept, b"first words"]))
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 11];
+    within("the pipelined bytes at the peer", peer.read_exact(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(got, b"first words");
+    srv.stop().await;
+}
+
+/// LISTEN and ACCEPT (and TOKEN-LIFETIME) are announced only to clients a port grant
+/// applies to.
+#[tokio::test]
+async fn capabilities_offer_listen_only_with_a_grant() {
+    for (ports, offered) in [
+        ("", false),
+        ("[[ng.ports]]\nports = [\"20000-20009\"]\n", true),
+    ] {
+        let srv = start(&format!("{ports}{ALLOW_LOOPBACK}")).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(&cat(&[
+            NG_ONLY,
+            &v("hello-none"),
+            &v("request-capabilities"),
+        ]))
+        .await
+        .unwrap();
+        let all = read_to_end(&mut s).await;
+        let (_, head) = socksng_proto::Reply::decode(&all[5..]).unwrap();
+        let (caps, _) = socksng_proto::wire::ng::Capabilities::decode(&all[5 + head..]).unwrap();
+        assert_eq!(caps.commands.contains(&0x12), offered, "{ports}");
+        assert_eq!(caps.commands.contains(&0x13), offered, "{ports}");
+        assert_eq!(caps.token_lifetime.is_some(), offered, "{ports}");
+        srv.stop().await;
+    }
 }

@@ -468,7 +468,7 @@ async fn one_dns_query_through_the_tunnel_and_udp_associate() {
 async fn info_in_text_and_json() {
     within("info_in_text_and_json", async move {
         let served =
-            "[[ng.served]]\nto = [\"10.0.0.0/8\"]\ndomains = [\"corp.example\"]\nports = [\"1-1024\"]\n";
+            "[[ng.served]]\nto = [\"10.0.0.0/8\"]\ndomains = [\"corp.example\"]\nports = [\"1-1024\"]\n[[ng.ports]]\nports = [\"20000-20100\"]\n";
         let ng = proxy("info-ng", &format!("{served}{ALLOW_LOOPBACK}")).await;
         let out = run(&["info", &url(&ng, "")], b"").await;
         let t = text(&out.stdout);

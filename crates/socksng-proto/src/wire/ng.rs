@@ -497,6 +497,15 @@ impl<'a> TunnelFrame<'a> {
         Ok((TunnelFrame::Datagram { address, payload }, r.position()))
     }
 
+    /// Decodes one frame sent by a client, for which an ERROR frame is malformed: refused as
+    /// soon as its LEN is read, without waiting for the rest.
+    pub fn decode_from_client(buf: &'a [u8]) -> Result<(Self, usize), DecodeError> {
+        if buf.starts_with(&ERROR_FRAME_LEN.to_be_bytes()) {
+            return Err(DecodeError::Invalid("an ERROR frame from the client"));
+        }
+        Self::decode(buf)
+    }
+
     /// Appends a datagram frame; fails when `payload` is longer than the largest UDP payload.
     pub fn encode_datagram(
         address: &Address,
