@@ -6,8 +6,8 @@
 //! the BIND timeout, which is answered with TTL expired.
 
 use crate::conn::{allowed_addresses, Handshaken, SessionLog};
-use crate::connect::is_resource_exhaustion;
-use crate::connect::{canonical_addr, port_zero, tune_stream};
+use crate::dial::is_resource_exhaustion;
+use crate::dial::{canonical_addr, port_zero, tune_stream};
 use crate::outcome::{OutcomeKind, Side};
 use crate::policy::{canonical, Verdict};
 use crate::relay::{relay, RelayTimeouts};

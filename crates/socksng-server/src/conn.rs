@@ -3,7 +3,7 @@
 //! session when it ends, destination resolution under the policy, and the ways a connection
 //! is ended or watched.
 
-use crate::connect::{canonical_addr, interleave};
+use crate::dial::{canonical_addr, interleave};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::Verdict;
 use crate::shared::Shared;

@@ -15,7 +15,7 @@
 
 mod admission;
 pub mod config;
-pub mod connect;
+pub mod dial;
 pub mod host;
 pub mod outcome;
 pub mod policy;
@@ -25,6 +25,7 @@ pub mod users;
 
 mod bind;
 mod conn;
+mod connect;
 mod listen;
 pub mod ng;
 mod server;

@@ -10,7 +10,7 @@
 
 use crate::config::{names_user, PortGrant};
 use crate::conn::{Handshaken, SessionLog};
-use crate::connect::{canonical_addr, port_zero, tune_stream};
+use crate::dial::{canonical_addr, port_zero, tune_stream};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::Verdict;
 use crate::relay::{relay, RelayTimeouts};
@@ -219,7 +219,7 @@ async fn reachable_address(shared: &Shared, control: &TcpStream, bound: SocketAd
             Ipv6Addr::LOCALHOST.into(),
         )
     };
-    if let Some(external) = crate::connect::external_for(&shared.cfg.external, probe) {
+    if let Some(external) = crate::dial::external_for(&shared.cfg.external, probe) {
         return external;
     }
     let routed = async {
@@ -391,7 +391,7 @@ async fn serve_listener(
             accepted = cx.listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
-                    Err(e) if crate::connect::is_resource_exhaustion(&e) => {
+                    Err(e) if crate::dial::is_resource_exhaustion(&e) => {
                         machine.fail(format!("accept failed: {e}"));
                         continue;
                     }

@@ -44,7 +44,7 @@ fn listen_socket(addr: SocketAddr, keepalive: std::time::Duration) -> io::Result
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     // Inherited by every accepted client connection (Linux copies them on accept).
-    crate::connect::tune_socket(socket2::SockRef::from(&socket), keepalive);
+    crate::dial::tune_socket(socket2::SockRef::from(&socket), keepalive);
     if addr.is_ipv6() {
         // So that [::]:1080 and 0.0.0.0:1080 can both be listed.
         socket.set_only_v6(true)?;
@@ -201,7 +201,7 @@ async fn accept_loop(
                 backoff = MIN_BACKOFF;
                 x
             }
-            Err(e) if crate::connect::is_resource_exhaustion(&e) => {
+            Err(e) if crate::dial::is_resource_exhaustion(&e) => {
                 if backoff == MIN_BACKOFF {
                     tracing::warn!(error = %e, "accept: out of resources, backing off");
                 }

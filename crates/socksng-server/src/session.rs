@@ -1,12 +1,12 @@
 //! One client connection from accept to close: client-network check, the handshake driven
 //! through the sans-IO machine under the handshake timeout, authentication, the session and
-//! per-user limits, dispatch to CONNECT / BIND / UDP ASSOCIATE / SOCKS-NG, and CONNECT itself.
+//! per-user limits, and dispatch to the module of each command (CONNECT, BIND, UDP
+//! ASSOCIATE, the SOCKS-NG commands).
 
 use crate::admission::{NotChecked, StageSlot};
-use crate::conn::{allowed_addresses, client_gone, linger_close, Handshaken, SessionLog};
-use crate::connect::{canonical_addr, connect_racing, reply_code_for};
+use crate::conn::{linger_close, Handshaken, SessionLog};
+use crate::dial::canonical_addr;
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
-use crate::relay::{relay, RelayTimeouts};
 use crate::shared::Shared;
 use socksng_proto::wire::ng::NgRequest;
 use socksng_proto::{Address, Command, Event, ReplyCode, ServerHandshake};
@@ -40,7 +40,7 @@ pub(crate) async fn serve(
     }
     // Nodelay and keepalive came with the accepted socket from the listener (server.rs).
     #[cfg(not(target_os = "linux"))]
-    crate::connect::tune_stream(&stream, shared.cfg.timeouts.tcp_keepalive);
+    crate::dial::tune_stream(&stream, shared.cfg.timeouts.tcp_keepalive);
     let handshake_timeout = shared.cfg.timeouts.handshake;
     // The transient phases are boxed so that a long-lived relay's task is not sized for them.
     let result = Box::pin(timeout(
@@ -232,7 +232,7 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
             command: Command::Connect,
             address,
             ..
-        } => connect(conn, address, log).await,
+        } => crate::connect::connect(conn, address, log).await,
         // Boxed: their state is large and rare; inline, it would size every session's task.
         Asked::Socks {
             command: Command::Bind,
@@ -246,79 +246,4 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
         } => Box::pin(crate::udp::associate(conn, address, log)).await,
         Asked::Ng(request) => Box::pin(crate::ng::serve(conn, request, log)).await,
     }
-}
-
-async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
-    let shared = conn.shared.clone();
-    let limit = shared.cfg.timeouts.connect;
-    // Resolving and connecting can take the connect timeout; a client whose connection is
-    // reset meanwhile ends the session at once instead of holding its slot that long.
-    let reach = async {
-        let addrs = Box::pin(allowed_addresses(
-            &shared,
-            conn.user.as_deref(),
-            Command::Connect,
-            &address,
-        ))
-        .await?;
-        match Box::pin(timeout(
-            limit,
-            connect_racing(
-                &addrs,
-                shared.cfg.resolver.attempt_delay,
-                &shared.cfg.external,
-                shared.cfg.timeouts.tcp_keepalive,
-            ),
-        ))
-        .await
-        {
-            Ok(Ok(t)) => Ok(t),
-            Ok(Err(e)) => Err(SessionOutcome::refused(reply_code_for(&e), e)),
-            Err(_) => Err(SessionOutcome::refused(
-                ReplyCode::TTL_EXPIRED,
-                format!("connect timed out after {limit:?}"),
-            )),
-        }
-    };
-    let reached = tokio::select! {
-        r = reach => r,
-        _ = client_gone(&conn.stream) => {
-            let why = "client gone before the target was reached";
-            log.end(OutcomeKind::Broken, Side::Client, why);
-            return;
-        }
-    };
-    let (mut target, used) = match reached {
-        Ok(t) => t,
-        Err(refusal) => return conn.refuse_with(log, refusal).await,
-    };
-    log.connected = Some(used);
-    let bound = match target.local_addr() {
-        Ok(a) => canonical_addr(a),
-        Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
-    };
-    if !conn.succeed(log, bound).await {
-        return;
-    }
-    if !conn.early_data.is_empty() {
-        if let Err(e) = target.write_all(&conn.early_data).await {
-            log.end(
-                OutcomeKind::Broken,
-                Side::Target,
-                format!("target write failed: {e}"),
-            );
-            return;
-        }
-        log.add_up(conn.early_data.len() as u64);
-        conn.early_data = Vec::new();
-    }
-    let end = relay(
-        &mut conn.stream,
-        &mut target,
-        RelayTimeouts::from_config(&shared.cfg.timeouts),
-        &log.up,
-        &log.down,
-    )
-    .await;
-    log.outcome = Some(end.outcome());
 }

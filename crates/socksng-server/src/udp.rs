@@ -12,7 +12,7 @@
 //! replies from anyone else are checked by address.
 
 use crate::conn::{Handshaken, SessionLog};
-use crate::connect::{external_for, interleave, port_zero};
+use crate::dial::{external_for, interleave, port_zero};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::{canonical, Verdict};
 use crate::relay::{read_drained, IdleTimer, PooledBuf};
