@@ -17,7 +17,7 @@ use crate::wire::ng::{
 };
 use crate::wire::{
     AuthReply, AuthRequest, Command, DecodeError, EncodeError, Greeting, Method, MethodSelection,
-    Reply, ReplyCode, Request,
+    Reply, ReplyCode, Request, Socks4Command, Socks4Reply, Socks4Request,
 };
 
 /// What the client asks for once the handshake is through.
@@ -32,6 +32,8 @@ pub enum ClientRequest {
 /// How the client negotiates.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClientConfig {
+    /// Speak SOCKS4/4a instead of SOCKS5 (no greeting, no login, no SOCKS-NG).
+    pub socks4: bool,
     /// Offer the SOCKS-NG method (X'A5') beside the plain ones.
     pub offer_ng: bool,
     /// Username and password (RFC 1929, or inside NG-HELLO); `None` offers no login.
@@ -45,6 +47,9 @@ pub enum Path {
     Ng,
     /// Plain SOCKS5.
     Socks5,
+    /// SOCKS4, or SOCKS4a for a name: no greeting, CONNECT and BIND only, the username as
+    /// USERID.
+    Socks4,
 }
 
 /// Something the driver learns from the server.
@@ -107,6 +112,9 @@ pub enum ClientHandshakeError {
     /// Input after the end, or after a failure.
     #[error("handshake is not expecting this ({0})")]
     WrongState(&'static str),
+    /// SOCKS4 cannot carry this request (UDP, an IPv6 target, a SOCKS-NG command).
+    #[error("SOCKS4 cannot carry this request: {0}")]
+    NotInSocks4(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +125,8 @@ enum State {
     AwaitRequest,
     AwaitReply,
     AwaitBindPeer,
+    AwaitSocks4Reply,
+    AwaitSocks4BindPeer,
     AwaitCapabilities,
     Done,
     Failed,
@@ -146,8 +156,16 @@ fn decoded<T>(
 
 impl ClientHandshake {
     /// A machine for one request; the greeting is appended to `out`.
+    /// With SOCKS4 the request goes out at once; one SOCKS4 cannot carry leaves the machine
+    /// failed (use [`ClientHandshake::negotiate`] and [`ClientHandshake::request`] to hear why).
     pub fn new(config: ClientConfig, request: ClientRequest, out: &mut Vec<u8>) -> Self {
         let mut machine = Self::negotiate(config, out);
+        if machine.path == Some(Path::Socks4) {
+            if machine.send_socks4(request, out).is_err() {
+                machine.state = State::Failed;
+            }
+            return machine;
+        }
         machine.request = Some(request);
         machine
     }
@@ -156,6 +174,15 @@ impl ClientHandshake {
     /// request can depend on the path (LISTEN on SOCKS-NG, BIND on a plain server); the
     /// greeting is appended to `out`.
     pub fn negotiate(config: ClientConfig, out: &mut Vec<u8>) -> Self {
+        if config.socks4 {
+            // SOCKS4 has no negotiation: the request is the first message.
+            return ClientHandshake {
+                config,
+                request: None,
+                state: State::AwaitRequest,
+                path: Some(Path::Socks4),
+            };
+        }
         let mut methods = Vec::with_capacity(3);
         if config.offer_ng {
             methods.push(Method(NG_METHOD));
@@ -186,9 +213,79 @@ impl ClientHandshake {
         if matches!(request, ClientRequest::Ng(_)) && self.path != Some(Path::Ng) {
             return Err(ClientHandshakeError::NgNotSelected);
         }
+        if self.path == Some(Path::Socks4) {
+            return self.send_socks4(request, out);
+        }
         self.request = Some(request);
         self.send_request(out);
         Ok(())
+    }
+
+    /// Whether the machine waits for its request (a SOCKS4 machine does from the start).
+    pub fn awaits_request(&self) -> bool {
+        self.state == State::AwaitRequest
+    }
+
+    fn send_socks4(
+        &mut self,
+        request: ClientRequest,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ClientHandshakeError> {
+        let ClientRequest::Socks5(Request { command, address }) = &request else {
+            return Err(ClientHandshakeError::NotInSocks4("a SOCKS-NG command"));
+        };
+        let (command, next) = match command {
+            Command::Connect => (Socks4Command::Connect, State::AwaitSocks4Reply),
+            Command::Bind => (Socks4Command::Bind, State::AwaitSocks4Reply),
+            _ => return Err(ClientHandshakeError::NotInSocks4("UDP")),
+        };
+        let user_id = self
+            .config
+            .credentials
+            .as_ref()
+            .map(|(user, _)| user.clone())
+            .unwrap_or_default();
+        Socks4Request {
+            command,
+            address: address.clone(),
+            user_id,
+        }
+        .encode(out)
+        .map_err(|_| ClientHandshakeError::NotInSocks4("an IPv6 target"))?;
+        self.request = Some(request);
+        self.state = next;
+        Ok(())
+    }
+
+    /// A SOCKS4 reply as a SOCKS5 one: 90 is success, the refusals keep their codes
+    /// (0x5B to 0x5D, which no SOCKS5 code uses).
+    fn on_socks4_reply(&mut self, input: &[u8]) -> Step {
+        let Some((reply, n)) = decoded("SOCKS4 reply", Socks4Reply::decode(input))? else {
+            return Ok(None);
+        };
+        let code = if reply.code == crate::wire::SOCKS4_GRANTED {
+            ReplyCode::SUCCEEDED
+        } else {
+            ReplyCode(reply.code)
+        };
+        let reply = Reply {
+            code,
+            bound: crate::wire::Address::ip(reply.bound.into()),
+        };
+        let first = self.state == State::AwaitSocks4Reply;
+        let bind =
+            matches!(&self.request, Some(ClientRequest::Socks5(r)) if r.command == Command::Bind);
+        self.state = if first && bind && code == ReplyCode::SUCCEEDED {
+            State::AwaitSocks4BindPeer
+        } else {
+            State::Done
+        };
+        let event = if first {
+            ClientEvent::Reply(reply)
+        } else {
+            ClientEvent::BindPeer(reply)
+        };
+        Ok(Some((n, Some(event))))
     }
 
     /// How many bytes to read next without reading past the message the machine waits for,
@@ -199,6 +296,7 @@ impl ClientHandshake {
             State::AwaitSelection | State::AwaitAuthReply => 2,
             State::AwaitWelcome => 3,
             State::AwaitReply | State::AwaitBindPeer => Reply::wanted_len(buffered).unwrap_or(0),
+            State::AwaitSocks4Reply | State::AwaitSocks4BindPeer => 8,
             State::AwaitCapabilities => match buffered {
                 [hi, lo, ..] => 2 + usize::from(u16::from_be_bytes([*hi, *lo])),
                 _ => 2,
@@ -241,6 +339,7 @@ impl ClientHandshake {
                 State::AwaitWelcome => self.on_welcome(rest, out),
                 State::AwaitReply => self.on_reply(rest),
                 State::AwaitBindPeer => self.on_bind_peer(rest),
+                State::AwaitSocks4Reply | State::AwaitSocks4BindPeer => self.on_socks4_reply(rest),
                 State::AwaitCapabilities => self.on_capabilities(rest),
                 State::AwaitRequest | State::Done | State::Failed => return None,
             };
@@ -459,7 +558,12 @@ mod tests {
                         }
                         return true;
                     }
-                    Some(Event::Socks4Request(_)) => panic!("no SOCKS4 here"),
+                    Some(Event::Socks4Request(r)) => {
+                        // USERID carries the username.
+                        assert_eq!(r.user_id, USER);
+                        self.hs.reply(ReplyCode::SUCCEEDED, &bound, out).unwrap();
+                        return true;
+                    }
                 }
             }
         }
@@ -559,6 +663,7 @@ mod tests {
         for (ng, path) in [(true, Path::Ng), (false, Path::Socks5)] {
             let mut to_server = Vec::new();
             let config = ClientConfig {
+                socks4: false,
                 offer_ng: true,
                 credentials: creds(),
             };
@@ -589,6 +694,51 @@ mod tests {
                 "one request per connection"
             );
         }
+    }
+
+    #[test]
+    fn socks4_and_4a_against_the_server_machine() {
+        let config = ClientConfig {
+            socks4: true,
+            credentials: creds(),
+            ..ClientConfig::default()
+        };
+        let mut server_config = server(true, false, false);
+        server_config.socks4 = true;
+        for address in [
+            Address::ip("192.0.2.7:80".parse().unwrap()),
+            Address::domain("example.test", 443).unwrap(),
+        ] {
+            let request = ClientRequest::Socks5(Request {
+                command: Command::Connect,
+                address: address.clone(),
+            });
+            for chunk in [1, 3, usize::MAX] {
+                let (events, path, error) =
+                    pair(config.clone(), request.clone(), server_config, chunk);
+                assert_eq!((path, error), (Some(Path::Socks4), None), "{address}");
+                assert!(
+                    matches!(&events[..], [ClientEvent::Reply(r)] if r.code == ReplyCode::SUCCEEDED),
+                    "{events:?}"
+                );
+            }
+        }
+        // What SOCKS4 cannot say is refused before anything is sent.
+        let mut out = Vec::new();
+        let mut machine = ClientHandshake::negotiate(config, &mut out);
+        assert!(machine.awaits_request() && out.is_empty());
+        let v6 = ClientRequest::Socks5(Request {
+            command: Command::Connect,
+            address: Address::ip("[2001:db8::1]:80".parse().unwrap()),
+        });
+        assert!(matches!(
+            machine.request(v6, &mut out),
+            Err(ClientHandshakeError::NotInSocks4(_))
+        ));
+        assert_eq!(
+            ReplyCode(0x5B).description(),
+            "request rejected or failed (SOCKS4)"
+        );
     }
 
     #[test]
@@ -629,6 +779,7 @@ mod tests {
             ),
             (
                 ClientConfig {
+                    socks4: false,
                     offer_ng: false,
                     credentials: creds(),
                 },
@@ -639,6 +790,7 @@ mod tests {
             ),
             (
                 ClientConfig {
+                    socks4: false,
                     offer_ng: true,
                     credentials: None,
                 },
@@ -649,6 +801,7 @@ mod tests {
             ),
             (
                 ClientConfig {
+                    socks4: false,
                     offer_ng: true,
                     credentials: creds(),
                 },
@@ -673,6 +826,7 @@ mod tests {
             ),
             (
                 ClientConfig {
+                    socks4: false,
                     offer_ng: true,
                     credentials: creds(),
                 },
@@ -683,6 +837,7 @@ mod tests {
             ),
             (
                 ClientConfig {
+                    socks4: false,
                     offer_ng: true,
                     credentials: None,
                 },
@@ -694,6 +849,7 @@ mod tests {
             // An NG-capable client against a plain server falls back to SOCKS5.
             (
                 ClientConfig {
+                    socks4: false,
                     offer_ng: true,
                     credentials: creds(),
                 },
@@ -718,10 +874,12 @@ mod tests {
     fn failures_are_typed() {
         let plain = ClientConfig::default();
         let with_creds = ClientConfig {
+            socks4: false,
             offer_ng: false,
             credentials: Some((USER.to_vec(), b"wrong".to_vec())),
         };
         let ng_wrong = ClientConfig {
+            socks4: false,
             offer_ng: true,
             credentials: Some((USER.to_vec(), b"wrong".to_vec())),
         };
@@ -753,6 +911,7 @@ mod tests {
             assert_eq!(
                 pair(
                     ClientConfig {
+                        socks4: false,
                         offer_ng: true,
                         credentials: None
                     },
@@ -800,6 +959,7 @@ mod tests {
         ));
         // Credentials that cannot be encoded are an error, not a panic.
         let long = ClientConfig {
+            socks4: false,
             offer_ng: false,
             credentials: Some((vec![b'a'; 300], PASS.to_vec())),
         };
@@ -957,6 +1117,7 @@ mod tests {
             _ => Some((USER.to_vec(), b"wrong".to_vec())),
         };
         let config = ClientConfig {
+            socks4: false,
             offer_ng: rng.below(2) == 0,
             credentials,
         };

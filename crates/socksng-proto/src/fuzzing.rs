@@ -174,6 +174,7 @@ pub fn client_handshake(data: &[u8]) {
         return;
     };
     let config = ClientConfig {
+        socks4: flags & 0x80 != 0,
         offer_ng: flags & 1 != 0,
         credentials: (flags & 2 != 0).then(|| (b"user".to_vec(), b"pass".to_vec())),
     };
@@ -189,7 +190,7 @@ pub fn client_handshake(data: &[u8]) {
         2 => ClientRequest::Ng(NgRequest::Capabilities),
         _ => ClientRequest::Ng(NgRequest::UdpTunnel),
     };
-    let chunk = usize::from(flags >> 4) + 1;
+    let chunk = usize::from((flags >> 4) & 7) + 1;
     let mut out = Vec::new();
     let mut hs = ClientHandshake::new(config, request, &mut out);
     let mut buf = Vec::new();

@@ -285,6 +285,18 @@ impl ReplyCode {
             0x06 => "TTL expired",
             0x07 => "command not supported",
             0x08 => "address type not supported",
+            // SOCKS 6's meaning, used by SOCKS-NG in CLOSING.
+            0x09 => "timed out",
+            // The SOCKS-NG codes (docs/draft-socksng.md, section 3.2).
+            0x0A => "port in use",
+            0x0B => "port reserved for another user",
+            0x0C => "token not valid",
+            0x0D => "limit reached",
+            0x0E => "datagram too large",
+            // SOCKS4 codes, which a SOCKS4 reply maps to unchanged: they cannot collide.
+            0x5B => "request rejected or failed (SOCKS4)",
+            0x5C => "rejected: no identd on the client (SOCKS4)",
+            0x5D => "rejected: identd says another user (SOCKS4)",
             _ => "unassigned reply code",
         }
     }
