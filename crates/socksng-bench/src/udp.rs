@@ -387,6 +387,7 @@ pub async fn tunnel_setup(
         });
     };
     let url = ProxyUrl {
+        version: socksng_client::SocksVersion::Socks5,
         host: addr.ip().to_string(),
         port: addr.port(),
         credentials: auth.as_ref().map(|c| (c.user.clone(), c.pass.clone())),

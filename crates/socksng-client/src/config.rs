@@ -133,6 +133,21 @@ fn destinations(list: &[String]) -> Result<Vec<Destination>, ClientError> {
     Ok(out)
 }
 
+/// The destinations a NO_PROXY value sends direct: names (and every name below them) and
+/// address prefixes; `*` is every address. Entries that are neither (a name with a port, say)
+/// are skipped, as curl skips what it cannot match.
+pub(crate) fn no_proxy_destinations(no_proxy: &str) -> Vec<Destination> {
+    no_proxy
+        .split(',')
+        .map(|e| e.trim().replacen('[', "", 1).replacen(']', "", 1))
+        .filter(|e| !e.is_empty())
+        .flat_map(|e| match e.as_str() {
+            "*" => everything(),
+            _ => Destination::parse(&e).into_iter().collect(),
+        })
+        .collect()
+}
+
 fn port_range(text: &str) -> Result<(u16, u16), ClientError> {
     let bad = || ClientError::Config(format!("bad port range {text:?}"));
     let (lo, hi) = text.split_once('-').unwrap_or((text, text));
@@ -152,12 +167,8 @@ impl ClientConfig {
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<ClientConfig, ClientError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ClientError::Io(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", path.display()),
-            ))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ClientError::Config(format!("cannot read {}: {e}", path.display())))?;
         Self::from_toml(&text)
     }
 
@@ -179,10 +190,7 @@ impl ClientConfig {
         let mut servers = Vec::with_capacity(self.server.len());
         for s in &self.server {
             let url = ProxyUrl::parse(&s.url)?;
-            let name = s
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("{}:{}", url.host, url.port));
+            let name = s.name.clone().unwrap_or_else(|| url.host_port());
             if name == "direct" || servers.iter().any(|o: &ServerSpec| o.name == name) {
                 return Err(ClientError::Config(format!(
                     "server name {name:?} is reserved or used twice"

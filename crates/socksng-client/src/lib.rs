@@ -63,7 +63,7 @@ pub use udp::{ProxyUdp, UdpReceiver, UdpSender};
 
 pub use socksng_proto::wire::ng::{Capabilities, ServedRange};
 pub use socksng_proto::{Address, ReplyCode};
-pub use url::{no_proxy_matches, ProxyUrl, Resolve};
+pub use url::{no_proxy_matches, redact, ProxyUrl, Resolve, SocksVersion};
 
 use socksng_proto::client::{ClientEvent, ClientHandshake, ClientHandshakeError, ClientRequest};
 use socksng_proto::wire::ng::NgRequest;
@@ -76,9 +76,21 @@ use tokio::net::TcpStream;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// Connecting to or talking with the proxy failed.
+    /// Connecting to or talking with the proxy failed. (The cause is in the message, not a
+    /// source, so a chain of errors prints it once.)
     #[error("proxy connection: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+    /// A name could not be resolved here (for a `socks5://` proxy, or to route by address).
+    #[error("cannot resolve {name}: {source}")]
+    Resolve {
+        /// The name.
+        name: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A target reached directly (or a UDP target behind a plain SOCKS5 relay) failed.
+    #[error("the target: {0}")]
+    Target(io::Error),
     /// The proxy URL cannot be used.
     #[error("bad proxy URL: {0}")]
     BadUrl(String),
@@ -109,7 +121,7 @@ pub enum ClientError {
     Protocol(String),
     /// The target cannot be expressed in SOCKS (an empty or overlong name, say).
     #[error("bad target: {0}")]
-    BadTarget(#[from] DecodeError),
+    BadTarget(DecodeError),
     /// The proxy does not offer what was asked for (for example SOCKS-NG).
     #[error("not supported by this proxy: {0}")]
     NotSupported(&'static str),
@@ -119,9 +131,25 @@ pub enum ClientError {
     /// No usable proxy for the destination: the server routed for it is out of the table.
     #[error("no usable proxy: {0}")]
     Unavailable(String),
+    /// The one proxy meant for the destination failed, as `cause` says.
+    #[error("proxy {name}: {}", .cause.words())]
+    Proxy {
+        /// The server's name (its address when unnamed).
+        name: String,
+        /// What went wrong with it.
+        cause: Box<ClientError>,
+    },
 }
 
 impl ClientError {
+    /// The message without the "proxy connection" label, for a context that names the proxy.
+    fn words(&self) -> String {
+        match self {
+            ClientError::Io(e) => e.to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// The SOCKS reply code, when the proxy refused a request.
     pub fn reply_code(&self) -> Option<ReplyCode> {
         match self {
@@ -133,6 +161,18 @@ impl ClientError {
     }
 }
 
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+impl From<DecodeError> for ClientError {
+    fn from(e: DecodeError) -> Self {
+        ClientError::BadTarget(e)
+    }
+}
+
 impl From<ClientHandshakeError> for ClientError {
     fn from(e: ClientHandshakeError) -> Self {
         match e {
@@ -141,6 +181,7 @@ impl From<ClientHandshakeError> for ClientError {
             // NG-WELCOME X'02': this login kind is not acceptable (a login is required).
             ClientHandshakeError::NgRefused(0x02) => ClientError::NoAcceptableMethod,
             ClientHandshakeError::NgNotSelected => ClientError::NotSupported("SOCKS-NG"),
+            ClientHandshakeError::NotInSocks4(what) => ClientError::NotSupported(what),
             ClientHandshakeError::BadCredentials(e) => ClientError::BadUrl(e.to_string()),
             other => ClientError::Protocol(other.to_string()),
         }
@@ -200,6 +241,28 @@ fn bound_or_refusal(reply: Reply) -> Result<Address, ClientError> {
 
 fn unexpected(event: ClientEvent) -> ClientError {
     ClientError::Protocol(format!("unexpected {event:?}"))
+}
+
+/// Resolves `name` on this host: every address, or the lookup's failure as a local one.
+pub(crate) async fn resolve_here(
+    name: &str,
+    port: u16,
+) -> Result<Vec<std::net::SocketAddr>, ClientError> {
+    let failed = |source| ClientError::Resolve {
+        name: name.to_string(),
+        source,
+    };
+    let addrs: Vec<_> = tokio::net::lookup_host((name, port))
+        .await
+        .map_err(failed)?
+        .collect();
+    if addrs.is_empty() {
+        return Err(failed(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no address",
+        )));
+    }
+    Ok(addrs)
 }
 
 /// Runs the client machine over `stream` until it has an event, reading no byte past the
@@ -291,6 +354,7 @@ impl Client {
         let mut stream = TcpStream::connect((self.proxy.host.as_str(), self.proxy.port)).await?;
         let _ = stream.set_nodelay(true);
         let config = socksng_proto::ClientConfig {
+            socks4: self.proxy.version == SocksVersion::Socks4,
             offer_ng: self.offer_ng,
             credentials: self
                 .proxy
@@ -300,8 +364,18 @@ impl Client {
         };
         let mut out = Vec::with_capacity(64);
         let mut machine = ClientHandshake::negotiate(config, &mut out);
-        stream.write_all(&out).await?;
         let mut inbox = Vec::new();
+        if machine.awaits_request() {
+            // SOCKS4: nothing to negotiate.
+            let path = machine.path().unwrap_or(ProtocolPath::Socks4);
+            return Ok(Negotiated {
+                stream,
+                machine,
+                inbox,
+                path,
+            });
+        }
+        stream.write_all(&out).await?;
         match drive(&mut stream, &mut machine, &mut inbox).await? {
             ClientEvent::Negotiated(path) => Ok(Negotiated {
                 stream,
@@ -342,11 +416,15 @@ impl Client {
     pub(crate) async fn resolve_target(&self, target: Address) -> Result<Address, ClientError> {
         match (&target.host, self.proxy.resolve) {
             (Host::Domain(name), Resolve::Local) => {
-                let addr = tokio::net::lookup_host((name.as_str(), target.port))
+                // SOCKS4 carries IPv4 only.
+                let v4_only = self.proxy.version == SocksVersion::Socks4;
+                let addr = resolve_here(name, target.port)
                     .await?
-                    .next()
-                    .ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::NotFound, format!("{name} has no address"))
+                    .into_iter()
+                    .find(|a| !v4_only || a.is_ipv4())
+                    .ok_or_else(|| ClientError::Resolve {
+                        name: name.to_string(),
+                        source: io::Error::new(io::ErrorKind::NotFound, "no IPv4 address"),
                     })?;
                 Ok(Address::ip(addr))
             }

@@ -483,7 +483,29 @@ impl Router {
 
     /// A router that sends everything through one proxy.
     pub fn single(url: ProxyUrl) -> Router {
-        let name = format!("{}:{}", url.host, url.port);
+        Router::single_except(url, None)
+    }
+
+    /// A router that sends everything through one proxy except what `no_proxy` (NO_PROXY's
+    /// comma-separated form) sends direct, as curl does with `-x`.
+    pub fn single_except(url: ProxyUrl, no_proxy: Option<&str>) -> Router {
+        // `*` bypasses the proxy for everything, names included.
+        let all = no_proxy.is_some_and(|n| n.split(',').any(|e| e.trim() == "*"));
+        if all {
+            return Router::new(Vec::new(), Vec::new(), RouterOptions::default());
+        }
+        let name = url.host_port();
+        let direct = no_proxy
+            .map(crate::config::no_proxy_destinations)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|destination| Route {
+                destination,
+                ports: Vec::new(),
+                via: Via::Direct,
+                origin: Origin::Configured,
+            })
+            .collect();
         Router::new(
             vec![ServerSpec {
                 name,
@@ -491,7 +513,7 @@ impl Router {
                 ranges: everything(),
                 ask: false,
             }],
-            Vec::new(),
+            direct,
             RouterOptions::default(),
         )
     }
@@ -682,14 +704,7 @@ impl Router {
                 // Split routing: only the address tells whether a private range's server
                 // serves this name. Direct connections use every address; a proxy gets the
                 // name back (resolved by it for socks5h://, by the client for socks5://).
-                let mut addrs = tokio::net::lookup_host((name.as_str(), port)).await?;
-                let first = addrs.next().ok_or_else(|| {
-                    ClientError::Io(std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!("{name} has no address"),
-                    ))
-                })?;
-                first.ip()
+                crate::resolve_here(name, port).await?[0].ip()
             }
         };
         let via = self.pick(&table, |u| table.for_ip(ip, port, u))?;
@@ -738,8 +753,20 @@ impl Router {
         let limit = self.inner.options.connect_timeout;
         let timed_out = || ClientError::Io(std::io::ErrorKind::TimedOut.into());
         let mut skipped = Vec::new();
+        let mut failed: Vec<(String, ClientError)> = Vec::new();
         for _ in 0..=self.inner.servers.len() {
-            let (via, ask) = self.decide(&target).await?;
+            let (via, ask) = match self.decide(&target).await {
+                // The one server meant for this target failed just now: its own failure says
+                // more than "out of the table" (a single --proxy that refuses, say).
+                Err(ClientError::Unavailable(_)) if failed.len() == 1 => {
+                    let (name, cause) = failed.remove(0);
+                    return Err(ClientError::Proxy {
+                        name,
+                        cause: Box::new(cause),
+                    });
+                }
+                other => other?,
+            };
             let via_name = self.table().via_name(via).to_string();
             let Via::Server(i) = via else {
                 let stream = tokio::time::timeout(limit, direct(&ask))
@@ -777,11 +804,13 @@ impl Router {
                 Ok(Err(e)) => {
                     self.mark_down(via, &e);
                     skipped.push(format!("{via_name}: {e}"));
+                    failed.push((via_name, e));
                 }
                 Err(_) => {
                     let e = timed_out();
                     self.mark_down(via, &e);
                     skipped.push(format!("{via_name}: {e}"));
+                    failed.push((via_name, e));
                 }
             }
         }
@@ -797,11 +826,16 @@ impl Router {
     }
 }
 
+/// Connects to `target` without a proxy: a name that does not resolve is a local failure,
+/// a connection that fails is the target's.
 async fn direct(target: &Address) -> Result<TcpStream, ClientError> {
-    let stream = match &target.host {
-        Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, target.port)).await?,
-        Host::Domain(name) => TcpStream::connect((name.as_str(), target.port)).await?,
+    let addrs = match &target.host {
+        Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
+        Host::Domain(name) => crate::resolve_here(name, target.port).await?,
     };
+    let stream = TcpStream::connect(&addrs[..])
+        .await
+        .map_err(ClientError::Target)?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }

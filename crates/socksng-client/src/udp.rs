@@ -68,6 +68,7 @@ impl Client {
         let mut negotiated = self.negotiate().await?;
         let path = negotiated.path;
         let (relay, out, inbound) = match path {
+            ProtocolPath::Socks4 => return Err(ClientError::NotSupported("UDP over SOCKS4")),
             ProtocolPath::Ng => {
                 negotiated
                     .request(ClientRequest::Ng(NgRequest::UdpTunnel))
@@ -184,7 +185,7 @@ impl UdpSender {
                 }
                 .encode(datagram);
                 datagram.extend_from_slice(payload);
-                socket.send(datagram).await?;
+                socket.send(datagram).await.map_err(relay_error)?;
             }
         }
         Ok(())
@@ -211,6 +212,16 @@ impl UdpReceiver {
                 scratch,
             } => associate_recv(control, socket, scratch, buf).await,
         }
+    }
+}
+
+/// An error on the socket connected to a UDP relay. "Refused" there is an ICMP port
+/// unreachable, which a relay like Dante passes back from the target: the target's failure.
+fn relay_error(e: std::io::Error) -> ClientError {
+    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+        ClientError::Target(e)
+    } else {
+        ClientError::Io(e)
     }
 }
 
@@ -262,7 +273,7 @@ async fn associate_recv(
     loop {
         tokio::select! {
             got = socket.recv(scratch) => {
-                let n = got?;
+                let n = got.map_err(relay_error)?;
                 // Fragments (FRAG != 0) are not reassembled and malformed headers are
                 // dropped, as RFC 1928 allows; the socket is connected, so only the relay's
                 // datagrams arrive here.

@@ -13,9 +13,21 @@ pub enum Resolve {
     Remote,
 }
 
+/// Which protocol the proxy is spoken to in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SocksVersion {
+    /// `socks4://` and `socks4a://`: SOCKS4, CONNECT and BIND only, no login.
+    Socks4,
+    /// `socks5://` and `socks5h://`: SOCKS5, with SOCKS-NG offered.
+    #[default]
+    Socks5,
+}
+
 /// A parsed proxy URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProxyUrl {
+    /// SOCKS4 or SOCKS5.
+    pub version: SocksVersion,
     /// Host name or address literal (without IPv6 brackets).
     pub host: String,
     /// Port; 1080 when the URL gives none.
@@ -29,6 +41,7 @@ pub struct ProxyUrl {
 impl fmt::Debug for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProxyUrl")
+            .field("version", &self.version)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("user", &self.credentials.as_ref().map(|c| &c.0))
@@ -40,23 +53,41 @@ impl fmt::Debug for ProxyUrl {
 /// The URL without the password: what may be shown in logs and output.
 impl fmt::Display for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match self.resolve {
-            Resolve::Local => "socks5",
-            Resolve::Remote => "socks5h",
+        let scheme = match (self.version, self.resolve) {
+            (SocksVersion::Socks4, Resolve::Local) => "socks4",
+            (SocksVersion::Socks4, Resolve::Remote) => "socks4a",
+            (SocksVersion::Socks5, Resolve::Local) => "socks5",
+            (SocksVersion::Socks5, Resolve::Remote) => "socks5h",
         };
         write!(f, "{scheme}://")?;
         if let Some((user, _)) = &self.credentials {
             write!(f, "{user}@")?;
         }
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
+        f.write_str(&self.host_port())
     }
 }
 
-fn percent_decode(s: &str) -> Result<String, ClientError> {
+/// `text` with the password of a URL's `user:password@` part replaced by `***`, for error
+/// messages about text that may hold one.
+pub fn redact(text: &str) -> String {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let authority_end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| start + i);
+    match text[start..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &text[start..start + at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &text[..start], &text[start + at..]),
+                None => text.to_string(),
+            }
+        }
+        None => text.to_string(),
+    }
+}
+
+/// Decodes `s`; errors name `what` (never repeating it: it may be a password).
+fn percent_decode(s: &str, what: &str) -> Result<String, ClientError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -66,7 +97,9 @@ fn percent_decode(s: &str) -> Result<String, ClientError> {
                 .get(i + 1..i + 3)
                 .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| ClientError::BadUrl(format!("bad percent-encoding in {s:?}")))?;
+                .ok_or_else(|| {
+                    ClientError::BadUrl(format!("bad percent-encoding in the {what}"))
+                })?;
             out.push(hex);
             i += 3;
         } else {
@@ -74,21 +107,26 @@ fn percent_decode(s: &str) -> Result<String, ClientError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| ClientError::BadUrl("credentials are not UTF-8".into()))
+    String::from_utf8(out).map_err(|_| ClientError::BadUrl(format!("the {what} is not UTF-8")))
 }
 
 impl ProxyUrl {
-    /// Parses `socks5://[user[:pass]@]host[:port][/]` or the `socks5h` form. A bare
-    /// `host:port` is taken as `socks5h`, the safe default (no local DNS leak).
+    /// Parses `socks5://[user[:pass]@]host[:port][/]` and curl's other schemes: `socks5h`
+    /// (the proxy resolves names), `socks4` and `socks4a` (SOCKS4; 4a lets the proxy resolve).
+    /// A bare `host:port` is taken as `socks5h`, the safe default (no local DNS leak). Errors
+    /// never repeat a password.
     pub fn parse(url: &str) -> Result<ProxyUrl, ClientError> {
-        let bad = |why: &str| ClientError::BadUrl(format!("{url:?}: {why}"));
+        let shown = redact(url);
+        let bad = |why: &str| ClientError::BadUrl(format!("{shown:?}: {why}"));
         let (scheme, rest) = match url.split_once("://") {
             Some((s, r)) => (s.to_ascii_lowercase(), r),
             None => ("socks5h".to_string(), url),
         };
-        let resolve = match scheme.as_str() {
-            "socks5" => Resolve::Local,
-            "socks5h" | "socks" => Resolve::Remote,
+        let (version, resolve) = match scheme.as_str() {
+            "socks5" => (SocksVersion::Socks5, Resolve::Local),
+            "socks5h" | "socks" => (SocksVersion::Socks5, Resolve::Remote),
+            "socks4" => (SocksVersion::Socks4, Resolve::Local),
+            "socks4a" => (SocksVersion::Socks4, Resolve::Remote),
             other => return Err(bad(&format!("unsupported scheme {other:?}"))),
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -100,7 +138,10 @@ impl ProxyUrl {
             None => None,
             Some(u) => {
                 let (user, pass) = u.split_once(':').unwrap_or((u, ""));
-                Some((percent_decode(user)?, percent_decode(pass)?))
+                Some((
+                    percent_decode(user, "user name")?,
+                    percent_decode(pass, "password")?,
+                ))
             }
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
@@ -137,11 +178,21 @@ impl ProxyUrl {
             Some(_) => return Err(bad("bad port")),
         };
         Ok(ProxyUrl {
+            version,
             host,
             port,
             credentials,
             resolve,
         })
+    }
+
+    /// `host:port`, an IPv6 host in brackets.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// The proxy from `ALL_PROXY` or `all_proxy` (curl's order: lower case first), unless

@@ -313,8 +313,12 @@ async fn router_fails_over_takes_servers_out_and_refreshes() {
             assert_eq!(router.decide(&in_gone).await.unwrap().0, Via::Server(1));
             // It fails: it is taken out, and its destinations do not leak out directly.
             let err = router.connect(in_gone.clone()).await.unwrap_err();
-            assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
-            assert!(err.to_string().contains("gone"), "{err}");
+            // The one server meant for it failed: the error names it and says how.
+            assert!(
+                matches!(&err, ClientError::Proxy { name, .. } if name == "gone"),
+                "{err}"
+            );
+            assert!(err.to_string().starts_with("proxy gone: "), "{err}");
             assert!(router.servers()[1].1.down.is_some());
             assert!(router.decide(&in_gone).await.is_err());
             // A gateway for everything takes over from a failed server; direct never does.

@@ -235,6 +235,7 @@ fn path_name(p: ProtocolPath) -> &'static str {
     match p {
         ProtocolPath::Ng => "SOCKS-NG",
         ProtocolPath::Socks5 => "SOCKS5",
+        ProtocolPath::Socks4 => "SOCKS4",
     }
 }
 
