@@ -1,14 +1,15 @@
 //! socksng: the command-line client. Argument parsing, choosing the servers (a `--proxy`, the
 //! client config file, or ALL_PROXY) and printing; the work is done by `socksng_client`.
 
-use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{anyhow, Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
 use socksng_client::forward::{forward_local, forward_remote, ForwardEvent};
 use socksng_client::route::{port_ranges_text, Via};
 use socksng_client::{
-    Address, Capabilities, Client, ClientConfig, ClientError, ProtocolPath, ProxyUrl, Router,
+    Address, Capabilities, Client, ClientConfig, ClientError, ProtocolPath, ProxyUrl, ReplyCode,
+    Router,
 };
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,9 +36,14 @@ async fn in_time<T>(
 /// ranges they serve, the most specific route wins, and anything else goes direct. Without a
 /// file, ALL_PROXY (or all_proxy) is used, with NO_PROXY going direct.
 ///
-/// Proxy URLs: socks5h://[user[:password]@]host[:port] (names resolved by the proxy) or
-/// socks5:// (names resolved here); the port defaults to 1080. Targets are HOST:PORT, with
-/// IPv6 literals in brackets: [2001:db8::1]:22.
+/// Proxy URLs: socks5h://[user[:password]@]host[:port] (names resolved by the proxy),
+/// socks5:// (names resolved here), socks4a:// and socks4:// (SOCKS4, CONNECT and BIND);
+/// the port defaults to 1080. Targets are HOST:PORT, with IPv6 literals in brackets:
+/// [2001:db8::1]:22. With --proxy (or ALL_PROXY), NO_PROXY's hosts go direct, as with curl.
+///
+/// Credentials stay off the command line with --proxy-user USER: the password comes from
+/// $SOCKSNG_PASSWORD, else from a netrc file (--netrc, --netrc-file; "machine" is the proxy
+/// host), else from a prompt on the terminal.
 ///
 /// Examples:
 ///   ssh -o ProxyCommand='socksng -x socks5h://gw:1080 connect %h:%p' host.internal
@@ -46,8 +52,12 @@ async fn in_time<T>(
 ///   printf 'ping' | socksng -x socks5h://gw:1080 udp 192.0.2.53:7
 ///   socksng info socks5h://gw:1080 --json
 ///   socksng routes --lookup db.internal:5432
+///   socksng -x socks5h://gw:1080 -U alice --netrc-file ~/.socksng-netrc connect db:5432
+///
+/// Shell completions and the manual page: `socksng completions bash`, `socksng man` (see
+/// the README for where to install them).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about, verbatim_doc_comment)]
+#[command(version, about, long_about, verbatim_doc_comment, after_long_help = EXIT_STATUS_HELP)]
 struct Cli {
     /// Send everything through this proxy (overrides the config file and ALL_PROXY).
     #[arg(short = 'x', long, global = true, value_name = "URL")]
@@ -58,6 +68,20 @@ struct Cli {
     /// Say on standard error which way each connection went.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// The proxy's username (for --proxy or ALL_PROXY); the password from $SOCKSNG_PASSWORD,
+    /// a netrc file or a prompt. USER:PASSWORD also works, but shows in ps.
+    #[arg(short = 'U', long, global = true, value_name = "USER")]
+    proxy_user: Option<String>,
+    /// Look the proxy password up in ~/.netrc.
+    #[arg(long, global = true)]
+    netrc: bool,
+    /// Look the proxy password up in this netrc-style file.
+    #[arg(long, global = true, value_name = "FILE")]
+    netrc_file: Option<PathBuf>,
+    /// Hosts that bypass --proxy, comma-separated as in NO_PROXY ('' for none); default:
+    /// NO_PROXY.
+    #[arg(long, global = true, value_name = "LIST")]
+    noproxy: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -124,6 +148,11 @@ enum Cmd {
         /// The server (a configured name or a URL); default: the route for TARGET.
         #[arg(long, value_name = "SERVER")]
         server: Option<String>,
+        /// Line mode: every line of standard input is one datagram, and every reply is printed
+        /// on a line of its own; the command ends --timeout seconds after the input ends and
+        /// the replies stop.
+        #[arg(long, conflicts_with_all = ["data", "count"])]
+        lines: bool,
     },
     /// Ask servers what they offer: protocol, commands, UDP limit, served ranges.
     Info {
@@ -145,6 +174,99 @@ enum Cmd {
         #[arg(long, value_name = "TARGET")]
         lookup: Vec<String>,
     },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), for man(1).
+    Man,
+}
+
+/// What the exit status says.
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success (also when standard output is closed early, as by `| head`)
+  1  another failure (a local socket, the relay)
+  2  the command line
+  3  the local configuration: config file, proxy URL, credentials
+  4  a name could not be resolved here
+  5  the proxy failed: unreachable, timed out, broke the protocol, or cannot do it
+  6  the proxy refused the login
+  7  the proxy refused the request: by rule (0x02), a port reserved or in use, a limit
+  8  the target failed: refused, unreachable, timed out";
+
+/// The statuses of [`EXIT_STATUS_HELP`].
+mod status {
+    pub const OTHER: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const CONFIG: i32 = 3;
+    pub const RESOLVE: i32 = 4;
+    pub const PROXY: i32 = 5;
+    pub const LOGIN: i32 = 6;
+    pub const REFUSED: i32 = 7;
+    pub const TARGET: i32 = 8;
+}
+
+/// A failure of the command's own inputs, with its exit status.
+#[derive(Debug, thiserror::Error)]
+enum LocalError {
+    /// The command line (a target that is not HOST:PORT, say).
+    #[error("{0}")]
+    Usage(String),
+    /// The configuration (no proxy given, credentials missing).
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The exit status for a failed command: the first cause in the chain that says who failed.
+fn exit_status(e: &anyhow::Error) -> i32 {
+    e.chain()
+        .find_map(|cause| {
+            if let Some(c) = cause.downcast_ref::<ClientError>() {
+                return Some(client_status(c));
+            }
+            match cause.downcast_ref::<LocalError>() {
+                Some(LocalError::Usage(_)) => Some(status::USAGE),
+                Some(LocalError::Config(_)) => Some(status::CONFIG),
+                None => None,
+            }
+        })
+        .unwrap_or(status::OTHER)
+}
+
+fn client_status(e: &ClientError) -> i32 {
+    match e {
+        ClientError::Config(_) | ClientError::BadUrl(_) | ClientError::BadTarget(_) => {
+            status::CONFIG
+        }
+        ClientError::Resolve { .. } => status::RESOLVE,
+        ClientError::AuthFailed | ClientError::NoAcceptableMethod => status::LOGIN,
+        ClientError::Refused { code } | ClientError::DatagramRefused { code, .. } => match *code {
+            ReplyCode::NOT_ALLOWED
+            | ReplyCode(0x0A)
+            | ReplyCode(0x0B)
+            | ReplyCode(0x0D)
+            | ReplyCode(0x5B..=0x5D) => status::REFUSED,
+            ReplyCode::NETWORK_UNREACHABLE
+            | ReplyCode::HOST_UNREACHABLE
+            | ReplyCode::CONNECTION_REFUSED
+            | ReplyCode::TTL_EXPIRED
+            | ReplyCode(0x09) => status::TARGET,
+            _ => status::PROXY,
+        },
+        ClientError::Target(_) => status::TARGET,
+        ClientError::Proxy { cause, .. } => client_status(cause),
+        _ => status::PROXY,
+    }
+}
+
+/// Whether the failure is only that standard output was closed (`| head`): not a failure.
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn main() {
@@ -155,9 +277,10 @@ fn main() {
         .expect("tokio runtime");
     let code = match runtime.block_on(run(cli)) {
         Ok(()) => 0,
+        Err(e) if stdout_closed(&e) => 0,
         Err(e) => {
             eprintln!("socksng: {e:#}");
-            1
+            exit_status(&e)
         }
     };
     // Standard input may still be held by a blocking read; do not wait for it.
@@ -167,7 +290,7 @@ fn main() {
 
 /// HOST:PORT, [V6]:PORT.
 fn parse_target(text: &str) -> Result<Address> {
-    let bad = || anyhow!("{text:?}: expected HOST:PORT");
+    let bad = || anyhow!(LocalError::Usage(format!("{text:?}: expected HOST:PORT")));
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
         (h, p)
@@ -177,7 +300,8 @@ fn parse_target(text: &str) -> Result<Address> {
     let port: u16 = port.parse().map_err(|_| bad())?;
     Ok(match host.parse() {
         Ok(ip) => Address::ip(SocketAddr::new(ip, port)),
-        Err(_) => Address::domain(host, port).map_err(|e| anyhow!("{text:?}: {e}"))?,
+        Err(_) => Address::domain(host, port)
+            .map_err(|e| anyhow!(LocalError::Usage(format!("{text:?}: {e}"))))?,
     })
 }
 
@@ -198,36 +322,165 @@ fn parse_local(text: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{text:?} has no address"))
 }
 
-fn router(cli: &Cli) -> Result<Router> {
-    if let Some(url) = &cli.proxy {
-        return Ok(Router::single(ProxyUrl::parse(url)?));
-    }
-    if let Some(path) = cli.config.clone().or_else(ClientConfig::default_path) {
-        return ClientConfig::load(&path)
-            .and_then(|c| c.router())
-            .with_context(|| format!("client config {}", path.display()));
-    }
-    if let Some(cfg) = ClientConfig::from_env()? {
-        return Ok(cfg.router()?);
-    }
-    bail!(
-        "no proxy configured: give --proxy URL, a client config file (--config, \
-         ~/.config/socksng/client.toml) or ALL_PROXY"
-    )
+/// The first of the variables `names` that is set and not empty (curl's order: lower case
+/// first).
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok())
+        .filter(|v| !v.is_empty())
 }
 
-/// A server given as a URL or a configured name.
+/// One proxy for everything (from --proxy or ALL_PROXY), with --proxy-user's credentials and
+/// NO_PROXY's (or --noproxy's) hosts direct.
+fn single_proxy(cli: &Cli, url: &str) -> Result<Router> {
+    let url = with_credentials(cli, ProxyUrl::parse(url)?)?;
+    let no_proxy = match &cli.noproxy {
+        Some(list) => Some(list.clone()),
+        None => env_first(&["no_proxy", "NO_PROXY"]),
+    };
+    Ok(Router::single_except(url, no_proxy.as_deref()))
+}
+
+fn router(cli: &Cli) -> Result<Router> {
+    if let Some(url) = &cli.proxy {
+        return single_proxy(cli, url);
+    }
+    if let Some(path) = cli.config.clone().or_else(ClientConfig::default_path) {
+        // The load error names the file; what the file says gets the name added.
+        let router = ClientConfig::load(&path)?
+            .router()
+            .with_context(|| format!("client config {}", path.display()))?;
+        for name in unused_servers(&router) {
+            if cli.verbose {
+                eprintln!("socksng: server {name} is used by no route: nothing goes through it");
+            }
+        }
+        return Ok(router);
+    }
+    if let Some(url) = env_first(&["all_proxy", "ALL_PROXY"]) {
+        return single_proxy(cli, &url);
+    }
+    Err(anyhow!(LocalError::Config(
+        "no proxy configured: give --proxy URL, a client config file (--config, \
+         ~/.config/socksng/client.toml) or ALL_PROXY"
+            .into()
+    )))
+}
+
+/// The configured servers that no route sends anything to.
+fn unused_servers(router: &Router) -> Vec<String> {
+    let table = router.table();
+    router
+        .servers()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !table.routes().iter().any(|r| r.via == Via::Server(*i)))
+        .map(|(_, (spec, _))| spec.name)
+        .collect()
+}
+
+/// `url` with --proxy-user's username and its password (never read from the command line
+/// unless given there as USER:PASSWORD).
+fn with_credentials(cli: &Cli, mut url: ProxyUrl) -> Result<ProxyUrl> {
+    let Some(user) = &cli.proxy_user else {
+        return Ok(url);
+    };
+    let (user, password) = match user.split_once(':') {
+        Some((u, p)) => (u.to_string(), p.to_string()),
+        None => (user.clone(), password_for(cli, &url.host, user)?),
+    };
+    url.credentials = Some((user, password));
+    Ok(url)
+}
+
+/// The password for `user` at `host`: $SOCKSNG_PASSWORD, else a netrc file, else a prompt on
+/// the terminal.
+fn password_for(cli: &Cli, host: &str, user: &str) -> Result<String> {
+    if let Some(p) = env_first(&["SOCKSNG_PASSWORD"]) {
+        return Ok(p);
+    }
+    let netrc = cli.netrc_file.clone().or_else(|| {
+        cli.netrc
+            .then(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".netrc")))
+            .flatten()
+    });
+    if let Some(path) = netrc {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| LocalError::Config(format!("netrc file {}: {e}", path.display())))?;
+        return netrc_password(&text, host, user).ok_or_else(|| {
+            anyhow!(LocalError::Config(format!(
+                "netrc file {} has no password for {user} at {host}",
+                path.display()
+            )))
+        });
+    }
+    if std::io::stdin().is_terminal() || std::io::stderr().is_terminal() {
+        if let Ok(p) = rpassword::prompt_password(format!("Password for {user} at {host}: ")) {
+            return Ok(p);
+        }
+    }
+    Err(anyhow!(LocalError::Config(format!(
+        "no password for {user}: set SOCKSNG_PASSWORD, give --netrc-file FILE, or run on a \
+         terminal"
+    ))))
+}
+
+/// The password a netrc file gives `user` at `host`: the `machine host` entry (or `default`)
+/// whose `login` is the user, or that names no login.
+fn netrc_password(text: &str, host: &str, user: &str) -> Option<String> {
+    let mut tokens = text.split_whitespace();
+    let mut entries: Vec<(Option<String>, Option<String>, Option<String>)> = Vec::new();
+    while let Some(t) = tokens.next() {
+        match t {
+            "machine" => entries.push((tokens.next().map(str::to_owned), None, None)),
+            "default" => entries.push((None, None, None)),
+            "login" | "password" | "account" => {
+                let value = tokens.next().map(str::to_owned);
+                if let Some(entry) = entries.last_mut() {
+                    match t {
+                        "login" => entry.1 = value,
+                        "password" => entry.2 = value,
+                        _ => {}
+                    }
+                }
+            }
+            // A macro definition runs to an empty line; whitespace splitting cannot see it,
+            // and nothing here uses macros, so the tokens after it are read on as entries.
+            _ => {}
+        }
+    }
+    let fits = |(machine, login, password): &(Option<String>, Option<String>, Option<String>),
+                exact: bool| {
+        let machine_ok = match machine {
+            Some(m) => m.eq_ignore_ascii_case(host),
+            None => !exact,
+        };
+        machine_ok && login.as_deref().is_none_or(|l| l == user) && password.is_some()
+    };
+    entries
+        .iter()
+        .find(|e| fits(e, true))
+        .or_else(|| entries.iter().find(|e| fits(e, false)))
+        .and_then(|e| e.2.clone())
+}
+
+/// A server given as a URL or a configured name; a URL is shown without its password.
 fn server_client(cli: &Cli, which: &str) -> Result<(String, Client)> {
     if which.contains("://") || which.parse::<SocketAddr>().is_ok() {
-        let url = ProxyUrl::parse(which)?;
-        return Ok((which.to_string(), Client::new(url)));
+        let url = with_credentials(cli, ProxyUrl::parse(which)?)?;
+        return Ok((url.to_string(), Client::new(url)));
     }
     let router = router(cli)?;
     let (spec, _) = router
         .servers()
         .into_iter()
         .find(|(s, _)| s.name == which)
-        .ok_or_else(|| anyhow!("no configured server is called {which:?}"))?;
+        .ok_or_else(|| {
+            anyhow!(LocalError::Config(format!(
+                "no configured server is called {which:?}"
+            )))
+        })?;
     Ok((spec.name, Client::new(spec.url)))
 }
 
@@ -311,8 +564,16 @@ async fn run(cli: Cli) -> Result<()> {
             timeout,
             hex,
             server,
+            lines,
         } => {
             let target = parse_target(target)?;
+            let limit = Duration::try_from_secs_f64(*timeout)
+                .map_err(|e| LocalError::Usage(format!("--timeout: {e}")))?;
+            let endpoint = udp_endpoint(&cli, server.as_deref(), &target).await?;
+            let print = Printer { hex: *hex };
+            if *lines {
+                return udp_lines(endpoint, target, limit, print).await;
+            }
             let payload = match data {
                 Some(d) => d.clone().into_bytes(),
                 None => {
@@ -321,17 +582,16 @@ async fn run(cli: Cli) -> Result<()> {
                     v
                 }
             };
-            let limit = Duration::try_from_secs_f64(*timeout).context("--timeout")?;
-            udp(
-                &cli,
-                server.as_deref(),
-                target,
-                payload,
-                *count,
-                limit,
-                *hex,
-            )
-            .await
+            udp_once(endpoint, target, payload, *count, limit, print).await
+        }
+        Cmd::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "socksng", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
         }
         Cmd::Info { server, json } => info(&cli, server.as_deref(), *json).await,
         Cmd::Routes { json, lookup } => routes(&cli, *json, lookup).await,
@@ -366,69 +626,235 @@ async fn connect(cli: &Cli, target: Address) -> Result<()> {
     Ok(())
 }
 
-async fn udp(
-    cli: &Cli,
-    server: Option<&str>,
-    target: Address,
-    payload: Vec<u8>,
-    count: usize,
-    limit: Duration,
-    hex: bool,
-) -> Result<()> {
+/// Where `socksng udp` sends: through a proxy (tunnel or UDP ASSOCIATE), or direct.
+enum UdpEndpoint {
+    Proxy(socksng_client::ProxyUdp),
+    Direct(tokio::net::UdpSocket, SocketAddr),
+}
+
+async fn udp_endpoint(cli: &Cli, server: Option<&str>, target: &Address) -> Result<UdpEndpoint> {
     let client = match server {
         Some(s) => Some(server_client(cli, s)?.1),
         None => {
             let router = router(cli)?;
-            let (via, _) = router.decide(&target).await?;
+            let (via, _) = router.decide(target).await?;
             match via {
                 Via::Direct => None,
                 Via::Server(_) => router.client(via).cloned(),
             }
         }
     };
-    let mut buf = vec![0u8; 65_536];
-    let mut out = std::io::stdout().lock();
-    let mut print = |data: &[u8], from: SocketAddr| -> Result<()> {
-        if hex {
+    match client {
+        Some(client) => {
+            let sock = in_time(client.udp()).await?;
+            if cli.verbose {
+                eprintln!("socksng: UDP via {}", path_name(sock.path()));
+            }
+            Ok(UdpEndpoint::Proxy(sock))
+        }
+        None => {
+            let to = match target.socket_addr() {
+                Some(a) => a,
+                None => resolve_for_direct(target).await?,
+            };
+            let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
+            if cli.verbose {
+                eprintln!("socksng: UDP direct");
+            }
+            Ok(UdpEndpoint::Direct(
+                tokio::net::UdpSocket::bind(bind).await?,
+                to,
+            ))
+        }
+    }
+}
+
+/// A name resolved here for a direct datagram; a failure is a local lookup's.
+async fn resolve_for_direct(target: &Address) -> Result<SocketAddr> {
+    let name = target.host.to_string();
+    let failed = |source| {
+        anyhow!(ClientError::Resolve {
+            name: name.clone(),
+            source,
+        })
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), target.port))
+        .await
+        .map_err(failed)?
+        .collect();
+    addrs
+        .first()
+        .copied()
+        .ok_or_else(|| failed(std::io::ErrorKind::NotFound.into()))
+}
+
+/// How replies are written: raw bytes, or one line each (hex with the source).
+#[derive(Clone, Copy)]
+struct Printer {
+    hex: bool,
+}
+
+impl Printer {
+    fn print(&self, data: &[u8], from: SocketAddr, line: bool) -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        if self.hex {
             let h: String = data.iter().map(|b| format!("{b:02x}")).collect();
             writeln!(out, "{from} {h}")?;
+        } else if line {
+            out.write_all(data.strip_suffix(b"\n").unwrap_or(data))?;
+            out.write_all(b"\n")?;
         } else {
             out.write_all(data)?;
         }
         out.flush()?;
         Ok(())
-    };
-    match client {
-        Some(client) => {
-            let mut sock = in_time(client.udp()).await?;
-            if cli.verbose {
-                eprintln!("socksng: UDP via {}", path_name(sock.path()));
-            }
+    }
+}
+
+/// No reply within the time given: the target's silence.
+fn no_reply(limit: Duration) -> anyhow::Error {
+    anyhow!(ClientError::Target(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no reply within {limit:?}"),
+    )))
+}
+
+/// One datagram out, `count` replies back.
+async fn udp_once(
+    endpoint: UdpEndpoint,
+    target: Address,
+    payload: Vec<u8>,
+    count: usize,
+    limit: Duration,
+    print: Printer,
+) -> Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    match endpoint {
+        UdpEndpoint::Proxy(mut sock) => {
             sock.send_to(&payload, &target).await?;
             for _ in 0..count {
-                let got = tokio::time::timeout(limit, sock.recv_from(&mut buf))
+                let (n, from) = tokio::time::timeout(limit, sock.recv_from(&mut buf))
                     .await
-                    .map_err(|_| anyhow!("no reply within {limit:?}"))??;
-                print(&buf[..got.0], got.1)?;
+                    .map_err(|_| no_reply(limit))??;
+                print.print(&buf[..n], from, false)?;
             }
         }
-        None => {
-            let to = parse_local(&target.to_string())?;
-            let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
-            let sock = tokio::net::UdpSocket::bind(bind).await?;
-            if cli.verbose {
-                eprintln!("socksng: UDP direct");
-            }
+        UdpEndpoint::Direct(sock, to) => {
             sock.send_to(&payload, to).await?;
             for _ in 0..count {
-                let got = tokio::time::timeout(limit, sock.recv_from(&mut buf))
+                let (n, from) = tokio::time::timeout(limit, sock.recv_from(&mut buf))
                     .await
-                    .map_err(|_| anyhow!("no reply within {limit:?}"))??;
-                print(&buf[..got.0], got.1)?;
+                    .map_err(|_| no_reply(limit))?
+                    .map_err(ClientError::Target)?;
+                print.print(&buf[..n], from, false)?;
             }
         }
     }
     Ok(())
+}
+
+/// Line mode: each line of standard input is a datagram, each reply a line; the command
+/// ends `limit` after the input ended and the last reply came.
+async fn udp_lines(
+    endpoint: UdpEndpoint,
+    target: Address,
+    limit: Duration,
+    print: Printer,
+) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let (mut tx, mut rx): (Box<dyn DatagramSend>, Box<dyn DatagramRecv>) = match endpoint {
+        UdpEndpoint::Proxy(sock) => {
+            let (s, r) = sock.split();
+            (Box::new((s, target)), Box::new(r))
+        }
+        UdpEndpoint::Direct(sock, to) => {
+            let sock = Arc::new(sock);
+            (Box::new((sock.clone(), to)), Box::new(sock))
+        }
+    };
+    let sender = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Some(line) = lines.next_line().await? {
+            tx.send(line.as_bytes()).await?;
+        }
+        anyhow::Ok(())
+    });
+    tokio::pin!(sender);
+    let mut input_done = false;
+    let mut deadline = tokio::time::Instant::now() + limit;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        tokio::select! {
+            got = rx.recv(&mut buf) => {
+                let (n, from) = got?;
+                print.print(&buf[..n], from, true)?;
+                deadline = tokio::time::Instant::now() + limit;
+            }
+            sent = &mut sender, if !input_done => {
+                sent??;
+                input_done = true;
+                deadline = tokio::time::Instant::now() + limit;
+            }
+            _ = tokio::time::sleep_until(deadline), if input_done => return Ok(()),
+        }
+    }
+}
+
+/// The sending half of a datagram endpoint, for line mode.
+trait DatagramSend: Send {
+    fn send<'a>(
+        &'a mut self,
+        payload: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+}
+
+/// The receiving half.
+trait DatagramRecv {
+    fn recv<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(usize, SocketAddr)>> + 'a>>;
+}
+
+impl DatagramSend for (socksng_client::UdpSender, Address) {
+    fn send<'a>(
+        &'a mut self,
+        payload: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(async move { Ok(self.0.send_to(payload, &self.1).await?) })
+    }
+}
+
+impl DatagramSend for (Arc<tokio::net::UdpSocket>, SocketAddr) {
+    fn send<'a>(
+        &'a mut self,
+        payload: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(async move {
+            self.0.send_to(payload, self.1).await?;
+            Ok(())
+        })
+    }
+}
+
+impl DatagramRecv for socksng_client::UdpReceiver {
+    fn recv<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(usize, SocketAddr)>> + 'a>>
+    {
+        Box::pin(async move { Ok(self.recv_from(buf).await?) })
+    }
+}
+
+impl DatagramRecv for Arc<tokio::net::UdpSocket> {
+    fn recv<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(usize, SocketAddr)>> + 'a>>
+    {
+        Box::pin(async move { Ok(self.recv_from(buf).await.map_err(ClientError::Target)?) })
+    }
 }
 
 fn command_name(code: u8) -> String {
@@ -468,7 +894,7 @@ async fn info(cli: &Cli, server: Option<&str>, json: bool) -> Result<()> {
             .map(|(spec, _)| (spec.name, Client::new(spec.url)))
             .collect(),
     };
-    let mut failed = false;
+    let mut failed: Option<ClientError> = None;
     for (name, client) in targets {
         let shown = client.proxy().to_string();
         match in_time(client.capabilities()).await {
@@ -529,7 +955,6 @@ async fn info(cli: &Cli, server: Option<&str>, json: bool) -> Result<()> {
                 }
             }
             Err(e) => {
-                failed = true;
                 if json {
                     println!(
                         "{}",
@@ -539,16 +964,18 @@ async fn info(cli: &Cli, server: Option<&str>, json: bool) -> Result<()> {
                     println!("server           {name} ({shown})");
                     println!("error            {e}");
                 }
+                failed.get_or_insert(e);
             }
         }
         if !json {
             println!();
         }
     }
-    if failed {
-        bail!("some servers could not be asked");
+    // The first failure gives the exit status.
+    match failed {
+        Some(e) => Err(anyhow!(e).context("some servers could not be asked")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 async fn routes(cli: &Cli, json: bool, lookup: &[String]) -> Result<()> {
@@ -556,6 +983,7 @@ async fn routes(cli: &Cli, json: bool, lookup: &[String]) -> Result<()> {
     router.refresh().await;
     let table = router.table();
     let servers = router.servers();
+    let unused = unused_servers(&router);
     if json {
         let routes: Vec<serde_json::Value> = table
             .routes()
@@ -574,15 +1002,20 @@ async fn routes(cli: &Cli, json: bool, lookup: &[String]) -> Result<()> {
             .map(|(spec, st)| {
                 serde_json::json!({
                     "name": spec.name,
+                    "address": spec.url.host_port(),
                     "protocol": st.path.map(path_name),
                     "down": st.down,
+                    "used": !unused.contains(&spec.name),
                 })
             })
             .collect();
         let mut lookups = Vec::new();
         for t in lookup {
-            let (via, _) = router.decide(&parse_target(t)?).await?;
-            lookups.push(serde_json::json!({"target": t, "via": table.via_name(via)}));
+            // One server being down does not stop the other lookups.
+            lookups.push(match router.decide(&parse_target(t)?).await {
+                Ok((via, _)) => serde_json::json!({"target": t, "via": table.via_name(via)}),
+                Err(e) => serde_json::json!({"target": t, "error": e.to_string()}),
+            });
         }
         println!(
             "{}",
@@ -596,13 +1029,24 @@ async fn routes(cli: &Cli, json: bool, lookup: &[String]) -> Result<()> {
             (None, Some(p)) => format!("up, {}", path_name(p)),
             (None, None) => "not asked (ranges configured)".into(),
         };
-        println!("server {:<16} {state}", spec.name);
+        let unused_note = if unused.contains(&spec.name) {
+            "; used by no route: nothing goes through it"
+        } else {
+            ""
+        };
+        println!(
+            "server {:<16} {:<24} {state}{unused_note}",
+            spec.name,
+            spec.url.host_port()
+        );
     }
     println!();
     print!("{table}");
     for t in lookup {
-        let (via, _) = router.decide(&parse_target(t)?).await?;
-        println!("{t} -> {}", table.via_name(via));
+        match router.decide(&parse_target(t)?).await {
+            Ok((via, _)) => println!("{t} -> {}", table.via_name(via)),
+            Err(e) => println!("{t} -> error: {e}"),
+        }
     }
     Ok(())
 }

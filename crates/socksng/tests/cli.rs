@@ -83,12 +83,17 @@ async fn who_am_i_server(bind: &str) -> SocketAddr {
     a
 }
 
-/// The command failed (exit 1) and said `why` on standard error.
-fn assert_failed_saying(out: &std::process::Output, why: &str) {
+/// The command failed with exit status `status` and said `why` on standard error, once.
+fn assert_failed_saying(out: &std::process::Output, status: i32, why: &str) {
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(status), "{err}");
     assert!(err.contains(why), "expected {why:?} in: {err}");
+    assert_eq!(err.matches(why).count(), 1, "said twice: {err}");
 }
+
+/// The exit statuses of `socksng --help`.
+const PROXY_FAILED: i32 = 5;
+const REFUSED: i32 = 7;
 
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
@@ -131,7 +136,7 @@ async fn connect_relays_standard_input_and_output() {
             b"",
         )
         .await;
-        assert_failed_saying(&out, "not allowed by ruleset");
+        assert_failed_saying(&out, REFUSED, "not allowed by ruleset");
     })
     .await;
 }
@@ -271,9 +276,9 @@ async fn forward_remote_on_a_chosen_port_exact_or_not() {
             args.push(web.as_str());
             args
         };
-        // Exact on a taken port: refused with the reason, a failing exit.
+        // Exact on a taken port: refused with the draft's words for X'0A', a failing exit.
         let out = run(&forward(true), b"").await;
-        assert_failed_saying(&out, "listen on");
+        assert_failed_saying(&out, REFUSED, "the proxy refused: port in use (0x0a)");
         // Not exact: another port is taken instead, and it serves.
         let (mut child, line) = start(&forward(false)).await;
         let public: SocketAddr = line.split(' ').nth(2).unwrap().parse().unwrap();
@@ -349,9 +354,16 @@ async fn a_proxy_that_is_down_is_an_error_never_a_direct_connection() {
                     b"x",
                 )
                 .await;
-                assert_eq!(out.status.code(), Some(1), "{target}");
                 assert!(out.stdout.is_empty(), "{target}: data went somewhere");
-                assert_failed_saying(&out, "no usable proxy");
+                // As nc or curl would say it: the proxy refused the connection; no talk of
+                // a route table for a single --proxy.
+                let said = format!("proxy {gone}: Connection refused");
+                assert_failed_saying(&out, PROXY_FAILED, &said);
+                assert!(
+                    !text(&out.stderr).contains("table"),
+                    "{}",
+                    text(&out.stderr)
+                );
             }
         },
     )
@@ -502,7 +514,7 @@ async fn info_in_text_and_json() {
         let gone = closed.local_addr().unwrap();
         drop(closed);
         let out = run(&["info", &format!("socks5h://{gone}")], b"").await;
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(PROXY_FAILED));
         assert!(text(&out.stdout).contains("error"), "{}", text(&out.stdout));
     })
     .await;
@@ -620,7 +632,7 @@ async fn routing_across_two_servers_a_plain_one_and_direct() {
         // 127.0.2.1 is refused ("no usable proxy") rather than reached directly.
         b.stop().await;
         let out = run(&["-c", &cfg, "connect", &in_b.to_string()], b"").await;
-        assert_failed_saying(&out, "no usable proxy");
+        assert_failed_saying(&out, PROXY_FAILED, "no usable proxy");
         let out = run(&["-c", &cfg, "connect", &in_a.to_string()], b"").await;
         assert_eq!(text(&out.stdout), "127.0.0.11", "{}", text(&out.stderr));
         let out = run(&["-c", &cfg, "routes", "--json"], b"").await;
