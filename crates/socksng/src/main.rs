@@ -777,10 +777,13 @@ async fn udp_lines(
         while let Some(line) = lines.next_line().await? {
             tx.send(line.as_bytes()).await?;
         }
-        anyhow::Ok(())
+        // Handed back, not dropped: a tunnel's sending half closing would end the tunnel
+        // before the last replies are in.
+        anyhow::Ok(tx)
     });
     tokio::pin!(sender);
     let mut input_done = false;
+    let mut _sending_half = None;
     let mut deadline = tokio::time::Instant::now() + limit;
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -791,7 +794,7 @@ async fn udp_lines(
                 deadline = tokio::time::Instant::now() + limit;
             }
             sent = &mut sender, if !input_done => {
-                sent??;
+                _sending_half = Some(sent??);
                 input_done = true;
                 deadline = tokio::time::Instant::now() + limit;
             }
@@ -800,36 +803,30 @@ async fn udp_lines(
     }
 }
 
+/// What a line-mode send returns (it runs in its own task, so it is `Send`).
+type SendFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+/// What a line-mode receive returns: the length and the source.
+type RecvFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(usize, SocketAddr)>> + 'a>>;
+
 /// The sending half of a datagram endpoint, for line mode.
 trait DatagramSend: Send {
-    fn send<'a>(
-        &'a mut self,
-        payload: &'a [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+    fn send<'a>(&'a mut self, payload: &'a [u8]) -> SendFuture<'a>;
 }
 
 /// The receiving half.
 trait DatagramRecv {
-    fn recv<'a>(
-        &'a mut self,
-        buf: &'a mut [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(usize, SocketAddr)>> + 'a>>;
+    fn recv<'a>(&'a mut self, buf: &'a mut [u8]) -> RecvFuture<'a>;
 }
 
 impl DatagramSend for (socksng_client::UdpSender, Address) {
-    fn send<'a>(
-        &'a mut self,
-        payload: &'a [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+    fn send<'a>(&'a mut self, payload: &'a [u8]) -> SendFuture<'a> {
         Box::pin(async move { Ok(self.0.send_to(payload, &self.1).await?) })
     }
 }
 
 impl DatagramSend for (Arc<tokio::net::UdpSocket>, SocketAddr) {
-    fn send<'a>(
-        &'a mut self,
-        payload: &'a [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+    fn send<'a>(&'a mut self, payload: &'a [u8]) -> SendFuture<'a> {
         Box::pin(async move {
             self.0.send_to(payload, self.1).await?;
             Ok(())
@@ -838,21 +835,13 @@ impl DatagramSend for (Arc<tokio::net::UdpSocket>, SocketAddr) {
 }
 
 impl DatagramRecv for socksng_client::UdpReceiver {
-    fn recv<'a>(
-        &'a mut self,
-        buf: &'a mut [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(usize, SocketAddr)>> + 'a>>
-    {
+    fn recv<'a>(&'a mut self, buf: &'a mut [u8]) -> RecvFuture<'a> {
         Box::pin(async move { Ok(self.recv_from(buf).await?) })
     }
 }
 
 impl DatagramRecv for Arc<tokio::net::UdpSocket> {
-    fn recv<'a>(
-        &'a mut self,
-        buf: &'a mut [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(usize, SocketAddr)>> + 'a>>
-    {
+    fn recv<'a>(&'a mut self, buf: &'a mut [u8]) -> RecvFuture<'a> {
         Box::pin(async move { Ok(self.recv_from(buf).await.map_err(ClientError::Target)?) })
     }
 }
