@@ -1119,6 +1119,42 @@ async fn socks4_and_udp_lines_through_dante() {
             .expect("starting Dante");
         socks4_through("socks4", dante, &env.targets.echo.to_string()).await;
         udp_lines_through(&format!("socks5h://{dante}")).await;
+        // A UDP target with nothing listening: Dante passes the ICMP refusal back, and it is
+        // the target's failure, not the proxy's (and not a local lookup's).
+        let closed = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let nobody = closed.local_addr().unwrap();
+        drop(closed);
+        let proxy = format!("socks5h://{dante}");
+        let mut refused = None;
+        // The refusal arrives as an error on the next send or receive; a few tries give it
+        // one to land on.
+        for _ in 0..5 {
+            let out = run(
+                &[
+                    "-x",
+                    &proxy,
+                    "udp",
+                    &nobody.to_string(),
+                    "-d",
+                    "x",
+                    "--count",
+                    "3",
+                    "--timeout",
+                    "1",
+                ],
+                b"",
+            )
+            .await;
+            if text(&out.stderr).contains("refused") {
+                refused = Some(out);
+                break;
+            }
+        }
+        let out = refused.expect("the target's refusal");
+        assert_eq!(out.status.code(), Some(TARGET));
+        let err = text(&out.stderr);
+        assert!(err.contains("the target: Connection refused"), "{err}");
+        assert!(!err.contains("proxy connection"), "{err}");
     })
     .await;
 }
