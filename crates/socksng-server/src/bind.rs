@@ -10,10 +10,9 @@ use crate::dial::is_resource_exhaustion;
 use crate::dial::{canonical_addr, port_zero, tune_stream};
 use crate::outcome::{OutcomeKind, Side};
 use crate::policy::{canonical, Verdict};
-use crate::relay::{relay, RelayTimeouts};
 use socksng_proto::{Address, Command, Host, ReplyCode};
 use std::net::{IpAddr, SocketAddr};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::time::{sleep_until, Instant};
 
@@ -122,22 +121,7 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
     if !conn.succeed(log, peer).await {
         return;
     }
-    if !early.is_empty() {
-        if peer_stream.write_all(&early).await.is_err() {
-            log.end(OutcomeKind::Broken, Side::Target, "peer write failed");
-            return;
-        }
-        log.add_up(early.len() as u64);
-    }
-    let end = relay(
-        &mut conn.stream,
-        &mut peer_stream,
-        RelayTimeouts::from_config(&shared.cfg.timeouts),
-        &log.up,
-        &log.down,
-    )
-    .await;
-    log.outcome = Some(end.outcome());
+    conn.relay_with(&mut peer_stream, early, log).await;
 }
 
 /// Where to listen so the expected peer can reach us: the source address this host would use

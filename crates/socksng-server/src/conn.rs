@@ -144,6 +144,37 @@ impl Handshaken {
             .await
     }
 
+    /// Passes `early` (bytes the client sent ahead of the reply) to `other`, then relays the
+    /// two until both are done; how it ended goes to `log`. `other` is the target or, for
+    /// BIND and ACCEPT, the incoming peer.
+    pub async fn relay_with(
+        &mut self,
+        other: &mut TcpStream,
+        early: Vec<u8>,
+        log: &mut SessionLog,
+    ) {
+        if !early.is_empty() {
+            if let Err(e) = other.write_all(&early).await {
+                log.end(
+                    OutcomeKind::Broken,
+                    Side::Target,
+                    format!("target write failed: {e}"),
+                );
+                return;
+            }
+            log.add_up(early.len() as u64);
+        }
+        let end = crate::relay::relay(
+            &mut self.stream,
+            other,
+            crate::relay::RelayTimeouts::from_config(&self.shared.cfg.timeouts),
+            &log.up,
+            &log.down,
+        )
+        .await;
+        log.outcome = Some(end.outcome());
+    }
+
     /// Sends the failure reply `outcome` carries (general failure if none) and records it.
     pub async fn refuse_with(&mut self, log: &mut SessionLog, outcome: SessionOutcome) {
         let code = outcome.reply.unwrap_or(ReplyCode::GENERAL_FAILURE);

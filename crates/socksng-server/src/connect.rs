@@ -5,9 +5,7 @@
 use crate::conn::{allowed_addresses, client_gone, Handshaken, SessionLog};
 use crate::dial::{canonical_addr, connect_racing, reply_code_for};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
-use crate::relay::{relay, RelayTimeouts};
 use socksng_proto::{Address, Command, ReplyCode};
-use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
 pub(crate) async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
@@ -62,25 +60,6 @@ pub(crate) async fn connect(mut conn: Handshaken, address: Address, log: &mut Se
     if !conn.succeed(log, bound).await {
         return;
     }
-    if !conn.early_data.is_empty() {
-        if let Err(e) = target.write_all(&conn.early_data).await {
-            log.end(
-                OutcomeKind::Broken,
-                Side::Target,
-                format!("target write failed: {e}"),
-            );
-            return;
-        }
-        log.add_up(conn.early_data.len() as u64);
-        conn.early_data = Vec::new();
-    }
-    let end = relay(
-        &mut conn.stream,
-        &mut target,
-        RelayTimeouts::from_config(&shared.cfg.timeouts),
-        &log.up,
-        &log.down,
-    )
-    .await;
-    log.outcome = Some(end.outcome());
+    let early = std::mem::take(&mut conn.early_data);
+    conn.relay_with(&mut target, early, log).await;
 }

@@ -13,7 +13,6 @@ use crate::conn::{Handshaken, SessionLog};
 use crate::dial::{canonical_addr, port_zero, tune_stream};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::Verdict;
-use crate::relay::{relay, RelayTimeouts};
 use crate::shared::Shared;
 use crate::tokens::{Owner, Pending};
 use rand_core::RngCore;
@@ -500,27 +499,8 @@ pub(crate) async fn accept(mut conn: Handshaken, token: Token, log: &mut Session
         return;
     }
     // Bytes the client sent right behind its ACCEPT are the first for the peer.
-    if !conn.early_data.is_empty() {
-        if let Err(e) = incoming.write_all(&conn.early_data).await {
-            log.end(
-                OutcomeKind::Broken,
-                Side::Target,
-                format!("peer write failed: {e}"),
-            );
-            return;
-        }
-        log.add_up(conn.early_data.len() as u64);
-        conn.early_data = Vec::new();
-    }
-    let end = relay(
-        &mut conn.stream,
-        &mut incoming,
-        RelayTimeouts::from_config(&shared.cfg.timeouts),
-        &log.up,
-        &log.down,
-    )
-    .await;
-    log.outcome = Some(end.outcome());
+    let early = std::mem::take(&mut conn.early_data);
+    conn.relay_with(&mut incoming, early, log).await;
 }
 
 #[cfg(test)]
