@@ -392,6 +392,7 @@ pub async fn tunnel_setup(
         port: addr.port(),
         credentials: auth.as_ref().map(|c| (c.user.clone(), c.pass.clone())),
         resolve: Resolve::Remote,
+        tls: None,
     };
     let failed = |e: ClientError| UdpSetupError {
         unsupported: false,

@@ -51,8 +51,22 @@ pub struct ClientConfig {
 pub struct ServerConfig {
     /// Name used by `[[route]] via` and in tables; defaults to `host:port`.
     pub name: Option<String>,
-    /// Proxy URL (`socks5://` or `socks5h://`, with credentials).
+    /// Proxy URL (`socks5h://`, `socks5://`, `socks5s://` for TLS, `socks4a://`,
+    /// `socks4://`; with credentials).
     pub url: String,
+    /// TLS (`socks5s://` only): trust the CA certificates in this PEM file instead of the
+    /// system's roots.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: accept only this server key, `sha256//BASE64` as curl's --pinnedpubkey.
+    #[serde(default)]
+    pub tls_pin: Option<String>,
+    /// TLS: a client certificate chain (PEM), for servers that ask for one.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the client certificate's key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// Destinations configured for it: prefixes, addresses, domain suffixes, or `*`.
     #[serde(default)]
     pub ranges: Vec<String>,
@@ -189,7 +203,11 @@ impl ClientConfig {
     pub fn router(&self) -> Result<Router, ClientError> {
         let mut servers = Vec::with_capacity(self.server.len());
         for s in &self.server {
-            let url = ProxyUrl::parse(&s.url)?;
+            let url = ProxyUrl::parse(&s.url)?.with_tls_options(
+                s.tls_ca.clone(),
+                s.tls_pin.as_deref(),
+                s.tls_cert.clone().zip(s.tls_key.clone()),
+            )?;
             let name = s.name.clone().unwrap_or_else(|| url.host_port());
             if name == "direct" || servers.iter().any(|o: &ServerSpec| o.name == name) {
                 return Err(ClientError::Config(format!(
@@ -259,6 +277,10 @@ impl ClientConfig {
                 url: all,
                 ranges: vec!["*".into()],
                 ask: false,
+                tls_ca: None,
+                tls_pin: None,
+                tls_cert: None,
+                tls_key: None,
             }],
             ..Default::default()
         };

@@ -72,7 +72,11 @@ pub async fn forward_remote(
     }
 }
 
-async fn relay_to_local(mut outside: TcpStream, peer: String, local: SocketAddr) -> ForwardEvent {
+async fn relay_to_local(
+    mut outside: crate::Transport,
+    peer: String,
+    local: SocketAddr,
+) -> ForwardEvent {
     let outcome = match TcpStream::connect(local).await {
         Ok(mut service) => {
             let _ = service.set_nodelay(true);

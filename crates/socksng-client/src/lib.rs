@@ -53,6 +53,7 @@ pub mod config;
 pub mod forward;
 mod listen;
 pub mod route;
+mod transport;
 mod udp;
 mod url;
 
@@ -63,6 +64,7 @@ pub use udp::{ProxyUdp, UdpReceiver, UdpSender};
 
 pub use socksng_proto::wire::ng::{Capabilities, ServedRange};
 pub use socksng_proto::{Address, ReplyCode};
+pub use transport::{spki_sha256, TlsSettings, Transport, ALPN_SOCKS};
 pub use url::{no_proxy_matches, redact, ProxyUrl, Resolve, SocksVersion};
 
 use socksng_proto::client::{ClientEvent, ClientHandshake, ClientHandshakeError, ClientRequest};
@@ -94,6 +96,9 @@ pub enum ClientError {
     /// The proxy URL cannot be used.
     #[error("bad proxy URL: {0}")]
     BadUrl(String),
+    /// SOCKS over TLS failed: which check (unknown CA, name mismatch, expired, pin mismatch).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The proxy accepts none of the authentication methods offered.
     #[error("the proxy accepts none of the offered authentication methods")]
     NoAcceptableMethod,
@@ -162,8 +167,12 @@ impl ClientError {
 }
 
 impl From<io::Error> for ClientError {
+    /// A TLS failure (in the handshake, or an alert later) says which check failed.
     fn from(e: io::Error) -> Self {
-        ClientError::Io(e)
+        match transport::describe_tls_error(&e) {
+            Some(words) => ClientError::Tls(words),
+            None => ClientError::Io(e),
+        }
     }
 }
 
@@ -196,7 +205,7 @@ pub use socksng_proto::client::Path as ProtocolPath;
 /// client machine, waiting for its one request.
 #[derive(Debug)]
 pub(crate) struct Negotiated {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Transport,
     machine: ClientHandshake,
     /// Bytes read and not yet taken by the machine.
     inbox: Vec<u8>,
@@ -222,7 +231,7 @@ impl Negotiated {
     }
 
     /// The stream once the last reply is in; the machine never reads past it.
-    pub(crate) fn into_stream(self) -> Result<TcpStream, ClientError> {
+    pub(crate) fn into_stream(self) -> Result<Transport, ClientError> {
         if !self.inbox.is_empty() {
             return Err(ClientError::Protocol(
                 "data before the relay started".into(),
@@ -268,7 +277,7 @@ pub(crate) async fn resolve_here(
 /// Runs the client machine over `stream` until it has an event, reading no byte past the
 /// message it waits for.
 async fn drive(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     machine: &mut ClientHandshake,
     inbox: &mut Vec<u8>,
 ) -> Result<ClientEvent, ClientError> {
@@ -304,7 +313,7 @@ async fn drive(
 /// A connection through the proxy, ready for data.
 #[derive(Debug)]
 pub struct ProxyStream {
-    stream: TcpStream,
+    stream: Transport,
     bound: Address,
     path: ProtocolPath,
 }
@@ -321,7 +330,7 @@ impl ProxyStream {
     }
 
     /// The underlying TCP stream to the proxy, now relayed to the target.
-    pub fn into_inner(self) -> TcpStream {
+    pub fn into_inner(self) -> Transport {
         self.stream
     }
 }
@@ -351,8 +360,12 @@ impl Client {
     /// Connects to the proxy and authenticates with the protocol's client machine; the
     /// request is chosen afterwards, by the path the proxy settled on.
     pub(crate) async fn negotiate(&self) -> Result<Negotiated, ClientError> {
-        let mut stream = TcpStream::connect((self.proxy.host.as_str(), self.proxy.port)).await?;
-        let _ = stream.set_nodelay(true);
+        let tcp = TcpStream::connect((self.proxy.host.as_str(), self.proxy.port)).await?;
+        let _ = tcp.set_nodelay(true);
+        let mut stream = match &self.proxy.tls {
+            None => Transport::Tcp(tcp),
+            Some(settings) => Transport::Tls(Box::new(self.tls_handshake(settings, tcp).await?)),
+        };
         let config = socksng_proto::ClientConfig {
             socks4: self.proxy.version == SocksVersion::Socks4,
             offer_ng: self.offer_ng,
@@ -385,6 +398,20 @@ impl Client {
             }),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// SOCKS over TLS: the handshake, the server's name (or address) checked as configured.
+    async fn tls_handshake(
+        &self,
+        settings: &TlsSettings,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+        let name = rustls::pki_types::ServerName::try_from(self.proxy.host.clone())
+            .map_err(|e| ClientError::BadUrl(format!("{}: {e}", self.proxy.host)))?;
+        transport::connector(settings)?
+            .connect(name, tcp)
+            .await
+            .map_err(ClientError::from)
     }
 
     /// Opens a connection to `target` through the proxy.

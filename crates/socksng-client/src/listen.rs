@@ -1,14 +1,13 @@
 //! Incoming connections through the proxy: SOCKS-NG LISTEN with token claims, and the
 //! RFC 1928 BIND fallback (and explicit BIND) for plain SOCKS5 servers.
 
-use crate::{Client, ClientError, Negotiated, ProtocolPath, ProxyStream};
+use crate::{Client, ClientError, Negotiated, ProtocolPath, ProxyStream, Transport};
 use socksng_proto::client::{ClientEvent, ClientRequest};
 use socksng_proto::listener::{ClientListener, ClientListenerEvent, ListenerGrant};
 use socksng_proto::wire::ng::{NgRequest, Token};
 use socksng_proto::{Address, Command, Host, Request};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Limit for claiming one incoming connection over a new connection to the proxy.
@@ -96,7 +95,7 @@ enum Control {
     /// A SOCKS-NG listener: the control connection and the protocol's control machine, with
     /// the bytes it still has to send.
     Ng {
-        stream: TcpStream,
+        stream: Transport,
         machine: ClientListener,
         out: Vec<u8>,
     },

@@ -382,7 +382,7 @@ struct ServerState {
 #[derive(Debug)]
 pub struct RoutedStream {
     /// The stream, relayed to the target when through a proxy.
-    pub stream: TcpStream,
+    pub stream: crate::Transport,
     /// Which way it went.
     pub via: Via,
     /// The server's name, or "direct".
@@ -773,7 +773,7 @@ impl Router {
                     .await
                     .map_err(|_| timed_out())??;
                 return Ok(RoutedStream {
-                    stream,
+                    stream: crate::Transport::Tcp(stream),
                     via,
                     via_name,
                     path: None,

@@ -1,6 +1,7 @@
 //! Datagrams through the proxy: SOCKS-NG UDP-TUNNEL (frames inside the TCP connection) or,
 //! against a plain SOCKS5 server, RFC 1928 UDP ASSOCIATE with its relay socket.
 
+use crate::Transport;
 use crate::{Client, ClientError, ProtocolPath};
 use socksng_proto::client::ClientRequest;
 use socksng_proto::wire::ng::{NgRequest, TunnelFrame, MAX_UDP_PAYLOAD};
@@ -8,8 +9,8 @@ use socksng_proto::{Address, Command, DecodeError, Request, UdpHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::UdpSocket;
 
 /// The largest datagram either path carries (the UDP payload limit plus the RFC 1928 header).
 const DATAGRAM_ROOM: usize = 65_536 + 262;
@@ -41,7 +42,7 @@ pub struct UdpReceiver {
 #[derive(Debug)]
 enum Outbound {
     /// SOCKS-NG: length-prefixed frames in the TCP stream.
-    Tunnel(OwnedWriteHalf),
+    Tunnel(WriteHalf<Transport>),
     /// RFC 1928: datagrams with the request header, to the relay.
     Associate(Arc<UdpSocket>),
 }
@@ -49,12 +50,14 @@ enum Outbound {
 #[derive(Debug)]
 enum Inbound {
     Tunnel {
-        stream: OwnedReadHalf,
+        stream: ReadHalf<Transport>,
         inbox: Vec<u8>,
+        /// The TCP socket underneath (a duplicate), to close both directions on an error.
+        socket: socket2::Socket,
     },
     /// The association lives as long as the control connection, which is watched here.
     Associate {
-        control: TcpStream,
+        control: Transport,
         socket: Arc<UdpSocket>,
         scratch: Vec<u8>,
     },
@@ -73,10 +76,13 @@ impl Client {
                 negotiated
                     .request(ClientRequest::Ng(NgRequest::UdpTunnel))
                     .await?;
-                let (read, write) = negotiated.into_stream()?.into_split();
+                let transport = negotiated.into_stream()?;
+                let socket = socket2::SockRef::from(transport.tcp()).try_clone()?;
+                let (read, write) = tokio::io::split(transport);
                 let inbound = Inbound::Tunnel {
                     stream: read,
                     inbox: Vec::new(),
+                    socket,
                 };
                 (None, Outbound::Tunnel(write), inbound)
             }
@@ -196,13 +202,16 @@ impl UdpReceiver {
     /// As [`ProxyUdp::recv_from`].
     pub async fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, SocketAddr), ClientError> {
         match &mut self.inbound {
-            Inbound::Tunnel { stream, inbox } => {
+            Inbound::Tunnel {
+                stream,
+                inbox,
+                socket,
+            } => {
                 let got = tunnel_recv(stream, inbox, buf).await;
                 if let Err(ClientError::Protocol(_)) = &got {
                     // A frame that cannot be understood ends the tunnel (the draft's MUST):
                     // both directions, so the sending half fails from now on too.
-                    let _ =
-                        socket2::SockRef::from(stream.as_ref()).shutdown(std::net::Shutdown::Both);
+                    let _ = socket.shutdown(std::net::Shutdown::Both);
                 }
                 got
             }
@@ -232,7 +241,7 @@ fn source_of(address: &Address) -> Result<SocketAddr, ClientError> {
 }
 
 async fn tunnel_recv(
-    stream: &mut OwnedReadHalf,
+    stream: &mut ReadHalf<Transport>,
     inbox: &mut Vec<u8>,
     buf: &mut [u8],
 ) -> Result<(usize, SocketAddr), ClientError> {
@@ -263,7 +272,7 @@ async fn tunnel_recv(
 }
 
 async fn associate_recv(
-    control: &mut TcpStream,
+    control: &mut Transport,
     socket: &UdpSocket,
     scratch: &mut Vec<u8>,
     buf: &mut [u8],

@@ -36,6 +36,8 @@ pub struct ProxyUrl {
     pub credentials: Option<(String, String)>,
     /// Who resolves target names.
     pub resolve: Resolve,
+    /// SOCKS over TLS (`socks5s://`), and how the server is checked; `None`: plain TCP.
+    pub tls: Option<crate::TlsSettings>,
 }
 
 impl fmt::Debug for ProxyUrl {
@@ -46,6 +48,7 @@ impl fmt::Debug for ProxyUrl {
             .field("port", &self.port)
             .field("user", &self.credentials.as_ref().map(|c| &c.0))
             .field("resolve", &self.resolve)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -53,11 +56,12 @@ impl fmt::Debug for ProxyUrl {
 /// The URL without the password: what may be shown in logs and output.
 impl fmt::Display for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match (self.version, self.resolve) {
-            (SocksVersion::Socks4, Resolve::Local) => "socks4",
-            (SocksVersion::Socks4, Resolve::Remote) => "socks4a",
-            (SocksVersion::Socks5, Resolve::Local) => "socks5",
-            (SocksVersion::Socks5, Resolve::Remote) => "socks5h",
+        let scheme = match (self.version, self.resolve, self.tls.is_some()) {
+            (SocksVersion::Socks5, _, true) => "socks5s",
+            (SocksVersion::Socks4, Resolve::Local, _) => "socks4",
+            (SocksVersion::Socks4, Resolve::Remote, _) => "socks4a",
+            (SocksVersion::Socks5, Resolve::Local, _) => "socks5",
+            (SocksVersion::Socks5, Resolve::Remote, _) => "socks5h",
         };
         write!(f, "{scheme}://")?;
         if let Some((user, _)) = &self.credentials {
@@ -122,11 +126,17 @@ impl ProxyUrl {
             Some((s, r)) => (s.to_ascii_lowercase(), r),
             None => ("socks5h".to_string(), url),
         };
-        let (version, resolve) = match scheme.as_str() {
-            "socks5" => (SocksVersion::Socks5, Resolve::Local),
-            "socks5h" | "socks" => (SocksVersion::Socks5, Resolve::Remote),
-            "socks4" => (SocksVersion::Socks4, Resolve::Local),
-            "socks4a" => (SocksVersion::Socks4, Resolve::Remote),
+        let (version, resolve, tls) = match scheme.as_str() {
+            "socks5" => (SocksVersion::Socks5, Resolve::Local, None),
+            "socks5h" | "socks" => (SocksVersion::Socks5, Resolve::Remote, None),
+            // SOCKS over TLS, names resolved by the proxy as with socks5h.
+            "socks5s" => (
+                SocksVersion::Socks5,
+                Resolve::Remote,
+                Some(crate::TlsSettings::default()),
+            ),
+            "socks4" => (SocksVersion::Socks4, Resolve::Local, None),
+            "socks4a" => (SocksVersion::Socks4, Resolve::Remote, None),
             other => return Err(bad(&format!("unsupported scheme {other:?}"))),
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -183,7 +193,36 @@ impl ProxyUrl {
             port,
             credentials,
             resolve,
+            tls,
         })
+    }
+
+    /// The URL with TLS checks set: a CA file, a pin (`sha256//BASE64`), a client
+    /// certificate and key. Any of them on a URL that is not `socks5s://` is an error.
+    pub fn with_tls_options(
+        mut self,
+        ca_file: Option<std::path::PathBuf>,
+        pin: Option<&str>,
+        client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Result<ProxyUrl, ClientError> {
+        if ca_file.is_none() && pin.is_none() && client_cert.is_none() {
+            return Ok(self);
+        }
+        let Some(tls) = self.tls.as_mut() else {
+            return Err(ClientError::Config(format!(
+                "{self}: TLS options for a proxy that is not socks5s://"
+            )));
+        };
+        if ca_file.is_some() {
+            tls.ca_file = ca_file;
+        }
+        if let Some(pin) = pin {
+            tls.pin_sha256 = Some(crate::TlsSettings::parse_pin(pin)?);
+        }
+        if client_cert.is_some() {
+            tls.client_cert = client_cert;
+        }
+        Ok(self)
     }
 
     /// `host:port`, an IPv6 host in brackets.

@@ -37,6 +37,7 @@ async fn in_time<T>(
 /// file, ALL_PROXY (or all_proxy) is used, with NO_PROXY going direct.
 ///
 /// Proxy URLs: socks5h://[user[:password]@]host[:port] (names resolved by the proxy),
+/// socks5s:// (the same over TLS: --proxy-cacert, --proxy-pinnedpubkey, --proxy-cert),
 /// socks5:// (names resolved here), socks4a:// and socks4:// (SOCKS4, CONNECT and BIND);
 /// the port defaults to 1080. Targets are HOST:PORT, with IPv6 literals in brackets:
 /// [2001:db8::1]:22. With --proxy (or ALL_PROXY), NO_PROXY's hosts go direct, as with curl.
@@ -82,6 +83,19 @@ struct Cli {
     /// NO_PROXY.
     #[arg(long, global = true, value_name = "LIST")]
     noproxy: Option<String>,
+    /// SOCKS over TLS (socks5s://): trust the CA certificates in this PEM file, not the
+    /// system's.
+    #[arg(long, global = true, value_name = "FILE")]
+    proxy_cacert: Option<PathBuf>,
+    /// SOCKS over TLS: accept only this server key (sha256//BASE64, as curl).
+    #[arg(long, global = true, value_name = "HASH")]
+    proxy_pinnedpubkey: Option<String>,
+    /// SOCKS over TLS: a client certificate (PEM), with --proxy-key.
+    #[arg(long, global = true, value_name = "FILE", requires = "proxy_key")]
+    proxy_cert: Option<PathBuf>,
+    /// SOCKS over TLS: the client certificate's key (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "proxy_cert")]
+    proxy_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -380,9 +394,14 @@ fn unused_servers(router: &Router) -> Vec<String> {
         .collect()
 }
 
-/// `url` with --proxy-user's username and its password (never read from the command line
-/// unless given there as USER:PASSWORD).
-fn with_credentials(cli: &Cli, mut url: ProxyUrl) -> Result<ProxyUrl> {
+/// `url` with the TLS options and --proxy-user's username and its password (never read
+/// from the command line unless given there as USER:PASSWORD).
+fn with_credentials(cli: &Cli, url: ProxyUrl) -> Result<ProxyUrl> {
+    let mut url = url.with_tls_options(
+        cli.proxy_cacert.clone(),
+        cli.proxy_pinnedpubkey.as_deref(),
+        cli.proxy_cert.clone().zip(cli.proxy_key.clone()),
+    )?;
     let Some(user) = &cli.proxy_user else {
         return Ok(url);
     };
@@ -611,7 +630,7 @@ async fn connect(cli: &Cli, target: Address) -> Result<()> {
         let how = routed.path.map_or("", path_name);
         eprintln!("socksng: {target} via {} {how}", routed.via_name);
     }
-    let (mut from_target, mut to_target) = routed.stream.into_split();
+    let (mut from_target, mut to_target) = tokio::io::split(routed.stream);
     let upload = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let _ = tokio::io::copy(&mut stdin, &mut to_target).await;
@@ -628,7 +647,7 @@ async fn connect(cli: &Cli, target: Address) -> Result<()> {
 
 /// Where `socksng udp` sends: through a proxy (tunnel or UDP ASSOCIATE), or direct.
 enum UdpEndpoint {
-    Proxy(socksng_client::ProxyUdp),
+    Proxy(Box<socksng_client::ProxyUdp>),
     Direct(tokio::net::UdpSocket, SocketAddr),
 }
 
@@ -650,7 +669,7 @@ async fn udp_endpoint(cli: &Cli, server: Option<&str>, target: &Address) -> Resu
             if cli.verbose {
                 eprintln!("socksng: UDP via {}", path_name(sock.path()));
             }
-            Ok(UdpEndpoint::Proxy(sock))
+            Ok(UdpEndpoint::Proxy(Box::new(sock)))
         }
         None => {
             let to = match target.socket_addr() {
@@ -764,7 +783,7 @@ async fn udp_lines(
     use tokio::io::AsyncBufReadExt;
     let (mut tx, mut rx): (Box<dyn DatagramSend>, Box<dyn DatagramRecv>) = match endpoint {
         UdpEndpoint::Proxy(sock) => {
-            let (s, r) = sock.split();
+            let (s, r) = (*sock).split();
             (Box::new((s, target)), Box::new(r))
         }
         UdpEndpoint::Direct(sock, to) => {
