@@ -5,13 +5,15 @@
 //! anything: a missing program is an error naming its Debian package, which scripts/test-all
 //! installs (socksng-bench installs it for a benchmark run as root or with `--install`). The
 //! built-in targets, the SOCKS5 client of the readiness probe and the process handling are here
-//! too, because starting a peer needs them.
+//! too, because starting a peer needs them, and so is a TLS front (with throwaway
+//! certificates) for tests of SOCKS over TLS.
 
 pub mod procs;
 pub mod programs;
 pub mod socks;
 pub mod subjects;
 pub mod targets;
+pub mod tls;
 pub mod zerocopy;
 
 pub use programs::require;
