@@ -46,7 +46,7 @@ pub struct ClientConfig {
 }
 
 /// One `[[server]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Name used by `[[route]] via` and in tables; defaults to `host:port`.
@@ -73,6 +73,18 @@ pub struct ServerConfig {
     /// Ask it for its served ranges.
     #[serde(default = "yes")]
     pub ask: bool,
+}
+
+/// Without the URL's password.
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("name", &self.name)
+            .field("url", &crate::redact(&self.url))
+            .field("ranges", &self.ranges)
+            .field("ask", &self.ask)
+            .finish_non_exhaustive()
+    }
 }
 
 fn yes() -> bool {
@@ -148,17 +160,14 @@ fn destinations(list: &[String]) -> Result<Vec<Destination>, ClientError> {
 }
 
 /// The destinations a NO_PROXY value sends direct: names (and every name below them) and
-/// address prefixes; `*` is every address. Entries that are neither (a name with a port, say)
-/// are skipped, as curl skips what it cannot match.
+/// address prefixes. Entries that are neither (a name with a port, a `*` among others) are
+/// skipped, as curl skips what it cannot match; `*` alone is the caller's to handle.
 pub(crate) fn no_proxy_destinations(no_proxy: &str) -> Vec<Destination> {
     no_proxy
         .split(',')
         .map(|e| e.trim().replacen('[', "", 1).replacen(']', "", 1))
         .filter(|e| !e.is_empty())
-        .flat_map(|e| match e.as_str() {
-            "*" => everything(),
-            _ => Destination::parse(&e).into_iter().collect(),
-        })
+        .flat_map(|e| Destination::parse(&e).into_iter().collect::<Vec<_>>())
         .collect()
 }
 
@@ -176,7 +185,17 @@ fn port_range(text: &str) -> Result<(u16, u16), ClientError> {
 impl ClientConfig {
     /// Parses the file's text.
     pub fn from_toml(text: &str) -> Result<ClientConfig, ClientError> {
-        toml::from_str(text).map_err(|e| ClientError::Config(e.to_string()))
+        // The parser's own message quotes the failing line, which may hold a password: only
+        // its words and the line number go out.
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            ClientError::Config(match line {
+                Some(n) => format!("line {n}: {}", e.message()),
+                None => e.message().to_string(),
+            })
+        })
     }
 
     /// Reads and parses a file.
@@ -203,6 +222,11 @@ impl ClientConfig {
     pub fn router(&self) -> Result<Router, ClientError> {
         let mut servers = Vec::with_capacity(self.server.len());
         for s in &self.server {
+            if s.tls_cert.is_some() != s.tls_key.is_some() {
+                return Err(ClientError::Config(
+                    "tls_cert and tls_key go together".into(),
+                ));
+            }
             let url = ProxyUrl::parse(&s.url)?.with_tls_options(
                 s.tls_ca.clone(),
                 s.tls_pin.as_deref(),

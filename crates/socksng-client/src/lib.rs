@@ -83,12 +83,12 @@ pub enum ClientError {
     #[error("proxy connection: {0}")]
     Io(io::Error),
     /// A name could not be resolved here (for a `socks5://` proxy, or to route by address).
-    #[error("cannot resolve {name}: {source}")]
+    #[error("cannot resolve {name}: {cause}")]
     Resolve {
         /// The name.
         name: String,
-        /// Why.
-        source: io::Error,
+        /// Why (not an error source: it is in the message already).
+        cause: io::Error,
     },
     /// A target reached directly (or a UDP target behind a plain SOCKS5 relay) failed.
     #[error("the target: {0}")]
@@ -257,9 +257,9 @@ pub(crate) async fn resolve_here(
     name: &str,
     port: u16,
 ) -> Result<Vec<std::net::SocketAddr>, ClientError> {
-    let failed = |source| ClientError::Resolve {
+    let failed = |cause| ClientError::Resolve {
         name: name.to_string(),
-        source,
+        cause,
     };
     let addrs: Vec<_> = tokio::net::lookup_host((name, port))
         .await
@@ -451,7 +451,7 @@ impl Client {
                     .find(|a| !v4_only || a.is_ipv4())
                     .ok_or_else(|| ClientError::Resolve {
                         name: name.to_string(),
-                        source: io::Error::new(io::ErrorKind::NotFound, "no IPv4 address"),
+                        cause: io::Error::new(io::ErrorKind::NotFound, "no IPv4 address"),
                     })?;
                 Ok(Address::ip(addr))
             }

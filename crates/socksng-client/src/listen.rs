@@ -58,6 +58,11 @@ impl Client {
         request: ClientRequest,
     ) -> Result<ProxyListener, ClientError> {
         let ng = matches!(request, ClientRequest::Ng(_));
+        // A BIND is plain SOCKS whatever was negotiated: SOCKS4's, or SOCKS5's.
+        let path = match negotiated.path {
+            ProtocolPath::Socks4 => ProtocolPath::Socks4,
+            _ => ProtocolPath::Socks5,
+        };
         let mut bound = negotiated.request(request).await?;
         if let Some(mut at) = bound.socket_addr().filter(|a| a.ip().is_unspecified()) {
             // Plain servers may say "every address": the peers reach it where we reached
@@ -79,6 +84,7 @@ impl Client {
             control,
             bound,
             pending: None,
+            path,
         })
     }
 }
@@ -105,6 +111,15 @@ enum Control {
     Closed(String),
 }
 
+impl Control {
+    fn path(&self, negotiated_path: ProtocolPath) -> ProtocolPath {
+        match self {
+            Control::Ng { .. } | Control::Closed(_) => ProtocolPath::Ng,
+            Control::Bind(_) => negotiated_path,
+        }
+    }
+}
+
 /// A listening socket on the proxy's outside.
 #[derive(Debug)]
 pub struct ProxyListener {
@@ -114,6 +129,8 @@ pub struct ProxyListener {
     /// An accept notice read but not yet claimed: kept here so that an `accept` future
     /// dropped mid-claim (a timeout around it, say) does not lose the connection.
     pending: Option<(Token, Address)>,
+    /// The protocol the proxy spoke (SOCKS5 or SOCKS4 for a BIND).
+    path: ProtocolPath,
 }
 
 impl ProxyListener {
@@ -124,10 +141,7 @@ impl ProxyListener {
 
     /// SOCKS-NG listener, or a plain SOCKS5 BIND fallback (one connection only).
     pub fn path(&self) -> ProtocolPath {
-        match self.control {
-            Control::Ng { .. } | Control::Closed(_) => ProtocolPath::Ng,
-            Control::Bind(_) => ProtocolPath::Socks5,
-        }
+        self.control.path(self.path)
     }
 
     /// What the proxy granted a SOCKS-NG listener (backlog, token lifetime, idle time), once
@@ -170,7 +184,7 @@ impl ProxyListener {
             let proxied = ProxyStream {
                 stream: negotiated.into_stream()?,
                 bound: peer.clone(),
-                path: ProtocolPath::Socks5,
+                path: self.path,
             };
             return Ok((proxied, peer));
         }

@@ -489,12 +489,19 @@ impl Router {
     /// A router that sends everything through one proxy except what `no_proxy` (NO_PROXY's
     /// comma-separated form) sends direct, as curl does with `-x`.
     pub fn single_except(url: ProxyUrl, no_proxy: Option<&str>) -> Router {
-        // `*` bypasses the proxy for everything, names included.
-        let all = no_proxy.is_some_and(|n| n.split(',').any(|e| e.trim() == "*"));
-        if all {
-            return Router::new(Vec::new(), Vec::new(), RouterOptions::default());
-        }
         let name = url.host_port();
+        // `*` alone (as curl reads it) bypasses the proxy for everything, names included: the
+        // server stays known (for listeners and datagrams asked of it by name) but no route
+        // uses it.
+        if no_proxy.is_some_and(|n| n.trim() == "*") {
+            let spec = ServerSpec {
+                name,
+                url,
+                ranges: Vec::new(),
+                ask: false,
+            };
+            return Router::new(vec![spec], Vec::new(), RouterOptions::default());
+        }
         let direct = no_proxy
             .map(crate::config::no_proxy_destinations)
             .unwrap_or_default()
@@ -591,8 +598,12 @@ impl Router {
                     state.down_until = None;
                 }
                 Err(ClientError::NotSupported(_)) => {
-                    // A plain SOCKS5 server: reachable, serving what the configuration says.
-                    state.status.path = Some(ProtocolPath::Socks5);
+                    // A plain SOCKS5 (or SOCKS4) server: reachable, serving what the
+                    // configuration says.
+                    state.status.path = Some(match self.inner.servers[i].spec.url.version {
+                        crate::SocksVersion::Socks4 => ProtocolPath::Socks4,
+                        crate::SocksVersion::Socks5 => ProtocolPath::Socks5,
+                    });
                     state.status.announced.clear();
                     state.status.down = None;
                     state.down_until = None;
@@ -752,6 +763,9 @@ impl Router {
     pub async fn connect(&self, target: Address) -> Result<RoutedStream, ClientError> {
         let limit = self.inner.options.connect_timeout;
         let timed_out = || ClientError::Io(std::io::ErrorKind::TimedOut.into());
+        // Once the proxy took the request (or for a direct connection), the clock is the
+        // target's.
+        let target_timed_out = || ClientError::Target(std::io::ErrorKind::TimedOut.into());
         let mut skipped = Vec::new();
         let mut failed: Vec<(String, ClientError)> = Vec::new();
         for _ in 0..=self.inner.servers.len() {
@@ -771,7 +785,7 @@ impl Router {
             let Via::Server(i) = via else {
                 let stream = tokio::time::timeout(limit, direct(&ask))
                     .await
-                    .map_err(|_| timed_out())??;
+                    .map_err(|_| target_timed_out())??;
                 return Ok(RoutedStream {
                     stream: crate::Transport::Tcp(stream),
                     via,
@@ -788,7 +802,7 @@ impl Router {
                     let proxied =
                         tokio::time::timeout(limit, Client::connect_negotiated(negotiated, wire))
                             .await
-                            .map_err(|_| timed_out())??;
+                            .map_err(|_| target_timed_out())??;
                     return Ok(RoutedStream {
                         stream: proxied.into_inner(),
                         via,

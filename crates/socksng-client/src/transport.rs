@@ -149,6 +149,12 @@ pub(crate) fn connector(settings: &TlsSettings) -> Result<tokio_rustls::TlsConne
                     .add(cert)
                     .map_err(|e| config_error(&format!("CA file {}", path.display()), e))?;
             }
+            if roots.is_empty() {
+                return Err(config_error(
+                    &format!("CA file {}", path.display()),
+                    "no certificate in it",
+                ));
+            }
         }
         None => {
             for cert in rustls_native_certs::load_native_certs().certs {

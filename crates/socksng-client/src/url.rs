@@ -75,10 +75,9 @@ impl fmt::Display for ProxyUrl {
 /// messages about text that may hold one.
 pub fn redact(text: &str) -> String {
     let start = text.find("://").map_or(0, |i| i + 3);
-    let authority_end = text[start..]
-        .find(['/', '?', '#'])
-        .map_or(text.len(), |i| start + i);
-    match text[start..authority_end].rfind('@') {
+    // The last '@' of the whole rest: a password with an unencoded '/', '?' or '#' must not
+    // end the search early and slip through.
+    match text[start..].rfind('@') {
         Some(at) => {
             let userinfo = &text[start..start + at];
             match userinfo.split_once(':') {

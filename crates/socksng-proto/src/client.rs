@@ -263,10 +263,12 @@ impl ClientHandshake {
         let Some((reply, n)) = decoded("SOCKS4 reply", Socks4Reply::decode(input))? else {
             return Ok(None);
         };
-        let code = if reply.code == crate::wire::SOCKS4_GRANTED {
-            ReplyCode::SUCCEEDED
-        } else {
-            ReplyCode(reply.code)
+        // 90 is success; 91 to 93 keep their codes; anything else is no success either and
+        // reads as 91, "rejected or failed".
+        let code = match reply.code {
+            crate::wire::SOCKS4_GRANTED => ReplyCode::SUCCEEDED,
+            c @ 0x5B..=0x5D => ReplyCode(c),
+            _ => ReplyCode(crate::wire::SOCKS4_REJECTED),
         };
         let reply = Reply {
             code,
@@ -311,6 +313,10 @@ impl ClientHandshake {
     pub fn refusal_at_eof(&self, buffered: &[u8]) -> Option<ReplyCode> {
         match self.state {
             State::AwaitReply | State::AwaitBindPeer => Reply::failure_code(buffered),
+            State::AwaitSocks4Reply | State::AwaitSocks4BindPeer => match buffered {
+                [0, code, ..] if *code != crate::wire::SOCKS4_GRANTED => Some(ReplyCode(*code)),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -739,6 +745,34 @@ mod tests {
             ReplyCode(0x5B).description(),
             "request rejected or failed (SOCKS4)"
         );
+        // Replies: 90 is success; 91 to 93 keep their codes; anything else is 91.
+        let config4 = ClientConfig {
+            socks4: true,
+            ..ClientConfig::default()
+        };
+        for (cd, want) in [(90u8, 0x00u8), (92, 0x5C), (0, 0x5B), (5, 0x5B)] {
+            let mut out = Vec::new();
+            let mut m = ClientHandshake::new(config4.clone(), connect(), &mut out);
+            let p = m
+                .handle_input(&[0, cd, 0, 0, 0, 0, 0, 0], &mut out)
+                .unwrap();
+            assert!(
+                matches!(p.event, Some(ClientEvent::Reply(r)) if r.code == ReplyCode(want)),
+                "CD {cd}"
+            );
+        }
+        // A refusal cut short still counts.
+        let mut out = Vec::new();
+        let m = ClientHandshake::new(config4.clone(), connect(), &mut out);
+        assert_eq!(m.refusal_at_eof(&[0, 0x5B]), Some(ReplyCode(0x5B)));
+        // Nothing half-written for what SOCKS4 cannot carry.
+        let mut out = Vec::new();
+        let v6 = ClientRequest::Socks5(Request {
+            command: Command::Connect,
+            address: Address::ip("[2001:db8::1]:80".parse().unwrap()),
+        });
+        let _ = ClientHandshake::new(config4, v6, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

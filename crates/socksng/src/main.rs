@@ -16,6 +16,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// `println!` that returns a failed write (a closed standard output, say) as an error
+/// instead of panicking; `stdout_closed` then makes it a quiet success.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 /// Limit for setting something up with a proxy (connect, negotiate, one request).
 const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -329,11 +338,12 @@ fn parse_local(text: &str) -> Result<SocketAddr> {
         Some((h, p)) if h.contains(':') => format!("[{h}]:{p}"),
         _ => text.clone(),
     };
+    let usage = |why: String| anyhow!(LocalError::Usage(why));
     with_brackets
         .to_socket_addrs()
-        .with_context(|| format!("{text:?}: expected HOST:PORT or PORT"))?
+        .map_err(|e| usage(format!("{text:?}: expected HOST:PORT or PORT ({e})")))?
         .next()
-        .ok_or_else(|| anyhow!("{text:?} has no address"))
+        .ok_or_else(|| usage(format!("{text:?} has no address")))
 }
 
 /// The first of the variables `names` that is set and not empty (curl's order: lower case
@@ -448,7 +458,23 @@ fn password_for(cli: &Cli, host: &str, user: &str) -> Result<String> {
 /// The password a netrc file gives `user` at `host`: the `machine host` entry (or `default`)
 /// whose `login` is the user, or that names no login.
 fn netrc_password(text: &str, host: &str, user: &str) -> Option<String> {
-    let mut tokens = text.split_whitespace();
+    // `#` starts a comment to the end of its line (outside a macro); quoted values lose
+    // their quotes, as curl reads them.
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.find('#') {
+            Some(at) if l[..at].trim().is_empty() || l[..at].ends_with(char::is_whitespace) => {
+                &l[..at]
+            }
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut tokens = uncommented.split_whitespace().map(|t| {
+        t.strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or(t)
+    });
     let mut entries: Vec<(Option<String>, Option<String>, Option<String>)> = Vec::new();
     while let Some(t) = tokens.next() {
         match t {
@@ -534,7 +560,7 @@ async fn run(cli: Cli) -> Result<()> {
             let listener = tokio::net::TcpListener::bind(at)
                 .await
                 .with_context(|| format!("listen on {at}"))?;
-            println!("forwarding {} -> {target}", listener.local_addr()?);
+            say!("forwarding {} -> {target}", listener.local_addr()?);
             std::io::stdout().flush()?;
             forward_local(listener, router, target, report(cli.verbose)).await?;
             Ok(())
@@ -551,11 +577,9 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(s) => server_client(&cli, s)?,
                 None => {
                     let router = router(&cli)?;
-                    let (spec, _) = router
-                        .servers()
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| anyhow!("no server configured"))?;
+                    let (spec, _) = router.servers().into_iter().next().ok_or_else(|| {
+                        anyhow!(LocalError::Config("no server configured".into()))
+                    })?;
                     (spec.name, Client::new(spec.url))
                 }
             };
@@ -568,9 +592,10 @@ async fn run(cli: Cli) -> Result<()> {
                 in_time(client.listen(*port, *exact, *backlog, Address::ip(family.parse()?)))
                     .await
                     .with_context(|| format!("listen on {name}"))?;
-            println!("listening on {} -> {local}", listener.local_addr());
-            if listener.path() == ProtocolPath::Socks5 {
-                eprintln!("socksng: {name} is a plain SOCKS5 server: BIND accepts one connection");
+            say!("listening on {} -> {local}", listener.local_addr());
+            if listener.path() != ProtocolPath::Ng {
+                let path = path_name(listener.path());
+                eprintln!("socksng: {name} is a plain {path} server: BIND accepts one connection");
             }
             std::io::stdout().flush()?;
             forward_remote(listener, local, report(cli.verbose)).await?;
@@ -586,8 +611,10 @@ async fn run(cli: Cli) -> Result<()> {
             lines,
         } => {
             let target = parse_target(target)?;
+            // Capped at a day, so a deadline never overflows the clock.
             let limit = Duration::try_from_secs_f64(*timeout)
-                .map_err(|e| LocalError::Usage(format!("--timeout: {e}")))?;
+                .map_err(|e| LocalError::Usage(format!("--timeout: {e}")))?
+                .min(Duration::from_secs(86_400));
             let endpoint = udp_endpoint(&cli, server.as_deref(), &target).await?;
             let print = Printer { hex: *hex };
             if *lines {
@@ -605,7 +632,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Completions { shell } => {
             let mut cmd = Cli::command();
-            clap_complete::generate(*shell, &mut cmd, "socksng", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "socksng", &mut script);
+            std::io::stdout().write_all(&script)?;
             Ok(())
         }
         Cmd::Man => {
@@ -691,10 +720,10 @@ async fn udp_endpoint(cli: &Cli, server: Option<&str>, target: &Address) -> Resu
 /// A name resolved here for a direct datagram; a failure is a local lookup's.
 async fn resolve_for_direct(target: &Address) -> Result<SocketAddr> {
     let name = target.host.to_string();
-    let failed = |source| {
+    let failed = |cause| {
         anyhow!(ClientError::Resolve {
             name: name.clone(),
-            source,
+            cause,
         })
     };
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), target.port))
@@ -792,9 +821,10 @@ async fn udp_lines(
         }
     };
     let sender = tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Some(line) = lines.next_line().await? {
-            tx.send(line.as_bytes()).await?;
+        // Bytes, not text: a datagram need not be UTF-8.
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).split(b'\n');
+        while let Some(line) = lines.next_segment().await? {
+            tx.send(line.strip_suffix(b"\r").unwrap_or(&line)).await?;
         }
         // Handed back, not dropped: a tunnel's sending half closing would end the tunnel
         // before the last replies are in.
@@ -918,21 +948,21 @@ async fn info(cli: &Cli, server: Option<&str>, json: bool) -> Result<()> {
                         "token_lifetime": caps.token_lifetime,
                         "ranges": ranges_json(&caps),
                     });
-                    println!("{v}");
+                    say!("{v}");
                 } else {
-                    println!("server           {name} ({shown})");
-                    println!("protocol         SOCKS-NG revision {}", caps.revision);
+                    say!("server           {name} ({shown})");
+                    say!("protocol         SOCKS-NG revision {}", caps.revision);
                     let cmds: Vec<String> =
                         caps.commands.iter().map(|&c| command_name(c)).collect();
-                    println!("commands         {}", cmds.join(" "));
+                    say!("commands         {}", cmds.join(" "));
                     if let Some(max) = caps.max_udp_payload {
-                        println!("max UDP payload  {max}");
+                        say!("max UDP payload  {max}");
                     }
                     if let Some(t) = caps.token_lifetime {
-                        println!("token lifetime   {t} s");
+                        say!("token lifetime   {t} s");
                     }
                     if caps.ranges.is_empty() {
-                        println!("serves           (nothing announced)");
+                        say!("serves           (nothing announced)");
                     }
                     for (i, r) in caps.ranges.iter().enumerate() {
                         let mut parts: Vec<String> = r
@@ -947,36 +977,40 @@ async fn info(cli: &Cli, server: Option<&str>, json: bool) -> Result<()> {
                             format!(" ports {}", port_ranges_text(&r.ports).join(","))
                         };
                         let label = if i == 0 { "serves" } else { "" };
-                        println!("{label:<16} {}{ports}", parts.join(" "));
+                        say!("{label:<16} {}{ports}", parts.join(" "));
                     }
                 }
             }
             Err(ClientError::NotSupported(_)) => {
+                let (protocol, words) = match client.proxy().version {
+                    socksng_client::SocksVersion::Socks4 => ("socks4", "SOCKS4"),
+                    socksng_client::SocksVersion::Socks5 => ("socks5", "SOCKS5"),
+                };
                 if json {
-                    println!(
+                    say!(
                         "{}",
-                        serde_json::json!({"server": name, "url": shown, "protocol": "socks5"})
+                        serde_json::json!({"server": name, "url": shown, "protocol": protocol})
                     );
                 } else {
-                    println!("server           {name} ({shown})");
-                    println!("protocol         SOCKS5 (no SOCKS-NG: no capabilities or ranges)");
+                    say!("server           {name} ({shown})");
+                    say!("protocol         {words} (no SOCKS-NG: no capabilities or ranges)");
                 }
             }
             Err(e) => {
                 if json {
-                    println!(
+                    say!(
                         "{}",
                         serde_json::json!({"server": name, "url": shown, "error": e.to_string()})
                     );
                 } else {
-                    println!("server           {name} ({shown})");
-                    println!("error            {e}");
+                    say!("server           {name} ({shown})");
+                    say!("error            {e}");
                 }
                 failed.get_or_insert(e);
             }
         }
         if !json {
-            println!();
+            say!();
         }
     }
     // The first failure gives the exit status.
@@ -1025,7 +1059,7 @@ async fn routes(cli: &Cli, json: bool, lookup: &[String]) -> Result<()> {
                 Err(e) => serde_json::json!({"target": t, "error": e.to_string()}),
             });
         }
-        println!(
+        say!(
             "{}",
             serde_json::json!({"servers": servers, "routes": routes, "lookups": lookups})
         );
@@ -1042,18 +1076,21 @@ async fn routes(cli: &Cli, json: bool, lookup: &[String]) -> Result<()> {
         } else {
             ""
         };
-        println!(
+        say!(
             "server {:<16} {:<24} {state}{unused_note}",
             spec.name,
             spec.url.host_port()
         );
     }
-    println!();
-    print!("{table}");
+    say!();
+    {
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), "{table}")?;
+    }
     for t in lookup {
         match router.decide(&parse_target(t)?).await {
-            Ok((via, _)) => println!("{t} -> {}", table.via_name(via)),
-            Err(e) => println!("{t} -> error: {e}"),
+            Ok((via, _)) => say!("{t} -> {}", table.via_name(via)),
+            Err(e) => say!("{t} -> error: {e}"),
         }
     }
     Ok(())

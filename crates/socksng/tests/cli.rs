@@ -739,6 +739,10 @@ async fn a_password_is_never_printed() {
             &dir,
             &format!("[[server]]\nname = \"p\"\nurl = \"{good}\"\nranges = [\"*\"]\nask = false\n"),
         );
+        let broken = write_config(
+            &scratch("secret-broken"),
+            &format!("[[server]]\nurl = \"socks5h://alice:{SECRET}@127.0.0.1:1\" oops\n"),
+        );
         let runs: Vec<(&str, Vec<String>)> = vec![
             ("info", vec!["info".into(), good.clone()]),
             (
@@ -752,6 +756,23 @@ async fn a_password_is_never_printed() {
             (
                 "a bad URL",
                 vec!["info".into(), format!("socks9://alice:{SECRET}@host:1")],
+            ),
+            (
+                "a password with a '#'",
+                vec![
+                    "-x".into(),
+                    format!("socks5h://alice:{SECRET}#x@host:1"),
+                    "connect".into(),
+                    "a:1".into(),
+                ],
+            ),
+            (
+                "a server without a scheme",
+                vec!["info".into(), format!("alice:{SECRET}@gw:1080")],
+            ),
+            (
+                "a broken config line",
+                vec!["-c".into(), broken.clone(), "routes".into()],
             ),
             (
                 "a bad port",
@@ -860,9 +881,9 @@ async fn proxy_user_takes_the_password_from_the_environment_or_a_netrc_file() {
             let netrc = dir.join("netrc");
             std::fs::write(
                 &netrc,
-                "machine elsewhere login alice password wrong\n\
+                "# a comment\nmachine elsewhere login alice password wrong\n\
                  machine 127.0.0.1\n  login bob password nope\n\
-                 machine 127.0.0.1 login alice password s3cret\n\
+                 machine 127.0.0.1 login alice password \"s3cret\" # rotated in May\n\
                  default login alice password wrong-too\n",
             )
             .unwrap();
@@ -1005,6 +1026,9 @@ async fn no_proxy_is_honoured_with_a_single_proxy_unless_noproxy_says_otherwise(
             )
             .await;
             assert_failed_saying(&out, REFUSED, "not allowed by ruleset");
+            // `*` alone: nothing goes through the proxy.
+            let out = run_with(&args, b"star", &[("NO_PROXY", "*")]).await;
+            assert_eq!(text(&out.stdout), "star", "{}", text(&out.stderr));
             // --noproxy LIST alone.
             let mut listed = args.to_vec();
             listed.splice(0..0, ["--noproxy", "127.0.0.0/8"]);

@@ -67,6 +67,10 @@ impl Socks4Request {
 
     /// Appends the encoding (4a form for domain targets). IPv6 targets cannot be expressed.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        // Checked first, so a request SOCKS4 cannot carry leaves nothing half-written.
+        if let Host::Ip(IpAddr::V6(_)) = self.address.host {
+            return Err(EncodeError::AddressFamily("SOCKS4 request"));
+        }
         let cd = match self.command {
             Socks4Command::Connect => 1,
             Socks4Command::Bind => 2,
