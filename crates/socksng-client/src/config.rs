@@ -159,18 +159,6 @@ fn destinations(list: &[String]) -> Result<Vec<Destination>, ClientError> {
     Ok(out)
 }
 
-/// The destinations a NO_PROXY value sends direct: names (and every name below them) and
-/// address prefixes. Entries that are neither (a name with a port, a `*` among others) are
-/// skipped, as curl skips what it cannot match; `*` alone is the caller's to handle.
-pub(crate) fn no_proxy_destinations(no_proxy: &str) -> Vec<Destination> {
-    no_proxy
-        .split(',')
-        .map(|e| e.trim().replacen('[', "", 1).replacen(']', "", 1))
-        .filter(|e| !e.is_empty())
-        .flat_map(|e| Destination::parse(&e).into_iter().collect::<Vec<_>>())
-        .collect()
-}
-
 fn port_range(text: &str) -> Result<(u16, u16), ClientError> {
     let bad = || ClientError::Config(format!("bad port range {text:?}"));
     let (lo, hi) = text.split_once('-').unwrap_or((text, text));

@@ -170,6 +170,18 @@ impl Route {
     }
 }
 
+/// The destinations a NO_PROXY value sends direct: names (and every name below them) and
+/// address prefixes. Entries that are neither (a name with a port, a `*` among others) are
+/// skipped, as curl skips what it cannot match; `*` alone is the caller's to handle.
+fn no_proxy_destinations(no_proxy: &str) -> Vec<Destination> {
+    no_proxy
+        .split(',')
+        .map(|e| e.trim().replacen('[', "", 1).replacen(']', "", 1))
+        .filter(|e| !e.is_empty())
+        .flat_map(|e| Destination::parse(&e).into_iter().collect::<Vec<_>>())
+        .collect()
+}
+
 /// Every destination: what a single `--proxy` or an "everything" gateway stands for.
 pub fn everything() -> Vec<Destination> {
     vec![
@@ -503,7 +515,7 @@ impl Router {
             return Router::new(vec![spec], Vec::new(), RouterOptions::default());
         }
         let direct = no_proxy
-            .map(crate::config::no_proxy_destinations)
+            .map(no_proxy_destinations)
             .unwrap_or_default()
             .into_iter()
             .map(|destination| Route {
