@@ -65,7 +65,9 @@ pub use udp::{ProxyUdp, UdpReceiver, UdpSender};
 pub use socksng_proto::wire::ng::{Capabilities, ServedRange};
 pub use socksng_proto::{Address, ReplyCode};
 pub use transport::{spki_sha256, TlsSettings, Transport, ALPN_SOCKS};
-pub use url::{no_proxy_matches, redact, ProxyUrl, Resolve, SocksVersion};
+pub use url::{
+    env_all_proxy, env_no_proxy, no_proxy_matches, redact, ProxyUrl, Resolve, SocksVersion,
+};
 
 use socksng_proto::client::{ClientEvent, ClientHandshake, ClientHandshakeError, ClientRequest};
 use socksng_proto::wire::ng::NgRequest;
@@ -252,11 +254,9 @@ fn unexpected(event: ClientEvent) -> ClientError {
     ClientError::Protocol(format!("unexpected {event:?}"))
 }
 
-/// Resolves `name` on this host: every address, or the lookup's failure as a local one.
-pub(crate) async fn resolve_here(
-    name: &str,
-    port: u16,
-) -> Result<Vec<std::net::SocketAddr>, ClientError> {
+/// Resolves `name` on this host: every address, or the lookup's failure as a local one
+/// ([`ClientError::Resolve`]).
+pub async fn resolve_here(name: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, ClientError> {
     let failed = |cause| ClientError::Resolve {
         name: name.to_string(),
         cause,

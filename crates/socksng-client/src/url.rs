@@ -248,17 +248,27 @@ impl ProxyUrl {
     }
 }
 
-/// ALL_PROXY and NO_PROXY from the environment, each in curl's order (lower case first),
-/// when ALL_PROXY is set and not empty.
+/// The first of the variables `names` that is set, when it is not empty.
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok())
+        .filter(|v| !v.is_empty())
+}
+
+/// ALL_PROXY (curl's order: `all_proxy` first), when set and not empty.
+pub fn env_all_proxy() -> Option<String> {
+    env_first(&["all_proxy", "ALL_PROXY"])
+}
+
+/// NO_PROXY (curl's order: `no_proxy` first), when set and not empty.
+pub fn env_no_proxy() -> Option<String> {
+    env_first(&["no_proxy", "NO_PROXY"])
+}
+
+/// ALL_PROXY and NO_PROXY from the environment, when ALL_PROXY is set and not empty.
 pub(crate) fn env_proxy() -> Option<(String, Option<String>)> {
-    let get = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| std::env::var(n).ok())
-            .filter(|v| !v.is_empty())
-    };
-    let all = get(&["all_proxy", "ALL_PROXY"])?;
-    Some((all, get(&["no_proxy", "NO_PROXY"])))
+    Some((env_all_proxy()?, env_no_proxy()))
 }
 
 /// NO_PROXY as curl reads it: `*` for everything, else comma-separated names that match the

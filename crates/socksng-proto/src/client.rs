@@ -642,6 +642,15 @@ mod tests {
         Some((USER.to_vec(), PASS.to_vec()))
     }
 
+    /// A client offering SOCKS-NG, with or without a login.
+    fn ng_config(credentials: Option<(Vec<u8>, Vec<u8>)>) -> ClientConfig {
+        ClientConfig {
+            offer_ng: true,
+            credentials,
+            ..ClientConfig::default()
+        }
+    }
+
     /// Feeds `client` everything `server` answers until the client has an event.
     fn until_event(
         client: &mut ClientHandshake,
@@ -668,11 +677,7 @@ mod tests {
     fn negotiate_first_then_choose_the_request_by_path() {
         for (ng, path) in [(true, Path::Ng), (false, Path::Socks5)] {
             let mut to_server = Vec::new();
-            let config = ClientConfig {
-                socks4: false,
-                offer_ng: true,
-                credentials: creds(),
-            };
+            let config = ng_config(creds());
             let mut client = ClientHandshake::negotiate(config, &mut to_server);
             let mut server = Server::new(server(false, true, ng));
             let mut client_in = Vec::new();
@@ -823,22 +828,14 @@ mod tests {
                 1,
             ),
             (
-                ClientConfig {
-                    socks4: false,
-                    offer_ng: true,
-                    credentials: None,
-                },
+                ng_config(None),
                 connect(),
                 server(true, false, true),
                 Path::Ng,
                 1,
             ),
             (
-                ClientConfig {
-                    socks4: false,
-                    offer_ng: true,
-                    credentials: creds(),
-                },
+                ng_config(creds()),
                 bind.clone(),
                 server(false, true, true),
                 Path::Ng,
@@ -859,22 +856,14 @@ mod tests {
                 1,
             ),
             (
-                ClientConfig {
-                    socks4: false,
-                    offer_ng: true,
-                    credentials: creds(),
-                },
+                ng_config(creds()),
                 ClientRequest::Ng(NgRequest::Capabilities),
                 server(false, true, true),
                 Path::Ng,
                 2,
             ),
             (
-                ClientConfig {
-                    socks4: false,
-                    offer_ng: true,
-                    credentials: None,
-                },
+                ng_config(None),
                 ClientRequest::Ng(NgRequest::UdpTunnel),
                 server(true, false, true),
                 Path::Ng,
@@ -882,11 +871,7 @@ mod tests {
             ),
             // An NG-capable client against a plain server falls back to SOCKS5.
             (
-                ClientConfig {
-                    socks4: false,
-                    offer_ng: true,
-                    credentials: creds(),
-                },
+                ng_config(creds()),
                 connect(),
                 server(false, true, false),
                 Path::Socks5,

@@ -43,10 +43,6 @@ async fn readable(sock: &Option<UdpSocket>) -> io::Result<()> {
     }
 }
 
-fn ended(kind: OutcomeKind, side: Side, why: impl Into<String>) -> SessionOutcome {
-    SessionOutcome::new(kind, side, why)
-}
-
 /// Counters for the session log.
 #[derive(Default)]
 struct Counts {
@@ -244,13 +240,13 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
     let end = loop {
         tokio::select! {
             r = conn.stream.read(&mut control_buf) => match r {
-                Ok(0) => break ended(OutcomeKind::Completed, Side::Client, "control connection closed"),
+                Ok(0) => break SessionOutcome::new(OutcomeKind::Completed, Side::Client, "control connection closed"),
                 Ok(_) => continue, // Nothing is defined for the client to send here.
-                Err(e) => break ended(OutcomeKind::Broken, Side::Client, format!("control connection failed: {e}")),
+                Err(e) => break SessionOutcome::new(OutcomeKind::Broken, Side::Client, format!("control connection failed: {e}")),
             },
             r = relay.readable() => {
                 if let Err(e) = r {
-                    break ended(OutcomeKind::Broken, Side::Internal, format!("relay socket failed: {e}"));
+                    break SessionOutcome::new(OutcomeKind::Broken, Side::Internal, format!("relay socket failed: {e}"));
                 }
                 let mut held = PooledBuf::take_datagram();
                 let buf = held.bytes();
@@ -296,7 +292,7 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
                     n.dropped += 1;
                 }
             },
-            _ = idle.expired() => break ended(OutcomeKind::TimedOut, Side::Client, format!("no datagram for {:?}", conn.shared.cfg.timeouts.udp_idle)),
+            _ = idle.expired() => break SessionOutcome::new(OutcomeKind::TimedOut, Side::Client, format!("no datagram for {:?}", conn.shared.cfg.timeouts.udp_idle)),
         }
     };
     log.outcome = Some(end.with_note(format_args!(
@@ -377,15 +373,15 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
         let want_write = sent_off < outq.len();
         tokio::select! {
             r = stream.readable() => {
-                if let Err(e) = r { break ended(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}")); }
+                if let Err(e) = r { break SessionOutcome::new(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}")); }
                 let mut held = PooledBuf::take_datagram();
                 let chunk = held.bytes();
                 let room = chunk.len();
                 let got = match read_drained(stream, room, || stream.try_read(chunk)) {
-                    Ok(0) => break ended(OutcomeKind::Completed, Side::Client, "client closed"),
+                    Ok(0) => break SessionOutcome::new(OutcomeKind::Completed, Side::Client, "client closed"),
                     Ok(k) => k,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => break ended(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}")),
+                    Err(e) => break SessionOutcome::new(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}")),
                 };
                 idle.touch();
                 // Frames are relayed straight from the read buffer; only a partial frame at
@@ -429,17 +425,17 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
                 // Nothing was waiting: write now rather than after another turn of the loop.
                 if was_idle {
                     if let Err(e) = write_queued(stream, &mut outq, &mut sent_off, limit) {
-                        break ended(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}"));
+                        break SessionOutcome::new(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}"));
                     }
                 }
             }
             r = stream.writable(), if want_write => {
-                if let Err(e) = r { break ended(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}")); }
+                if let Err(e) = r { break SessionOutcome::new(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}")); }
                 if let Err(e) = write_queued(stream, &mut outq, &mut sent_off, limit) {
-                    break ended(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}"));
+                    break SessionOutcome::new(OutcomeKind::Broken, Side::Client, format!("connection failed: {e}"));
                 }
             }
-            _ = idle.expired() => break ended(OutcomeKind::TimedOut, Side::Client, format!("no datagram for {:?}", conn.shared.cfg.timeouts.udp_idle)),
+            _ = idle.expired() => break SessionOutcome::new(OutcomeKind::TimedOut, Side::Client, format!("no datagram for {:?}", conn.shared.cfg.timeouts.udp_idle)),
         }
     };
     log.outcome = Some(end.with_note(format_args!(
@@ -515,12 +511,20 @@ async fn relay_frames(
             }
             Ok((TunnelFrame::Error { .. }, _)) => {
                 let why = "malformed frame: an ERROR frame from the client";
-                return Err(ended(OutcomeKind::ProtocolError, Side::Client, why));
+                return Err(SessionOutcome::new(
+                    OutcomeKind::ProtocolError,
+                    Side::Client,
+                    why,
+                ));
             }
             Err(DecodeError::Incomplete) => return Ok(used),
             Err(e) => {
                 let why = format!("malformed frame: {e}");
-                return Err(ended(OutcomeKind::ProtocolError, Side::Client, why));
+                return Err(SessionOutcome::new(
+                    OutcomeKind::ProtocolError,
+                    Side::Client,
+                    why,
+                ));
             }
         }
     }

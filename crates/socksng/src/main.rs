@@ -346,22 +346,13 @@ fn parse_local(text: &str) -> Result<SocketAddr> {
         .ok_or_else(|| usage(format!("{text:?} has no address")))
 }
 
-/// The first of the variables `names` that is set and not empty (curl's order: lower case
-/// first).
-fn env_first(names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .find_map(|n| std::env::var(n).ok())
-        .filter(|v| !v.is_empty())
-}
-
 /// One proxy for everything (from --proxy or ALL_PROXY), with --proxy-user's credentials and
 /// NO_PROXY's (or --noproxy's) hosts direct.
 fn single_proxy(cli: &Cli, url: &str) -> Result<Router> {
     let url = with_credentials(cli, ProxyUrl::parse(url)?)?;
     let no_proxy = match &cli.noproxy {
         Some(list) => Some(list.clone()),
-        None => env_first(&["no_proxy", "NO_PROXY"]),
+        None => socksng_client::env_no_proxy(),
     };
     Ok(Router::single_except(url, no_proxy.as_deref()))
 }
@@ -382,7 +373,7 @@ fn router(cli: &Cli) -> Result<Router> {
         }
         return Ok(router);
     }
-    if let Some(url) = env_first(&["all_proxy", "ALL_PROXY"]) {
+    if let Some(url) = socksng_client::env_all_proxy() {
         return single_proxy(cli, &url);
     }
     Err(anyhow!(LocalError::Config(
@@ -426,7 +417,10 @@ fn with_credentials(cli: &Cli, url: ProxyUrl) -> Result<ProxyUrl> {
 /// The password for `user` at `host`: $SOCKSNG_PASSWORD, else a netrc file, else a prompt on
 /// the terminal.
 fn password_for(cli: &Cli, host: &str, user: &str) -> Result<String> {
-    if let Some(p) = env_first(&["SOCKSNG_PASSWORD"]) {
+    if let Some(p) = std::env::var("SOCKSNG_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
         return Ok(p);
     }
     let netrc = cli.netrc_file.clone().or_else(|| {
@@ -703,7 +697,10 @@ async fn udp_endpoint(cli: &Cli, server: Option<&str>, target: &Address) -> Resu
         None => {
             let to = match target.socket_addr() {
                 Some(a) => a,
-                None => resolve_for_direct(target).await?,
+                // A failure is the local lookup's.
+                None => {
+                    socksng_client::resolve_here(&target.host.to_string(), target.port).await?[0]
+                }
             };
             let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
             if cli.verbose {
@@ -715,25 +712,6 @@ async fn udp_endpoint(cli: &Cli, server: Option<&str>, target: &Address) -> Resu
             ))
         }
     }
-}
-
-/// A name resolved here for a direct datagram; a failure is a local lookup's.
-async fn resolve_for_direct(target: &Address) -> Result<SocketAddr> {
-    let name = target.host.to_string();
-    let failed = |cause| {
-        anyhow!(ClientError::Resolve {
-            name: name.clone(),
-            cause,
-        })
-    };
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), target.port))
-        .await
-        .map_err(failed)?
-        .collect();
-    addrs
-        .first()
-        .copied()
-        .ok_or_else(|| failed(std::io::ErrorKind::NotFound.into()))
 }
 
 /// How replies are written: raw bytes, or one line each (hex with the source).
