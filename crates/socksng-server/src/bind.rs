@@ -37,10 +37,7 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
             Err(refusal) => return conn.refuse_with(log, refusal).await,
         },
     };
-    let control_local = match conn.stream.local_addr() {
-        Ok(a) => a,
-        Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
-    };
+    let control_local = conn.local;
     let toward = expected_ips.as_ref().and_then(|ips| ips.first().copied());
     let listener = match TcpListener::bind(listen_address(control_local, toward)).await {
         Ok(l) => l,

@@ -49,6 +49,9 @@ pub struct AuthConfig {
     pub users_file: Option<PathBuf>,
     /// Serve SOCKS4/4a CONNECT (only possible when "none" is accepted).
     pub socks4: bool,
+    /// Refuse username/password logins that would cross the network in the clear: a client
+    /// that is neither on TLS nor on this host is not offered method 0x02.
+    pub require_tls_for_passwords: bool,
 }
 
 impl Default for AuthConfig {
@@ -57,6 +60,7 @@ impl Default for AuthConfig {
             methods: vec![AuthMethod::None],
             users_file: None,
             socks4: true,
+            require_tls_for_passwords: false,
         }
     }
 }
@@ -379,6 +383,61 @@ impl Default for AccessConfig {
     }
 }
 
+/// Which field of a client certificate names the user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertUserField {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The first e-mail address among the subject alternative names.
+    Email,
+    /// The first DNS name among the subject alternative names.
+    Dns,
+}
+
+/// What a client certificate is worth for the SOCKS login.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertLogin {
+    /// The certificate's user is logged in; no password is asked.
+    #[default]
+    Alone,
+    /// The client must also log in with a password, as the certificate's user.
+    WithPassword,
+}
+
+/// `[tls]`: SOCKS over TLS (docs/draft-socksng.md section 6.4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first; read again on SIGHUP.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf; read again on SIGHUP.
+    pub key: PathBuf,
+    /// Addresses that take SOCKS over TLS only.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// Whether the plain `listen` addresses also take TLS, told apart by the first byte.
+    #[serde(default = "yes")]
+    pub on_plain_listeners: bool,
+    /// PEM CA certificates client certificates are checked against; without it none is asked.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a valid certificate (needs `client_ca`).
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// Which certificate field names the user.
+    #[serde(default)]
+    pub user_from: CertUserField,
+    /// Whether the certificate logs its user in alone or only with that user's password.
+    #[serde(default)]
+    pub cert_login: CertLogin,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -417,6 +476,8 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// `[ng]`.
     pub ng: NgConfig,
+    /// `[tls]`.
+    pub tls: Option<TlsConfig>,
     /// `[groups]`: group name to member user names. Rules and port grants name a group as
     /// `"@name"` in their `users` lists.
     pub groups: std::collections::HashMap<String, Vec<String>>,
@@ -446,6 +507,7 @@ impl Default for Config {
             rules: Vec::new(),
             ng: NgConfig::default(),
             groups: Default::default(),
+            tls: None,
             base_dir: PathBuf::from("."),
         }
     }
@@ -487,6 +549,17 @@ impl Config {
         self.log_file.as_ref().map(|p| self.base_dir.join(p))
     }
 
+    /// A path of the configuration, resolved against the config file's directory.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        self.base_dir.join(p)
+    }
+
+    /// Every address the server listens on: the plain ones, then the TLS-only ones.
+    pub fn all_listen(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        let tls = self.tls.iter().flat_map(|t| t.listen.iter());
+        self.listen.iter().chain(tls).copied()
+    }
+
     /// Whether method 0x00 is accepted.
     pub fn accepts_no_auth(&self) -> bool {
         self.auth.methods.contains(&AuthMethod::None)
@@ -512,7 +585,7 @@ impl Config {
                 }
             }
         }
-        if self.listen.is_empty() {
+        if self.all_listen().next().is_none() {
             return invalid("`listen` is empty: give at least one address".into());
         }
         if self.auth.methods.is_empty() {
@@ -563,7 +636,19 @@ impl Config {
                 ));
             }
         }
-        if let Some((a, b)) = overlapping_listens(&self.listen) {
+        if let Some(tls) = &self.tls {
+            if tls.require_client_cert && tls.client_ca.is_none() {
+                return invalid("`tls.require_client_cert` needs `tls.client_ca`".into());
+            }
+            if tls.cert_login == CertLogin::WithPassword && !self.accepts_password() {
+                return invalid(
+                    "`tls.cert_login = \"with-password\"` needs \"password\" in `auth.methods`"
+                        .into(),
+                );
+            }
+        }
+        let all_listen: Vec<SocketAddr> = self.all_listen().collect();
+        if let Some((a, b)) = overlapping_listens(&all_listen) {
             return invalid(if a == b {
                 format!("`listen` names {a} twice")
             } else {
@@ -584,8 +669,16 @@ impl Config {
             return invalid("`limits.lookups` must be at least 1".into());
         }
         let any_client = covers_most_addresses(&self.access.clients);
+        // A listener that takes only clients with a certificate is not open.
+        let certs_required = self.tls.as_ref().is_some_and(|t| t.require_client_cert);
+        let mut open_listeners = self.listen.iter().chain(
+            self.tls
+                .iter()
+                .filter(|_| !certs_required)
+                .flat_map(|t| t.listen.iter()),
+        );
         if self.accepts_no_auth() && any_client && !self.allow_open_proxy {
-            if let Some(a) = self.listen.iter().find(|a| !a.ip().is_loopback()) {
+            if let Some(a) = open_listeners.find(|a| !a.ip().is_loopback()) {
                 return invalid(format!(
                     "refusing to listen on {a} without authentication for any client address: \
                      this would be an open proxy. Require \"password\" in `auth.methods`, \

@@ -7,12 +7,13 @@ use crate::dial::{canonical_addr, interleave};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::Verdict;
 use crate::shared::Shared;
+use crate::stream::ClientStream;
 use socksng_proto::{Address, Command, Host, ReplyCode, ServerHandshake};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
@@ -101,7 +102,9 @@ impl SessionLog {
 
 /// A connection after a successful handshake, holding the machine for the reply(s).
 pub(crate) struct Handshaken {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
+    /// The server's address on the client's connection.
+    pub local: SocketAddr,
     pub hs: ServerHandshake,
     /// Bytes the client sent after its request (pipelined data for the target).
     pub early_data: Vec<u8>,
@@ -165,8 +168,8 @@ impl Handshaken {
             log.add_up(early.len() as u64);
         }
         let end = crate::relay::relay(
-            &mut self.stream,
-            other,
+            &self.stream,
+            &*other,
             crate::relay::RelayTimeouts::from_config(&self.shared.cfg.timeouts),
             &log.up,
             &log.down,
@@ -188,7 +191,7 @@ impl Handshaken {
 /// Closes after a final failure reply so that the reply survives: send FIN, then read and
 /// discard what the client already sent (pipelined data) for a moment. Closing with unread
 /// input would make the kernel send a reset, which can destroy the reply before it is read.
-pub(crate) async fn linger_close(stream: &mut TcpStream) {
+pub(crate) async fn linger_close(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
     const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
     const MAX_DISCARD: usize = 64 * 1024;
     if stream.shutdown().await.is_err() {
@@ -258,21 +261,4 @@ pub(crate) async fn allowed_addresses(
         return Err(SessionOutcome::refused(ReplyCode::NOT_ALLOWED, why));
     }
     Ok(interleave(&allowed, shared.cfg.resolver.prefer))
-}
-
-/// Completes when the client's connection has been reset. A FIN alone may be a half-close (a
-/// client that sent its data and waits for the answer), which is legitimate, and pipelined
-/// data says nothing either: in both cases this waits forever and the session goes on,
-/// bounded by its own timeouts.
-pub(crate) async fn client_gone(stream: &TcpStream) {
-    let mut byte = [0u8; 1];
-    let mut buf = tokio::io::ReadBuf::new(&mut byte);
-    // A peek that finds nothing clears the readiness, so a stale "readable" left by the
-    // handshake cannot hide the reset that comes later.
-    if std::future::poll_fn(|cx| stream.poll_peek(cx, &mut buf))
-        .await
-        .is_ok()
-    {
-        std::future::pending::<()>().await;
-    }
 }

@@ -2,7 +2,7 @@
 //! (`dial`), the success reply with the real source address, pipelined bytes passed on, and
 //! the relay until both sides are done. A client that resets meanwhile ends it at once.
 
-use crate::conn::{allowed_addresses, client_gone, Handshaken, SessionLog};
+use crate::conn::{allowed_addresses, Handshaken, SessionLog};
 use crate::dial::{canonical_addr, connect_racing, reply_code_for};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use socksng_proto::{Address, Command, ReplyCode};
@@ -42,7 +42,7 @@ pub(crate) async fn connect(mut conn: Handshaken, address: Address, log: &mut Se
     };
     let reached = tokio::select! {
         r = reach => r,
-        _ = client_gone(&conn.stream) => {
+        _ = conn.stream.reset_by_client() => {
             let why = "client gone before the target was reached";
             log.end(OutcomeKind::Broken, Side::Client, why);
             return;

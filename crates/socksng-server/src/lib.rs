@@ -31,9 +31,12 @@ pub mod ng;
 mod server;
 mod session;
 mod shared;
+mod stream;
+mod tls;
 mod tokens;
 mod udp;
 
 pub use config::Config;
-pub use server::{RunSummary, Server, ServerError};
+pub use server::{RunSummary, Server, ServerError, TlsReload};
+pub use tls::{check_tls, TlsError};
 pub use tokio_util::sync::CancellationToken;

@@ -14,6 +14,7 @@ use crate::dial::{canonical_addr, port_zero, tune_stream};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::Verdict;
 use crate::shared::Shared;
+use crate::stream::ClientStream;
 use crate::tokens::{Owner, Pending};
 use rand_core::RngCore;
 use socksng_proto::listener::{ListenerGrant, ServerListener, ServerListenerEvent};
@@ -198,12 +199,14 @@ fn bind_refusal(ip: IpAddr, e: io::Error) -> SessionOutcome {
 /// address on the control connection when the family matches, else the configured external
 /// address of that family, else the address this host would send from on its default route
 /// (a UDP connect sends nothing), else loopback.
-async fn reachable_address(shared: &Shared, control: &TcpStream, bound: SocketAddr) -> IpAddr {
-    if let Ok(local) = control.local_addr() {
-        let local = port_zero(local).ip();
-        if local.is_ipv4() == bound.is_ipv4() {
-            return local;
-        }
+async fn reachable_address(
+    shared: &Shared,
+    control_local: SocketAddr,
+    bound: SocketAddr,
+) -> IpAddr {
+    let local = port_zero(control_local).ip();
+    if local.is_ipv4() == bound.is_ipv4() {
+        return local;
     }
     let (any, probe, loopback): (IpAddr, IpAddr, IpAddr) = if bound.is_ipv4() {
         (
@@ -282,7 +285,7 @@ pub(crate) async fn listen(
         Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
     };
     if announced.ip().is_unspecified() {
-        announced.set_ip(reachable_address(&shared, &conn.stream, announced).await);
+        announced.set_ip(reachable_address(&shared, conn.local, announced).await);
     }
     let idle = shared.cfg.timeouts.idle;
     let grant = ListenerGrant {
@@ -333,7 +336,7 @@ fn now() -> std::time::Instant {
 /// ended with the server's CLOSING (which wants a lingering close).
 async fn serve_listener(
     cx: ListenerCtx<'_>,
-    control: &mut TcpStream,
+    control: &mut ClientStream,
     grant: ListenerGrant,
     early: Vec<u8>,
 ) -> (SessionOutcome, bool) {
@@ -410,7 +413,7 @@ async fn serve_listener(
                 tune_stream(&stream, cx.shared.cfg.timeouts.tcp_keepalive);
                 let token = new_token();
                 let (handoff, claimed) = oneshot::channel();
-                registry.insert(token, Pending { owner: cx.owner.clone(), listener: cx.id, peer, handoff });
+                registry.insert(token, Pending { owner: cx.owner.clone(), listener: cx.id, peer, tls: control.is_tls(), handoff });
                 tokio::spawn(hold_until_claimed(stream, token, cx.id, cx.shared.clone(), claimed, gone_tx.clone()));
                 machine.announce(token, Address::ip(peer), now());
             }
@@ -479,7 +482,10 @@ async fn hold_until_claimed(
 pub(crate) async fn accept(mut conn: Handshaken, token: Token, log: &mut SessionLog) {
     let shared = conn.shared.clone();
     let claimant = Owner::of(conn.user.as_deref(), conn.peer.ip());
-    let Some((handoff, peer)) = shared.listeners.claim(&token, &claimant) else {
+    let Some((handoff, peer)) = shared
+        .listeners
+        .claim(&token, &claimant, conn.stream.is_tls())
+    else {
         return conn
             .refuse(log, rep::TOKEN_NOT_VALID, "token not valid")
             .await;

@@ -10,13 +10,13 @@
 //! switches to splice(2) through a pipe of its own, so the bytes never enter user space.
 
 use crate::outcome::Side;
+use crate::stream::Ready;
 use socket2::SockRef;
 use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::Interest;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 const BUF_SIZE: usize = 16 * 1024;
@@ -180,7 +180,7 @@ impl IdleTimer {
 /// instead of costing a read that finds nothing (as tokio's own `poll_read` does). Data that
 /// arrives meanwhile raises a new event, which the clearing does not hide.
 pub(crate) fn read_drained(
-    from: &TcpStream,
+    from: &impl Ready,
     room: usize,
     read: impl FnOnce() -> io::Result<usize>,
 ) -> io::Result<usize> {
@@ -198,9 +198,9 @@ pub(crate) fn read_drained(
     }
 }
 
-struct Direction<'a> {
-    from: &'a TcpStream,
-    to: &'a TcpStream,
+struct Direction<'a, F, T> {
+    from: &'a F,
+    to: &'a T,
     moved: &'a AtomicU64,
     activity: &'a AtomicU64,
     /// Set by the first direction to reach EOF.
@@ -217,7 +217,7 @@ enum Failed {
     Writing,
 }
 
-impl Direction<'_> {
+impl<F: Ready, T: Ready> Direction<'_, F, T> {
     /// Writes all of `data` to the destination, counting each part as it goes: a slow reader
     /// draining a large chunk is activity, not idleness.
     async fn send(&self, mut data: &[u8]) -> Result<(), Failed> {
@@ -285,6 +285,7 @@ impl Direction<'_> {
 mod splice {
     //! Zero-copy forwarding for one direction: socket → pipe → socket with splice(2).
     use super::{Direction, Failed};
+    use crate::stream::Ready;
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use tokio::io::Interest;
@@ -339,11 +340,11 @@ mod splice {
         }
     }
 
-    pub(super) async fn pump(d: &Direction<'_>) -> Result<(), Failed> {
+    pub(super) async fn pump<F: Ready, T: Ready>(d: &Direction<'_, F, T>) -> Result<(), Failed> {
         // Without a pipe this direction cannot go on; the read side is as good a name as any.
         let pipe = Pipe::new().map_err(|_| Failed::Reading)?;
         super::SPLICED_DIRECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (from_fd, to_fd) = (d.from.as_raw_fd(), d.to.as_raw_fd());
+        let (from_fd, to_fd) = (d.from.as_fd().as_raw_fd(), d.to.as_fd().as_raw_fd());
         loop {
             d.from.readable().await.map_err(|_| Failed::Reading)?;
             // Not `read_drained`: splice also stops short when the pipe runs out of slots
@@ -402,14 +403,13 @@ impl RelayTimeouts {
 ///
 /// The caller closes both streams as soon as this returns: the last half-close of a relay that
 /// ends cleanly is left to that close.
-pub async fn relay(
-    client: &mut TcpStream,
-    target: &mut TcpStream,
+pub(crate) async fn relay(
+    client: &impl Ready,
+    target: &impl Ready,
     timeouts: RelayTimeouts,
     up: &AtomicU64,
     down: &AtomicU64,
 ) -> RelayEnd {
-    let (client, target) = (&*client, &*target);
     let activity = AtomicU64::new(0);
     let one_done = AtomicBool::new(false);
     let epoch = Instant::now();
@@ -474,9 +474,8 @@ pub async fn relay(
                     if Instant::now() >= epoch + last + l {
                         // A relay ended by a clock did not end: both sides get a reset, so
                         // neither takes a cut transfer for a complete one.
-                        for side in [client, target] {
-                            let _ = SockRef::from(side).set_linger(Some(Duration::ZERO));
-                        }
+                        client.reset_on_close();
+                        target.reset_on_close();
                         return if up_done && l == timeouts.half_close {
                             RelayEnd::HalfClosed
                         } else {

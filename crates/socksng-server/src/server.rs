@@ -4,6 +4,7 @@
 
 use crate::admission::StageSlot;
 use crate::config::Config;
+use crate::session::Intake;
 use crate::shared::Shared;
 use crate::users::{UserDb, UsersError};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -32,12 +33,33 @@ pub enum ServerError {
     /// The users file is missing or broken.
     #[error(transparent)]
     Users(#[from] UsersError),
+    /// The TLS certificate, key or client CAs are missing or broken.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A server with its sockets bound, ready to [`Server::run`].
 pub struct Server {
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Intake)>,
+}
+
+/// Reads the TLS certificate and key again (for SIGHUP), while the server runs.
+#[derive(Clone)]
+pub struct TlsReload {
+    shared: Arc<Shared>,
+}
+
+impl TlsReload {
+    /// New TLS handshakes use the certificate and key as the files now hold them; running
+    /// sessions are untouched. On error the old pair stays in force. Without TLS configured
+    /// this does nothing.
+    pub fn reload(&self) -> Result<bool, crate::tls::TlsError> {
+        match &self.shared.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
 }
 
 fn listen_socket(addr: SocketAddr, keepalive: std::time::Duration) -> io::Result<TcpListener> {
@@ -69,11 +91,26 @@ impl Server {
             socks4: cfg.auth.socks4,
             ng: cfg.ng.enabled,
         };
-        let mut listeners = Vec::with_capacity(cfg.listen.len());
+        let tls = match &cfg.tls {
+            Some(t) => Some(crate::tls::TlsService::new(t, &cfg.base_dir)?),
+            None => None,
+        };
+        let plain_intake = match &cfg.tls {
+            Some(t) if t.on_plain_listeners => Intake::PlainOrTls,
+            _ => Intake::Plain,
+        };
+        let tls_listen = cfg.tls.iter().flat_map(|t| t.listen.iter());
+        let addresses: Vec<(SocketAddr, Intake)> = cfg
+            .listen
+            .iter()
+            .map(|&a| (a, plain_intake))
+            .chain(tls_listen.map(|&a| (a, Intake::Tls)))
+            .collect();
+        let mut listeners = Vec::with_capacity(addresses.len());
         let mut unavailable = None;
-        for &addr in &cfg.listen {
+        for (addr, intake) in addresses {
             match listen_socket(addr, cfg.timeouts.tcp_keepalive) {
-                Ok(l) => listeners.push(l),
+                Ok(l) => listeners.push((l, intake)),
                 // A host without IPv6 (or without that address) should still serve the rest,
                 // as the built-in default lists both 127.0.0.1 and ::1.
                 Err(source) if is_address_unavailable(&source) => {
@@ -88,16 +125,24 @@ impl Server {
                 return Err(e);
             }
         }
-        let shared = Arc::new(Shared::new(cfg, users, handshake_config));
+        let shared = Arc::new(Shared::new(cfg, users, handshake_config, tls));
         Ok(Server { shared, listeners })
     }
 
-    /// The bound addresses (useful when a port was 0).
+    /// The bound addresses (useful when a port was 0): the plain listeners, then the TLS-only
+    /// ones.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The handle that reloads the TLS certificate while the server runs.
+    pub fn tls_reload(&self) -> TlsReload {
+        TlsReload {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets sessions drain for
@@ -118,12 +163,18 @@ impl Server {
         let hard_stop = CancellationToken::new();
         let cut = Arc::new(AtomicUsize::new(0));
         let mut accept_loops = Vec::new();
-        for listener in self.listeners {
+        for (listener, intake) in self.listeners {
             if let Ok(a) = listener.local_addr() {
-                tracing::info!(listen = %a, "accepting SOCKS connections");
+                let tls = match intake {
+                    Intake::Plain => "no",
+                    Intake::PlainOrTls => "also",
+                    Intake::Tls => "only",
+                };
+                tracing::info!(listen = %a, tls, "accepting SOCKS connections");
             }
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
+                intake,
                 self.shared.clone(),
                 shutdown.clone(),
                 hard_stop.clone(),
@@ -182,6 +233,7 @@ fn is_address_unavailable(e: &io::Error) -> bool {
 
 async fn accept_loop(
     listener: TcpListener,
+    intake: Intake,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
@@ -229,7 +281,8 @@ async fn accept_loop(
         let cut = cut.clone();
         tracker.spawn(async move {
             let client_fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-            let mut serve = std::pin::pin!(crate::session::serve(shared, stream, peer, slot));
+            let mut serve =
+                std::pin::pin!(crate::session::serve(shared, stream, peer, slot, intake));
             tokio::select! {
                 _ = &mut serve => {}
                 _ = hard_stop.cancelled() => {

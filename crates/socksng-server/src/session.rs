@@ -8,17 +8,37 @@ use crate::conn::{linger_close, Handshaken, SessionLog};
 use crate::dial::canonical_addr;
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::shared::Shared;
+use crate::stream::{ClientStream, TlsLink};
 use socksng_proto::wire::ng::NgRequest;
 use socksng_proto::{Address, Command, Event, ReplyCode, ServerHandshake};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::{timeout_at, Instant};
 
 /// Largest handshake input buffered before a complete message; every SOCKS4/5 handshake
 /// message fits well within it, so reaching it means the client is misbehaving.
 const MAX_HANDSHAKE_BUFFER: usize = 4096;
+
+/// How a listener takes its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Intake {
+    /// Plain SOCKS only.
+    Plain,
+    /// Plain SOCKS or SOCKS over TLS, told apart by the first byte.
+    PlainOrTls,
+    /// SOCKS over TLS only.
+    Tls,
+}
+
+/// Who the client is, as far as its connection says.
+struct Origin {
+    peer: SocketAddr,
+    local: SocketAddr,
+    /// The user its TLS client certificate names.
+    cert_user: Option<String>,
+}
 
 /// Serves one accepted connection to its end and logs it. `handshake_slot` is its place among
 /// the connections still in their handshake, given back when the handshake ends.
@@ -27,6 +47,7 @@ pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     handshake_slot: StageSlot,
+    intake: Intake,
 ) {
     let peer = canonical_addr(peer);
     let mut log = SessionLog::new(peer);
@@ -38,21 +59,111 @@ pub(crate) async fn serve(
         );
         return;
     }
+    let local = match stream.local_addr() {
+        Ok(a) => canonical_addr(a),
+        Err(e) => return log.end(OutcomeKind::Broken, Side::Client, e.to_string()),
+    };
     // Nodelay and keepalive came with the accepted socket from the listener (server.rs).
     #[cfg(not(target_os = "linux"))]
     crate::dial::tune_stream(&stream, shared.cfg.timeouts.tcp_keepalive);
-    let handshake_timeout = shared.cfg.timeouts.handshake;
+    // One deadline for the TLS handshake and the SOCKS handshake together.
+    let deadline = Instant::now() + shared.cfg.timeouts.handshake;
+    let tls = match (intake, &shared.tls) {
+        (Intake::Plain, _) | (_, None) => false,
+        (Intake::Tls, Some(_)) => true,
+        (Intake::PlainOrTls, Some(_)) => match timeout_at(deadline, first_byte(&stream)).await {
+            Ok(Ok(b)) => b == crate::tls::TLS_HANDSHAKE_RECORD,
+            // Nothing to tell apart: the SOCKS handshake reports the closed connection.
+            Ok(Err(_)) => false,
+            Err(_) => {
+                return log.end(
+                    OutcomeKind::TimedOut,
+                    Side::Client,
+                    handshake_timed_out(&shared),
+                )
+            }
+        },
+    };
+    let mut origin = Origin {
+        peer,
+        local,
+        cert_user: None,
+    };
+    let Some(service) = shared.tls.as_ref().filter(|_| tls) else {
+        let client = ClientStream::Tcp(stream);
+        return serve_client(shared, client, origin, handshake_slot, deadline, log).await;
+    };
+    let accepted = match timeout_at(deadline, service.accept(stream)).await {
+        Err(_) => {
+            return log.end(
+                OutcomeKind::TimedOut,
+                Side::Client,
+                handshake_timed_out(&shared),
+            )
+        }
+        Ok(Err(e)) => {
+            let why = format!("TLS handshake failed: {e}");
+            return log.end(OutcomeKind::HandshakeFailed, Side::Client, why);
+        }
+        Ok(Ok(accepted)) => accepted,
+    };
+    let (tls_stream, cert_user) = accepted;
+    origin.cert_user = cert_user;
+    let (session_end, tls_end) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            let why = format!("socket pair for TLS: {e}");
+            return log.end(OutcomeKind::Broken, Side::Internal, why);
+        }
+    };
+    let link = Arc::new(TlsLink::default());
+    let client = ClientStream::Tls(session_end, link.clone());
+    tokio::join!(
+        serve_client(shared, client, origin, handshake_slot, deadline, log),
+        crate::tls::carry(tls_stream, tls_end, link),
+    );
+}
+
+fn handshake_timed_out(shared: &Shared) -> String {
+    format!(
+        "handshake timed out after {:?}",
+        shared.cfg.timeouts.handshake
+    )
+}
+
+/// The first byte the client sends, left in the socket.
+async fn first_byte(stream: &TcpStream) -> std::io::Result<u8> {
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.peek(&mut byte).await? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => return Ok(byte[0]),
+        }
+    }
+}
+
+/// Runs the SOCKS handshake and the session on the client's (plain or decrypted) stream.
+async fn serve_client(
+    shared: Arc<Shared>,
+    stream: ClientStream,
+    origin: Origin,
+    handshake_slot: StageSlot,
+    deadline: Instant,
+    mut log: SessionLog,
+) {
     // The transient phases are boxed so that a long-lived relay's task is not sized for them.
-    let result = Box::pin(timeout(
-        handshake_timeout,
-        handshake(shared, stream, peer, &mut log),
+    let result = Box::pin(timeout_at(
+        deadline,
+        handshake(shared.clone(), stream, origin, &mut log),
     ))
     .await;
     let (conn, asked) = match result {
         Err(_) => {
-            let why = format!("handshake timed out after {handshake_timeout:?}");
-            log.end(OutcomeKind::TimedOut, Side::Client, why);
-            return;
+            return log.end(
+                OutcomeKind::TimedOut,
+                Side::Client,
+                handshake_timed_out(&shared),
+            );
         }
         Ok(Err(outcome)) => {
             log.outcome = Some(outcome);
@@ -76,11 +187,20 @@ fn failed(why: impl Into<String>) -> SessionOutcome {
 
 async fn handshake(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: ClientStream,
+    origin: Origin,
     log: &mut SessionLog,
 ) -> Result<(Handshaken, Asked), SessionOutcome> {
-    let mut hs = ServerHandshake::new(shared.handshake_config);
+    let peer = origin.peer;
+    let (config, passwords_refused) =
+        shared.handshake_config_for(stream.is_tls(), peer.ip(), origin.cert_user.is_some());
+    // Why a client that only offered a password login got X'FF'.
+    let note = if passwords_refused {
+        " (password logins need TLS from this address)"
+    } else {
+        ""
+    };
+    let mut hs = ServerHandshake::new(config);
     let mut buf: Vec<u8> = Vec::with_capacity(512);
     let mut out = Vec::with_capacity(16);
     let mut user = None;
@@ -98,15 +218,19 @@ async fn handshake(
                 if replied {
                     linger_close(&mut stream).await;
                 }
-                return Err(failed(format!("handshake failed: {e}")));
+                return Err(failed(format!("handshake failed: {e}{note}")));
             }
         };
         buf.drain(..progress.consumed);
         let asked = match progress.event {
             Some(Event::Authenticate(auth)) => {
                 let name = String::from_utf8_lossy(&auth.username).into_owned();
-                let (ok, unchecked) =
-                    match shared.authenticate(peer.ip(), &name, auth.password).await {
+                let (ok, unchecked) = match &origin.cert_user {
+                    // A login beside a certificate must be the certificate's user.
+                    Some(cert_user) if *cert_user != name => {
+                        (false, " (the login is not the client certificate's user)")
+                    }
+                    _ => match shared.authenticate(peer.ip(), &name, auth.password).await {
                         Ok(ok) => (ok, ""),
                         Err(NotChecked::QueueFull) => {
                             (false, " (not checked: too many password checks waiting)")
@@ -119,7 +243,8 @@ async fn handshake(
                             false,
                             " (not checked: too many failed logins from this address)",
                         ),
-                    };
+                    },
+                };
                 log.user = Some(name.clone());
                 let res = hs.auth_result(ok, &mut out);
                 stream
@@ -167,8 +292,15 @@ async fn handshake(
         // Most clients wait for the reply: drop the handshake buffer rather than keep it for
         // the session's lifetime.
         let early_data = if buf.is_empty() { Vec::new() } else { buf };
+        // Without a login of its own, a client with a certificate is the certificate's user
+        // (where the certificate logs in alone; else the configuration admits anonymous
+        // clients and the client chose to be one).
+        if user.is_none() && shared.cert_logs_in_alone() {
+            user = origin.cert_user;
+        }
         let conn = Handshaken {
             stream,
+            local: origin.local,
             hs,
             early_data,
             user,

@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub sessions: Stage,
     /// SOCKS-NG listeners and their pending tokens.
     pub listeners: crate::tokens::Registry,
+    /// SOCKS over TLS, when configured.
+    pub tls: Option<crate::tls::TlsService>,
 }
 
 /// Holds one of a user's concurrent-session slots until dropped.
@@ -60,8 +62,10 @@ impl Shared {
         cfg: Config,
         users: Option<Arc<UserDb>>,
         handshake_config: HandshakeConfig,
+        tls: Option<crate::tls::TlsService>,
     ) -> Shared {
         Shared {
+            tls,
             policy: Policy::new(&cfg),
             users,
             handshake_config,
@@ -81,6 +85,39 @@ impl Shared {
             ),
             cfg: Arc::new(cfg),
         }
+    }
+
+    /// The handshake configuration for one client: over TLS or not, from `client`, with or
+    /// without a certificate user. The flag says that password logins were taken away
+    /// because they would cross the network in the clear.
+    pub(crate) fn handshake_config_for(
+        &self,
+        over_tls: bool,
+        client: IpAddr,
+        has_cert_user: bool,
+    ) -> (HandshakeConfig, bool) {
+        let mut config = self.handshake_config;
+        let mut passwords_refused = false;
+        if config.username_password
+            && self.cfg.auth.require_tls_for_passwords
+            && !over_tls
+            && !client.is_loopback()
+        {
+            config.username_password = false;
+            passwords_refused = true;
+        }
+        if has_cert_user && self.cert_logs_in_alone() {
+            config.no_auth = true;
+        }
+        (config, passwords_refused)
+    }
+
+    /// Whether a client certificate's user is logged in without a password.
+    pub(crate) fn cert_logs_in_alone(&self) -> bool {
+        self.cfg
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.cert_login == crate::config::CertLogin::Alone)
     }
 
     /// Checks a username/password from a client at `client`, off the runtime threads when

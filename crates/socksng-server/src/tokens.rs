@@ -41,6 +41,8 @@ pub(crate) struct Pending {
     pub listener: u64,
     /// Its peer.
     pub peer: SocketAddr,
+    /// Announced over TLS: only a claim over TLS may take it (draft section 6.4).
+    pub tls: bool,
     /// The way to the connection.
     pub handoff: Handoff,
 }
@@ -54,11 +56,17 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// Takes the entry behind `token` if `claimant` owns it; anyone else's attempt leaves the
-    /// token in place.
-    pub(crate) fn claim(&self, token: &Token, claimant: &Owner) -> Option<(Handoff, SocketAddr)> {
+    /// Takes the entry behind `token` if `claimant` owns it (over TLS if it was announced over
+    /// TLS); anyone else's attempt leaves the token in place.
+    pub(crate) fn claim(
+        &self,
+        token: &Token,
+        claimant: &Owner,
+        over_tls: bool,
+    ) -> Option<(Handoff, SocketAddr)> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if &pending.get(token)?.owner != claimant {
+        let entry = pending.get(token)?;
+        if &entry.owner != claimant || (entry.tls && !over_tls) {
             return None;
         }
         pending.remove(token).map(|p| (p.handoff, p.peer))

@@ -17,6 +17,7 @@ use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::{canonical, Verdict};
 use crate::relay::{read_drained, IdleTimer, PooledBuf};
 use crate::shared::Shared;
+use crate::stream::{ClientStream, Ready};
 use socksng_proto::wire::ng::{rep, TunnelFrame, MAX_UDP_PAYLOAD};
 use socksng_proto::{Address, Command, DecodeError, DomainName, Host, ReplyCode, UdpHeader};
 use std::collections::{HashMap, HashSet};
@@ -25,7 +26,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
 /// Names resolved per client are remembered, but not without bound.
 const NAME_CACHE_MAX: usize = 256;
@@ -212,10 +213,7 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
         }
         _ => None,
     };
-    let bind_to = match conn.stream.local_addr() {
-        Ok(a) => port_zero(a),
-        Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
-    };
+    let bind_to = port_zero(conn.local);
     let relay = match UdpSocket::bind(bind_to).await {
         Ok(s) => s,
         Err(e) => {
@@ -304,7 +302,7 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
 /// Writes what the socket takes of the frames queued for the client (`outq` from `sent_off`);
 /// the queue is emptied once all is written, and compacted once more than `limit` was.
 fn write_queued(
-    stream: &TcpStream,
+    stream: &ClientStream,
     outq: &mut Vec<u8>,
     sent_off: &mut usize,
     limit: usize,

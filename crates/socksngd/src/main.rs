@@ -17,7 +17,8 @@ mod log_output;
 ///
 /// Signals: SIGTERM or SIGINT stops accepting and lets sessions drain for
 /// `timeouts.shutdown_grace`, then resets the rest; a second one resets them at once. SIGHUP
-/// reopens the log file (for logrotate).
+/// reopens the log file (for logrotate) and reads the TLS certificate and key again (running
+/// sessions go on).
 ///
 /// Exit status: 0 after a clean stop, 1 on an error (configuration, listening), 2 on a usage
 /// error, 3 when the server stopped but had to cut sessions.
@@ -96,12 +97,26 @@ fn main() -> Result<()> {
                 let db = socksng_server::users::UserDb::load(&users)?;
                 println!("users file {}: {} user(s)", users.display(), db.len());
             }
-            println!("configuration OK: listening on {}", list(&cfg.listen));
+            socksng_server::check_tls(&cfg)?;
+            if let Some(tls) = &cfg.tls {
+                println!(
+                    "TLS certificate {} and key {}: OK",
+                    cfg.path(&tls.cert).display(),
+                    cfg.path(&tls.key).display()
+                );
+            }
+            let listen: Vec<_> = cfg.all_listen().collect();
+            println!("configuration OK: listening on {}", list(&listen));
             Ok(())
         }
         Cmd::Served { user, proxy } => {
             let cfg = load_config(cli.config.as_deref())?;
-            let proxy = proxy.unwrap_or_else(|| cfg.listen[0].to_string());
+            let proxy = proxy.unwrap_or_else(|| {
+                cfg.all_listen()
+                    .next()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            });
             print!(
                 "{}",
                 socksng_server::ng::served_ranges_json(&cfg, user.as_deref(), &proxy)
@@ -163,6 +178,7 @@ fn run(cfg: Config) -> Result<usize> {
         // soon as it sees the server listening is never met by the default (killing) action.
         let mut signals = Signals::install()?;
         let server = Server::bind(cfg)?;
+        signals.tls = Some(server.tls_reload());
         let shutdown = CancellationToken::new();
         let cut_now = CancellationToken::new();
         let (trigger, cut_trigger) = (shutdown.clone(), cut_now.clone());
@@ -197,6 +213,8 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    /// What SIGHUP reloads besides the log file.
+    tls: Option<socksng_server::TlsReload>,
 }
 
 impl Signals {
@@ -206,10 +224,12 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            tls: None,
         })
     }
 
-    /// Waits for a signal to stop; SIGHUPs meanwhile reopen the log file.
+    /// Waits for a signal to stop; SIGHUPs meanwhile reopen the log file and reload the TLS
+    /// certificate.
     async fn next_stop(&mut self) -> &'static str {
         loop {
             tokio::select! {
@@ -220,6 +240,11 @@ impl Signals {
                     tracing::info!(
                         "SIGHUP received: log output reopened; configuration changes need a restart"
                     );
+                    match self.tls.as_ref().map(|t| t.reload()) {
+                        Some(Ok(_)) => tracing::info!("TLS certificate and key reloaded"),
+                        Some(Err(e)) => tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in force"),
+                        None => {}
+                    }
                 }
             }
         }

@@ -1,0 +1,206 @@
+//! The client's side of a session as the commands see it: a `ClientStream` is either the
+//! accepted TCP connection itself or, for SOCKS over TLS, the session's end of a socket pair
+//! whose other end the TLS task (`tls.rs`) feeds with the decrypted bytes. Both are kernel
+//! sockets, so readiness, splice(2) and half-closes work the same on either, and every command
+//! has one code path. `Ready` is what the relay and the UDP tunnel need of a socket.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Notify;
+
+/// What the session and the TLS task that serves its client tell each other.
+#[derive(Default)]
+pub(crate) struct TlsLink {
+    /// Set by the session: its end should reach the client as a reset, not a clean close (a
+    /// relay cut by a timer, a session cut at shutdown).
+    reset: AtomicBool,
+    /// Set by the TLS task: the client's connection failed (reset, broken TLS).
+    gone: AtomicBool,
+    gone_notify: Notify,
+}
+
+impl TlsLink {
+    pub(crate) fn wants_reset(&self) -> bool {
+        self.reset.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_gone(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+        self.gone_notify.notify_waiters();
+    }
+
+    async fn gone(&self) {
+        loop {
+            let notified = self.gone_notify.notified();
+            if self.gone.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The client connection of a session.
+pub(crate) enum ClientStream {
+    /// Plain SOCKS: the accepted connection.
+    Tcp(TcpStream),
+    /// SOCKS over TLS: the plaintext end of the socket pair the TLS task serves.
+    Tls(UnixStream, Arc<TlsLink>),
+}
+
+/// A socket the relay can wait on and move bytes through without buffering of its own.
+pub(crate) trait Ready: AsFd {
+    fn readable(&self) -> impl Future<Output = io::Result<()>>;
+    fn writable(&self) -> impl Future<Output = io::Result<()>>;
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+    /// Makes the coming close reach the peer as a reset.
+    fn reset_on_close(&self);
+}
+
+impl Ready for TcpStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> {
+        TcpStream::readable(self)
+    }
+    fn writable(&self) -> impl Future<Output = io::Result<()>> {
+        TcpStream::writable(self)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        TcpStream::try_io(self, interest, f)
+    }
+    fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl Ready for ClientStream {
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            ClientStream::Tcp(s) => s.readable().await,
+            ClientStream::Tls(s, _) => s.readable().await,
+        }
+    }
+    async fn writable(&self) -> io::Result<()> {
+        match self {
+            ClientStream::Tcp(s) => s.writable().await,
+            ClientStream::Tls(s, _) => s.writable().await,
+        }
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Tcp(s) => s.try_read(buf),
+            ClientStream::Tls(s, _) => s.try_read(buf),
+        }
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Tcp(s) => s.try_write(buf),
+            ClientStream::Tls(s, _) => s.try_write(buf),
+        }
+    }
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        match self {
+            ClientStream::Tcp(s) => s.try_io(interest, f),
+            ClientStream::Tls(s, _) => s.try_io(interest, f),
+        }
+    }
+    fn reset_on_close(&self) {
+        match self {
+            ClientStream::Tcp(s) => s.reset_on_close(),
+            ClientStream::Tls(_, link) => link.reset.store(true, Ordering::Relaxed),
+        }
+    }
+}
+
+impl AsFd for ClientStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            ClientStream::Tcp(s) => s.as_fd(),
+            ClientStream::Tls(s, _) => s.as_fd(),
+        }
+    }
+}
+
+impl ClientStream {
+    /// Whether the client speaks through TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(..))
+    }
+
+    /// Completes when the client's connection has been reset. A FIN alone may be a half-close
+    /// (a client that sent its data and waits for the answer), which is legitimate, and
+    /// pipelined data says nothing either: in both cases this waits forever and the session
+    /// goes on, bounded by its own timeouts.
+    pub(crate) async fn reset_by_client(&self) {
+        match self {
+            ClientStream::Tcp(stream) => {
+                let mut byte = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut byte);
+                // A peek that finds nothing clears the readiness, so a stale "readable" left
+                // by the handshake cannot hide the reset that comes later.
+                if std::future::poll_fn(|cx| stream.poll_peek(cx, &mut buf))
+                    .await
+                    .is_ok()
+                {
+                    std::future::pending::<()>().await;
+                }
+            }
+            ClientStream::Tls(_, link) => link.gone().await,
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s, _) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s, _) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s, _) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s, _) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
