@@ -81,6 +81,8 @@ def _toml_value(v):
         return json.dumps(str(v))  # a JSON string is a valid TOML basic string
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table, e.g. [ng] served = [{ to = [...] }]
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
@@ -316,7 +318,12 @@ def start_socksngd(cfg, directory, name="socksngd", netns=None):
             "or set SOCKSNGD to its path"
         )
     text = cfg if isinstance(cfg, str) else to_toml(cfg)
-    expected = len(cfg["listen"]) if isinstance(cfg, dict) else 1
+    # One listen line per plain address, then one per TLS-only address ([tls] listen).
+    expected = (
+        len(cfg["listen"]) + len((cfg.get("tls") or {}).get("listen", []))
+        if isinstance(cfg, dict)
+        else 1
+    )
     path = Path(directory) / f"{name}.toml"
     path.write_text(text)
     argv = [str(SOCKSNGD), "--config", str(path)]
@@ -365,9 +372,9 @@ def socksngd_passwd(users_file, name, password):
 # Client programs
 
 
-def run(argv, input=None, timeout=PROC_TIMEOUT, netns=None):
+def run(argv, input=None, timeout=PROC_TIMEOUT, netns=None, env=None):
     """Runs a program to completion with a bounded time (it is killed when the time is up,
-    and the test fails with TimeoutExpired)."""
+    and the test fails with TimeoutExpired). `env`: variables added to `clean_env()`."""
     if netns:
         argv = ["ip", "netns", "exec", netns] + list(argv)
     return subprocess.run(
@@ -375,7 +382,7 @@ def run(argv, input=None, timeout=PROC_TIMEOUT, netns=None):
         input=input,
         capture_output=True,
         timeout=timeout,
-        env=clean_env(),
+        env=clean_env(**(env or {})),
         stdin=None if input is not None else subprocess.DEVNULL,
     )
 

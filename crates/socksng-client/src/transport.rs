@@ -260,6 +260,14 @@ impl Transport {
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
     }
+
+    /// The ALPN protocol id agreed with the server, over TLS.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Transport::Tcp(_) => None,
+            Transport::Tls(s) => s.get_ref().1.alpn_protocol(),
+        }
+    }
 }
 
 impl AsyncRead for Transport {

@@ -1,14 +1,11 @@
-//! SOCKS over TLS from the client's side (`socks5s://`): the testkit's TLS front (rustls)
-//! stands in front of a real socksngd, with certificates made for each case.
-//! A good chain is accepted; an unknown CA, a wrong name, an expired certificate and a wrong
-//! pin are each refused with the error that names them; a pin and a client certificate work;
-//! the ALPN id is offered.
+//! SOCKS over TLS from the client's side (`socks5s://`) against socksngd's own TLS, with
+//! certificates made for each case. A good chain is accepted and the ALPN id agreed; an
+//! unknown CA, a wrong name, an expired certificate and a wrong pin are each refused with the
+//! error that names them; a pin and a client certificate work.
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use socksng_client::{Address, Client, ClientError, ProxyUrl, TlsSettings, ALPN_SOCKS};
 use socksng_server::testing::{echo_server, within, TestServer};
-use socksng_testkit::tls::{tls_front, Ca, ExtendedKeyUsagePurpose};
+use socksng_testkit::tls::{tls_section, Ca, ExtendedKeyUsagePurpose, Leaf};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +24,14 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// socksngd taking TLS with `leaf` (written to `dir` as `stem`), plus `tls_extra` lines of
+/// its `[tls]` section.
+async fn tls_server(dir: &Path, stem: &str, leaf: &Leaf, tls_extra: &str) -> TestServer {
+    let (cert, key) = leaf.write(dir, stem);
+    let config = format!("{ALLOW_LOOPBACK}{}", tls_section(&cert, &key, tls_extra));
+    TestServer::start_in(&config, dir).await
+}
+
 /// A client for `socks5s://HOST:PORT` with `settings`.
 fn client(host: &str, port: u16, settings: TlsSettings) -> Client {
     let mut url = ProxyUrl::parse(&format!("socks5s://{host}:{port}")).unwrap();
@@ -38,6 +43,11 @@ async fn echo_through(c: &Client, echo: SocketAddr) -> Result<(), ClientError> {
     let s = c.connect(Address::ip(echo)).await?;
     let mut s = s.into_inner();
     assert!(s.is_tls());
+    assert_eq!(
+        s.alpn(),
+        Some(ALPN_SOCKS),
+        "the ALPN id was offered and agreed"
+    );
     s.write_all(b"over TLS").await?;
     let mut back = [0u8; 8];
     s.read_exact(&mut back).await?;
@@ -57,7 +67,6 @@ async fn each_certificate_check_is_named_when_it_fails() {
     within(
         "each_certificate_check_is_named_when_it_fails",
         async move {
-            let socksngd = TestServer::start(ALLOW_LOOPBACK).await;
             let echo = echo_server("127.0.0.1:0").await;
             let dir = scratch("checks");
             let ca = Ca::new("socksng test CA");
@@ -69,19 +78,13 @@ async fn each_certificate_check_is_named_when_it_fails() {
 
             // A good chain for the name the client asks for (a host name and an address).
             let good = ca.server_leaf(&["localhost", "127.0.0.1"]);
-            let (at, alpn) = tls_front(socksngd.addr, &good, ALPN_SOCKS, None).await;
+            let socksngd = tls_server(&dir, "good", &good, "").await;
+            let at = socksngd.addr;
             for host in ["localhost", "127.0.0.1"] {
                 echo_through(&client(host, at.port(), with_ca.clone()), echo)
                     .await
                     .unwrap_or_else(|e| panic!("{host}: {e}"));
             }
-            assert!(
-                alpn.lock()
-                    .unwrap()
-                    .iter()
-                    .all(|a| a.as_deref() == Some(&b"socks"[..])),
-                "the ALPN id was offered and agreed"
-            );
 
             // Another CA: unknown.
             let other = Ca::new("someone else");
@@ -95,7 +98,8 @@ async fn each_certificate_check_is_named_when_it_fails() {
 
             // A certificate for another name.
             let elsewhere = ca.server_leaf(&["other.test"]);
-            let (wrong_name, _) = tls_front(socksngd.addr, &elsewhere, ALPN_SOCKS, None).await;
+            let elsewhere_server = tls_server(&dir, "elsewhere", &elsewhere, "").await;
+            let wrong_name = elsewhere_server.addr;
             let e = echo_through(
                 &client("localhost", wrong_name.port(), with_ca.clone()),
                 echo,
@@ -109,13 +113,13 @@ async fn each_certificate_check_is_named_when_it_fails() {
                 (2000, 2001),
                 ExtendedKeyUsagePurpose::ServerAuth,
             );
-            let (expired, _) = tls_front(socksngd.addr, &old, ALPN_SOCKS, None).await;
+            let old_server = tls_server(&dir, "old", &old, "").await;
+            let expired = old_server.addr;
             let e = echo_through(&client("localhost", expired.port(), with_ca.clone()), echo).await;
             assert!(tls_error(e.unwrap_err()).contains("expired"));
 
             // The pin: the right key passes (on top of the chain), another key is refused.
-            let der = CertificateDer::from_pem_slice(good.cert_pem.as_bytes()).unwrap();
-            let right = socksng_client::spki_sha256(&der).unwrap();
+            let right = socksng_client::spki_sha256(&good.der()).unwrap();
             let pinned = TlsSettings {
                 pin_sha256: Some(right),
                 ..with_ca.clone()
@@ -142,13 +146,14 @@ async fn a_client_certificate_when_the_server_asks_for_one() {
     within(
         "a_client_certificate_when_the_server_asks_for_one",
         async move {
-            let socksngd = TestServer::start(ALLOW_LOOPBACK).await;
             let echo = echo_server("127.0.0.1:0").await;
             let dir = scratch("mtls");
             let ca = Ca::new("socksng test CA");
             let ca_file = write(&dir, "ca.pem", &ca.pem());
             let server = ca.server_leaf(&["localhost"]);
-            let (at, _) = tls_front(socksngd.addr, &server, ALPN_SOCKS, Some(&ca)).await;
+            let asks = "client_ca = \"ca.pem\"\nrequire_client_cert = true";
+            let socksngd = tls_server(&dir, "server", &server, asks).await;
+            let at = socksngd.addr;
             let alice = ca.leaf(
                 &["alice"],
                 (2020, 2100),

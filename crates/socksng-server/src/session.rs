@@ -134,11 +134,9 @@ fn handshake_timed_out(shared: &Shared) -> String {
 /// The first byte the client sends, left in the socket.
 async fn first_byte(stream: &TcpStream) -> std::io::Result<u8> {
     let mut byte = [0u8; 1];
-    loop {
-        match stream.peek(&mut byte).await? {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            _ => return Ok(byte[0]),
-        }
+    match stream.peek(&mut byte).await? {
+        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        _ => Ok(byte[0]),
     }
 }
 

@@ -132,3 +132,46 @@ impl Drop for ListenerSlot<'_> {
         self.registry.close_listener(&self.user);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(
+        owner: Owner,
+        tls: bool,
+    ) -> (Pending, oneshot::Receiver<oneshot::Sender<TcpStream>>) {
+        let (handoff, claimed) = oneshot::channel();
+        let peer = "192.0.2.7:4000".parse().unwrap();
+        let entry = Pending {
+            owner,
+            listener: 1,
+            peer,
+            tls,
+            handoff,
+        };
+        (entry, claimed)
+    }
+
+    #[test]
+    fn a_token_is_claimed_by_its_owner_alone_and_over_tls_when_announced_over_tls() {
+        let registry = Registry::default();
+        let alice = Owner::User("alice".into());
+        let (over_tls, over_plain): (Token, Token) = ([1; 16], [2; 16]);
+        let (entry, _keep) = pending(alice.clone(), true);
+        registry.insert(over_tls, entry);
+        let (entry, _keep2) = pending(alice.clone(), false);
+        registry.insert(over_plain, entry);
+
+        let bob = Owner::User("bob".into());
+        assert!(registry.claim(&over_tls, &bob, true).is_none());
+        // Announced over TLS: a cleartext claim is refused and the token stays.
+        assert!(registry.claim(&over_tls, &alice, false).is_none());
+        assert!(registry.is_pending(&over_tls));
+        assert!(registry.claim(&over_tls, &alice, true).is_some());
+        assert!(!registry.is_pending(&over_tls), "single use");
+        assert!(registry.claim(&over_tls, &alice, true).is_none());
+        // Announced in the clear: either way will do.
+        assert!(registry.claim(&over_plain, &alice, true).is_some());
+    }
+}

@@ -1,14 +1,11 @@
 //! TLS for tests of SOCKS over TLS: a throwaway CA that signs certificates made for one case
-//! (rcgen), and a TLS front written with rustls that terminates TLS and passes the plaintext
-//! to a SOCKS server behind it, recording the ALPN id each client got.
+//! (rcgen), the files a socksngd `[tls]` section names, and the section itself.
 
 pub use rcgen::ExtendedKeyUsagePurpose;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use tokio::net::{TcpListener, TcpStream};
+use rustls::pki_types::CertificateDer;
+use std::path::{Path, PathBuf};
 
 /// A CA that signs the certificates of one case.
 pub struct Ca {
@@ -74,66 +71,30 @@ impl Ca {
     }
 }
 
-/// The ALPN ids the clients of a [`tls_front`] got, one per handshake.
-pub type AlpnSeen = Arc<Mutex<Vec<Option<Vec<u8>>>>>;
+impl Leaf {
+    /// Writes the certificate and key to `dir` as `STEM.pem` and `STEM.key`; returns their
+    /// paths.
+    pub fn write(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{stem}.pem"));
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert, &self.cert_pem).expect("write the certificate");
+        std::fs::write(&key, &self.key_pem).expect("write the key");
+        (cert, key)
+    }
 
-/// A TLS front on 127.0.0.1 in front of `backend` with the certificate `leaf`, offering
-/// `alpn`; with `client_ca`, it asks for a client certificate signed by that CA.
-pub async fn tls_front(
-    backend: SocketAddr,
-    leaf: &Leaf,
-    alpn: &[u8],
-    client_ca: Option<&Ca>,
-) -> (SocketAddr, AlpnSeen) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("a PEM chain");
-    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("a PEM key");
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions");
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca.cert.der().clone()).expect("the CA as a root");
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .expect("a client verifier");
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .expect("a server config");
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-    let addr = listener.local_addr().expect("its address");
-    let seen: AlpnSeen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let record = record.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let got = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-                record.lock().unwrap_or_else(|p| p.into_inner()).push(got);
-                if let Ok(mut plain) = TcpStream::connect(backend).await {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-                }
-            });
-        }
-    });
-    (addr, seen)
+    /// The certificate, DER.
+    pub fn der(&self) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).expect("a PEM certificate")
+    }
+}
+
+/// A socksngd `[tls]` section serving `cert` and `key`, followed by `extra` lines of it.
+pub fn tls_section(cert: &Path, key: &Path, extra: &str) -> String {
+    format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n{extra}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    )
 }
 
 /// Standard base64 with padding (for curl-style pins in command lines).

@@ -1260,14 +1260,19 @@ async fn routes_show_addresses_unused_servers_and_go_on_past_a_down_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks_over_tls_with_a_ca_file_and_a_pin() {
-    use socksng_testkit::tls::{base64, tls_front, Ca};
+    use socksng_testkit::tls::{base64, tls_section, Ca};
     within("socks_over_tls_with_a_ca_file_and_a_pin", async move {
-        let p = proxy("tls", ALLOW_LOOPBACK).await;
         let echo = echo_server("127.0.0.1:0").await;
         let dir = scratch("tls");
         let ca = Ca::new("socksng test CA");
         let leaf = ca.server_leaf(&["localhost"]);
-        let (front, _) = tls_front(p.addr, &leaf, socksng_client::ALPN_SOCKS, None).await;
+        let (cert, key) = leaf.write(&dir, "server");
+        let p = proxy(
+            "tls",
+            &format!("{ALLOW_LOOPBACK}{}", tls_section(&cert, &key, "")),
+        )
+        .await;
+        let front = p.addr;
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
         let ca_file = ca_file.to_string_lossy().to_string();
@@ -1280,8 +1285,7 @@ async fn socks_over_tls_with_a_ca_file_and_a_pin() {
         .await;
         assert_eq!(text(&out.stdout), "sealed", "{}", text(&out.stderr));
         // The pin of the server's key, in curl's form.
-        let der = rustls_pem_cert(&leaf.cert_pem);
-        let spki = socksng_client::spki_sha256(&der).unwrap();
+        let spki = socksng_client::spki_sha256(&leaf.der()).unwrap();
         let pin = format!("sha256//{}", base64(&spki));
         let out = run(
             &[
@@ -1319,10 +1323,4 @@ async fn socks_over_tls_with_a_ca_file_and_a_pin() {
         assert_failed_saying(&out, PROXY_FAILED, "unknown CA");
     })
     .await;
-}
-
-/// The first certificate of a PEM text, DER.
-fn rustls_pem_cert(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
 }
