@@ -340,6 +340,7 @@ impl ProxyStream {
 pub struct Client {
     proxy: ProxyUrl,
     offer_ng: bool,
+    hops: u8,
 }
 
 impl Client {
@@ -348,7 +349,15 @@ impl Client {
         Client {
             proxy,
             offer_ng: true,
+            hops: 0,
         }
+    }
+
+    /// For a server passing requests on: the HOPS its requests carry to a SOCKS-NG server
+    /// (one above what the server received; draft section 3.3).
+    pub fn with_hops(mut self, hops: u8) -> Client {
+        self.hops = hops;
+        self
     }
 
     /// Offer only plain SOCKS5 methods (to talk to servers that mishandle unknown methods).
@@ -374,6 +383,7 @@ impl Client {
                 .credentials
                 .clone()
                 .map(|(u, p)| (u.into_bytes(), p.into_bytes())),
+            hops: self.hops,
         };
         let mut out = Vec::with_capacity(64);
         let mut machine = ClientHandshake::negotiate(config, &mut out);

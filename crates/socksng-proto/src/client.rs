@@ -38,6 +38,10 @@ pub struct ClientConfig {
     pub offer_ng: bool,
     /// Username and password (RFC 1929, or inside NG-HELLO); `None` offers no login.
     pub credentials: Option<(Vec<u8>, Vec<u8>)>,
+    /// How many SOCKS servers the request has already passed through: 0 for a client that is
+    /// not a server; a server forwarding a request sends the HOPS it received plus one. Sent
+    /// in the request's RSV once SOCKS-NG is negotiated (draft section 3.3).
+    pub hops: u8,
 }
 
 /// Which protocol the server settled on.
@@ -359,6 +363,7 @@ impl ClientHandshake {
 
     /// Sends the request, or with none given yet stops for it with the path settled on.
     fn send_request(&mut self, out: &mut Vec<u8>) -> Option<ClientEvent> {
+        let start = out.len();
         match &self.request {
             Some(ClientRequest::Socks5(r)) => r.encode(out),
             Some(ClientRequest::Ng(r)) => r.encode(out),
@@ -366,6 +371,10 @@ impl ClientHandshake {
                 self.state = State::AwaitRequest;
                 return self.path.map(ClientEvent::Negotiated);
             }
+        }
+        // A plain SOCKS5 server gets RSV X'00', as RFC 1928 asks.
+        if self.path == Some(Path::Ng) {
+            crate::wire::set_request_hops(&mut out[start..], self.config.hops);
         }
         self.state = State::AwaitReply;
         None
@@ -821,6 +830,7 @@ mod tests {
                     socks4: false,
                     offer_ng: false,
                     credentials: creds(),
+                    ..Default::default()
                 },
                 connect(),
                 server(false, true, false),
@@ -896,11 +906,13 @@ mod tests {
             socks4: false,
             offer_ng: false,
             credentials: Some((USER.to_vec(), b"wrong".to_vec())),
+            ..Default::default()
         };
         let ng_wrong = ClientConfig {
             socks4: false,
             offer_ng: true,
             credentials: Some((USER.to_vec(), b"wrong".to_vec())),
+            ..Default::default()
         };
         for chunk in [1, 4096] {
             assert_eq!(
@@ -932,7 +944,8 @@ mod tests {
                     ClientConfig {
                         socks4: false,
                         offer_ng: true,
-                        credentials: None
+                        credentials: None,
+                        ..Default::default()
                     },
                     ClientRequest::Ng(NgRequest::Capabilities),
                     server(true, false, false),
@@ -981,6 +994,7 @@ mod tests {
             socks4: false,
             offer_ng: false,
             credentials: Some((vec![b'a'; 300], PASS.to_vec())),
+            ..Default::default()
         };
         let mut c = ClientHandshake::new(long, connect(), &mut out);
         assert!(matches!(
@@ -1129,6 +1143,49 @@ mod tests {
         panic!("the pair never settled ({fault:?})");
     }
 
+    /// HOPS rides in the request's RSV once SOCKS-NG is negotiated, and only then: a plain
+    /// SOCKS5 server gets X'00' there, as RFC 1928 asks.
+    #[test]
+    fn hops_ride_in_rsv_after_ng_negotiation_only() {
+        for (offer_ng, ng_server, want) in [(true, true, 3u8), (true, false, 0), (false, true, 0)] {
+            let config = ClientConfig {
+                offer_ng,
+                hops: 3,
+                ..ClientConfig::default()
+            };
+            let mut to_server = Vec::new();
+            let mut client = ClientHandshake::new(config, connect(), &mut to_server);
+            let mut server = Server::new(server(true, false, ng_server));
+            let (mut server_in, mut client_in, mut sent) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..20 {
+                sent.extend_from_slice(&to_server);
+                server_in.append(&mut to_server);
+                let mut to_client = Vec::new();
+                server.step(&mut server_in, &mut to_client);
+                client_in.append(&mut to_client);
+                let p = client.handle_input(&client_in, &mut to_server).unwrap();
+                client_in.drain(..p.consumed);
+                if matches!(p.event, Some(ClientEvent::Reply(_))) {
+                    break;
+                }
+            }
+            // The request is the last thing the client sent.
+            let ClientRequest::Socks5(request) = connect() else {
+                unreachable!()
+            };
+            let mut encoded = Vec::new();
+            request.encode(&mut encoded);
+            let start = sent.len() - encoded.len();
+            let request_rsv = sent.get(start + crate::wire::REQUEST_RSV_OFFSET).copied();
+            assert_eq!(
+                server.hs.hops(),
+                want,
+                "offer_ng {offer_ng}, ng server {ng_server}"
+            );
+            assert_eq!(request_rsv, Some(want), "RSV on the wire");
+        }
+    }
+
     fn random_case(rng: &mut Rng) -> (ClientConfig, ClientRequest, HandshakeConfig) {
         let credentials = match rng.below(3) {
             0 => None,
@@ -1139,6 +1196,7 @@ mod tests {
             socks4: false,
             offer_ng: rng.below(2) == 0,
             credentials,
+            hops: rng.below(3) as u8,
         };
         let requests = [
             connect(),

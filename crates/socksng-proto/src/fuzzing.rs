@@ -177,6 +177,7 @@ pub fn client_handshake(data: &[u8]) {
         socks4: flags & 0x80 != 0,
         offer_ng: flags & 1 != 0,
         credentials: (flags & 2 != 0).then(|| (b"user".to_vec(), b"pass".to_vec())),
+        hops: flags & 0x40,
     };
     let request = match (flags >> 2) & 3 {
         0 => ClientRequest::Socks5(Request {

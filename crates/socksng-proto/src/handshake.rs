@@ -134,6 +134,8 @@ pub struct ServerHandshake {
     method: Option<Method>,
     /// The client's NG-HELLO VER, for the NG-WELCOME REV.
     ng_revision: u8,
+    /// HOPS of a request after SOCKS-NG negotiation (its RSV).
+    hops: u8,
 }
 
 fn ng_selected(method: Option<Method>) -> bool {
@@ -148,7 +150,15 @@ impl ServerHandshake {
             state: State::AwaitGreeting,
             method: None,
             ng_revision: NG_REVISION,
+            hops: 0,
         }
+    }
+
+    /// How many SOCKS servers the request passed through before this one: the request's RSV
+    /// after SOCKS-NG negotiation (draft section 3.3), 0 otherwise (plain SOCKS5 clients may
+    /// put anything in RSV).
+    pub fn hops(&self) -> u8 {
+        self.hops
     }
 
     /// The method chosen during negotiation (None for SOCKS4 or before the greeting).
@@ -240,6 +250,13 @@ impl ServerHandshake {
                 socks4: false,
                 bind,
             } => {
+                // Codes above X'08' are SOCKS-NG's (draft section 3.2): a plain SOCKS5 client,
+                // which may get one passed back from an upstream, hears general failure.
+                let code = if code.0 > 0x08 && !ng_selected(self.method) {
+                    ReplyCode::GENERAL_FAILURE
+                } else {
+                    code
+                };
                 Reply {
                     code,
                     bound: bound.clone(),
@@ -390,6 +407,11 @@ impl ServerHandshake {
         out: &mut Vec<u8>,
     ) -> Result<Option<(usize, Option<Event>)>, HandshakeError> {
         let ng = ng_selected(self.method) && input.len() >= 2 && NgRequest::is_ng_command(input[1]);
+        if ng_selected(self.method) {
+            if let Some(hops) = crate::wire::request_hops(input) {
+                self.hops = hops;
+            }
+        }
         let decoded = if ng {
             NgRequest::decode(input).map(|(req, n)| (Event::NgRequest(req), false, n))
         } else {

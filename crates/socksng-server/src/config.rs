@@ -383,6 +383,77 @@ impl Default for AccessConfig {
     }
 }
 
+/// One `[[upstreams]]` entry: a SOCKS server this one can pass requests on to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The name routes use.
+    pub name: String,
+    /// `socks5h://`, `socks5://`, `socks5s://` (TLS), `socks4a://` or `socks4://`, with
+    /// `user:password@` when the upstream wants a login. SOCKS-NG is offered to every SOCKS5
+    /// upstream; a plain SOCKS5 server (Dante, ssh -D) just picks another method.
+    pub url: String,
+    /// For `socks5s://`: PEM CA file the upstream's certificate is checked against (default:
+    /// the system's roots).
+    pub tls_ca: Option<PathBuf>,
+    /// For `socks5s://`: the SHA-256 of the upstream's public key, `sha256//BASE64`.
+    pub tls_pin: Option<String>,
+    /// For `socks5s://`: a client certificate (PEM) and its key, when the upstream asks.
+    pub tls_cert: Option<PathBuf>,
+    /// Its key.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// One `[[routes]]` entry: which requests go where. Matched like rules (empty lists match
+/// everything; the first route that matches decides); a request no route matches goes direct.
+/// A route with networks in `to` matches requests for addresses only: a named destination is
+/// resolved by whoever serves the route, never here to choose it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// User names or `"@group"`s; `"*"` is any authenticated user. Absent: anyone.
+    pub users: Option<Vec<String>>,
+    /// Destination networks.
+    #[serde(default)]
+    pub to: Vec<IpNet>,
+    /// Destination domain suffixes, as in rules.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Destination ports.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    /// Commands; absent: all.
+    pub commands: Option<Vec<RuleCommand>>,
+    /// Upstream names in order of preference, or `"direct"`; an upstream that fails is
+    /// passed over for `forwarding.retry_after` and the next one is used. Direct is used only
+    /// where it is listed.
+    pub via: Vec<String>,
+}
+
+/// `[forwarding]`: how requests passed on to upstreams behave.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingConfig {
+    /// Requests that passed through this many SOCKS servers already (their HOPS, draft
+    /// section 3.3) are refused with X'0F': a forwarding loop ends here.
+    pub max_hops: u8,
+    /// How long an upstream that failed is passed over.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        ForwardingConfig {
+            max_hops: 8,
+            retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The word `via` uses for "no upstream".
+pub const DIRECT: &str = "direct";
+
 /// Which field of a client certificate names the user.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -478,6 +549,12 @@ pub struct Config {
     pub ng: NgConfig,
     /// `[tls]`.
     pub tls: Option<TlsConfig>,
+    /// `[[upstreams]]`.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// `[[routes]]`.
+    pub routes: Vec<RouteConfig>,
+    /// `[forwarding]`.
+    pub forwarding: ForwardingConfig,
     /// `[groups]`: group name to member user names. Rules and port grants name a group as
     /// `"@name"` in their `users` lists.
     pub groups: std::collections::HashMap<String, Vec<String>>,
@@ -508,6 +585,9 @@ impl Default for Config {
             ng: NgConfig::default(),
             groups: Default::default(),
             tls: None,
+            upstreams: Vec::new(),
+            routes: Vec::new(),
+            forwarding: ForwardingConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -647,6 +727,7 @@ impl Config {
                 );
             }
         }
+        self.validate_forwarding()?;
         let all_listen: Vec<SocketAddr> = self.all_listen().collect();
         if let Some((a, b)) = overlapping_listens(&all_listen) {
             return invalid(if a == b {
@@ -687,6 +768,94 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Upstream names, route targets, and the loops visible in the file: an upstream that is
+    /// one of this server's own listening addresses.
+    fn validate_forwarding(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.forwarding.max_hops == 0 {
+            return invalid("`forwarding.max_hops` must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for up in &self.upstreams {
+            if up.name == DIRECT || !names.insert(up.name.as_str()) {
+                return invalid(format!(
+                    "upstream name {:?} is used twice or is the word \"{DIRECT}\"",
+                    up.name
+                ));
+            }
+            let url = self
+                .upstream_url(up)
+                .map_err(|e| ConfigError::Invalid(format!("upstream {:?}: {e}", up.name)))?;
+            if let Some(own) = self.own_address(&url.host, url.port) {
+                return invalid(format!(
+                    "upstream {:?} is this server itself ({own}): requests would loop",
+                    up.name
+                ));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.via.is_empty() {
+                return invalid(format!("routes[{i}]: `via` is empty"));
+            }
+            for v in &route.via {
+                if v != DIRECT && !names.contains(v.as_str()) {
+                    return invalid(format!("routes[{i}]: no upstream is called {v:?}"));
+                }
+            }
+            for d in &route.domains {
+                if d.trim_start_matches('.').is_empty() {
+                    return invalid(format!("routes[{i}]: empty domain suffix {d:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The URL of an upstream with its TLS files (resolved against the config's directory).
+    pub fn upstream_url(
+        &self,
+        up: &UpstreamConfig,
+    ) -> Result<socksng_client::ProxyUrl, socksng_client::ClientError> {
+        let url = socksng_client::ProxyUrl::parse(&up.url)?;
+        let client_cert = match (&up.tls_cert, &up.tls_key) {
+            (Some(c), Some(k)) => Some((self.path(c), self.path(k))),
+            (None, None) => None,
+            _ => {
+                return Err(socksng_client::ClientError::Config(
+                    "`tls_cert` and `tls_key` go together".into(),
+                ))
+            }
+        };
+        let ca = up.tls_ca.as_deref().map(|p| self.path(p));
+        url.with_tls_options(ca, up.tls_pin.as_deref(), client_cert)
+    }
+
+    /// The listen address `host:port` reaches, when it names this server by address.
+    fn own_address(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        let ip: std::net::IpAddr = match host.parse() {
+            Ok(ip) => ip,
+            Err(_) if host.eq_ignore_ascii_case("localhost") => {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            }
+            Err(_) => return None,
+        };
+        let ip = crate::policy::canonical(ip);
+        let this_host = || {
+            ip.is_loopback()
+                || if_addrs::get_if_addrs()
+                    .map(|all| all.iter().any(|a| a.ip() == ip))
+                    .unwrap_or(false)
+        };
+        self.all_listen().find(|l| {
+            l.port() == port
+                && port != 0
+                && (l.ip() == ip
+                    || (l.ip().is_unspecified() && l.is_ipv4() == ip.is_ipv4() && this_host()))
+        })
     }
 }
 

@@ -7,14 +7,13 @@ use crate::dial::{canonical_addr, interleave};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::Verdict;
 use crate::shared::Shared;
-use crate::stream::ClientStream;
+use crate::stream::Plaintext;
 use socksng_proto::{Address, Command, Host, ReplyCode, ServerHandshake};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 /// Everything the end-of-session log line reports.
@@ -24,6 +23,8 @@ pub(crate) struct SessionLog {
     pub command: &'static str,
     pub target: Option<Address>,
     pub connected: Option<SocketAddr>,
+    /// The upstream the session went through, if not direct.
+    pub via: Option<String>,
     pub up: AtomicU64,
     pub down: AtomicU64,
     /// How it ended; unset when it is dropped means it was cut at shutdown.
@@ -56,6 +57,7 @@ impl SessionLog {
             command: "-",
             target: None,
             connected: None,
+            via: None,
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             outcome: None,
@@ -87,6 +89,7 @@ impl SessionLog {
             command = self.command,
             target = target.as_deref().unwrap_or("-"),
             connected = connected.as_deref().unwrap_or("-"),
+            via = self.via.as_deref().unwrap_or("direct"),
             bytes_up = self.up.load(Ordering::Relaxed),
             bytes_down = self.down.load(Ordering::Relaxed),
             duration_ms = self.started.elapsed().as_millis() as u64,
@@ -102,7 +105,7 @@ impl SessionLog {
 
 /// A connection after a successful handshake, holding the machine for the reply(s).
 pub(crate) struct Handshaken {
-    pub stream: ClientStream,
+    pub stream: Plaintext,
     /// The server's address on the client's connection.
     pub local: SocketAddr,
     pub hs: ServerHandshake,
@@ -152,7 +155,7 @@ impl Handshaken {
     /// BIND and ACCEPT, the incoming peer.
     pub async fn relay_with(
         &mut self,
-        other: &mut TcpStream,
+        other: &mut (impl crate::stream::Ready + AsyncWrite + Unpin),
         early: Vec<u8>,
         log: &mut SessionLog,
     ) {

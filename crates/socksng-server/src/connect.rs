@@ -1,14 +1,117 @@
-//! CONNECT: the destination resolved and checked by policy, the outgoing connection raced
-//! (`dial`), the success reply with the real source address, pipelined bytes passed on, and
-//! the relay until both sides are done. A client that resets meanwhile ends it at once.
+//! CONNECT: the route chosen (direct, or upstreams), the destination checked by policy, the
+//! outgoing connection raced (`dial`) or opened through an upstream, the success reply with
+//! the real source address, pipelined bytes passed on, and the relay until both sides are
+//! done. A client that resets meanwhile ends it at once.
 
 use crate::conn::{allowed_addresses, Handshaken, SessionLog};
 use crate::dial::{canonical_addr, connect_racing, reply_code_for};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
-use socksng_proto::{Address, Command, ReplyCode};
+use crate::policy::Verdict;
+use crate::upstream::Via;
+use socksng_proto::{Address, Command, Host, ReplyCode};
 use tokio::time::timeout;
 
-pub(crate) async fn connect(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
+pub(crate) async fn connect(conn: Handshaken, address: Address, log: &mut SessionLog) {
+    let ways = conn
+        .shared
+        .upstreams
+        .ways(conn.user.as_deref(), Command::Connect, &address);
+    let upstreams: Vec<usize> = ways
+        .iter()
+        .map_while(|v| match v {
+            Via::Upstream(i) => Some(*i),
+            Via::Direct => None,
+        })
+        .collect();
+    if upstreams.is_empty() {
+        return direct(conn, address, log).await;
+    }
+    let direct_after = ways.contains(&Via::Direct);
+    Box::pin(through_upstream(
+        conn,
+        address,
+        &upstreams,
+        direct_after,
+        log,
+    ))
+    .await
+}
+
+/// CONNECT through the first of `upstreams` that works; direct afterwards only when the route
+/// lists it.
+async fn through_upstream(
+    mut conn: Handshaken,
+    address: Address,
+    upstreams: &[usize],
+    direct_after: bool,
+    log: &mut SessionLog,
+) {
+    let shared = conn.shared.clone();
+    let user = conn.user.clone();
+    // The policy judges what it can see here: an address, or a name by its name alone (the
+    // upstream resolves it, and applies its own policy to what it reaches).
+    let verdict = match &address.host {
+        Host::Ip(ip) => {
+            Some(
+                shared
+                    .policy
+                    .check(user.as_deref(), Command::Connect, None, *ip, address.port),
+            )
+        }
+        Host::Domain(name) => {
+            shared
+                .policy
+                .check_name(user.as_deref(), Command::Connect, name, address.port)
+        }
+    };
+    if let Some(Verdict::Deny(why)) = verdict {
+        return conn.refuse(log, ReplyCode::NOT_ALLOWED, why).await;
+    }
+    let hops = conn.hs.hops().saturating_add(1);
+    let limit = shared.cfg.timeouts.connect;
+    let opened = tokio::select! {
+        r = shared.upstreams.connect(upstreams, &address, hops, limit) => r,
+        _ = conn.stream.reset_by_client() => {
+            let why = "client gone before the upstream answered";
+            return log.end(OutcomeKind::Broken, Side::Client, why);
+        }
+    };
+    let (used, opened) = match opened {
+        Ok(x) => x,
+        Err(failed) if direct_after => {
+            tracing::info!(target = %address, why = %failed.why, "upstreams failed: going direct, as the route allows");
+            return direct(conn, address, log).await;
+        }
+        Err(failed) => {
+            let outcome = SessionOutcome::refused(failed.code, failed.why);
+            return conn.refuse_with(log, outcome).await;
+        }
+    };
+    log.via = Some(shared.upstreams.name(used).to_owned());
+    log.connected = opened.peer;
+    let bound = opened
+        .bound
+        .socket_addr()
+        .unwrap_or_else(|| std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)));
+    if !conn.succeed(log, bound).await {
+        return;
+    }
+    let early = std::mem::take(&mut conn.early_data);
+    let mut upstream = opened.stream;
+    // The relay owns the upstream end and closes it when done, which ends the TLS task.
+    let relay = async move {
+        conn.relay_with(&mut upstream, early, log).await;
+    };
+    match opened.carry {
+        Some(carry) => {
+            tokio::join!(relay, carry);
+        }
+        None => relay.await,
+    }
+}
+
+/// CONNECT from this server.
+async fn direct(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
     let shared = conn.shared.clone();
     let limit = shared.cfg.timeouts.connect;
     // Resolving and connecting can take the connect timeout; a client whose connection is

@@ -35,6 +35,7 @@ mod stream;
 mod tls;
 mod tokens;
 mod udp;
+mod upstream;
 
 pub use config::Config;
 pub use server::{RunSummary, Server, ServerError, TlsReload};

@@ -14,7 +14,7 @@ use crate::dial::{canonical_addr, port_zero, tune_stream};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::Verdict;
 use crate::shared::Shared;
-use crate::stream::ClientStream;
+use crate::stream::Plaintext;
 use crate::tokens::{Owner, Pending};
 use rand_core::RngCore;
 use socksng_proto::listener::{ListenerGrant, ServerListener, ServerListenerEvent};
@@ -336,7 +336,7 @@ fn now() -> std::time::Instant {
 /// ended with the server's CLOSING (which wants a lingering close).
 async fn serve_listener(
     cx: ListenerCtx<'_>,
-    control: &mut ClientStream,
+    control: &mut Plaintext,
     grant: ListenerGrant,
     early: Vec<u8>,
 ) -> (SessionOutcome, bool) {
@@ -432,6 +432,8 @@ async fn serve_listener(
             }
         }
     };
+    // Claims made since the last look count as claims, not as connections left behind.
+    machine.retain_unclaimed(|t| registry.is_pending(t));
     // Every unclaimed connection goes with the listener.
     for token in machine.unclaimed() {
         registry.remove_for(token, cx.id);

@@ -15,7 +15,7 @@
 
 use crate::config::{names_user, Action, Config, RuleCommand};
 
-type Groups = std::collections::HashMap<String, Vec<String>>;
+pub(crate) type Groups = std::collections::HashMap<String, Vec<String>>;
 use crate::host::{HostKind, HostView};
 use ipnet::IpNet;
 use socksng_proto::Command;
@@ -60,6 +60,12 @@ impl std::fmt::Display for DenyReason {
 
 struct Rule {
     action: Action,
+    selector: Selector,
+}
+
+/// Which requests a rule or a route is about: users, commands, ports and destinations
+/// (networks and domain suffixes). Empty lists match everything.
+pub(crate) struct Selector {
     users: Option<Vec<String>>,
     nets: Vec<IpNet>,
     domains: Vec<String>,
@@ -85,7 +91,36 @@ enum Match {
     DependsOnAddress,
 }
 
-impl Rule {
+impl Selector {
+    pub(crate) fn new(
+        users: &Option<Vec<String>>,
+        to: &[IpNet],
+        domains: &[String],
+        ports: &[crate::config::PortRange],
+        commands: &Option<Vec<RuleCommand>>,
+    ) -> Selector {
+        Selector {
+            users: users.clone(),
+            nets: to.iter().map(|n| n.trunc()).collect(),
+            domains: domains.to_vec(),
+            ports: ports.iter().map(|p| p.0.clone()).collect(),
+            commands: commands.clone(),
+        }
+    }
+
+    /// For routing, where nothing is resolved: whether a request for `dest` (an address, or
+    /// a name that only domain suffixes can match) is selected.
+    pub(crate) fn selects(
+        &self,
+        user: Option<&str>,
+        cmd: Command,
+        dest: &Destination<'_>,
+        groups: &Groups,
+    ) -> bool {
+        self.applies_to(user, cmd, dest.port, groups)
+            && matches!(self.matches_destination(dest), Match::Yes)
+    }
+
     fn applies_to(&self, user: Option<&str>, cmd: Command, port: u16, groups: &Groups) -> bool {
         names_user(self.users.as_deref(), user, groups)
             && self
@@ -228,11 +263,7 @@ impl Policy {
             .iter()
             .map(|r| Rule {
                 action: r.action,
-                users: r.users.clone(),
-                nets: r.to.iter().map(|n| n.trunc()).collect(),
-                domains: r.domains.clone(),
-                ports: r.ports.iter().map(|p| p.0.clone()).collect(),
-                commands: r.commands.clone(),
+                selector: Selector::new(&r.users, &r.to, &r.domains, &r.ports, &r.commands),
             })
             .collect();
         Policy {
@@ -275,10 +306,10 @@ impl Policy {
             port,
         };
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.applies_to(user, cmd, port, &self.groups) {
+            if !rule.selector.applies_to(user, cmd, port, &self.groups) {
                 continue;
             }
-            match rule.matches_destination(&dest) {
+            match rule.selector.matches_destination(&dest) {
                 Match::No => continue,
                 Match::DependsOnAddress => return None,
                 Match::Yes => {
@@ -333,8 +364,8 @@ impl Policy {
         };
         let guarded = self.guard(ip);
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.applies_to(user, cmd, port, &self.groups)
-                || !matches!(rule.matches_destination(&dest), Match::Yes)
+            if !rule.selector.applies_to(user, cmd, port, &self.groups)
+                || !matches!(rule.selector.matches_destination(&dest), Match::Yes)
             {
                 continue;
             }
@@ -377,7 +408,7 @@ impl Policy {
     /// such as 0.0.0.0/0, or the LAN's /24 that happens to hold the proxy's own address, does
     /// not.
     fn opens_guarded(&self, rule: &Rule, ip: IpAddr) -> bool {
-        rule.nets.iter().any(|n| {
+        rule.selector.nets.iter().any(|n| {
             n.contains(&ip)
                 && (self
                     .fixed_local

@@ -8,13 +8,13 @@ use crate::conn::{linger_close, Handshaken, SessionLog};
 use crate::dial::canonical_addr;
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::shared::Shared;
-use crate::stream::{ClientStream, TlsLink};
-use socksng_proto::wire::ng::NgRequest;
+use crate::stream::Plaintext;
+use socksng_proto::wire::ng::{rep, NgRequest};
 use socksng_proto::{Address, Command, Event, ReplyCode, ServerHandshake};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 /// Largest handshake input buffered before a complete message; every SOCKS4/5 handshake
@@ -90,7 +90,7 @@ pub(crate) async fn serve(
         cert_user: None,
     };
     let Some(service) = shared.tls.as_ref().filter(|_| tls) else {
-        let client = ClientStream::Tcp(stream);
+        let client = Plaintext::Tcp(stream);
         return serve_client(shared, client, origin, handshake_slot, deadline, log).await;
     };
     let accepted = match timeout_at(deadline, service.accept(stream)).await {
@@ -109,18 +109,17 @@ pub(crate) async fn serve(
     };
     let (tls_stream, cert_user) = accepted;
     origin.cert_user = cert_user;
-    let (session_end, tls_end) = match UnixStream::pair() {
+    let tcp_fd = std::os::fd::AsRawFd::as_raw_fd(tls_stream.get_ref().0);
+    let (client, carry) = match crate::tls::bridge(tls_stream, tcp_fd) {
         Ok(pair) => pair,
         Err(e) => {
             let why = format!("socket pair for TLS: {e}");
             return log.end(OutcomeKind::Broken, Side::Internal, why);
         }
     };
-    let link = Arc::new(TlsLink::default());
-    let client = ClientStream::Tls(session_end, link.clone());
     tokio::join!(
         serve_client(shared, client, origin, handshake_slot, deadline, log),
-        crate::tls::carry(tls_stream, tls_end, link),
+        carry,
     );
 }
 
@@ -143,7 +142,7 @@ async fn first_byte(stream: &TcpStream) -> std::io::Result<u8> {
 /// Runs the SOCKS handshake and the session on the client's (plain or decrypted) stream.
 async fn serve_client(
     shared: Arc<Shared>,
-    stream: ClientStream,
+    stream: Plaintext,
     origin: Origin,
     handshake_slot: StageSlot,
     deadline: Instant,
@@ -185,7 +184,7 @@ fn failed(why: impl Into<String>) -> SessionOutcome {
 
 async fn handshake(
     shared: Arc<Shared>,
-    mut stream: ClientStream,
+    mut stream: Plaintext,
     origin: Origin,
     log: &mut SessionLog,
 ) -> Result<(Handshaken, Asked), SessionOutcome> {
@@ -336,6 +335,14 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
             log.target = Some(address.clone());
         }
         Asked::Ng(request) => log.command = crate::ng::command_name(request),
+    }
+    let max_hops = conn.shared.cfg.forwarding.max_hops;
+    if conn.hs.hops() >= max_hops {
+        let why = format!(
+            "the request passed through {} servers already (limit {max_hops}): a forwarding loop?",
+            conn.hs.hops()
+        );
+        return conn.refuse(log, rep::HOP_LIMIT_REACHED, why).await;
     }
     let _session_slot = match conn.shared.sessions.enter(conn.peer.ip()) {
         Ok(slot) => slot,

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub listeners: crate::tokens::Registry,
     /// SOCKS over TLS, when configured.
     pub tls: Option<crate::tls::TlsService>,
+    /// Upstream servers and the routes to them.
+    pub upstreams: crate::upstream::Upstreams,
 }
 
 /// Holds one of a user's concurrent-session slots until dropped.
@@ -66,6 +68,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             tls,
+            upstreams: crate::upstream::Upstreams::new(&cfg),
             policy: Policy::new(&cfg),
             users,
             handshake_config,

@@ -1,8 +1,9 @@
-//! The client's side of a session as the commands see it: a `ClientStream` is either the
-//! accepted TCP connection itself or, for SOCKS over TLS, the session's end of a socket pair
-//! whose other end the TLS task (`tls.rs`) feeds with the decrypted bytes. Both are kernel
-//! sockets, so readiness, splice(2) and half-closes work the same on either, and every command
-//! has one code path. `Ready` is what the relay and the UDP tunnel need of a socket.
+//! A connection as the commands see it, in plaintext: a `Plaintext` is either the TCP
+//! connection itself or, for TLS (a SOCKS over TLS client, an upstream reached over TLS), the
+//! session's end of a socket pair whose other end a TLS task (`tls.rs`) feeds with the
+//! decrypted bytes. Both are kernel sockets, so readiness, splice(2) and half-closes work the
+//! same on either, and every command has one code path. `Ready` is what the relay and the UDP
+//! tunnel need of a socket.
 
 use std::future::Future;
 use std::io;
@@ -16,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Notify;
 
-/// What the session and the TLS task that serves its client tell each other.
+/// What a session and the TLS task that carries one of its connections tell each other.
 #[derive(Default)]
 pub(crate) struct TlsLink {
     /// Set by the session: its end should reach the client as a reset, not a clean close (a
@@ -48,11 +49,11 @@ impl TlsLink {
     }
 }
 
-/// The client connection of a session.
-pub(crate) enum ClientStream {
-    /// Plain SOCKS: the accepted connection.
+/// A connection of a session, in plaintext.
+pub(crate) enum Plaintext {
+    /// The TCP connection itself.
     Tcp(TcpStream),
-    /// SOCKS over TLS: the plaintext end of the socket pair the TLS task serves.
+    /// Over TLS: the plaintext end of the socket pair the TLS task serves.
     Tls(UnixStream, Arc<TlsLink>),
 }
 
@@ -88,67 +89,67 @@ impl Ready for TcpStream {
     }
 }
 
-impl Ready for ClientStream {
+impl Ready for Plaintext {
     async fn readable(&self) -> io::Result<()> {
         match self {
-            ClientStream::Tcp(s) => s.readable().await,
-            ClientStream::Tls(s, _) => s.readable().await,
+            Plaintext::Tcp(s) => s.readable().await,
+            Plaintext::Tls(s, _) => s.readable().await,
         }
     }
     async fn writable(&self) -> io::Result<()> {
         match self {
-            ClientStream::Tcp(s) => s.writable().await,
-            ClientStream::Tls(s, _) => s.writable().await,
+            Plaintext::Tcp(s) => s.writable().await,
+            Plaintext::Tls(s, _) => s.writable().await,
         }
     }
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            ClientStream::Tcp(s) => s.try_read(buf),
-            ClientStream::Tls(s, _) => s.try_read(buf),
+            Plaintext::Tcp(s) => s.try_read(buf),
+            Plaintext::Tls(s, _) => s.try_read(buf),
         }
     }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            ClientStream::Tcp(s) => s.try_write(buf),
-            ClientStream::Tls(s, _) => s.try_write(buf),
+            Plaintext::Tcp(s) => s.try_write(buf),
+            Plaintext::Tls(s, _) => s.try_write(buf),
         }
     }
     fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
         match self {
-            ClientStream::Tcp(s) => s.try_io(interest, f),
-            ClientStream::Tls(s, _) => s.try_io(interest, f),
+            Plaintext::Tcp(s) => s.try_io(interest, f),
+            Plaintext::Tls(s, _) => s.try_io(interest, f),
         }
     }
     fn reset_on_close(&self) {
         match self {
-            ClientStream::Tcp(s) => s.reset_on_close(),
-            ClientStream::Tls(_, link) => link.reset.store(true, Ordering::Relaxed),
+            Plaintext::Tcp(s) => s.reset_on_close(),
+            Plaintext::Tls(_, link) => link.reset.store(true, Ordering::Relaxed),
         }
     }
 }
 
-impl AsFd for ClientStream {
+impl AsFd for Plaintext {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            ClientStream::Tcp(s) => s.as_fd(),
-            ClientStream::Tls(s, _) => s.as_fd(),
+            Plaintext::Tcp(s) => s.as_fd(),
+            Plaintext::Tls(s, _) => s.as_fd(),
         }
     }
 }
 
-impl ClientStream {
-    /// Whether the client speaks through TLS.
+impl Plaintext {
+    /// Whether the peer speaks through TLS.
     pub(crate) fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(..))
+        matches!(self, Plaintext::Tls(..))
     }
 
-    /// Completes when the client's connection has been reset. A FIN alone may be a half-close
+    /// Completes when the peer's connection has been reset. A FIN alone may be a half-close
     /// (a client that sent its data and waits for the answer), which is legitimate, and
     /// pipelined data says nothing either: in both cases this waits forever and the session
     /// goes on, bounded by its own timeouts.
     pub(crate) async fn reset_by_client(&self) {
         match self {
-            ClientStream::Tcp(stream) => {
+            Plaintext::Tcp(stream) => {
                 let mut byte = [0u8; 1];
                 let mut buf = ReadBuf::new(&mut byte);
                 // A peek that finds nothing clears the readiness, so a stale "readable" left
@@ -160,47 +161,47 @@ impl ClientStream {
                     std::future::pending::<()>().await;
                 }
             }
-            ClientStream::Tls(_, link) => link.gone().await,
+            Plaintext::Tls(_, link) => link.gone().await,
         }
     }
 }
 
-impl AsyncRead for ClientStream {
+impl AsyncRead for Plaintext {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s, _) => Pin::new(s).poll_read(cx, buf),
+            Plaintext::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Plaintext::Tls(s, _) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for ClientStream {
+impl AsyncWrite for Plaintext {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s, _) => Pin::new(s).poll_write(cx, buf),
+            Plaintext::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Plaintext::Tls(s, _) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s, _) => Pin::new(s).poll_flush(cx),
+            Plaintext::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Plaintext::Tls(s, _) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s, _) => Pin::new(s).poll_shutdown(cx),
+            Plaintext::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Plaintext::Tls(s, _) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! SOCKS over TLS on the server side (docs/draft-socksng.md section 6.4): the rustls server
 //! configuration (ALPN "socks", session resumption by tickets), the certificate store that
 //! SIGHUP swaps without touching running sessions, client certificates and the user they
-//! name, and the task that carries one TLS connection: it decrypts into a socket pair whose
-//! other end is the session's `ClientStream`, and encrypts what comes back.
+//! name, and the task that carries one TLS connection (a client's, or an upstream's): it
+//! decrypts into a socket pair whose other end is the session's `Plaintext`, and encrypts
+//! what comes back.
 //!
 //! Why a socket pair: every command works on kernel sockets (readiness for the UDP tunnel,
 //! splice for bulk relays); the TLS record layer lives in user space. The pair keeps one code
@@ -225,18 +226,27 @@ pub(crate) fn cert_user(cert: &CertificateDer<'_>, field: CertUserField) -> Opti
 /// Plaintext moved per read in each direction of a TLS connection.
 const PUMP_CHUNK: usize = 16 * 1024;
 
-/// Carries one TLS connection until both directions are done: what the client sends, decrypted,
+/// Carries one TLS connection until both directions are done: what the peer sends, decrypted,
 /// into `inner` (the session's socket pair end), and what the session writes, encrypted, back.
-/// A client that resets or breaks TLS is reported through `link` and ends both directions at
-/// once; a session that asks for a reset gets one on the client's TCP connection.
-pub(crate) async fn carry(tls: TlsStream<TcpStream>, inner: UnixStream, link: Arc<TlsLink>) {
-    let tcp_fd = std::os::fd::AsRawFd::as_raw_fd(tls.get_ref().0);
+/// A peer that resets or breaks TLS is reported through `link` and ends both directions at
+/// once; a session that asks for a reset gets one on the TCP connection `tcp_fd` (the TLS
+/// stream's own, which lives as long as `tls`).
+pub(crate) async fn carry(
+    tls: impl AsyncRead + AsyncWrite + Unpin,
+    tcp_fd: std::os::fd::RawFd,
+    inner: UnixStream,
+    link: Arc<TlsLink>,
+) {
     let (tls_read, tls_write) = tokio::io::split(tls);
     let (inner_read, inner_write) = inner.into_split();
     let up = copy_half(tls_read, inner_write, Direction::Up);
     let down = copy_half(inner_read, tls_write, Direction::Down(&link));
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
+    // Once the session has closed its end (and close_notify went out), a peer that neither
+    // closes nor sends gets this long before its connection is closed.
+    let linger = tokio::time::sleep(std::time::Duration::MAX);
+    tokio::pin!(linger);
     while !(up_done && down_done) {
         tokio::select! {
             ok = &mut up, if !up_done => {
@@ -258,21 +268,41 @@ pub(crate) async fn carry(tls: TlsStream<TcpStream>, inner: UnixStream, link: Ar
                     return;
                 }
                 down_done = true;
+                linger.as_mut().reset(tokio::time::Instant::now() + PEER_LINGER);
             }
+            _ = &mut linger => return,
         }
     }
 }
 
+/// How long a TLS peer may stay silent after the session has ended and said so.
+const PEER_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Which way a half of the TLS connection carries bytes.
 enum Direction<'a> {
-    /// Client to session.
+    /// Peer to session.
     Up,
-    /// Session to client; the session's wish for a reset is in the link.
+    /// Session to peer; the session's wish for a reset is in the link.
     Down(&'a TlsLink),
 }
 
-/// Copies until EOF, then half-closes the writer (a TLS close_notify toward the client); false
-/// when either side failed. A client that closes TCP without close_notify has closed, not
+/// A socket pair for a TLS connection: the session's `Plaintext` end, and the future that
+/// carries the TLS connection through the other end until both are done.
+pub(crate) fn bridge(
+    tls: impl AsyncRead + AsyncWrite + Unpin,
+    tcp_fd: std::os::fd::RawFd,
+) -> io::Result<(
+    crate::stream::Plaintext,
+    impl std::future::Future<Output = ()>,
+)> {
+    let (session_end, tls_end) = UnixStream::pair()?;
+    let link = Arc::new(TlsLink::default());
+    let plaintext = crate::stream::Plaintext::Tls(session_end, link.clone());
+    Ok((plaintext, carry(tls, tcp_fd, tls_end, link)))
+}
+
+/// Copies until EOF, then half-closes the writer (a TLS close_notify toward the peer); false
+/// when either side failed. A peer that closes TCP without close_notify has closed, not
 /// failed: most SOCKS clients do.
 async fn copy_half(
     mut from: impl AsyncRead + Unpin,

@@ -17,7 +17,7 @@ use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::{canonical, Verdict};
 use crate::relay::{read_drained, IdleTimer, PooledBuf};
 use crate::shared::Shared;
-use crate::stream::{ClientStream, Ready};
+use crate::stream::{Plaintext, Ready};
 use socksng_proto::wire::ng::{rep, TunnelFrame, MAX_UDP_PAYLOAD};
 use socksng_proto::{Address, Command, DecodeError, DomainName, Host, ReplyCode, UdpHeader};
 use std::collections::{HashMap, HashSet};
@@ -302,7 +302,7 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
 /// Writes what the socket takes of the frames queued for the client (`outq` from `sent_off`);
 /// the queue is emptied once all is written, and compacted once more than `limit` was.
 fn write_queued(
-    stream: &ClientStream,
+    stream: &Plaintext,
     outq: &mut Vec<u8>,
     sent_off: &mut usize,
     limit: usize,

@@ -366,7 +366,8 @@ fn router(cli: &Cli) -> Result<Router> {
         let router = ClientConfig::load(&path)?
             .router()
             .with_context(|| format!("client config {}", path.display()))?;
-        for name in unused_servers(&router) {
+        // Not asked yet: a server whose ranges come from its answer is not judged here.
+        for name in unused_servers(&router, false) {
             if cli.verbose {
                 eprintln!("socksng: server {name} is used by no route: nothing goes through it");
             }
@@ -383,13 +384,15 @@ fn router(cli: &Cli) -> Result<Router> {
     )))
 }
 
-/// The configured servers that no route sends anything to.
-fn unused_servers(router: &Router) -> Vec<String> {
+/// The configured servers that no route sends anything to; before the servers were asked for
+/// their ranges (`asked` false), those that announce them are left out.
+fn unused_servers(router: &Router, asked: bool) -> Vec<String> {
     let table = router.table();
     router
         .servers()
         .into_iter()
         .enumerate()
+        .filter(|(_, (spec, _))| asked || !spec.ask)
         .filter(|(i, _)| !table.routes().iter().any(|r| r.via == Via::Server(*i)))
         .map(|(_, (spec, _))| spec.name)
         .collect()
@@ -1003,7 +1006,7 @@ async fn routes(cli: &Cli, json: bool, lookup: &[String]) -> Result<()> {
     router.refresh().await;
     let table = router.table();
     let servers = router.servers();
-    let unused = unused_servers(&router);
+    let unused = unused_servers(&router, true);
     if json {
         let routes: Vec<serde_json::Value> = table
             .routes()

@@ -14,8 +14,9 @@ mod udp;
 pub use addr::{Address, DomainName, Host, MAX_DOMAIN_LEN};
 pub use socks4::{Socks4Command, Socks4Reply, Socks4Request, SOCKS4_GRANTED, SOCKS4_REJECTED};
 pub use socks5::{
-    AuthReply, AuthRequest, Command, Greeting, Method, MethodSelection, Reply, ReplyCode, Request,
-    RequestHeader, AUTH_VERSION, SOCKS5_VERSION,
+    request_hops, set_request_hops, AuthReply, AuthRequest, Command, Greeting, Method,
+    MethodSelection, Reply, ReplyCode, Request, RequestHeader, AUTH_VERSION, REQUEST_RSV_OFFSET,
+    SOCKS5_VERSION,
 };
 pub use udp::UdpHeader;
 

@@ -51,6 +51,8 @@ pub mod rep {
     pub const LIMIT_REACHED: ReplyCode = ReplyCode(0x0D);
     /// A UDP-TUNNEL datagram above MAX-UDP-PAYLOAD (ERROR frames only).
     pub const DATAGRAM_TOO_LARGE: ReplyCode = ReplyCode(0x0E);
+    /// The request passed through as many servers as this one allows (a forwarding loop).
+    pub const HOP_LIMIT_REACHED: ReplyCode = ReplyCode(0x0F);
     /// X'09' "timed out" as SOCKS 6 defines it; SOCKS-NG uses it as a CLOSING reason.
     pub const TIMED_OUT: ReplyCode = ReplyCode(0x09);
 }
@@ -973,6 +975,15 @@ mod tests {
             .encode(&mut out),
             "request-accept" => NgRequest::Accept { token: TOKEN }.encode(&mut out),
             "request-udp-tunnel" => NgRequest::UdpTunnel.encode(&mut out),
+            "request-connect-hops" => {
+                crate::wire::Request {
+                    command: crate::wire::Command::Connect,
+                    address: Address::ip("192.0.2.1:80".parse().unwrap()),
+                }
+                .encode(&mut out);
+                crate::wire::set_request_hops(&mut out, 2);
+            }
+            "reply-hop-limit-reached" => failure(rep::HOP_LIMIT_REACHED, &mut out),
             "reply-listen-bound" => Reply {
                 code: ReplyCode::SUCCEEDED,
                 bound: Address::ip("192.0.2.1:8080".parse().unwrap()),
@@ -1054,6 +1065,10 @@ mod tests {
                 }
                 n if n.starts_with("welcome-") => NgWelcome::decode(&bytes).map(|x| x.1),
                 n if n.starts_with("reply-") => Reply::decode(&bytes).map(|x| x.1),
+                "request-connect-hops" => {
+                    assert_eq!(crate::wire::request_hops(&bytes), Some(2));
+                    crate::wire::Request::decode(&bytes).map(|x| x.1)
+                }
                 n if n.starts_with("request-") => {
                     assert_every_prefix_incomplete(&bytes, NgRequest::decode);
                     NgRequest::decode(&bytes).map(|x| x.1)

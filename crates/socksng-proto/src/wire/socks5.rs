@@ -201,6 +201,22 @@ impl Command {
     }
 }
 
+/// Where RSV sits in a request (`VER CMD RSV`); after SOCKS-NG negotiation it carries HOPS.
+pub const REQUEST_RSV_OFFSET: usize = 2;
+
+/// Writes HOPS (draft section 3.3) into the RSV of the request encoded at the start of
+/// `request`; a slice too short to hold a request head is left alone.
+pub fn set_request_hops(request: &mut [u8], hops: u8) {
+    if let Some(rsv) = request.get_mut(REQUEST_RSV_OFFSET) {
+        *rsv = hops;
+    }
+}
+
+/// HOPS of the request at the start of `input`, once its head has arrived.
+pub fn request_hops(input: &[u8]) -> Option<u8> {
+    input.get(REQUEST_RSV_OFFSET).copied()
+}
+
 /// The fixed head of a request, `VER CMD RSV`, checked before the address so that an unknown
 /// command can be answered with 0x07 even when the rest of the request is unparseable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

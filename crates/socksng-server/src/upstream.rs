@@ -1,0 +1,238 @@
+//! Upstream chaining: the SOCKS servers this one can pass requests on to (`[[upstreams]]`),
+//! the routes that choose direct or upstreams for a request (`[[routes]]`, matched like rules),
+//! their health (an upstream that fails is passed over for `forwarding.retry_after`; direct is
+//! used only where a route lists it), and opening a request through one with the client
+//! library, HOPS included (draft section 3.3).
+
+use crate::config::{Config, DIRECT};
+use crate::policy::{Destination, Groups, Selector};
+use crate::stream::Plaintext;
+use socksng_client::{Client, ClientError, ProxyUrl, Transport};
+use socksng_proto::{Address, Command, Host, ReplyCode};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// One way a route can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// This server reaches the destination itself.
+    Direct,
+    /// Through the upstream with this index.
+    Upstream(usize),
+}
+
+/// A configured upstream and its health.
+struct Upstream {
+    name: String,
+    url: ProxyUrl,
+    /// Set while it is passed over after a failure.
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// The upstreams and the routes to them.
+pub(crate) struct Upstreams {
+    servers: Vec<Upstream>,
+    routes: Vec<(Selector, Vec<Via>)>,
+    groups: Groups,
+    retry_after: Duration,
+}
+
+/// The TLS task of an upstream reached over TLS, to run beside the relay.
+pub(crate) type Carry = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A request opened through an upstream.
+pub(crate) struct Opened {
+    /// The upstream connection, now carrying the request's data.
+    pub stream: Plaintext,
+    /// For TLS: the task that must run while `stream` is used.
+    pub carry: Option<Carry>,
+    /// The address the upstream reported.
+    pub bound: Address,
+    /// The upstream's own address.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+/// Why a request could not be opened through any of its upstreams.
+pub(crate) struct NotOpened {
+    /// The reply for the client.
+    pub code: ReplyCode,
+    /// Why, for the log.
+    pub why: String,
+}
+
+const ONLY_DIRECT: &[Via] = &[Via::Direct];
+
+impl Upstreams {
+    /// From a validated configuration.
+    pub(crate) fn new(cfg: &Config) -> Upstreams {
+        let servers: Vec<Upstream> = cfg
+            .upstreams
+            .iter()
+            .filter_map(|up| {
+                Some(Upstream {
+                    name: up.name.clone(),
+                    url: cfg.upstream_url(up).ok()?,
+                    down_until: Mutex::new(None),
+                })
+            })
+            .collect();
+        let index = |name: &str| servers.iter().position(|s| s.name == name);
+        let routes = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                let via = r
+                    .via
+                    .iter()
+                    .filter_map(|v| match v.as_str() {
+                        DIRECT => Some(Via::Direct),
+                        name => index(name).map(Via::Upstream),
+                    })
+                    .collect();
+                let selector = Selector::new(&r.users, &r.to, &r.domains, &r.ports, &r.commands);
+                (selector, via)
+            })
+            .collect();
+        Upstreams {
+            servers,
+            routes,
+            groups: cfg.groups.clone(),
+            retry_after: cfg.forwarding.retry_after,
+        }
+    }
+
+    /// The ways a request may take, in order of preference: upstreams that are up first, then
+    /// those passed over after a failure (they may be back), with `Direct` where the route
+    /// lists it. A request no route matches goes direct.
+    pub(crate) fn ways(&self, user: Option<&str>, cmd: Command, target: &Address) -> Vec<Via> {
+        let (name, ip) = match &target.host {
+            Host::Ip(ip) => (None, Some(crate::policy::canonical(*ip))),
+            Host::Domain(d) => (Some(d.as_str()), None),
+        };
+        let dest = Destination {
+            name,
+            ip,
+            port: target.port,
+        };
+        let via = self
+            .routes
+            .iter()
+            .find(|(selector, _)| selector.selects(user, cmd, &dest, &self.groups))
+            .map_or(ONLY_DIRECT, |(_, via)| via.as_slice());
+        let now = Instant::now();
+        let (up, down): (Vec<Via>, Vec<Via>) = via.iter().partition(|v| match v {
+            Via::Direct => true,
+            Via::Upstream(i) => !self.is_down(*i, now),
+        });
+        up.into_iter().chain(down).collect()
+    }
+
+    fn is_down(&self, i: usize, now: Instant) -> bool {
+        let until = self.servers[i]
+            .down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|t| t > now)
+    }
+
+    /// The upstream's name, for logs.
+    pub(crate) fn name(&self, i: usize) -> &str {
+        &self.servers[i].name
+    }
+
+    fn failed(&self, i: usize, why: &str) {
+        let server = &self.servers[i];
+        let mut until = server.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        *until = Some(Instant::now() + self.retry_after);
+        tracing::warn!(
+            upstream = %server.name,
+            url = %server.url,
+            error = why,
+            retry_after = ?self.retry_after,
+            "upstream failed: passed over until the retry time"
+        );
+    }
+
+    fn worked(&self, i: usize) {
+        let server = &self.servers[i];
+        let mut until = server.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        if until.take().is_some() {
+            tracing::info!(upstream = %server.name, "upstream works again");
+        }
+    }
+
+    /// Opens CONNECT `target` through the upstreams in `ways` (no `Direct` among them), the
+    /// first that works; each attempt within `limit`. A refusal the upstream sends is the
+    /// answer (the upstream works); a failure to reach or talk to it passes it over and
+    /// tries the next.
+    pub(crate) async fn connect(
+        &self,
+        ways: &[usize],
+        target: &Address,
+        hops: u8,
+        limit: Duration,
+    ) -> Result<(usize, Opened), NotOpened> {
+        let mut last = NotOpened {
+            code: ReplyCode::GENERAL_FAILURE,
+            why: "no upstream".into(),
+        };
+        for &i in ways {
+            let client = Client::new(self.servers[i].url.clone()).with_hops(hops);
+            let attempt = tokio::time::timeout(limit, client.connect(target.clone())).await;
+            let why = match attempt {
+                Ok(Ok(proxied)) => {
+                    self.worked(i);
+                    let bound = proxied.bound().clone();
+                    let transport = proxied.into_inner();
+                    let peer = transport.peer_addr().ok();
+                    return match plaintext(transport) {
+                        Ok((stream, carry)) => Ok((
+                            i,
+                            Opened {
+                                stream,
+                                carry,
+                                bound,
+                                peer,
+                            },
+                        )),
+                        Err(e) => Err(NotOpened {
+                            code: ReplyCode::GENERAL_FAILURE,
+                            why: format!("socket pair for TLS: {e}"),
+                        }),
+                    };
+                }
+                Ok(Err(ClientError::Refused { code })) => {
+                    self.worked(i);
+                    return Err(NotOpened {
+                        code,
+                        why: format!("upstream {} refused: {code}", self.name(i)),
+                    });
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {limit:?}"),
+            };
+            self.failed(i, &why);
+            last = NotOpened {
+                code: ReplyCode::GENERAL_FAILURE,
+                why: format!("upstream {} failed: {why}", self.name(i)),
+            };
+        }
+        Err(last)
+    }
+}
+
+/// An upstream connection as the relay takes it; TLS goes through a socket pair, with the
+/// task that carries it.
+pub(crate) fn plaintext(transport: Transport) -> std::io::Result<(Plaintext, Option<Carry>)> {
+    match transport {
+        Transport::Tcp(tcp) => Ok((Plaintext::Tcp(tcp), None)),
+        Transport::Tls(tls) => {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(tls.get_ref().0);
+            let (stream, carry) = crate::tls::bridge(tls, fd)?;
+            Ok((stream, Some(Box::pin(carry))))
+        }
+    }
+}

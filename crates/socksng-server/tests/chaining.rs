@@ -1,0 +1,271 @@
+//! Upstream chaining: socksngd passing CONNECT on to another socksngd over TLS (a megabyte each
+//! way), routes by destination with direct as the default, an upstream that goes down mid-run
+//! (the next one takes over; no silent fallback to direct), a loop between two servers cut by
+//! HOPS (X'0F'), a loop visible in the configuration refused at start, and Dante as a plain
+//! SOCKS5 upstream. Every hop binds its outgoing connections to an address of its own
+//! (127.0.0.x), so the target tells by the source address which hop reached it.
+
+use socksng_client::{Address, Client, ClientError, ProxyUrl, ReplyCode};
+use socksng_server::testing::{within, TestServer};
+use socksng_server::Config;
+use socksng_testkit::tls::{tls_section, Ca};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("socksngd-chain-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Rules letting clients reach the loopback network (where the targets are).
+const ALLOW_LOOPBACK: &str = "[[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\", \"::1/128\"]\n";
+
+/// A target that answers each connection with the source address it came from, then echoes.
+async fn source_reporter() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = l.accept().await {
+            tokio::spawn(async move {
+                let line = format!("{}\n", peer.ip());
+                if s.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Connects through `c` to a [`source_reporter`], sends `data` and checks the echo; returns
+/// the source address the target saw.
+async fn reach(c: &Client, target: SocketAddr, data: &[u8]) -> Result<IpAddr, ClientError> {
+    let s = c.connect(Address::ip(target)).await?.into_inner();
+    let (mut r, mut w) = tokio::io::split(s);
+    let sent = data.to_vec();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await?;
+    writer.await.unwrap();
+    let newline = back
+        .iter()
+        .position(|&b| b == b'\n')
+        .expect("the source line");
+    let source: IpAddr = std::str::from_utf8(&back[..newline])
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(&back[newline + 1..] == data, "the echo came back whole");
+    Ok(source)
+}
+
+fn client(at: SocketAddr) -> Client {
+    Client::new(ProxyUrl::parse(&format!("socks5h://{at}")).unwrap())
+}
+
+fn refusal(e: ClientError) -> ReplyCode {
+    match e {
+        ClientError::Refused { code } => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A socksngd whose outgoing connections leave from `external`, with `extra` configuration.
+async fn hop(external: &str, extra: &str, dir: &Path) -> TestServer {
+    let config =
+        format!("listen = [\"127.0.0.1:0\"]\nexternal = [\"{external}\"]\n{ALLOW_LOOPBACK}{extra}");
+    TestServer::start_in(&config, dir).await
+}
+
+fn upstream(name: &str, url: &str, extra: &str) -> String {
+    format!("[[upstreams]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_through_a_socksngd_upstream_over_tls_by_route() {
+    within("upstream_over_tls", async move {
+        let dir = scratch("tls");
+        let ca = Ca::new("chain CA");
+        let (cert, key) = ca.server_leaf(&["localhost"]).write(&dir, "outer");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        // The outer proxy (the "ISP's"), over TLS only, with a login.
+        let outer_cfg = format!(
+            "external = [\"127.0.0.3\"]\n[auth]\nmethods = [\"password\"]\nusers_file = \"users\"\n\
+             {ALLOW_LOOPBACK}{}",
+            tls_section(&cert, &key, "")
+        );
+        let outer = TestServer::with_user("chain-outer", &outer_cfg).await;
+        let target = source_reporter().await;
+        // The inner proxy (the home router's): the target's port goes through the outer one,
+        // everything else direct.
+        let inner_cfg = format!(
+            "{}[[routes]]\nto = [\"127.0.0.0/8\"]\nports = [{}]\nvia = [\"isp\"]\n",
+            upstream(
+                "isp",
+                &format!("socks5s://alice:s3cret@localhost:{}", outer.addr.port()),
+                &format!("tls_ca = {:?}", dir.join("ca.pem").display().to_string()),
+            ),
+            target.port()
+        );
+        let inner = hop("127.0.0.2", &inner_cfg, &dir).await;
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+        let seen = reach(&client(inner.addr), target, &data).await.unwrap();
+        assert_eq!(
+            seen,
+            "127.0.0.3".parse::<IpAddr>().unwrap(),
+            "the outer hop reached it"
+        );
+
+        // Another port of the same host is not routed: direct from the inner hop.
+        let other = source_reporter().await;
+        let seen = reach(&client(inner.addr), other, b"direct").await.unwrap();
+        assert_eq!(seen, "127.0.0.2".parse::<IpAddr>().unwrap());
+
+        // The outer proxy gone: its route fails, it does not fall back to direct.
+        outer.stop().await;
+        let e = reach(&client(inner.addr), target, b"x").await.unwrap_err();
+        assert_eq!(refusal(e), ReplyCode::GENERAL_FAILURE);
+        inner.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_goes_down_is_passed_over_for_the_next() {
+    within("failover", async move {
+        let dir = scratch("failover");
+        let first = hop("127.0.0.4", "", &dir).await;
+        let second = hop("127.0.0.5", "", &dir).await;
+        let target = source_reporter().await;
+        let cfg = format!(
+            "{}{}[[routes]]\nvia = [\"first\", \"second\"]\n[forwarding]\nretry_after = \"1h\"\n",
+            upstream("first", &format!("socks5h://{}", first.addr), ""),
+            upstream("second", &format!("socks5h://{}", second.addr), ""),
+        );
+        let front = hop("127.0.0.6", &cfg, &dir).await;
+        let c = client(front.addr);
+        assert_eq!(
+            reach(&c, target, b"one").await.unwrap(),
+            "127.0.0.4".parse::<IpAddr>().unwrap()
+        );
+        first.stop().await;
+        // The first is down: this session and the next ones take the second.
+        for _ in 0..3 {
+            assert_eq!(
+                reach(&c, target, b"two").await.unwrap(),
+                "127.0.0.5".parse::<IpAddr>().unwrap()
+            );
+        }
+        second.stop().await;
+        let e = reach(&c, target, b"x").await.unwrap_err();
+        assert_eq!(
+            refusal(e),
+            ReplyCode::GENERAL_FAILURE,
+            "no silent fallback to direct"
+        );
+        front.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_between_two_servers_is_cut_by_hops() {
+    within("runtime_loop", async move {
+        let dir = scratch("loop");
+        // A forwards everything to B and B to A: the loop is invisible to either file.
+        let a_port = socksng_testkit::subjects::free_port().unwrap();
+        let b = hop(
+            "127.0.0.7",
+            &format!(
+                "{}[[routes]]\nvia = [\"a\"]\n",
+                upstream("a", &format!("socks5h://127.0.0.1:{a_port}"), "")
+            ),
+            &dir,
+        )
+        .await;
+        let a_cfg = format!(
+            "listen = [\"127.0.0.1:{a_port}\"]\n{ALLOW_LOOPBACK}{}[[routes]]\nvia = [\"b\"]\n\
+             [forwarding]\nmax_hops = 4\n",
+            upstream("b", &format!("socks5h://{}", b.addr), "")
+        );
+        let a = TestServer::start_in(&a_cfg, &dir).await;
+        let target = source_reporter().await;
+        let e = reach(&client(a.addr), target, b"x").await.unwrap_err();
+        assert_eq!(refusal(e), rep_hop_limit());
+        // A plain SOCKS5 client hears general failure instead of the SOCKS-NG code.
+        let plain = client(a.addr).plain_socks5_only();
+        let e = reach(&plain, target, b"x").await.unwrap_err();
+        assert_eq!(refusal(e), ReplyCode::GENERAL_FAILURE);
+        a.stop().await;
+        b.stop().await;
+    })
+    .await;
+}
+
+fn rep_hop_limit() -> ReplyCode {
+    socksng_proto::wire::ng::rep::HOP_LIMIT_REACHED
+}
+
+#[test]
+fn a_loop_visible_in_the_configuration_is_refused_at_start() {
+    let text = |url: &str| {
+        format!(
+            "listen = [\"0.0.0.0:1080\"]\n[access]\nclients = [\"127.0.0.0/8\"]\n\
+             [[upstreams]]\nname = \"me\"\nurl = \"{url}\"\n[[routes]]\nvia = [\"me\"]\n"
+        )
+    };
+    for own in [
+        "socks5h://127.0.0.1:1080",
+        "socks5://localhost:1080",
+        "socks5h://127.0.0.2:1080",
+    ] {
+        let e = Config::from_toml(&text(own), Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("this server itself"), "{own}: {e}");
+    }
+    // Another port, and an address that is not this host's (TEST-NET-3), are not loops.
+    for other in ["socks5h://127.0.0.1:1081", "socks5h://203.0.113.9:1080"] {
+        assert!(
+            Config::from_toml(&text(other), Path::new(".")).is_ok(),
+            "{other}"
+        );
+    }
+    let unknown = "[[routes]]\nvia = [\"nowhere\"]\n";
+    let e = Config::from_toml(unknown, Path::new(".")).unwrap_err();
+    assert!(e.to_string().contains("no upstream is called"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Dante (dante-server); scripts/test-all runs it"]
+async fn connect_through_dante_as_a_plain_socks5_upstream() {
+    within("dante_upstream", async move {
+        let dir = scratch("dante");
+        let env = socksng_testkit::subjects::Env::for_tests(dir.join("env"))
+            .await
+            .unwrap();
+        let (_subject, dante, dante_addr) = socksng_testkit::subjects::start_peer("dante", &env)
+            .await
+            .expect("starting Dante");
+        let target = source_reporter().await;
+        let cfg = format!(
+            "{}[[routes]]\nvia = [\"dante\"]\n",
+            upstream("dante", &format!("socks5h://{dante_addr}"), "")
+        );
+        let front = hop("127.0.0.8", &cfg, &dir).await;
+        let data = vec![7u8; 256 * 1024];
+        let seen = reach(&client(front.addr), target, &data).await.unwrap();
+        // Dante connects from its own (default) source, not this hop's 127.0.0.8.
+        assert_ne!(seen, "127.0.0.8".parse::<IpAddr>().unwrap());
+        front.stop().await;
+        dante.stop().await;
+    })
+    .await;
+}
