@@ -24,7 +24,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
@@ -266,27 +266,58 @@ pub(crate) async fn listen(
         0 => DEFAULT_BACKLOG,
         n => n.min(MAX_BACKLOG),
     };
-    let grants = &shared.cfg.ng.ports;
-    let bound = choose_and_bind(
-        grants,
-        &shared.cfg.groups,
-        user.as_deref(),
-        ip,
-        address.port,
-        exact,
-        u32::from(backlog),
-    );
-    let listener = match bound {
-        Ok(l) => l,
-        Err(refusal) => return conn.refuse_with(log, refusal).await,
+    let ways = shared
+        .upstreams
+        .ways_without_destination(user.as_deref(), Command::Bind);
+    let (mut incoming, announced) = if ways.is_empty() {
+        let grants = &shared.cfg.ng.ports;
+        let bound = choose_and_bind(
+            grants,
+            &shared.cfg.groups,
+            user.as_deref(),
+            ip,
+            address.port,
+            exact,
+            u32::from(backlog),
+        );
+        let listener = match bound {
+            Ok(l) => l,
+            Err(refusal) => return conn.refuse_with(log, refusal).await,
+        };
+        let mut announced = match listener.local_addr() {
+            Ok(a) => canonical_addr(a),
+            Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
+        };
+        if announced.ip().is_unspecified() {
+            announced.set_ip(reachable_address(&shared, conn.local, announced).await);
+        }
+        (Incoming::Local(listener), announced)
+    } else {
+        let hops = conn.hs.hops().saturating_add(1);
+        let limit = shared.cfg.timeouts.connect;
+        let asked = SocketAddr::new(ip, address.port);
+        let opened = shared
+            .upstreams
+            .first_working(&ways, hops, limit, |client| async move {
+                client
+                    .listen(asked.port(), exact, backlog, Address::ip(asked))
+                    .await
+            })
+            .await;
+        let (used, remote) = match opened {
+            Ok(x) => x,
+            Err(failed) => {
+                let refusal = SessionOutcome::refused(failed.code, failed.why);
+                return conn.refuse_with(log, refusal).await;
+            }
+        };
+        log.via = Some(shared.upstreams.name(used).to_owned());
+        let Some(announced) = remote.local_addr().socket_addr() else {
+            let why = "the upstream announced its listener by name";
+            return conn.refuse(log, ReplyCode::GENERAL_FAILURE, why).await;
+        };
+        (Incoming::upstream(remote), announced)
     };
-    let mut announced = match listener.local_addr() {
-        Ok(a) => canonical_addr(a),
-        Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
-    };
-    if announced.ip().is_unspecified() {
-        announced.set_ip(reachable_address(&shared, conn.local, announced).await);
-    }
     let idle = shared.cfg.timeouts.idle;
     let grant = ListenerGrant {
         backlog,
@@ -298,7 +329,7 @@ pub(crate) async fn listen(
         let owner = Owner::of(user.as_deref(), conn.peer.ip());
         let ctx = ListenerCtx {
             shared: &shared,
-            listener: &listener,
+            incoming: &mut incoming,
             id: slot.id,
             user: user.as_deref(),
             owner: &owner,
@@ -309,20 +340,106 @@ pub(crate) async fn listen(
         if sent_closing {
             // CLOSING is the last message: a reset must not overtake it. The listener goes
             // first, so nobody connects to a port that is already given up.
-            drop(listener);
+            drop(incoming);
             crate::conn::linger_close(&mut conn.stream).await;
             return;
         }
     }
     // The socket closes before the place is given back.
-    drop(listener);
+    drop(incoming);
     drop(slot);
+}
+
+/// Where a listener's connections come from: its own socket, or a listener opened on an
+/// upstream, whose connections arrive claimed there and relayed through it.
+enum Incoming {
+    Local(TcpListener),
+    /// A task accepts on the upstream's listener (its accept is not cancel-safe) and hands
+    /// over each connection; it ends, closing the channel, when that listener ends.
+    Upstream {
+        arrived: mpsc::Receiver<Result<Arrived, String>>,
+        task: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// A connection that arrived at a listener.
+struct Arrived {
+    stream: Plaintext,
+    peer: SocketAddr,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if let Incoming::Upstream { task, .. } = self {
+            task.abort();
+        }
+    }
+}
+
+impl Incoming {
+    fn upstream(mut remote: socksng_client::ProxyListener) -> Incoming {
+        let (tx, arrived) = mpsc::channel(4);
+        let task = tokio::spawn(async move {
+            loop {
+                let next = match remote.accept().await {
+                    Ok((proxied, peer)) => {
+                        let peer = peer
+                            .socket_addr()
+                            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+                        match crate::upstream::plaintext(proxied.into_inner()) {
+                            Ok((stream, carry)) => {
+                                // The TLS task runs on its own: the connection may wait
+                                // for its claim, then be relayed by another session.
+                                if let Some(carry) = carry {
+                                    tokio::spawn(carry);
+                                }
+                                Ok(Arrived { stream, peer })
+                            }
+                            Err(e) => Err(format!("socket pair for TLS: {e}")),
+                        }
+                    }
+                    Err(e) => Err(format!("the upstream's listener ended: {e}")),
+                };
+                let last = next.is_err();
+                if tx.send(next).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Incoming::Upstream { arrived, task }
+    }
+
+    /// The next connection; `Ok(None)` for one not worth reporting (a failed accept), `Err`
+    /// when no more can come.
+    async fn next(&mut self) -> Result<Option<Arrived>, String> {
+        match self {
+            Incoming::Local(listener) => match listener.accept().await {
+                Ok((stream, peer)) => Ok(Some(Arrived {
+                    stream: Plaintext::Tcp(stream),
+                    peer: canonical_addr(peer),
+                })),
+                Err(e) if crate::dial::is_resource_exhaustion(&e) => {
+                    Err(format!("accept failed: {e}"))
+                }
+                Err(_) => Ok(None),
+            },
+            Incoming::Upstream { arrived, .. } => match arrived.recv().await {
+                Some(Ok(a)) => Ok(Some(a)),
+                Some(Err(why)) => Err(why),
+                None => Err("the upstream's listener ended".into()),
+            },
+        }
+    }
+
+    fn is_local(&self) -> bool {
+        matches!(self, Incoming::Local(_))
+    }
 }
 
 /// What a listener task works with besides its control connection.
 struct ListenerCtx<'a> {
     shared: &'a Arc<Shared>,
-    listener: &'a TcpListener,
+    incoming: &'a mut Incoming,
     id: u64,
     user: Option<&'a str>,
     owner: &'a Owner,
@@ -390,19 +507,21 @@ async fn serve_listener(
         }
         let deadline = machine.poll_timeout().map(Instant::from_std);
         tokio::select! {
-            accepted = cx.listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) if crate::dial::is_resource_exhaustion(&e) => {
-                        machine.fail(format!("accept failed: {e}"));
+            next = cx.incoming.next() => {
+                let Arrived { stream, peer } = match next {
+                    Ok(Some(a)) => a,
+                    Ok(None) => continue,
+                    Err(why) => {
+                        machine.fail(why);
                         continue;
                     }
-                    Err(_) => continue,
                 };
-                let peer = canonical_addr(peer);
-                if let Verdict::Deny(why) = cx.shared.policy.check(cx.user, Command::Bind, None, peer.ip(), peer.port()) {
-                    tracing::info!(from = %peer, %why, "LISTEN: incoming connection refused by policy");
-                    continue;
+                // Peers that came through an upstream were the upstream's to judge.
+                if cx.incoming.is_local() {
+                    if let Verdict::Deny(why) = cx.shared.policy.check(cx.user, Command::Bind, None, peer.ip(), peer.port()) {
+                        tracing::info!(from = %peer, %why, "LISTEN: incoming connection refused by policy");
+                        continue;
+                    }
                 }
                 // Claims made while this task waited have freed their places.
                 machine.retain_unclaimed(|t| registry.is_pending(t));
@@ -410,7 +529,9 @@ async fn serve_listener(
                     overflow += 1;
                     continue; // Dropping the stream refuses the connection.
                 }
-                tune_stream(&stream, cx.shared.cfg.timeouts.tcp_keepalive);
+                if let Plaintext::Tcp(tcp) = &stream {
+                    tune_stream(tcp, cx.shared.cfg.timeouts.tcp_keepalive);
+                }
                 let token = new_token();
                 let (handoff, claimed) = oneshot::channel();
                 registry.insert(token, Pending { owner: cx.owner.clone(), listener: cx.id, peer, tls: control.is_tls(), handoff });
@@ -450,19 +571,20 @@ async fn serve_listener(
 /// the registry (closing it). A peer that resets, or closes before sending a byte, is gone:
 /// its entry is removed and the listener told, so the client hears EXPIRED.
 async fn hold_until_claimed(
-    stream: TcpStream,
+    stream: Plaintext,
     token: Token,
     listener: u64,
     shared: Arc<Shared>,
-    mut claimed: oneshot::Receiver<oneshot::Sender<TcpStream>>,
+    mut claimed: oneshot::Receiver<oneshot::Sender<Plaintext>>,
     gone: mpsc::UnboundedSender<Token>,
 ) {
-    let mut watching = true;
+    // A connection relayed from an upstream is not watched: its token expires instead.
+    let mut watching = matches!(stream, Plaintext::Tcp(_));
     let mut byte = [0u8; 1];
     let answer = loop {
         tokio::select! {
             request = &mut claimed => break request.ok(),
-            seen = stream.peek(&mut byte), if watching => match seen {
+            seen = peek(&stream, &mut byte), if watching => match seen {
                 // Data waits for the claim, even if the peer closes after it.
                 Ok(n) if n > 0 => watching = false,
                 _ => {
@@ -478,6 +600,14 @@ async fn hold_until_claimed(
     };
     if let Some(reply) = answer {
         let _ = reply.send(stream);
+    }
+}
+
+/// Peeks at a held connection from this server's own listener.
+async fn peek(stream: &Plaintext, byte: &mut [u8]) -> io::Result<usize> {
+    match stream {
+        Plaintext::Tcp(tcp) => tcp.peek(byte).await,
+        Plaintext::Tls(..) => std::future::pending().await,
     }
 }
 

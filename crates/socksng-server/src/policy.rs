@@ -121,6 +121,20 @@ impl Selector {
             && matches!(self.matches_destination(dest), Match::Yes)
     }
 
+    /// For requests whose destinations come later (UDP, LISTEN): whether it selects them by
+    /// user and command alone, naming no destination.
+    pub(crate) fn selects_without_destination(
+        &self,
+        user: Option<&str>,
+        cmd: Command,
+        groups: &Groups,
+    ) -> bool {
+        self.nets.is_empty()
+            && self.domains.is_empty()
+            && self.ports.is_empty()
+            && self.applies_to(user, cmd, 0, groups)
+    }
+
     fn applies_to(&self, user: Option<&str>, cmd: Command, port: u16, groups: &Groups) -> bool {
         names_user(self.users.as_deref(), user, groups)
             && self

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 /// Who may claim a token: the listener's user, or for an anonymous listener the client
@@ -29,7 +28,7 @@ impl Owner {
 }
 
 /// Hands the incoming connection over: send it the channel to answer on.
-pub(crate) type Handoff = oneshot::Sender<oneshot::Sender<TcpStream>>;
+pub(crate) type Handoff = oneshot::Sender<oneshot::Sender<crate::stream::Plaintext>>;
 
 /// An incoming connection announced to a listener's client, waiting for its claim. The
 /// connection itself stays with the task that watches it (for a peer that goes away); dropping

@@ -53,7 +53,8 @@ struct Counts {
 }
 
 /// The outside of a client's UDP relay: policy-checked destinations, the outgoing sockets
-/// (opened per family on first use), and the peers the client has sent to.
+/// (opened per family on first use), and the peers the client has sent to; or, where a route
+/// says so, an upstream's UDP (its tunnel, or its association for a plain SOCKS5 upstream).
 pub(crate) struct UdpOutside {
     shared: Arc<Shared>,
     user: Option<String>,
@@ -61,23 +62,106 @@ pub(crate) struct UdpOutside {
     out6: Option<UdpSocket>,
     names: HashMap<DomainName, Vec<IpAddr>>,
     contacted: HashSet<SocketAddr>,
+    upstream: Option<UpstreamUdp>,
+}
+
+/// Datagrams through an upstream: sent on its tunnel or association; received by a task that
+/// hands them over one at a time (the next waits in the channel, bounded).
+struct UpstreamUdp {
+    tx: socksng_client::UdpSender,
+    rx: tokio::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    reader: tokio::task::JoinHandle<()>,
+    held: Option<(Vec<u8>, SocketAddr)>,
+}
+
+impl Drop for UpstreamUdp {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl UpstreamUdp {
+    fn new(udp: socksng_client::ProxyUdp) -> UpstreamUdp {
+        let (tx, mut receiver) = udp.split();
+        let (to_session, rx) = tokio::sync::mpsc::channel(16);
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; crate::relay::DATAGRAM_BUF_SIZE];
+            loop {
+                match receiver.recv_from(&mut buf).await {
+                    Ok((n, from)) => {
+                        if to_session.send((buf[..n].to_vec(), from)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The upstream could not deliver one datagram: UDP would not say either.
+                    Err(socksng_client::ClientError::DatagramRefused { .. }) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upstream UDP ended");
+                        return;
+                    }
+                }
+            }
+        });
+        UpstreamUdp {
+            tx,
+            rx,
+            reader,
+            held: None,
+        }
+    }
 }
 
 impl UdpOutside {
-    fn new(shared: Arc<Shared>, user: Option<String>) -> Self {
-        UdpOutside {
+    /// The outside for a client's UDP: direct, or through the upstream its route names (the
+    /// first that works; `hops` is passed on). Fails with the refusal for the client.
+    async fn open(
+        shared: Arc<Shared>,
+        user: Option<String>,
+        hops: u8,
+    ) -> Result<(Self, Option<String>), SessionOutcome> {
+        let ways = shared
+            .upstreams
+            .ways_without_destination(user.as_deref(), Command::UdpAssociate);
+        let mut via = None;
+        let upstream = if ways.is_empty() {
+            None
+        } else {
+            let limit = shared.cfg.timeouts.connect;
+            let opened = shared
+                .upstreams
+                .first_working(
+                    &ways,
+                    hops,
+                    limit,
+                    |client| async move { client.udp().await },
+                )
+                .await;
+            match opened {
+                Ok((i, udp)) => {
+                    via = Some(shared.upstreams.name(i).to_owned());
+                    Some(UpstreamUdp::new(udp))
+                }
+                Err(failed) => return Err(SessionOutcome::refused(failed.code, failed.why)),
+            }
+        };
+        let outside = UdpOutside {
             shared,
             user,
             out4: None,
             out6: None,
             names: HashMap::new(),
             contacted: HashSet::new(),
-        }
+            upstream,
+        };
+        Ok((outside, via))
     }
 
     /// Sends `payload` to `to` if the policy allows it; when it was dropped, the reply code
     /// that says why (X'02' refused, X'04' the name did not resolve, X'03' not sent).
     async fn send(&mut self, to: &Address, payload: &[u8]) -> Result<(), ReplyCode> {
+        if self.upstream.is_some() {
+            return self.send_upstream(to, payload).await;
+        }
         let dest = self.destination(to).await?;
         let slot = if dest.is_ipv4() {
             &mut self.out4
@@ -121,6 +205,27 @@ impl UdpOutside {
         }
         self.contacted.insert(dest);
         Ok(())
+    }
+
+    /// Through the upstream: an address is judged as always, a name by its name alone (the
+    /// upstream resolves it and judges what it reaches).
+    async fn send_upstream(&mut self, to: &Address, payload: &[u8]) -> Result<(), ReplyCode> {
+        let user = self.user.as_deref();
+        let policy = &self.shared.policy;
+        let verdict = match &to.host {
+            Host::Ip(ip) => Some(policy.check(user, Command::UdpAssociate, None, *ip, to.port)),
+            Host::Domain(name) => policy.check_name(user, Command::UdpAssociate, name, to.port),
+        };
+        if let Some(Verdict::Deny(_)) = verdict {
+            return Err(ReplyCode::NOT_ALLOWED);
+        }
+        let Some(up) = self.upstream.as_mut() else {
+            return Err(ReplyCode::NETWORK_UNREACHABLE);
+        };
+        up.tx
+            .send_to(payload, to)
+            .await
+            .map_err(|_| ReplyCode::NETWORK_UNREACHABLE)
     }
 
     /// The address to send to, resolved and allowed by policy; else why the datagram is
@@ -172,17 +277,32 @@ impl UdpOutside {
         }
     }
 
-    /// Waits until an outgoing socket has a datagram; true for the IPv6 one.
-    async fn readable(&mut self) -> bool {
-        tokio::select! {
+    /// Waits until an outgoing socket has a datagram; true for the IPv6 one. `None`: the
+    /// upstream's UDP has ended, and with it this relay.
+    async fn readable(&mut self) -> Option<bool> {
+        if let Some(up) = self.upstream.as_mut() {
+            if up.held.is_none() {
+                up.held = Some(up.rx.recv().await?);
+            }
+            return Some(false);
+        }
+        Some(tokio::select! {
             r = readable(&self.out4) => { if r.is_err() { self.out4 = None; } false }
             r = readable(&self.out6) => { if r.is_err() { self.out6 = None; } true }
-        }
+        })
     }
 
     /// Takes one datagram from the outside: `Ok(Some)` to relay, `Ok(None)` when it was
-    /// refused by policy or nothing was there after all.
+    /// refused by policy or nothing was there after all. What an upstream relays was its to
+    /// judge.
     fn try_recv(&mut self, v6: bool, buf: &mut [u8]) -> Option<(usize, SocketAddr, bool)> {
+        if let Some(up) = self.upstream.as_mut() {
+            let (datagram, from) = up.held.take()?;
+            let len = datagram.len().min(buf.len());
+            buf[..len].copy_from_slice(&datagram[..len]);
+            let allowed = len <= usize::from(MAX_UDP_PAYLOAD) && len == datagram.len();
+            return Some((len, from, allowed));
+        }
         let sock = if v6 { &self.out6 } else { &self.out4 };
         let (len, src) = sock.as_ref()?.try_recv_from(buf).ok()?;
         let src = SocketAddr::new(canonical(src.ip()), src.port());
@@ -225,12 +345,18 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
         Ok(a) => a,
         Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
     };
+    let hops = conn.hs.hops().saturating_add(1);
+    let (mut outside, via) =
+        match UdpOutside::open(conn.shared.clone(), conn.user.clone(), hops).await {
+            Ok(x) => x,
+            Err(refusal) => return conn.refuse_with(log, refusal).await,
+        };
+    log.via = via;
     if !conn.succeed(log, relay_addr).await {
         return;
     }
     log.connected = Some(relay_addr);
 
-    let mut outside = UdpOutside::new(conn.shared.clone(), conn.user.clone());
     let mut idle = IdleTimer::new(conn.shared.cfg.timeouts.udp_idle);
     let mut n = Counts::default();
     let mut control_buf = [0u8; 64];
@@ -268,6 +394,9 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
                 }
             },
             v6 = outside.readable() => {
+                let Some(v6) = v6 else {
+                    break SessionOutcome::new(OutcomeKind::Broken, Side::Target, "the upstream's UDP ended");
+                };
                 let mut held = PooledBuf::take_datagram();
                 let buf = held.bytes();
                 // The payload goes in after room for the longest header, which is then
@@ -328,6 +457,13 @@ fn write_queued(
 /// queued towards a client that does not read are bounded by `ng.udp_tunnel_queue`; beyond it
 /// datagrams are dropped, as UDP would drop them.
 pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
+    let hops = conn.hs.hops().saturating_add(1);
+    let (mut outside, via) =
+        match UdpOutside::open(conn.shared.clone(), conn.user.clone(), hops).await {
+            Ok(x) => x,
+            Err(refusal) => return conn.refuse_with(log, refusal).await,
+        };
+    log.via = via;
     if !conn
         .succeed(log, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
         .await
@@ -335,7 +471,6 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
         return;
     }
     let limit = conn.shared.cfg.ng.udp_tunnel_queue;
-    let mut outside = UdpOutside::new(conn.shared.clone(), conn.user.clone());
     let mut idle = IdleTimer::new(conn.shared.cfg.timeouts.udp_idle);
     let stream = &conn.stream;
     // A partial frame waiting for the rest (at most one frame long); frames may already
@@ -402,6 +537,9 @@ pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
                 }
             }
             v6 = outside.readable() => {
+                let Some(v6) = v6 else {
+                    break SessionOutcome::new(OutcomeKind::Broken, Side::Target, "the upstream's UDP ended");
+                };
                 let mut held = PooledBuf::take_datagram();
                 let buf = held.bytes();
                 let Some((len, src, allowed)) = outside.try_recv(v6, buf) else { continue };

@@ -164,45 +164,51 @@ impl Upstreams {
         }
     }
 
-    /// Opens CONNECT `target` through the upstreams in `ways` (no `Direct` among them), the
-    /// first that works; each attempt within `limit`. A refusal the upstream sends is the
-    /// answer (the upstream works); a failure to reach or talk to it passes it over and
-    /// tries the next.
-    pub(crate) async fn connect(
+    /// The upstreams a request without a destination yet (UDP, LISTEN) takes: routes that
+    /// name destinations (networks, domains, ports) are for CONNECT, so only those that
+    /// select by user and command apply. Empty: direct.
+    pub(crate) fn ways_without_destination(&self, user: Option<&str>, cmd: Command) -> Vec<usize> {
+        let Some((_, via)) = self
+            .routes
+            .iter()
+            .find(|(selector, _)| selector.selects_without_destination(user, cmd, &self.groups))
+        else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let leading = via.iter().map_while(|v| match v {
+            Via::Upstream(i) => Some(*i),
+            Via::Direct => None,
+        });
+        let (up, down): (Vec<usize>, Vec<usize>) = leading.partition(|i| !self.is_down(*i, now));
+        up.into_iter().chain(down).collect()
+    }
+
+    /// Opens something through the upstreams in `ways`, the first that works, each attempt
+    /// within `limit`: `open` is given a client for the upstream (carrying `hops`). A refusal
+    /// the upstream sends is the answer (the upstream works); a failure to reach or talk to
+    /// it passes it over and tries the next.
+    pub(crate) async fn first_working<T, F, Fut>(
         &self,
         ways: &[usize],
-        target: &Address,
         hops: u8,
         limit: Duration,
-    ) -> Result<(usize, Opened), NotOpened> {
+        open: F,
+    ) -> Result<(usize, T), NotOpened>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
         let mut last = NotOpened {
             code: ReplyCode::GENERAL_FAILURE,
             why: "no upstream".into(),
         };
         for &i in ways {
             let client = Client::new(self.servers[i].url.clone()).with_hops(hops);
-            let attempt = tokio::time::timeout(limit, client.connect(target.clone())).await;
-            let why = match attempt {
-                Ok(Ok(proxied)) => {
+            let why = match tokio::time::timeout(limit, open(client)).await {
+                Ok(Ok(opened)) => {
                     self.worked(i);
-                    let bound = proxied.bound().clone();
-                    let transport = proxied.into_inner();
-                    let peer = transport.peer_addr().ok();
-                    return match plaintext(transport) {
-                        Ok((stream, carry)) => Ok((
-                            i,
-                            Opened {
-                                stream,
-                                carry,
-                                bound,
-                                peer,
-                            },
-                        )),
-                        Err(e) => Err(NotOpened {
-                            code: ReplyCode::GENERAL_FAILURE,
-                            why: format!("socket pair for TLS: {e}"),
-                        }),
-                    };
+                    return Ok((i, opened));
                 }
                 Ok(Err(ClientError::Refused { code })) => {
                     self.worked(i);
@@ -221,6 +227,40 @@ impl Upstreams {
             };
         }
         Err(last)
+    }
+
+    /// Opens CONNECT `target` through the first of `ways` that works.
+    pub(crate) async fn connect(
+        &self,
+        ways: &[usize],
+        target: &Address,
+        hops: u8,
+        limit: Duration,
+    ) -> Result<(usize, Opened), NotOpened> {
+        let (i, proxied) = self
+            .first_working(ways, hops, limit, |client| {
+                let target = target.clone();
+                async move { client.connect(target).await }
+            })
+            .await?;
+        let bound = proxied.bound().clone();
+        let transport = proxied.into_inner();
+        let peer = transport.peer_addr().ok();
+        match plaintext(transport) {
+            Ok((stream, carry)) => Ok((
+                i,
+                Opened {
+                    stream,
+                    carry,
+                    bound,
+                    peer,
+                },
+            )),
+            Err(e) => Err(NotOpened {
+                code: ReplyCode::GENERAL_FAILURE,
+                why: format!("socket pair for TLS: {e}"),
+            }),
+        }
     }
 }
 

@@ -269,3 +269,76 @@ async fn connect_through_dante_as_a_plain_socks5_upstream() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_and_listen_go_through_a_socksngd_upstream_over_tls() {
+    within("udp_and_listen_through_upstream", async move {
+        let dir = scratch("two-hops");
+        let ca = Ca::new("chain CA");
+        let (cert, key) = ca.server_leaf(&["localhost"]).write(&dir, "outer");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let password = "[auth]\nmethods = [\"password\"]\nusers_file = \"users\"\n";
+        let outer_cfg = format!(
+            "external = [\"127.0.0.9\"]\n{password}{ALLOW_LOOPBACK}{}",
+            tls_section(&cert, &key, "")
+        );
+        let outer = TestServer::with_user("two-hops-outer", &outer_cfg).await;
+        // Everything alice does goes through the outer proxy. The inner one grants her no port
+        // of its own (only bob's), so a listener she gets is the outer one's.
+        let inner_cfg = format!(
+            "external = [\"127.0.0.10\"]\n{password}{ALLOW_LOOPBACK}{}[[routes]]\nusers = [\"alice\"]\nvia = [\"isp\"]\n\
+             [[ng.ports]]\nports = [\"1024-65535\"]\nusers = [\"bob\"]\n",
+            upstream(
+                "isp",
+                &format!("socks5s://alice:s3cret@localhost:{}", outer.addr.port()),
+                &format!("tls_ca = {:?}", dir.join("ca.pem").display().to_string()),
+            ),
+        );
+        let inner = TestServer::with_user("two-hops-inner", &inner_cfg).await;
+        let c = Client::new(
+            ProxyUrl::parse(&format!("socks5h://alice:s3cret@{}", inner.addr)).unwrap(),
+        );
+
+        // UDP over the stream, both hops: the target sees the outer hop's address.
+        let udp_target = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let udp_at = udp_target.local_addr().unwrap();
+        let mut tunnel = c.udp().await.unwrap();
+        assert_eq!(tunnel.path(), socksng_client::ProtocolPath::Ng);
+        for size in [1usize, 1200, 30_000] {
+            let payload = vec![size as u8; size];
+            tunnel.send_to(&payload, &Address::ip(udp_at)).await.unwrap();
+            let mut buf = vec![0u8; 65_536];
+            let (n, from) = udp_target.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], &payload[..]);
+            assert_eq!(from.ip(), "127.0.0.9".parse::<IpAddr>().unwrap());
+            udp_target.send_to(b"answer", from).await.unwrap();
+            let (n, src) = tunnel.recv_from(&mut buf).await.unwrap();
+            assert_eq!((&buf[..n], src), (&b"answer"[..], udp_at));
+        }
+
+        // LISTEN across two hops: the listener is the outer proxy's, and a peer reaching it
+        // talks to this client through both, data verified both ways.
+        let any = Address::ip("0.0.0.0:0".parse().unwrap());
+        let mut listener = c.listen(0, false, 4, any).await.unwrap();
+        let public = listener.local_addr().socket_addr().unwrap();
+        for i in 0..3u8 {
+            let mut outside = tokio::net::TcpStream::connect(public).await.unwrap();
+            let (s, peer) = listener.accept().await.unwrap();
+            assert_eq!(peer, Address::ip(outside.local_addr().unwrap()));
+            let mut s = s.into_inner();
+            let blob = vec![i; 100_000];
+            outside.write_all(&blob).await.unwrap();
+            let mut got = vec![0u8; blob.len()];
+            s.read_exact(&mut got).await.unwrap();
+            assert!(got == blob);
+            s.write_all(b"from behind two proxies").await.unwrap();
+            let mut r = [0u8; 23];
+            outside.read_exact(&mut r).await.unwrap();
+            assert_eq!(&r, b"from behind two proxies");
+        }
+        drop(listener);
+        inner.stop().await;
+        outer.stop().await;
+    })
+    .await;
+}
