@@ -139,7 +139,10 @@ mod tests {
     fn pending(
         owner: Owner,
         tls: bool,
-    ) -> (Pending, oneshot::Receiver<oneshot::Sender<TcpStream>>) {
+    ) -> (
+        Pending,
+        oneshot::Receiver<oneshot::Sender<crate::stream::Plaintext>>,
+    ) {
         let (handoff, claimed) = oneshot::channel();
         let peer = "192.0.2.7:4000".parse().unwrap();
         let entry = Pending {
