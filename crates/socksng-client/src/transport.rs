@@ -72,8 +72,9 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 
 /// The SHA-256 of a certificate's SubjectPublicKeyInfo: what a pin names.
 pub fn spki_sha256(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw);
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    let spki = parsed.subject_public_key_info();
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki.as_ref());
     digest.as_ref().try_into().ok()
 }
 

@@ -194,33 +194,136 @@ pub fn check_tls(cfg: &crate::Config) -> Result<(), TlsError> {
     }
 }
 
-/// The user a certificate names in `field`.
+/// The user a certificate names in `field`. The certificate was verified by rustls; this
+/// only reads it.
 pub(crate) fn cert_user(cert: &CertificateDer<'_>, field: CertUserField) -> Option<String> {
-    use x509_parser::extensions::GeneralName;
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let name = match field {
-        CertUserField::Cn => parsed
-            .subject()
-            .iter_common_name()
-            .next()?
-            .as_str()
-            .ok()?
-            .to_owned(),
-        CertUserField::Email | CertUserField::Dns => {
-            let san = parsed.subject_alternative_name().ok()??;
-            san.value
-                .general_names
-                .iter()
-                .find_map(|n| match (n, field) {
-                    (GeneralName::RFC822Name(e), CertUserField::Email) => Some(e.to_string()),
-                    (GeneralName::DNSName(d), CertUserField::Dns) => Some(d.to_string()),
-                    _ => None,
-                })?
+        CertUserField::Dns => {
+            let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+            parsed.valid_dns_names().next()?.to_owned()
         }
+        CertUserField::Cn => {
+            let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+            der::common_name(parsed.subject())?
+        }
+        CertUserField::Email => der::san_email(cert.as_ref())?,
     };
     // A user name travels in logs and rules: no control characters, and within the RFC 1929
     // limit so that the same user can also log in with a password.
     (!name.is_empty() && name.len() <= 255 && !name.chars().any(char::is_control)).then_some(name)
+}
+
+/// The two certificate fields webpki does not hand out, read from the DER: the subject's
+/// common name and the first e-mail address (rfc822Name) of the subject alternative names.
+mod der {
+    /// OID 2.5.4.3, id-at-commonName, as its DER contents.
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    /// OID 2.5.29.17, id-ce-subjectAltName.
+    const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const OID: u8 = 0x06;
+    const OCTET_STRING: u8 = 0x04;
+    const BOOLEAN: u8 = 0x01;
+    /// [3] EXPLICIT, constructed: the extensions of a TBSCertificate.
+    const EXTENSIONS: u8 = 0xa3;
+    /// [1] IMPLICIT IA5String in GeneralName: rfc822Name.
+    const RFC822_NAME: u8 = 0x81;
+
+    /// One DER element at the start of `input`: its tag, its contents and what follows.
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |l, &b| (l << 8) | usize::from(b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+
+    /// The elements inside `contents`, in order; stops at the first malformed one.
+    fn elements(mut contents: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+        std::iter::from_fn(move || {
+            let (tag, value, rest) = element(contents)?;
+            contents = rest;
+            Some((tag, value))
+        })
+    }
+
+    /// The first CN of a Name's contents (a SEQUENCE OF SET OF AttributeTypeAndValue).
+    pub(super) fn common_name(subject: &[u8]) -> Option<String> {
+        elements(subject)
+            .filter(|(tag, _)| *tag == SET)
+            .flat_map(|(_, set)| elements(set))
+            .filter(|(tag, _)| *tag == SEQUENCE)
+            .find_map(|(_, attribute)| {
+                let mut parts = elements(attribute);
+                let (OID, oid) = parts.next()? else {
+                    return None;
+                };
+                let (_, value) = parts.next()?;
+                (oid == COMMON_NAME)
+                    .then(|| std::str::from_utf8(value).ok().map(str::to_owned))
+                    .flatten()
+            })
+    }
+
+    /// The first rfc822Name among a certificate's subject alternative names.
+    pub(super) fn san_email(cert: &[u8]) -> Option<String> {
+        let (SEQUENCE, certificate, _) = element(cert)? else {
+            return None;
+        };
+        let (SEQUENCE, tbs, _) = element(certificate)? else {
+            return None;
+        };
+        let (_, extensions) = elements(tbs).find(|(tag, _)| *tag == EXTENSIONS)?;
+        let (SEQUENCE, list, _) = element(extensions)? else {
+            return None;
+        };
+        let san = elements(list).find_map(|(_, extension)| {
+            let mut parts = elements(extension);
+            let (OID, oid) = parts.next()? else {
+                return None;
+            };
+            if oid != SUBJECT_ALT_NAME {
+                return None;
+            }
+            parts
+                .find(|(tag, _)| *tag != BOOLEAN)
+                .filter(|(tag, _)| *tag == OCTET_STRING)
+                .map(|(_, value)| value)
+        })?;
+        let (SEQUENCE, names, _) = element(san)? else {
+            return None;
+        };
+        elements(names)
+            .find(|(tag, _)| *tag == RFC822_NAME)
+            .and_then(|(_, email)| std::str::from_utf8(email).ok().map(str::to_owned))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn malformed_input_is_none_never_a_panic() {
+            for bad in [
+                &[][..],
+                &[0x30],
+                &[0x30, 0x85, 1, 2, 3, 4, 5],
+                &[0x30, 0x05, 1],
+            ] {
+                assert_eq!(super::san_email(bad), None);
+                assert_eq!(super::common_name(bad), None);
+            }
+        }
+    }
 }
 
 /// Plaintext moved per read in each direction of a TLS connection.

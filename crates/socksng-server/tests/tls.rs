@@ -183,6 +183,22 @@ async fn a_client_certificate_names_the_user_whose_rules_apply() {
         let anonymous = tls_client(server.addr, "", &ca_file, None);
         let e = echo(&anonymous, target, b"x").await.unwrap_err();
         assert_eq!(refusal(e), ReplyCode::NOT_ALLOWED);
+        // The user can come from an e-mail address or a DNS name instead (user_from).
+        for (field, leaf) in [
+            ("email", ca.client_leaf_with_email("Alice A.", "alice")),
+            ("dns", ca.client_leaf("alice")),
+        ] {
+            let config = format!(
+                "listen = [\"127.0.0.1:0\"]\n[access]\ndefault = \"deny\"\n[[rules]]\naction = \"allow\"\n\
+                 users = [\"alice\"]\nto = [\"127.0.0.0/8\"]\n{}",
+                tls_section(&cert, &key, &format!("client_ca = \"ca.pem\"\nuser_from = \"{field}\""))
+            );
+            let by_field = TestServer::start_in(&config, &dir).await;
+            let c = tls_client(by_field.addr, "", &ca_file, Some(&leaf));
+            assert!(echo(&c, target, field.as_bytes()).await.unwrap(), "{field}");
+            // The CN is "Alice A.", which no rule names: only the field counts.
+            by_field.stop().await;
+        }
         // A certificate from another CA is refused in the TLS handshake.
         let stranger = Ca::new("someone else").client_leaf("alice");
         let e = echo(

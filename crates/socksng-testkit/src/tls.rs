@@ -69,6 +69,27 @@ impl Ca {
     pub fn client_leaf(&self, name: &str) -> Leaf {
         self.leaf(&[name], (2020, 2100), ExtendedKeyUsagePurpose::ClientAuth)
     }
+
+    /// A client certificate whose subject's common name is `cn` and whose only subject
+    /// alternative name is the e-mail address `email`.
+    pub fn client_leaf_with_email(&self, cn: &str, email: &str) -> Leaf {
+        let key = KeyPair::generate().expect("a key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = vec![rcgen::SanType::Rfc822Name(
+            email.try_into().expect("an e-mail address"),
+        )];
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("a signed leaf");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
 }
 
 impl Leaf {
