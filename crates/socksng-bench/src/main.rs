@@ -25,7 +25,9 @@ use subjects::{Env, Instance, Kind, Subject};
 /// memory per idle connection and UDP, each against a no-proxy ceiling ("direct").
 ///
 /// Prints one JSON line per (subject, case) on stdout, then a markdown table. Progress goes to
-/// stderr. Built-in subjects: direct, socksng, dante, microsocks, ssh-d.
+/// stderr. Built-in subjects: direct, socksng, socksng-tls (SOCKS over TLS, sessions resumed),
+/// dante, stunnel-dante (Dante behind stunnel: TLS as a user would assemble it), microsocks,
+/// ssh-d.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -142,7 +144,15 @@ struct Cli {
     tcp_congestion: Option<String>,
 }
 
-const BUILTIN: [&str; 5] = ["direct", "socksng", "dante", "microsocks", "ssh-d"];
+const BUILTIN: [&str; 7] = [
+    "direct",
+    "socksng",
+    "socksng-tls",
+    "dante",
+    "stunnel-dante",
+    "microsocks",
+    "ssh-d",
+];
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -4,7 +4,7 @@
 use crate::cases::{Measure, Params};
 use crate::machine::{tcp_congestion, CpuWindow};
 use crate::procs::{sample_tree, Meter, TreeSample};
-use crate::socks::{io_error, open, step, Route, SocksError};
+use crate::socks::{io_error, open, step, Conn, Route, SocksError};
 use crate::stats::percentile_sorted;
 use crate::targets::{Targets, BULK, ZEROS};
 use crate::zerocopy;
@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 /// Source and destination of the `i`-th of many short or idle connections: sources spread over
@@ -75,7 +74,7 @@ async fn open_many(
     limit: Duration,
     deadline: Instant,
     exchange: usize,
-) -> (Vec<TcpStream>, BTreeMap<String, u64>) {
+) -> (Vec<Conn>, BTreeMap<String, u64>) {
     let next = Arc::new(AtomicUsize::new(0));
     let mut set = JoinSet::new();
     for _ in 0..concurrency.clamp(1, n.max(1)) {
@@ -113,7 +112,7 @@ async fn open_one(
     target: SocketAddr,
     limit: Duration,
     exchange: usize,
-) -> Result<TcpStream, SocksError> {
+) -> Result<Conn, SocksError> {
     let mut s = open(route, src, target, limit).await?;
     if exchange > 0 {
         echo_exchange(&mut s, exchange, limit).await?;
@@ -121,7 +120,7 @@ async fn open_one(
     Ok(s)
 }
 
-async fn echo_exchange(s: &mut TcpStream, n: usize, limit: Duration) -> Result<(), SocksError> {
+async fn echo_exchange(s: &mut Conn, n: usize, limit: Duration) -> Result<(), SocksError> {
     let msg = [0x5au8; 512];
     let n = n.min(msg.len());
     step("echo write", limit, s.write_all(&msg[..n])).await?;
@@ -134,19 +133,15 @@ async fn echo_exchange(s: &mut TcpStream, n: usize, limit: Duration) -> Result<(
 }
 
 /// Moves `len` bytes over a connected stream to the data target.
-async fn transfer(
-    mut s: TcpStream,
-    up: bool,
-    len: u64,
-    limit: Duration,
-) -> Result<u64, SocksError> {
+async fn transfer(mut s: Conn, up: bool, len: u64, limit: Duration) -> Result<u64, SocksError> {
     let mut head = [0u8; 9];
     head[0] = if up { b'U' } else { b'D' };
     head[1..].copy_from_slice(&len.to_be_bytes());
     step("data header", limit, s.write_all(&head)).await?;
-    if !zerocopy::copy_io() {
+    // Zero-copy needs the bare socket: TLS bytes go through user space anyway.
+    if let Some(tcp) = s.plain().filter(|_| !zerocopy::copy_io()) {
         if up {
-            zerocopy::send_zeros(&s, len, limit)
+            zerocopy::send_zeros(tcp, len, limit)
                 .await
                 .map_err(|e| io_error("upload send", e))?;
             let mut ack = [0u8; 1];
@@ -154,7 +149,7 @@ async fn transfer(
         } else {
             let drain = zerocopy::Drain::new().map_err(|e| io_error("pipe", e))?;
             drain
-                .recv_discard(&s, len, limit)
+                .recv_discard(tcp, len, limit)
                 .await
                 .map_err(|e| io_error("download receive", e))?;
         }

@@ -55,7 +55,7 @@ pub async fn setup(route: &Route, t: &Targets, limit: Duration) -> Result<UdpPat
                 _control: None,
             }
         }
-        Route::Proxy { addr, auth } => {
+        Route::Proxy { addr, auth, .. } => {
             let fail = |e: SocksError| UdpSetupError {
                 unsupported: false,
                 reason: format!("UDP ASSOCIATE control connection: {e}"),
@@ -380,7 +380,7 @@ pub async fn tunnel_setup(
     t: &Targets,
     limit: Duration,
 ) -> Result<ProxyUdp, UdpSetupError> {
-    let Route::Proxy { addr, auth } = route else {
+    let Route::Proxy { addr, auth, .. } = route else {
         return Err(UdpSetupError {
             unsupported: true,
             reason: "no proxy, no stream".into(),

@@ -154,6 +154,24 @@ impl ServerHandshake {
         }
     }
 
+    /// The reply code a request answered with `code` actually gets: codes above X'08' are
+    /// SOCKS-NG's (draft section 3.2), so a plain SOCKS5 client, which may get one passed back
+    /// from an upstream, hears general failure instead; a SOCKS4 client hears granted or
+    /// rejected, as its own codes.
+    pub fn code_as_sent(&self, code: ReplyCode) -> ReplyCode {
+        match self.state {
+            State::RequestPending { socks4: true, .. } => {
+                if code == ReplyCode::SUCCEEDED {
+                    ReplyCode(SOCKS4_GRANTED)
+                } else {
+                    ReplyCode(SOCKS4_REJECTED)
+                }
+            }
+            _ if code.0 > 0x08 && !ng_selected(self.method) => ReplyCode::GENERAL_FAILURE,
+            _ => code,
+        }
+    }
+
     /// How many SOCKS servers the request passed through before this one: the request's RSV
     /// after SOCKS-NG negotiation (draft section 3.3), 0 otherwise (plain SOCKS5 clients may
     /// put anything in RSV).
@@ -250,13 +268,7 @@ impl ServerHandshake {
                 socks4: false,
                 bind,
             } => {
-                // Codes above X'08' are SOCKS-NG's (draft section 3.2): a plain SOCKS5 client,
-                // which may get one passed back from an upstream, hears general failure.
-                let code = if code.0 > 0x08 && !ng_selected(self.method) {
-                    ReplyCode::GENERAL_FAILURE
-                } else {
-                    code
-                };
+                let code = self.code_as_sent(code);
                 Reply {
                     code,
                     bound: bound.clone(),

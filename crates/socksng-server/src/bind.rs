@@ -27,6 +27,7 @@ const EOF_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 const MAX_EARLY_DATA: usize = 64 * 1024;
 
 pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut SessionLog) {
+    log.via = Some("direct".into());
     let shared = conn.shared.clone();
     let user = conn.user.clone();
     // None: any peer the policy allows (the request named 0.0.0.0 or ::).

@@ -23,7 +23,8 @@ pub(crate) struct SessionLog {
     pub command: &'static str,
     pub target: Option<Address>,
     pub connected: Option<SocketAddr>,
-    /// The upstream the session went through, if not direct.
+    /// How the session left: "direct", or the upstream it went through (the upstreams it
+    /// tried, when none worked); unset when it never got that far.
     pub via: Option<String>,
     pub up: AtomicU64,
     pub down: AtomicU64,
@@ -89,7 +90,7 @@ impl SessionLog {
             command = self.command,
             target = target.as_deref().unwrap_or("-"),
             connected = connected.as_deref().unwrap_or("-"),
-            via = self.via.as_deref().unwrap_or("direct"),
+            via = self.via.as_deref().unwrap_or("-"),
             bytes_up = self.up.load(Ordering::Relaxed),
             bytes_down = self.down.load(Ordering::Relaxed),
             duration_ms = self.started.elapsed().as_millis() as u64,
@@ -182,8 +183,14 @@ impl Handshaken {
     }
 
     /// Sends the failure reply `outcome` carries (general failure if none) and records it.
-    pub async fn refuse_with(&mut self, log: &mut SessionLog, outcome: SessionOutcome) {
+    pub async fn refuse_with(&mut self, log: &mut SessionLog, mut outcome: SessionOutcome) {
         let code = outcome.reply.unwrap_or(ReplyCode::GENERAL_FAILURE);
+        // The log says what the client heard (a plain client hears X'01' for a SOCKS-NG code).
+        let sent = self.hs.code_as_sent(code);
+        if outcome.reply.is_some() && sent != code {
+            outcome =
+                SessionOutcome::refused(sent, format_args!("{} ({code} here)", outcome.detail));
+        }
         log.outcome = Some(outcome);
         if self.reply(code, &Address::unspecified()).await.is_ok() {
             linger_close(&mut self.stream).await;

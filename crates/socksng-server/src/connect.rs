@@ -69,6 +69,7 @@ async fn through_upstream(
     }
     let hops = conn.hs.hops().saturating_add(1);
     let limit = shared.cfg.timeouts.connect;
+    log.via = Some(shared.upstreams.names(upstreams));
     let opened = tokio::select! {
         r = shared.upstreams.connect(upstreams, &address, hops, limit) => r,
         _ = conn.stream.reset_by_client() => {
@@ -112,6 +113,7 @@ async fn through_upstream(
 
 /// CONNECT from this server.
 async fn direct(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
+    log.via = Some("direct".into());
     let shared = conn.shared.clone();
     let limit = shared.cfg.timeouts.connect;
     // Resolving and connecting can take the connect timeout; a client whose connection is

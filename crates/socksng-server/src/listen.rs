@@ -270,6 +270,7 @@ pub(crate) async fn listen(
         .upstreams
         .ways_without_destination(user.as_deref(), Command::Bind);
     let (mut incoming, announced) = if ways.is_empty() {
+        log.via = Some("direct".into());
         let grants = &shared.cfg.ng.ports;
         let bound = choose_and_bind(
             grants,
@@ -296,6 +297,7 @@ pub(crate) async fn listen(
         let hops = conn.hs.hops().saturating_add(1);
         let limit = shared.cfg.timeouts.connect;
         let asked = SocketAddr::new(ip, address.port);
+        log.via = Some(shared.upstreams.names(&ways));
         let opened = shared
             .upstreams
             .first_working(&ways, hops, limit, |client| async move {

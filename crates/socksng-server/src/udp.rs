@@ -122,8 +122,9 @@ impl UdpOutside {
         let ways = shared
             .upstreams
             .ways_without_destination(user.as_deref(), Command::UdpAssociate);
-        let mut via = None;
+        let mut via = Some(shared.upstreams.names(&ways));
         let upstream = if ways.is_empty() {
+            via = Some("direct".into());
             None
         } else {
             let limit = shared.cfg.timeouts.connect;
@@ -141,7 +142,10 @@ impl UdpOutside {
                     via = Some(shared.upstreams.name(i).to_owned());
                     Some(UpstreamUdp::new(udp))
                 }
-                Err(failed) => return Err(SessionOutcome::refused(failed.code, failed.why)),
+                Err(failed) => {
+                    let why = format!("{} (via {})", failed.why, via.unwrap_or_default());
+                    return Err(SessionOutcome::refused(failed.code, why));
+                }
             }
         };
         let outside = UdpOutside {

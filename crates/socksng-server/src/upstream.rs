@@ -138,6 +138,12 @@ impl Upstreams {
         until.is_some_and(|t| t > now)
     }
 
+    /// The names of `ways`, for logs.
+    pub(crate) fn names(&self, ways: &[usize]) -> String {
+        let names: Vec<&str> = ways.iter().map(|&i| self.name(i)).collect();
+        names.join(",")
+    }
+
     /// The upstream's name, for logs.
     pub(crate) fn name(&self, i: usize) -> &str {
         &self.servers[i].name

@@ -17,6 +17,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("ssh", "openssh-client"),
     ("ssh-keygen", "openssh-client"),
     ("dnsmasq", "dnsmasq-base"),
+    ("stunnel4", "stunnel4"),
 ];
 
 /// The Debian package that provides `bin`, when `bin` is one of [`PACKAGES`].

@@ -7,8 +7,11 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Username and password for RFC 1929.
@@ -31,7 +34,83 @@ pub enum Route {
         addr: SocketAddr,
         /// Offer username/password (only) when set, else "no authentication" (only).
         auth: Option<Credentials>,
+        /// SOCKS over TLS to the proxy, when set.
+        tls: Option<TlsRoute>,
     },
+}
+
+/// How to reach a proxy over TLS: one client configuration for every connection, so TLS 1.3
+/// session tickets are reused as a long-running client reuses them.
+#[derive(Clone)]
+pub struct TlsRoute {
+    /// Trusts the proxy's CA, offers ALPN "socks", resumes sessions.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the proxy's certificate is checked for.
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+impl fmt::Debug for TlsRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TlsRoute({:?})", self.name)
+    }
+}
+
+/// A load-generator connection: plain TCP, or TLS to a proxy.
+pub enum Conn {
+    /// Plain TCP (direct, or to a plain proxy).
+    Tcp(TcpStream),
+    /// SOCKS over TLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    /// The TCP connection, when nothing sits between it and the bytes (zero-copy I/O works).
+    pub fn plain(&self) -> Option<&TcpStream> {
+        match self {
+            Conn::Tcp(s) => Some(s),
+            Conn::Tls(_) => None,
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Why a SOCKS exchange failed; `kind()` is the key errors are tallied under.
@@ -167,7 +246,7 @@ pub fn put_addr(out: &mut Vec<u8>, addr: SocketAddr) {
 
 /// Method negotiation and, with credentials, the RFC 1929 login.
 pub async fn negotiate(
-    s: &mut TcpStream,
+    s: &mut (impl AsyncRead + AsyncWrite + Unpin),
     auth: Option<&Credentials>,
     limit: Duration,
 ) -> Result<(), SocksError> {
@@ -201,7 +280,7 @@ pub async fn negotiate(
 
 /// Sends a request and reads the reply; returns the bound address it names.
 pub async fn request(
-    s: &mut TcpStream,
+    s: &mut (impl AsyncRead + AsyncWrite + Unpin),
     cmd: u8,
     target: SocketAddr,
     limit: Duration,
@@ -251,11 +330,19 @@ pub async fn open(
     src: Option<IpAddr>,
     target: SocketAddr,
     limit: Duration,
-) -> Result<TcpStream, SocksError> {
+) -> Result<Conn, SocksError> {
     match route {
-        Route::Direct => tcp_connect_from(src, target, limit).await,
-        Route::Proxy { addr, auth } => {
-            let mut s = tcp_connect_from(src, *addr, limit).await?;
+        Route::Direct => Ok(Conn::Tcp(tcp_connect_from(src, target, limit).await?)),
+        Route::Proxy { addr, auth, tls } => {
+            let tcp = tcp_connect_from(src, *addr, limit).await?;
+            let mut s = match tls {
+                None => Conn::Tcp(tcp),
+                Some(t) => {
+                    let connector = tokio_rustls::TlsConnector::from(t.config.clone());
+                    let handshake = connector.connect(t.name.clone(), tcp);
+                    Conn::Tls(Box::new(step("tls handshake", limit, handshake).await?))
+                }
+            };
             negotiate(&mut s, auth.as_ref(), limit).await?;
             request(&mut s, CMD_CONNECT, target, limit).await?;
             Ok(s)

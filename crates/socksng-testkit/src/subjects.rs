@@ -33,6 +33,13 @@ pub enum Kind {
     Microsocks,
     /// OpenSSH dynamic forwarding against a private sshd.
     SshD,
+    /// target/release/socksngd taking SOCKS over TLS (a certificate made for the run).
+    SocksngTls {
+        /// The binary.
+        bin: PathBuf,
+    },
+    /// Dante behind stunnel: SOCKS over TLS as a user would assemble it from the two.
+    StunnelDante,
     /// A command with `{port}` (and `{user}`/`{pass}` in the auth variant).
     Custom {
         /// Without authentication.
@@ -48,9 +55,12 @@ impl Kind {
     pub fn programs(&self) -> &'static [&'static str] {
         match self {
             Kind::Dante => &["danted"],
+            Kind::StunnelDante => &["danted", "stunnel4"],
             Kind::Microsocks => &["microsocks"],
             Kind::SshD => &["sshd", "ssh", "ssh-keygen"],
-            Kind::Direct | Kind::Socksng { .. } | Kind::Custom { .. } => &[],
+            Kind::Direct | Kind::Socksng { .. } | Kind::SocksngTls { .. } | Kind::Custom { .. } => {
+                &[]
+            }
         }
     }
 }
@@ -94,6 +104,8 @@ pub struct Subject {
     dir: PathBuf,
     _system_user: Option<SystemUser>,
     starts: u32,
+    /// For the TLS subjects: how clients reach them.
+    tls: Option<crate::socks::TlsRoute>,
 }
 
 /// A running instance: where to send load and which processes make up the proxy.
@@ -241,6 +253,10 @@ impl Subject {
             "socksng" => Kind::Socksng {
                 bin: socksngd.to_path_buf(),
             },
+            "socksng-tls" => Kind::SocksngTls {
+                bin: socksngd.to_path_buf(),
+            },
+            "stunnel-dante" => Kind::StunnelDante,
             "dante" => Kind::Dante,
             "microsocks" => Kind::Microsocks,
             "ssh-d" => Kind::SshD,
@@ -263,6 +279,7 @@ impl Subject {
             dir,
             _system_user: None,
             starts: 0,
+            tls: None,
         };
         if let Err(e) = std::fs::create_dir_all(&s.dir) {
             s.usable = Err(format!("cannot create {}: {e}", s.dir.display()));
@@ -281,8 +298,17 @@ impl Subject {
         for bin in self.kind.programs() {
             find(bin)?;
         }
+        if matches!(self.kind, Kind::SocksngTls { .. } | Kind::StunnelDante) {
+            self.tls = Some(self.make_certificate()?);
+            self.udp_note = Some("UDP over TLS is not measured".into());
+        }
         let creds = &env.creds;
-        match self.kind.clone() {
+        let kind = match self.kind.clone() {
+            Kind::SocksngTls { bin } => Kind::Socksng { bin },
+            Kind::StunnelDante => Kind::Dante,
+            other => other,
+        };
+        match kind {
             Kind::Direct => {
                 self.version = "no proxy".into();
                 self.auth = Err("no proxy".into());
@@ -395,8 +421,51 @@ impl Subject {
                     self.auth = Err("no --subject-auth command given".into());
                 }
             }
+            Kind::SocksngTls { .. } | Kind::StunnelDante => unreachable!("mapped above"),
+        }
+        if matches!(self.kind, Kind::StunnelDante) {
+            let stunnel = run_capture(
+                Command::new(find("stunnel4")?).arg("-version"),
+                None,
+                secs(10),
+            )
+            .unwrap_or_else(|e| e);
+            let first = stunnel
+                .lines()
+                .find(|l| l.contains("stunnel"))
+                .unwrap_or("stunnel");
+            self.version = format!("{} + {}", first.trim(), self.version);
+        } else if matches!(self.kind, Kind::SocksngTls { .. }) {
+            self.version = format!("{} over TLS", self.version);
         }
         Ok(())
+    }
+
+    /// A throwaway CA and a certificate for 127.0.0.1 in the subject's directory
+    /// (`tls.pem`, `tls.key`); the route trusts that CA.
+    fn make_certificate(&self) -> Result<crate::socks::TlsRoute, String> {
+        let ca = crate::tls::Ca::new("socksng-bench CA");
+        ca.server_leaf(&["localhost", "127.0.0.1"])
+            .write(&self.dir, "tls");
+        let mut roots = rustls::RootCertStore::empty();
+        let ca_der = rustls::pki_types::pem::PemObject::from_pem_slice(ca.pem().as_bytes())
+            .map_err(|e| format!("CA certificate: {e}"))?;
+        roots
+            .add(ca_der)
+            .map_err(|e| format!("CA certificate: {e}"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS versions: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"socks".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from("localhost")
+            .map_err(|e| format!("server name: {e}"))?;
+        Ok(crate::socks::TlsRoute {
+            config: Arc::new(config),
+            name,
+        })
     }
 
     /// Starts a fresh instance (with username/password when `auth`) and waits until a CONNECT
@@ -432,12 +501,43 @@ impl Subject {
         };
         let procs = match &self.kind {
             Kind::Direct => unreachable!("handled above"),
-            Kind::Socksng { bin } => {
+            Kind::Socksng { bin } | Kind::SocksngTls { bin } => {
                 let conf = self.dir.join(format!("{tag}.toml"));
-                write(&conf, &socksng_config(addr, auth, &env.socksng_log_level))?;
+                let mut text = socksng_config(addr, auth, &env.socksng_log_level);
+                if self.tls.is_some() {
+                    text.push_str("\n[tls]\ncert = \"tls.pem\"\nkey = \"tls.key\"\n");
+                }
+                write(&conf, &text)?;
                 let mut c = Command::new(bin);
                 c.arg("--config").arg(&conf).arg("run");
                 vec![spawn("socksngd", c)?]
+            }
+            Kind::StunnelDante => {
+                let dante_port = free_port().map_err(|e| format!("free port: {e}"))?;
+                let dante_addr = SocketAddr::from(([127, 0, 0, 1], dante_port));
+                let conf = self.dir.join(format!("{tag}.conf"));
+                write(&conf, &dante_config(dante_addr, auth, &log, is_root()))?;
+                let mut dante = Command::new(danted());
+                dante
+                    .arg("-f")
+                    .arg(&conf)
+                    .arg("-N")
+                    .arg("1")
+                    .arg("-p")
+                    .arg(self.dir.join(format!("{tag}.pid")));
+                let stunnel_conf = self.dir.join(format!("{tag}.stunnel"));
+                write(
+                    &stunnel_conf,
+                    &stunnel_config(
+                        addr,
+                        dante_addr,
+                        &self.dir.join("tls.pem"),
+                        &self.dir.join("tls.key"),
+                    ),
+                )?;
+                let mut stunnel = Command::new(find("stunnel4")?);
+                stunnel.arg(&stunnel_conf);
+                vec![spawn("danted", dante)?, spawn("stunnel", stunnel)?]
             }
             Kind::Dante => {
                 let conf = self.dir.join(format!("{tag}.conf"));
@@ -476,7 +576,11 @@ impl Subject {
             }
         };
         let mut inst = Instance {
-            route: Route::Proxy { addr, auth: creds },
+            route: Route::Proxy {
+                addr,
+                auth: creds,
+                tls: self.tls.clone(),
+            },
             procs,
             cgroup,
             core: env.proxy_cpu,
@@ -626,6 +730,17 @@ pub fn socksng_config(addr: SocketAddr, auth: bool, log_level: &str) -> String {
         "listen = [\"{addr}\"]\nworkers = 1\nlog_level = \"{log_level}\"\n\n{auth_section}\n\
          [limits]\nmax_sessions = 0\nmax_sessions_per_user = 0\n\n\
          [[rules]]\naction = \"allow\"\nto = [\"127.0.0.0/8\"]\n"
+    )
+}
+
+/// stunnel in front of Dante: TLS on `addr` (ALPN "socks", as socksngd), plain to `dante`;
+/// one process, in the foreground, the threading model Debian builds.
+pub fn stunnel_config(addr: SocketAddr, dante: SocketAddr, cert: &Path, key: &Path) -> String {
+    format!(
+        "foreground = yes\npid =\nsyslog = no\ndebug = 3\n\n[socks]\naccept = {addr}\n\
+         connect = {dante}\ncert = {cert}\nkey = {key}\n",
+        cert = cert.display(),
+        key = key.display(),
     )
 }
 

@@ -309,6 +309,7 @@ impl ReplyCode {
             0x0C => "token not valid",
             0x0D => "limit reached",
             0x0E => "datagram too large",
+            0x0F => "hop limit reached",
             // SOCKS4 codes, which a SOCKS4 reply maps to unchanged: they cannot collide.
             0x5B => "request rejected or failed (SOCKS4)",
             0x5C => "rejected: no identd on the client (SOCKS4)",
