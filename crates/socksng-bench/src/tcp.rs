@@ -124,6 +124,7 @@ async fn echo_exchange(s: &mut Conn, n: usize, limit: Duration) -> Result<(), So
     let msg = [0x5au8; 512];
     let n = n.min(msg.len());
     step("echo write", limit, s.write_all(&msg[..n])).await?;
+    step("echo flush", limit, s.flush()).await?;
     let mut back = [0u8; 512];
     step("echo read", limit, s.read_exact(&mut back[..n])).await?;
     if back[..n] != msg[..n] {
@@ -138,6 +139,7 @@ async fn transfer(mut s: Conn, up: bool, len: u64, limit: Duration) -> Result<u6
     head[0] = if up { b'U' } else { b'D' };
     head[1..].copy_from_slice(&len.to_be_bytes());
     step("data header", limit, s.write_all(&head)).await?;
+    step("data header", limit, s.flush()).await?;
     // Zero-copy needs the bare socket: TLS bytes go through user space anyway.
     if let Some(tcp) = s.plain().filter(|_| !zerocopy::copy_io()) {
         if up {
@@ -162,6 +164,8 @@ async fn transfer(mut s: Conn, up: bool, len: u64, limit: Duration) -> Result<u6
             let n = step("upload write", limit, s.write(&ZEROS[..want])).await?;
             left -= n as u64;
         }
+        // Over TLS the last records may still sit in the client's buffer.
+        step("upload flush", limit, s.flush()).await?;
         let mut ack = [0u8; 1];
         step("upload ack", limit, s.read_exact(&mut ack)).await?;
     } else {

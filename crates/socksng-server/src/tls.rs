@@ -424,7 +424,9 @@ async fn copy_half(
                 return to.shutdown().await.is_ok();
             }
             Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
+                // Flushed at once: records rustls could not write would otherwise wait for
+                // the next chunk, which may never come before the peer answers.
+                if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
                     return false;
                 }
             }

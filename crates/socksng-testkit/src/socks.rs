@@ -252,6 +252,7 @@ pub async fn negotiate(
 ) -> Result<(), SocksError> {
     let method = if auth.is_some() { 0x02 } else { 0x00 };
     step("greeting write", limit, s.write_all(&[5, 1, method])).await?;
+    step("greeting write", limit, s.flush()).await?;
     let mut sel = [0u8; 2];
     step("method read", limit, s.read_exact(&mut sel)).await?;
     if sel[0] != 5 {
@@ -269,6 +270,7 @@ pub async fn negotiate(
         msg.push(p.len() as u8);
         msg.extend_from_slice(p);
         step("auth write", limit, s.write_all(&msg)).await?;
+    step("auth write", limit, s.flush()).await?;
         let mut st = [0u8; 2];
         step("auth read", limit, s.read_exact(&mut st)).await?;
         if st[1] != 0 {
@@ -289,6 +291,7 @@ pub async fn request(
     msg.extend_from_slice(&[5, cmd, 0]);
     put_addr(&mut msg, target);
     step("request write", limit, s.write_all(&msg)).await?;
+    step("request write", limit, s.flush()).await?;
     let mut head = [0u8; 4];
     step("reply read", limit, s.read_exact(&mut head)).await?;
     if head[0] != 5 {
