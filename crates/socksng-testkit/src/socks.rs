@@ -270,7 +270,7 @@ pub async fn negotiate(
         msg.push(p.len() as u8);
         msg.extend_from_slice(p);
         step("auth write", limit, s.write_all(&msg)).await?;
-    step("auth write", limit, s.flush()).await?;
+        step("auth write", limit, s.flush()).await?;
         let mut st = [0u8; 2];
         step("auth read", limit, s.read_exact(&mut st)).await?;
         if st[1] != 0 {
