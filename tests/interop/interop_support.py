@@ -306,7 +306,7 @@ class Proxy:
         return rc
 
 
-_LISTEN_RE = re.compile(r"accepting SOCKS connections listen=(\S+)")
+_LISTEN_RE = re.compile(r"accepting SOCKS connections.* listen=(\S+)")
 
 
 def start_socksngd(cfg, directory, name="socksngd", netns=None):

@@ -284,7 +284,7 @@ def listen_line(proxy, addr):
     host, port = addr
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     for line in proxy.log.lines():
-        if f"accepting SOCKS connections listen={shown} " in line:
+        if "accepting SOCKS connections" in line and line.rstrip().endswith(f"listen={shown}"):
             return line
     raise AssertionError(f"no listen line for {shown}")
 

@@ -154,19 +154,13 @@ impl ServerHandshake {
         }
     }
 
-    /// The reply code a request answered with `code` actually gets: codes above X'08' are
-    /// SOCKS-NG's (draft section 3.2), so a plain SOCKS5 client, which may get one passed back
-    /// from an upstream, hears general failure instead; a SOCKS4 client hears granted or
-    /// rejected, as its own codes.
+    /// The reply code a SOCKS5 request answered with `code` actually gets: codes above X'08'
+    /// are SOCKS-NG's (draft section 3.2), so a plain SOCKS5 client, which may get one passed
+    /// back from an upstream, hears general failure instead. (A SOCKS4 client hears granted
+    /// or rejected whatever the code; the code stays the reason.)
     pub fn code_as_sent(&self, code: ReplyCode) -> ReplyCode {
         match self.state {
-            State::RequestPending { socks4: true, .. } => {
-                if code == ReplyCode::SUCCEEDED {
-                    ReplyCode(SOCKS4_GRANTED)
-                } else {
-                    ReplyCode(SOCKS4_REJECTED)
-                }
-            }
+            State::RequestPending { socks4: true, .. } => code,
             _ if code.0 > 0x08 && !ng_selected(self.method) => ReplyCode::GENERAL_FAILURE,
             _ => code,
         }

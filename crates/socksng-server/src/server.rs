@@ -170,7 +170,8 @@ impl Server {
                     Intake::PlainOrTls => "also",
                     Intake::Tls => "only",
                 };
-                tracing::info!(listen = %a, tls, "accepting SOCKS connections");
+                // `listen` last: scripts read the address to the end of the line.
+                tracing::info!(tls, listen = %a, "accepting SOCKS connections");
             }
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
