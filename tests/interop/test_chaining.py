@@ -244,6 +244,8 @@ def test_upstream_terminated_mid_run_next_takes_over_never_direct(
     assert r.returncode == CURL_PROXY_ERROR, (r.returncode, text(r.stderr))
     assert s["outcome_kind"] == "refused" and s["reply"] == "1", s
     assert s["connected"] == "-", s
+    # The line names the upstreams tried (the one passed over last), not "direct".
+    assert s["via"] == "second,first", s
     assert "upstream" in s["outcome"] and "failed" in s["outcome"], s
     wait_failure(front, "second", start=mark)
     assert http_target.tagged("chain-up-5") == []
@@ -508,6 +510,8 @@ def test_loop_between_two_servers_is_cut_by_the_hop_limit(start_proxy, http_targ
     )
     assert outer["outcome_kind"] == "refused" and outer["connected"] == "-", outer
     assert "upstream b refused" in outer["outcome"], outer
+    # curl speaks plain SOCKS5: it heard X'01', and the line says so.
+    assert outer["reply"] == "1" and outer["via"] == "b", outer
     assert a.stop() == 0 and b.stop() == 0
     a_sessions, b_sessions = a.sessions(), b.sessions()
     total = len(a_sessions) + len(b_sessions)

@@ -126,6 +126,10 @@ pub enum ClientError {
     /// The proxy sent something that is not SOCKS.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The proxy took the request and closed the connection without a reply, as `ssh -D`
+    /// does for a target it cannot reach: the request failed, the proxy works.
+    #[error("the proxy closed the connection without a reply to the request")]
+    NoReply,
     /// The target cannot be expressed in SOCKS (an empty or overlong name, say).
     #[error("bad target: {0}")]
     BadTarget(DecodeError),
@@ -220,9 +224,11 @@ impl Negotiated {
         let mut out = Vec::with_capacity(300);
         self.machine.request(request, &mut out)?;
         self.stream.write_all(&out).await?;
-        match self.next_event().await? {
-            ClientEvent::Reply(reply) => bound_or_refusal(reply),
-            other => Err(unexpected(other)),
+        match self.next_event().await {
+            Ok(ClientEvent::Reply(reply)) => bound_or_refusal(reply),
+            Ok(other) => Err(unexpected(other)),
+            Err(ClientError::Protocol(why)) if why == CLOSED => Err(ClientError::NoReply),
+            Err(e) => Err(e),
         }
     }
 
@@ -276,6 +282,9 @@ pub async fn resolve_here(name: &str, port: u16) -> Result<Vec<std::net::SocketA
 
 /// Runs the client machine over `stream` until it has an event, reading no byte past the
 /// message it waits for.
+/// Why a machine got no more bytes: the proxy closed the connection.
+const CLOSED: &str = "the proxy closed the connection";
+
 async fn drive(
     stream: &mut Transport,
     machine: &mut ClientHandshake,
@@ -302,9 +311,7 @@ async fn drive(
             if let Some(code) = machine.refusal_at_eof(inbox) {
                 return Err(ClientError::Refused { code });
             }
-            return Err(ClientError::Protocol(
-                "the proxy closed the connection".into(),
-            ));
+            return Err(ClientError::Protocol(CLOSED.into()));
         }
         inbox.extend_from_slice(&more[..n]);
     }
@@ -341,6 +348,7 @@ pub struct Client {
     proxy: ProxyUrl,
     offer_ng: bool,
     hops: u8,
+    sources: Vec<std::net::IpAddr>,
 }
 
 impl Client {
@@ -350,7 +358,45 @@ impl Client {
             proxy,
             offer_ng: true,
             hops: 0,
+            sources: Vec::new(),
         }
+    }
+
+    /// Connect to the proxy from these addresses (the first of the proxy's family; the
+    /// kernel chooses for a family none is of): a server's `external` addresses.
+    pub fn with_sources(mut self, sources: Vec<std::net::IpAddr>) -> Client {
+        self.sources = sources;
+        self
+    }
+
+    /// The TCP connection to the proxy, from a configured source address where one fits.
+    async fn connect_to_proxy(&self) -> Result<TcpStream, ClientError> {
+        let target = (self.proxy.host.as_str(), self.proxy.port);
+        if self.sources.is_empty() {
+            return Ok(TcpStream::connect(target).await?);
+        }
+        let mut last = None;
+        for addr in tokio::net::lookup_host(target).await? {
+            let source = self.sources.iter().find(|s| s.is_ipv4() == addr.is_ipv4());
+            let attempt = async {
+                let socket = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                if let Some(ip) = source {
+                    socket.bind(std::net::SocketAddr::new(*ip, 0))?;
+                }
+                socket.connect(addr).await
+            };
+            match attempt.await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
+            .into())
     }
 
     /// For a server passing requests on: the HOPS its requests carry to a SOCKS-NG server
@@ -369,7 +415,7 @@ impl Client {
     /// Connects to the proxy and authenticates with the protocol's client machine; the
     /// request is chosen afterwards, by the path the proxy settled on.
     pub(crate) async fn negotiate(&self) -> Result<Negotiated, ClientError> {
-        let tcp = TcpStream::connect((self.proxy.host.as_str(), self.proxy.port)).await?;
+        let tcp = self.connect_to_proxy().await?;
         let _ = tcp.set_nodelay(true);
         let mut stream = match &self.proxy.tls {
             None => Transport::Tcp(tcp),

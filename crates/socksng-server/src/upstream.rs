@@ -38,6 +38,8 @@ pub(crate) struct Upstreams {
     routes: Vec<(Selector, Vec<Via>)>,
     groups: Groups,
     retry_after: Duration,
+    /// `external`: connections to upstreams leave from these too.
+    sources: Vec<std::net::IpAddr>,
 }
 
 /// The TLS task of an upstream reached over TLS, to run beside the relay.
@@ -101,6 +103,7 @@ impl Upstreams {
             routes,
             groups: cfg.groups.clone(),
             retry_after: cfg.forwarding.retry_after,
+            sources: cfg.external.clone(),
         }
     }
 
@@ -210,7 +213,9 @@ impl Upstreams {
             why: "no upstream".into(),
         };
         for &i in ways {
-            let client = Client::new(self.servers[i].url.clone()).with_hops(hops);
+            let client = Client::new(self.servers[i].url.clone())
+                .with_hops(hops)
+                .with_sources(self.sources.clone());
             let why = match tokio::time::timeout(limit, open(client)).await {
                 Ok(Ok(opened)) => {
                     self.worked(i);
@@ -221,6 +226,18 @@ impl Upstreams {
                     return Err(NotOpened {
                         code,
                         why: format!("upstream {} refused: {code}", self.name(i)),
+                    });
+                }
+                Ok(Err(ClientError::NoReply)) => {
+                    // It negotiated, so it works; this request failed there.
+                    self.worked(i);
+                    return Err(NotOpened {
+                        code: ReplyCode::GENERAL_FAILURE,
+                        why: format!(
+                            "upstream {} closed the connection without a reply (ssh -D does \
+                             so for a target it cannot reach)",
+                            self.name(i)
+                        ),
                     });
                 }
                 Ok(Err(e)) => e.to_string(),

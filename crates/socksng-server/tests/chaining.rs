@@ -143,8 +143,11 @@ async fn connect_through_a_socksngd_upstream_over_tls_by_route() {
 async fn an_upstream_that_goes_down_is_passed_over_for_the_next() {
     within("failover", async move {
         let dir = scratch("failover");
-        let first = hop("127.0.0.4", "", &dir).await;
-        let second = hop("127.0.0.5", "", &dir).await;
+        // The upstreams take clients from the front's `external` address only: connections
+        // to upstreams leave from it too.
+        let only_front = "[access]\nclients = [\"127.0.0.6/32\"]\n";
+        let first = hop("127.0.0.4", only_front, &dir).await;
+        let second = hop("127.0.0.5", only_front, &dir).await;
         let target = source_reporter().await;
         let cfg = format!(
             "{}{}[[routes]]\nvia = [\"first\", \"second\"]\n[forwarding]\nretry_after = \"1h\"\n",
@@ -339,6 +342,43 @@ async fn udp_and_listen_go_through_a_socksngd_upstream_over_tls() {
         drop(listener);
         inner.stop().await;
         outer.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs OpenSSH (openssh-server, openssh-client); scripts/test-all runs it"]
+async fn an_upstream_that_closes_without_a_reply_is_not_taken_for_down() {
+    within("ssh_upstream_no_reply", async move {
+        let dir = scratch("ssh");
+        let env = socksng_testkit::subjects::Env::for_tests(dir.join("env"))
+            .await
+            .unwrap();
+        let (_subject, ssh, ssh_addr) = socksng_testkit::subjects::start_peer("ssh-d", &env)
+            .await
+            .expect("starting ssh -D");
+        let second = hop("127.0.0.11", "", &dir).await;
+        let target = source_reporter().await;
+        let cfg = format!(
+            "{}{}[[routes]]\nvia = [\"ssh\", \"second\"]\n[forwarding]\nretry_after = \"1h\"\n",
+            upstream("ssh", &format!("socks5h://{ssh_addr}"), ""),
+            upstream("second", &format!("socks5h://{}", second.addr), ""),
+        );
+        let front = hop("127.0.0.12", &cfg, &dir).await;
+        let c = client(front.addr);
+        // A closed port: ssh -D answers by closing the connection, without a reply.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let e = reach(&c, closed, b"x").await.unwrap_err();
+        assert_eq!(refusal(e), ReplyCode::GENERAL_FAILURE);
+        // ssh -D still takes the next request: it was not passed over for the second.
+        let seen = reach(&c, target, b"still ssh").await.unwrap();
+        assert_ne!(seen, "127.0.0.11".parse::<IpAddr>().unwrap());
+        front.stop().await;
+        second.stop().await;
+        ssh.stop().await;
     })
     .await;
 }
