@@ -49,7 +49,7 @@ async fn capabilities(mut conn: Handshaken, log: &mut SessionLog) {
         max_udp_payload: Some(MAX_UDP_PAYLOAD),
         token_lifetime: listens
             .then(|| cfg.ng.token_lifetime.as_secs().min(u64::from(u32::MAX)) as u32),
-        ranges: served_ranges(&conn.shared.cfg, conn.user.as_deref()),
+        ranges: ranges_for(&conn).await,
     };
     let mut block = Vec::with_capacity(128);
     if let Err(e) = caps.encode(&mut block) {
@@ -78,6 +78,27 @@ async fn capabilities(mut conn: Handshaken, log: &mut SessionLog) {
     log.end(OutcomeKind::Completed, Side::Client, done);
     // The block is the last message: a reset must not overtake it.
     crate::conn::linger_close(&mut conn.stream).await;
+}
+
+/// What this server announces to the client of `conn`: `[[ng.served]]` when configured; else,
+/// when a route sends all of the user's requests to upstreams, what the first of them that
+/// answers announces (asked with HOPS one above the request's); else what the rules allow.
+async fn ranges_for(conn: &Handshaken) -> Vec<ServedRange> {
+    let shared = &conn.shared;
+    let user = conn.user.as_deref();
+    if shared.cfg.ng.served.is_empty() {
+        if let Some(ways) = shared.upstreams.serving_everything(user) {
+            let hops = conn.hs.hops().saturating_add(1);
+            let limit = shared.cfg.timeouts.connect;
+            match shared.upstreams.announced(&ways, hops, limit).await {
+                Some(ranges) => return ranges,
+                None => tracing::info!(
+                    "no upstream announced its ranges: announcing what the rules allow"
+                ),
+            }
+        }
+    }
+    served_ranges(&shared.cfg, user)
 }
 
 /// The served ranges as draft-ietf-intarea-proxy-config JSON (a `proxies` entry for this

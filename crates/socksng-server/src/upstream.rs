@@ -8,6 +8,7 @@ use crate::config::{Config, DIRECT};
 use crate::policy::{Destination, Groups, Selector};
 use crate::stream::Plaintext;
 use socksng_client::{Client, ClientError, ProxyUrl, Transport};
+use socksng_proto::wire::ng::ServedRange;
 use socksng_proto::{Address, Command, Host, ReplyCode};
 use std::future::Future;
 use std::pin::Pin;
@@ -30,7 +31,12 @@ struct Upstream {
     url: ProxyUrl,
     /// Set while it is passed over after a failure.
     down_until: Mutex<Option<Instant>>,
+    /// The ranges it announced, and when it was asked.
+    announced: Mutex<Option<(Instant, Vec<ServedRange>)>>,
 }
+
+/// How long the ranges an upstream announced are taken as they were.
+const ANNOUNCED_FOR: Duration = Duration::from_secs(60);
 
 /// The upstreams and the routes to them.
 pub(crate) struct Upstreams {
@@ -78,6 +84,7 @@ impl Upstreams {
                     name: up.name.clone(),
                     url: cfg.upstream_url(up).ok()?,
                     down_until: Mutex::new(None),
+                    announced: Mutex::new(None),
                 })
             })
             .collect();
@@ -191,6 +198,52 @@ impl Upstreams {
         });
         let (up, down): (Vec<usize>, Vec<usize>) = leading.partition(|i| !self.is_down(*i, now));
         up.into_iter().chain(down).collect()
+    }
+
+    /// The upstreams every CONNECT of `user` goes to, when a route sends them all there (it
+    /// selects by user alone and does not list direct): what this server reaches for that
+    /// user is then what those upstreams reach.
+    pub(crate) fn serving_everything(&self, user: Option<&str>) -> Option<Vec<usize>> {
+        let (_, via) = self.routes.iter().find(|(selector, _)| {
+            selector.selects_without_destination(user, Command::Connect, &self.groups)
+        })?;
+        if via.contains(&Via::Direct) {
+            return None;
+        }
+        Some(self.ways_without_destination(user, Command::Connect))
+    }
+
+    /// The ranges the first of `ways` that answers announces (SOCKS-NG CAPABILITIES; a
+    /// plain SOCKS5 upstream announces none), asked at most once a minute per upstream.
+    pub(crate) async fn announced(
+        &self,
+        ways: &[usize],
+        hops: u8,
+        limit: Duration,
+    ) -> Option<Vec<ServedRange>> {
+        let now = Instant::now();
+        for &i in ways {
+            let cached = self.servers[i]
+                .announced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some((_, ranges)) = cached.filter(|(at, _)| now < *at + ANNOUNCED_FOR) {
+                return Some(ranges);
+            }
+        }
+        let (i, caps) = self
+            .first_working(ways, hops, limit, |client| async move {
+                client.capabilities().await
+            })
+            .await
+            .ok()?;
+        let mut cache = self.servers[i]
+            .announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *cache = Some((now, caps.ranges.clone()));
+        Some(caps.ranges)
     }
 
     /// Opens something through the upstreams in `ways`, the first that works, each attempt

@@ -282,7 +282,8 @@ async fn udp_and_listen_go_through_a_socksngd_upstream_over_tls() {
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         let password = "[auth]\nmethods = [\"password\"]\nusers_file = \"users\"\n";
         let outer_cfg = format!(
-            "external = [\"127.0.0.9\"]\n{password}{ALLOW_LOOPBACK}{}",
+            "external = [\"127.0.0.9\"]\n{password}{ALLOW_LOOPBACK}\
+             [[ng.served]]\nto = [\"10.9.0.0/16\"]\n{}",
             tls_section(&cert, &key, "")
         );
         let outer = TestServer::with_user("two-hops-outer", &outer_cfg).await;
@@ -301,6 +302,12 @@ async fn udp_and_listen_go_through_a_socksngd_upstream_over_tls() {
         let c = Client::new(
             ProxyUrl::parse(&format!("socks5h://alice:s3cret@{}", inner.addr)).unwrap(),
         );
+
+        // All of alice's requests go to the outer proxy: the inner one announces what the
+        // outer one does.
+        let caps = c.capabilities().await.unwrap();
+        let prefixes: Vec<_> = caps.ranges.iter().flat_map(|r| r.prefixes.clone()).collect();
+        assert_eq!(prefixes, vec![("10.9.0.0".parse::<IpAddr>().unwrap(), 16)]);
 
         // UDP over the stream, both hops: the target sees the outer hop's address.
         let udp_target = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
