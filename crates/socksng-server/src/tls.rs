@@ -343,7 +343,7 @@ pub(crate) async fn carry(
     let (tls_read, tls_write) = tokio::io::split(tls);
     let (inner_read, inner_write) = inner.into_split();
     let up = copy_half(tls_read, inner_write, Direction::Up);
-    let down = copy_half(inner_read, tls_write, Direction::Down(&link));
+    let down = copy_from_session(inner_read, tls_write, &link);
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     // Once the session has closed its end (and close_notify went out), a peer that neither
@@ -415,25 +415,59 @@ async fn copy_half(
     let mut buf = vec![0u8; PUMP_CHUNK];
     loop {
         match from.read(&mut buf).await {
-            Ok(0) => {
-                if let Direction::Down(link) = direction {
-                    if link.wants_reset() {
-                        return true;
-                    }
-                }
-                return to.shutdown().await.is_ok();
-            }
+            Ok(0) => return finish(&mut to, direction).await,
             Ok(n) => {
-                // Flushed at once: records rustls could not write would otherwise wait for
-                // the next chunk, which may never come before the peer answers.
-                if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
+                if !deliver(&mut to, &buf[..n]).await {
                     return false;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return to.shutdown().await.is_ok();
+                return finish(&mut to, direction).await;
             }
             Err(_) => return false,
         }
     }
+}
+
+/// The session-to-peer half of [`copy_half`]: the session's end is a socket, so this waits
+/// for it holding no buffer and borrows one from the relay's pool per chunk; an idle TLS
+/// connection holds only the peer-to-session buffer.
+async fn copy_from_session(
+    from: tokio::net::unix::OwnedReadHalf,
+    mut to: impl AsyncWrite + Unpin,
+    link: &TlsLink,
+) -> bool {
+    loop {
+        if from.readable().await.is_err() {
+            return false;
+        }
+        let mut held = crate::relay::PooledBuf::take();
+        let buf = held.bytes();
+        match from.try_read(buf) {
+            Ok(0) => return finish(&mut to, Direction::Down(link)).await,
+            Ok(n) => {
+                if !deliver(&mut to, &buf[..n]).await {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Writes one chunk, flushed at once: records rustls could not write would otherwise wait for
+/// the next chunk, which may never come before the peer answers.
+async fn deliver(to: &mut (impl AsyncWrite + Unpin), data: &[u8]) -> bool {
+    to.write_all(data).await.is_ok() && to.flush().await.is_ok()
+}
+
+/// At the source's EOF: half-closes the destination, unless the session asked for a reset.
+async fn finish(to: &mut (impl AsyncWrite + Unpin), direction: Direction<'_>) -> bool {
+    if let Direction::Down(link) = direction {
+        if link.wants_reset() {
+            return true;
+        }
+    }
+    to.shutdown().await.is_ok()
 }
