@@ -4,7 +4,7 @@
 use crate::cases::{Measure, Params};
 use crate::machine::{tcp_congestion, CpuWindow};
 use crate::procs::{sample_tree, Meter, TreeSample};
-use crate::socks::{io_error, open, step, Conn, Route, SocksError};
+use crate::socks::{io_error, open, plain, step, Conn, Route, SocksError};
 use crate::stats::percentile_sorted;
 use crate::targets::{Targets, BULK, ZEROS};
 use crate::zerocopy;
@@ -141,7 +141,7 @@ async fn transfer(mut s: Conn, up: bool, len: u64, limit: Duration) -> Result<u6
     step("data header", limit, s.write_all(&head)).await?;
     step("data header", limit, s.flush()).await?;
     // Zero-copy needs the bare socket: TLS bytes go through user space anyway.
-    if let Some(tcp) = s.plain().filter(|_| !zerocopy::copy_io()) {
+    if let Some(tcp) = plain(&s).filter(|_| !zerocopy::copy_io()) {
         if up {
             zerocopy::send_zeros(tcp, len, limit)
                 .await

@@ -408,6 +408,9 @@ pub struct UpstreamConfig {
 /// everything; the first route that matches decides); a request no route matches goes direct.
 /// A route with networks in `to` matches requests for addresses only: a named destination is
 /// resolved by whoever serves the route, never here to choose it.
+///
+/// The selecting fields repeat [`RuleConfig`]'s: serde cannot flatten a shared struct into one
+/// that denies unknown fields, and a misspelt key must stay an error.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
@@ -843,7 +846,7 @@ impl Config {
             }
             Err(_) => return None,
         };
-        let ip = crate::policy::canonical(ip);
+        let ip = ip.to_canonical();
         let this_host = || {
             ip.is_loopback()
                 || if_addrs::get_if_addrs()

@@ -7,11 +7,9 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Username and password for RFC 1929.
@@ -55,61 +53,16 @@ impl fmt::Debug for TlsRoute {
     }
 }
 
-/// A load-generator connection: plain TCP, or TLS to a proxy.
-pub enum Conn {
-    /// Plain TCP (direct, or to a plain proxy).
-    Tcp(TcpStream),
-    /// SOCKS over TLS.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+/// A load-generator connection: plain TCP (`Left`), or TLS to a proxy (`Right`).
+pub type Conn =
+    tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
-impl Conn {
-    /// The TCP connection, when nothing sits between it and the bytes (zero-copy I/O works).
-    pub fn plain(&self) -> Option<&TcpStream> {
-        match self {
-            Conn::Tcp(s) => Some(s),
-            Conn::Tls(_) => None,
-        }
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
+/// The TCP connection of `conn`, when nothing sits between it and the bytes (zero-copy I/O
+/// works).
+pub fn plain(conn: &Conn) -> Option<&TcpStream> {
+    match conn {
+        Conn::Left(s) => Some(s),
+        Conn::Right(_) => None,
     }
 }
 
@@ -335,15 +288,15 @@ pub async fn open(
     limit: Duration,
 ) -> Result<Conn, SocksError> {
     match route {
-        Route::Direct => Ok(Conn::Tcp(tcp_connect_from(src, target, limit).await?)),
+        Route::Direct => Ok(Conn::Left(tcp_connect_from(src, target, limit).await?)),
         Route::Proxy { addr, auth, tls } => {
             let tcp = tcp_connect_from(src, *addr, limit).await?;
             let mut s = match tls {
-                None => Conn::Tcp(tcp),
+                None => Conn::Left(tcp),
                 Some(t) => {
                     let connector = tokio_rustls::TlsConnector::from(t.config.clone());
                     let handshake = connector.connect(t.name.clone(), tcp);
-                    Conn::Tls(Box::new(step("tls handshake", limit, handshake).await?))
+                    Conn::Right(Box::new(step("tls handshake", limit, handshake).await?))
                 }
             };
             negotiate(&mut s, auth.as_ref(), limit).await?;
