@@ -154,14 +154,17 @@ impl ServerHandshake {
         }
     }
 
-    /// The reply code a SOCKS5 request answered with `code` actually gets: codes above X'08'
-    /// are SOCKS-NG's (draft section 3.2), so a plain SOCKS5 client, which may get one passed
-    /// back from an upstream, hears general failure instead. (A SOCKS4 client hears granted
-    /// or rejected whatever the code; the code stays the reason.)
+    /// The reply code a SOCKS5 request answered with `code` actually gets. Codes above X'08'
+    /// are SOCKS-NG's (draft section 3.2): a plain SOCKS5 client, which may get one passed
+    /// back from an upstream, hears general failure instead; a SOCKS-NG client hears only the
+    /// codes a reply may carry (not X'09' or X'0E', nor an unassigned one). (A SOCKS4 client
+    /// hears granted or rejected whatever the code; the code stays the reason.)
     pub fn code_as_sent(&self, code: ReplyCode) -> ReplyCode {
+        let valid_for_ng = matches!(code.0, 0x00..=0x08 | 0x0A..=0x0D | 0x0F);
         match self.state {
             State::RequestPending { socks4: true, .. } => code,
             _ if code.0 > 0x08 && !ng_selected(self.method) => ReplyCode::GENERAL_FAILURE,
+            _ if !valid_for_ng => ReplyCode::GENERAL_FAILURE,
             _ => code,
         }
     }
@@ -530,6 +533,40 @@ mod tests {
 
     fn connect_req() -> Vec<u8> {
         vec![5, 1, 0, 1, 127, 0, 0, 1, 0, 80]
+    }
+
+    /// The code a client hears: a plain SOCKS5 client never a SOCKS-NG code, a SOCKS-NG
+    /// client only the codes a reply may carry; what the server logs follows it.
+    #[test]
+    fn codes_passed_back_are_ones_the_client_may_hear() {
+        let mut plain = ServerHandshake::new(OPEN);
+        let (_, event, _) = drive(&mut plain, &[&[5, 1, 0][..], &connect_req()].concat(), 64);
+        assert!(matches!(event, Ok(Some(Event::Request(_)))));
+        for (code, heard) in [(0x02, 0x02), (0x08, 0x08), (0x0F, 0x01), (0x0A, 0x01)] {
+            assert_eq!(
+                plain.code_as_sent(ReplyCode(code)),
+                ReplyCode(heard),
+                "{code:#x}"
+            );
+        }
+        let mut ng = ServerHandshake::new(BOTH);
+        let hello = [5, 1, NG_METHOD, 1, 0, 0, 0];
+        let (_, event, _) = drive(&mut ng, &[&hello[..], &connect_req()].concat(), 64);
+        assert!(matches!(event, Ok(Some(Event::Request(_)))), "{event:?}");
+        for (code, heard) in [
+            (0x0F, 0x0F),
+            (0x0A, 0x0A),
+            (0x09, 0x01),
+            (0x0E, 0x01),
+            (0x5B, 0x01),
+            (0x10, 0x01),
+        ] {
+            assert_eq!(
+                ng.code_as_sent(ReplyCode(code)),
+                ReplyCode(heard),
+                "{code:#x}"
+            );
+        }
     }
 
     /// Feeds the input as a driver would, in chunks of `chunk` bytes, collecting events.

@@ -6,7 +6,7 @@
 use crate::conn::{allowed_addresses, Handshaken, SessionLog};
 use crate::dial::{canonical_addr, connect_racing, reply_code_for};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
-use crate::policy::Verdict;
+use crate::policy::{NameVerdict, Verdict};
 use crate::upstream::Via;
 use socksng_proto::{Address, Command, Host, ReplyCode};
 use tokio::time::timeout;
@@ -48,25 +48,10 @@ async fn through_upstream(
 ) {
     let shared = conn.shared.clone();
     let user = conn.user.clone();
-    // The policy judges what it can see here: an address, or a name by its name alone (the
-    // upstream resolves it, and applies its own policy to what it reaches).
-    let verdict = match &address.host {
-        Host::Ip(ip) => {
-            Some(
-                shared
-                    .policy
-                    .check(user.as_deref(), Command::Connect, None, *ip, address.port),
-            )
-        }
-        Host::Domain(name) => {
-            shared
-                .policy
-                .check_name(user.as_deref(), Command::Connect, name, address.port)
-        }
+    let address = match upstream_target(&shared, user.as_deref(), address).await {
+        Ok(a) => a,
+        Err(refusal) => return conn.refuse_with(log, refusal).await,
     };
-    if let Some(Verdict::Deny(why)) = verdict {
-        return conn.refuse(log, ReplyCode::NOT_ALLOWED, why).await;
-    }
     let hops = conn.hs.hops().saturating_add(1);
     let limit = shared.cfg.timeouts.connect;
     log.via = Some(shared.upstreams.names(upstreams));
@@ -108,6 +93,35 @@ async fn through_upstream(
             tokio::join!(relay, carry);
         }
         None => relay.await,
+    }
+}
+
+/// What to ask an upstream for, judged by the policy here as far as it can be: an address as
+/// always; a name by its name when the rules decide by name (the upstream resolves it); a name
+/// the rules decide by address is resolved here (on the bounded pool) and the first allowed
+/// address is asked for instead, so no rule by network is passed by with a name.
+async fn upstream_target(
+    shared: &crate::shared::Shared,
+    user: Option<&str>,
+    address: Address,
+) -> Result<Address, SessionOutcome> {
+    let port = address.port;
+    let verdict = match &address.host {
+        Host::Ip(ip) => match shared.policy.check(user, Command::Connect, None, *ip, port) {
+            Verdict::Allow => NameVerdict::Allow,
+            Verdict::Deny(why) => NameVerdict::Deny(why),
+        },
+        Host::Domain(name) => shared.policy.judge_name(user, Command::Connect, name, port),
+    };
+    match verdict {
+        NameVerdict::Allow => Ok(address),
+        NameVerdict::Deny(why) => Err(SessionOutcome::refused(ReplyCode::NOT_ALLOWED, why)),
+        NameVerdict::DependsOnAddress => {
+            let allowed = allowed_addresses(shared, user, Command::Connect, &address).await?;
+            allowed.first().map(|a| Address::ip(*a)).ok_or_else(|| {
+                SessionOutcome::refused(ReplyCode::NOT_ALLOWED, "no address allowed")
+            })
+        }
     }
 }
 

@@ -294,9 +294,32 @@ pub(crate) async fn listen(
         }
         (Incoming::Local(listener), announced)
     } else {
+        // This server's grants say who may listen at all, and which ports they may ask for,
+        // wherever the listener opens.
+        let grants = &shared.cfg.ng.ports;
+        let groups = &shared.cfg.groups;
+        if !may_listen(grants, groups, user.as_deref()) {
+            let why = "no port granted to this user";
+            return conn.refuse(log, ReplyCode::NOT_ALLOWED, why).await;
+        }
+        let mut port = address.port;
+        if port != 0 {
+            let refusal = match port_verdict(grants, groups, user.as_deref(), port) {
+                PortVerdict::Allowed => None,
+                PortVerdict::Reserved => Some((rep::PORT_RESERVED, "reserved")),
+                PortVerdict::NotAllowed => Some((ReplyCode::NOT_ALLOWED, "not granted")),
+            };
+            match refusal {
+                Some((code, why)) if exact => {
+                    return conn.refuse(log, code, format!("port {port} {why}")).await;
+                }
+                Some(_) => port = 0,
+                None => {}
+            }
+        }
         let hops = conn.hs.hops().saturating_add(1);
         let limit = shared.cfg.timeouts.connect;
-        let asked = SocketAddr::new(ip, address.port);
+        let asked = SocketAddr::new(ip, port);
         log.via = Some(shared.upstreams.names(&ways));
         let opened = shared
             .upstreams
@@ -318,7 +341,10 @@ pub(crate) async fn listen(
             let why = "the upstream announced its listener by name";
             return conn.refuse(log, ReplyCode::GENERAL_FAILURE, why).await;
         };
-        (Incoming::upstream(remote), announced)
+        (
+            Incoming::upstream(remote, shared.upstreams.drain),
+            announced,
+        )
     };
     let idle = shared.cfg.timeouts.idle;
     let grant = ListenerGrant {
@@ -379,7 +405,7 @@ impl Drop for Incoming {
 }
 
 impl Incoming {
-    fn upstream(mut remote: socksng_client::ProxyListener) -> Incoming {
+    fn upstream(mut remote: socksng_client::ProxyListener, drain: std::time::Duration) -> Incoming {
         let (tx, arrived) = mpsc::channel(4);
         let task = tokio::spawn(async move {
             loop {
@@ -388,7 +414,7 @@ impl Incoming {
                         let peer = peer
                             .socket_addr()
                             .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
-                        match crate::upstream::plaintext(proxied.into_inner()) {
+                        match crate::upstream::plaintext(proxied.into_inner(), drain) {
                             Ok((stream, carry)) => {
                                 // The TLS task runs on its own: the connection may wait
                                 // for its claim, then be relayed by another session.
@@ -431,10 +457,6 @@ impl Incoming {
                 None => Err("the upstream's listener ended".into()),
             },
         }
-    }
-
-    fn is_local(&self) -> bool {
-        matches!(self, Incoming::Local(_))
     }
 }
 
@@ -518,12 +540,10 @@ async fn serve_listener(
                         continue;
                     }
                 };
-                // Peers that came through an upstream were the upstream's to judge.
-                if cx.incoming.is_local() {
-                    if let Verdict::Deny(why) = cx.shared.policy.check(cx.user, Command::Bind, None, peer.ip(), peer.port()) {
-                        tracing::info!(from = %peer, %why, "LISTEN: incoming connection refused by policy");
-                        continue;
-                    }
+                // Through an upstream too: the rules here say who may reach this user.
+                if let Verdict::Deny(why) = cx.shared.policy.check(cx.user, Command::Bind, None, peer.ip(), peer.port()) {
+                    tracing::info!(from = %peer, %why, "LISTEN: incoming connection refused by policy");
+                    continue;
                 }
                 // Claims made while this task waited have freed their places.
                 machine.retain_unclaimed(|t| registry.is_pending(t));

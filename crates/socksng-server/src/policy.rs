@@ -31,6 +31,17 @@ pub enum Verdict {
     Deny(DenyReason),
 }
 
+/// What the rules say of a name before it is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameVerdict {
+    /// Allowed by name (a matching allow rule, or the default).
+    Allow,
+    /// Refused by name.
+    Deny(DenyReason),
+    /// A rule that matches by network comes first: only the addresses can tell.
+    DependsOnAddress,
+}
+
 /// Why a destination was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
@@ -129,10 +140,26 @@ impl Selector {
         cmd: Command,
         groups: &Groups,
     ) -> bool {
-        self.nets.is_empty()
-            && self.domains.is_empty()
-            && self.ports.is_empty()
-            && self.applies_to(user, cmd, 0, groups)
+        !self.names_destinations() && self.applies_to(user, cmd, 0, groups)
+    }
+
+    /// Whether it selects by destination (networks, domains or ports) at all.
+    pub(crate) fn names_destinations(&self) -> bool {
+        !(self.nets.is_empty() && self.domains.is_empty() && self.ports.is_empty())
+    }
+
+    /// Whether its users and commands include this request's, whatever the destination.
+    pub(crate) fn applies_to_any_destination(
+        &self,
+        user: Option<&str>,
+        cmd: Command,
+        groups: &Groups,
+    ) -> bool {
+        names_user(self.users.as_deref(), user, groups)
+            && self
+                .commands
+                .as_ref()
+                .is_none_or(|cs| cs.iter().any(|c| c.matches(cmd)))
     }
 
     fn applies_to(&self, user: Option<&str>, cmd: Command, port: u16, groups: &Groups) -> bool {
@@ -306,7 +333,8 @@ impl Policy {
     }
 
     /// Checks a named destination before resolving it: `Some(verdict)` when the name alone
-    /// decides (no DNS query is made for a denied name), `None` when it depends on the address.
+    /// decides (no DNS query is made for a denied name), `None` when it depends on the address
+    /// or is allowed so far (its addresses are checked after resolution).
     pub fn check_name(
         &self,
         user: Option<&str>,
@@ -314,6 +342,21 @@ impl Policy {
         name: &str,
         port: u16,
     ) -> Option<Verdict> {
+        match self.judge_name(user, cmd, name, port) {
+            NameVerdict::Deny(why) => Some(Verdict::Deny(why)),
+            NameVerdict::Allow | NameVerdict::DependsOnAddress => None,
+        }
+    }
+
+    /// What the rules say of a named destination without resolving it: allowed by name,
+    /// denied, or decided only by the addresses it resolves to.
+    pub fn judge_name(
+        &self,
+        user: Option<&str>,
+        cmd: Command,
+        name: &str,
+        port: u16,
+    ) -> NameVerdict {
         let dest = Destination {
             name: Some(name),
             ip: None,
@@ -325,18 +368,18 @@ impl Policy {
             }
             match rule.selector.matches_destination(&dest) {
                 Match::No => continue,
-                Match::DependsOnAddress => return None,
+                Match::DependsOnAddress => return NameVerdict::DependsOnAddress,
                 Match::Yes => {
                     return match rule.action {
-                        Action::Deny => Some(Verdict::Deny(DenyReason::Rule(i))),
-                        Action::Allow => None,
+                        Action::Deny => NameVerdict::Deny(DenyReason::Rule(i)),
+                        Action::Allow => NameVerdict::Allow,
                     }
                 }
             }
         }
         match self.default {
-            Action::Deny => Some(Verdict::Deny(DenyReason::Default)),
-            Action::Allow => None,
+            Action::Deny => NameVerdict::Deny(DenyReason::Default),
+            Action::Allow => NameVerdict::Allow,
         }
     }
 

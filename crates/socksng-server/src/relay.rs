@@ -270,6 +270,7 @@ impl<F: Ready, T: Ready> Direction<'_, F, T> {
             let bytes = buf.bytes();
             let room = bytes.len();
             let n = match read_drained(self.from, room, || self.from.try_read(bytes)) {
+                Ok(0) if self.from.failed_at_eof() => return Err(Failed::Reading),
                 Ok(0) => return self.half_close(),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -352,6 +353,7 @@ mod splice {
             let n = match d.from.try_io(Interest::READABLE, || {
                 splice(from_fd, pipe.write.as_raw_fd(), pipe.capacity)
             }) {
+                Ok(0) if d.from.failed_at_eof() => return Err(Failed::Reading),
                 Ok(0) => return d.half_close(),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -452,16 +454,29 @@ pub(crate) async fn relay(
         tokio::select! {
             r = &mut up_run, if !up_done => match r {
                 // One failing direction (a reset, say) ends both: the other may never see EOF.
-                Err(Failed::Reading) => return RelayEnd::Error(Side::Client),
-                Err(Failed::Writing) => return RelayEnd::Error(Side::Target),
+                // Both sides get a reset, so neither takes the cut stream for a whole one.
+                Err(failed) => {
+                    client.reset_on_close();
+                    target.reset_on_close();
+                    return RelayEnd::Error(match failed {
+                        Failed::Reading => Side::Client,
+                        Failed::Writing => Side::Target,
+                    });
+                }
                 Ok(()) => {
                     up_done = true;
                     activity.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
             },
             r = &mut down_run, if !down_done => match r {
-                Err(Failed::Reading) => return RelayEnd::Error(Side::Target),
-                Err(Failed::Writing) => return RelayEnd::Error(Side::Client),
+                Err(failed) => {
+                    client.reset_on_close();
+                    target.reset_on_close();
+                    return RelayEnd::Error(match failed {
+                        Failed::Reading => Side::Target,
+                        Failed::Writing => Side::Client,
+                    });
+                }
                 Ok(()) => {
                     down_done = true;
                     activity.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);

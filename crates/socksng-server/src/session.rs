@@ -110,7 +110,8 @@ pub(crate) async fn serve(
     let (tls_stream, cert_user) = accepted;
     origin.cert_user = cert_user;
     let tcp_fd = std::os::fd::AsRawFd::as_raw_fd(tls_stream.get_ref().0);
-    let (client, carry) = match crate::tls::bridge(tls_stream, tcp_fd) {
+    let drain = shared.cfg.timeouts.half_close;
+    let (client, carry) = match crate::tls::bridge(tls_stream, tcp_fd, drain) {
         Ok(pair) => pair,
         Err(e) => {
             let why = format!("socket pair for TLS: {e}");

@@ -26,6 +26,10 @@ pub(crate) struct TlsLink {
     /// Set by the TLS task: the client's connection failed (reset, broken TLS).
     gone: AtomicBool,
     gone_notify: Notify,
+    /// Set when the session has dropped its end: what the TLS task still carries, it carries
+    /// on a clock (or not at all when a reset was asked for).
+    ended: AtomicBool,
+    ended_notify: Notify,
 }
 
 impl TlsLink {
@@ -38,13 +42,37 @@ impl TlsLink {
         self.gone_notify.notify_waiters();
     }
 
+    fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
     async fn gone(&self) {
-        loop {
-            let notified = self.gone_notify.notified();
-            if self.gone.load(Ordering::Relaxed) {
-                return;
-            }
-            notified.await;
+        wait_for(&self.gone, &self.gone_notify).await
+    }
+
+    /// Completes once the session has dropped its end of the socket pair.
+    pub(crate) async fn session_ended(&self) {
+        wait_for(&self.ended, &self.ended_notify).await
+    }
+}
+
+/// Waits until `flag` is set; the setter sets it, then notifies.
+async fn wait_for(flag: &AtomicBool, notify: &Notify) {
+    loop {
+        let notified = notify.notified();
+        if flag.load(Ordering::Relaxed) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// The session's end of a TLS connection, as the session drops it.
+impl Drop for Plaintext {
+    fn drop(&mut self) {
+        if let Plaintext::Tls(_, link) = self {
+            link.ended.store(true, Ordering::Relaxed);
+            link.ended_notify.notify_waiters();
         }
     }
 }
@@ -66,6 +94,11 @@ pub(crate) trait Ready: AsFd {
     fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
     /// Makes the coming close reach the peer as a reset.
     fn reset_on_close(&self);
+    /// Whether an end of input just read was the peer failing rather than closing (a TLS
+    /// peer that reset or broke TLS: its task can only hand on an EOF).
+    fn failed_at_eof(&self) -> bool {
+        false
+    }
 }
 
 impl Ready for TcpStream {
@@ -125,6 +158,9 @@ impl Ready for Plaintext {
             Plaintext::Tcp(s) => s.reset_on_close(),
             Plaintext::Tls(_, link) => link.reset.store(true, Ordering::Relaxed),
         }
+    }
+    fn failed_at_eof(&self) -> bool {
+        matches!(self, Plaintext::Tls(_, link) if link.is_gone())
     }
 }
 

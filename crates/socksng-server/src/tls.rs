@@ -209,8 +209,14 @@ pub(crate) fn cert_user(cert: &CertificateDer<'_>, field: CertUserField) -> Opti
         CertUserField::Email => der::san_email(cert.as_ref())?,
     };
     // A user name travels in logs and rules: no control characters, and within the RFC 1929
-    // limit so that the same user can also log in with a password.
-    (!name.is_empty() && name.len() <= 255 && !name.chars().any(char::is_control)).then_some(name)
+    // limit so that the same user can also log in with a password. Names that rules read as
+    // a group ("@name") or as "any user" ("*") are no one's.
+    let usable = !name.is_empty()
+        && name.len() <= 255
+        && !name.chars().any(char::is_control)
+        && !name.starts_with('@')
+        && name != "*";
+    usable.then_some(name)
 }
 
 /// The two certificate fields webpki does not hand out, read from the DER: the subject's
@@ -332,24 +338,34 @@ const PUMP_CHUNK: usize = 16 * 1024;
 /// Carries one TLS connection until both directions are done: what the peer sends, decrypted,
 /// into `inner` (the session's socket pair end), and what the session writes, encrypted, back.
 /// A peer that resets or breaks TLS is reported through `link` and ends both directions at
-/// once; a session that asks for a reset gets one on the TCP connection `tcp_fd` (the TLS
-/// stream's own, which lives as long as `tls`).
+/// once. Once the session has dropped its end: a reset it asked for is sent at once on the
+/// TCP connection `tcp_fd` (the TLS stream's own, which lives as long as `tls`); otherwise
+/// what is left goes out within `drain` (zero: no limit), so a peer that stops reading cannot
+/// keep the task, uncounted, forever.
 pub(crate) async fn carry(
     tls: impl AsyncRead + AsyncWrite + Unpin,
     tcp_fd: std::os::fd::RawFd,
     inner: UnixStream,
     link: Arc<TlsLink>,
+    drain: std::time::Duration,
 ) {
+    let reset = || {
+        // SAFETY: the TLS stream, and with it the descriptor, lives until this function
+        // returns, and every caller of this closure returns right after it.
+        let tcp = unsafe { std::os::fd::BorrowedFd::borrow_raw(tcp_fd) };
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+    };
     let (tls_read, tls_write) = tokio::io::split(tls);
     let (inner_read, inner_write) = inner.into_split();
     let up = copy_half(tls_read, inner_write, Direction::Up);
     let down = copy_from_session(inner_read, tls_write, &link);
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
-    // Once the session has closed its end (and close_notify went out), a peer that neither
-    // closes nor sends gets this long before its connection is closed.
-    let linger = tokio::time::sleep(std::time::Duration::MAX);
-    tokio::pin!(linger);
+    let ended = link.session_ended();
+    tokio::pin!(up, down, ended);
+    let (mut up_done, mut down_done, mut session_ended) = (false, false, false);
+    // After the session's end: the drain deadline, then (once close_notify went out) a short
+    // wait for the peer to close, which it should do at once.
+    let deadline = tokio::time::sleep(std::time::Duration::MAX);
+    tokio::pin!(deadline);
     while !(up_done && down_done) {
         tokio::select! {
             ok = &mut up, if !up_done => {
@@ -364,22 +380,33 @@ pub(crate) async fn carry(
                     return;
                 }
                 if link.wants_reset() {
-                    // SAFETY: the TLS stream, and with it the descriptor, lives until this
-                    // function returns.
-                    let tcp = unsafe { std::os::fd::BorrowedFd::borrow_raw(tcp_fd) };
-                    let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
-                    return;
+                    return reset();
                 }
                 down_done = true;
-                linger.as_mut().reset(tokio::time::Instant::now() + PEER_LINGER);
+                deadline.as_mut().reset(tokio::time::Instant::now() + PEER_LINGER);
             }
-            _ = &mut linger => return,
+            () = &mut ended, if !session_ended => {
+                session_ended = true;
+                if link.wants_reset() {
+                    return reset();
+                }
+                if !down_done && !drain.is_zero() {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + drain);
+                }
+            }
+            () = &mut deadline => {
+                if !down_done {
+                    // What the session wrote did not all reach the peer: not a clean end.
+                    reset();
+                }
+                return;
+            }
         }
     }
 }
 
 /// How long a TLS peer may stay silent after the session has ended and said so.
-const PEER_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+const PEER_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Which way a half of the TLS connection carries bytes.
 enum Direction<'a> {
@@ -394,6 +421,7 @@ enum Direction<'a> {
 pub(crate) fn bridge(
     tls: impl AsyncRead + AsyncWrite + Unpin,
     tcp_fd: std::os::fd::RawFd,
+    drain: std::time::Duration,
 ) -> io::Result<(
     crate::stream::Plaintext,
     impl std::future::Future<Output = ()>,
@@ -401,7 +429,7 @@ pub(crate) fn bridge(
     let (session_end, tls_end) = UnixStream::pair()?;
     let link = Arc::new(TlsLink::default());
     let plaintext = crate::stream::Plaintext::Tls(session_end, link.clone());
-    Ok((plaintext, carry(tls, tcp_fd, tls_end, link)))
+    Ok((plaintext, carry(tls, tcp_fd, tls_end, link, drain)))
 }
 
 /// Copies until EOF, then half-closes the writer (a TLS close_notify toward the peer); false

@@ -14,7 +14,7 @@
 use crate::conn::{Handshaken, SessionLog};
 use crate::dial::{external_for, interleave, port_zero};
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
-use crate::policy::{canonical, Verdict};
+use crate::policy::{canonical, NameVerdict, Verdict};
 use crate::relay::{read_drained, IdleTimer, PooledBuf};
 use crate::shared::Shared;
 use crate::stream::{Plaintext, Ready};
@@ -216,18 +216,27 @@ impl UdpOutside {
     async fn send_upstream(&mut self, to: &Address, payload: &[u8]) -> Result<(), ReplyCode> {
         let user = self.user.as_deref();
         let policy = &self.shared.policy;
-        let verdict = match &to.host {
-            Host::Ip(ip) => Some(policy.check(user, Command::UdpAssociate, None, *ip, to.port)),
-            Host::Domain(name) => policy.check_name(user, Command::UdpAssociate, name, to.port),
+        let to = match &to.host {
+            Host::Ip(ip) => {
+                if policy.check(user, Command::UdpAssociate, None, *ip, to.port) != Verdict::Allow {
+                    return Err(ReplyCode::NOT_ALLOWED);
+                }
+                to.clone()
+            }
+            Host::Domain(name) => {
+                match policy.judge_name(user, Command::UdpAssociate, name, to.port) {
+                    NameVerdict::Allow => to.clone(),
+                    NameVerdict::Deny(_) => return Err(ReplyCode::NOT_ALLOWED),
+                    // A rule by network decides: resolved and judged here, sent by address.
+                    NameVerdict::DependsOnAddress => Address::ip(self.destination(to).await?),
+                }
+            }
         };
-        if let Some(Verdict::Deny(_)) = verdict {
-            return Err(ReplyCode::NOT_ALLOWED);
-        }
         let Some(up) = self.upstream.as_mut() else {
             return Err(ReplyCode::NETWORK_UNREACHABLE);
         };
         up.tx
-            .send_to(payload, to)
+            .send_to(payload, &to)
             .await
             .map_err(|_| ReplyCode::NETWORK_UNREACHABLE)
     }

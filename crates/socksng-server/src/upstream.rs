@@ -31,9 +31,12 @@ struct Upstream {
     url: ProxyUrl,
     /// Set while it is passed over after a failure.
     down_until: Mutex<Option<Instant>>,
-    /// The ranges it announced, and when it was asked.
-    announced: Mutex<Option<(Instant, Vec<ServedRange>)>>,
+    /// The ranges it announced (`None`: it announces none), and when it was asked.
+    announced: Mutex<Option<(Instant, Option<Vec<ServedRange>>)>>,
 }
+
+/// How long the probe of an upstream that failed a request may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long the ranges an upstream announced are taken as they were.
 const ANNOUNCED_FOR: Duration = Duration::from_secs(60);
@@ -46,6 +49,8 @@ pub(crate) struct Upstreams {
     retry_after: Duration,
     /// `external`: connections to upstreams leave from these too.
     sources: Vec<std::net::IpAddr>,
+    /// `timeouts.half_close`: how long a TLS upstream's task may drain after its session.
+    pub(crate) drain: Duration,
 }
 
 /// The TLS task of an upstream reached over TLS, to run beside the relay.
@@ -111,6 +116,7 @@ impl Upstreams {
             groups: cfg.groups.clone(),
             retry_after: cfg.forwarding.retry_after,
             sources: cfg.external.clone(),
+            drain: cfg.timeouts.half_close,
         }
     }
 
@@ -159,6 +165,13 @@ impl Upstreams {
         &self.servers[i].name
     }
 
+    /// Whether the upstream still takes TCP connections (a short probe).
+    async fn answers(&self, i: usize) -> bool {
+        let url = &self.servers[i].url;
+        let probe = tokio::net::TcpStream::connect((url.host.as_str(), url.port));
+        matches!(tokio::time::timeout(PROBE_LIMIT, probe).await, Ok(Ok(_)))
+    }
+
     fn failed(&self, i: usize, why: &str) {
         let server = &self.servers[i];
         let mut until = server.down_until.lock().unwrap_or_else(|p| p.into_inner());
@@ -204,10 +217,12 @@ impl Upstreams {
     /// selects by user alone and does not list direct): what this server reaches for that
     /// user is then what those upstreams reach.
     pub(crate) fn serving_everything(&self, user: Option<&str>) -> Option<Vec<usize>> {
-        let (_, via) = self.routes.iter().find(|(selector, _)| {
-            selector.selects_without_destination(user, Command::Connect, &self.groups)
+        // The first route that can take any of the user's CONNECTs decides; one that picks
+        // by destination means some go another way.
+        let (selector, via) = self.routes.iter().find(|(selector, _)| {
+            selector.applies_to_any_destination(user, Command::Connect, &self.groups)
         })?;
-        if via.contains(&Via::Direct) {
+        if selector.names_destinations() || via.contains(&Via::Direct) {
             return None;
         }
         Some(self.ways_without_destination(user, Command::Connect))
@@ -222,28 +237,30 @@ impl Upstreams {
         limit: Duration,
     ) -> Option<Vec<ServedRange>> {
         let now = Instant::now();
-        for &i in ways {
-            let cached = self.servers[i]
-                .announced
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            if let Some((_, ranges)) = cached.filter(|(at, _)| now < *at + ANNOUNCED_FOR) {
-                return Some(ranges);
-            }
+        let first = *ways.first()?;
+        let cached = self.servers[first]
+            .announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((_, ranges)) = cached.filter(|(at, _)| now < *at + ANNOUNCED_FOR) {
+            return ranges;
         }
-        let (i, caps) = self
+        // An upstream that cannot say (a plain SOCKS5 server) is not asked again for a while
+        // either: every CAPABILITIES here would otherwise cost a connection there.
+        let ranges = self
             .first_working(ways, hops, limit, |client| async move {
                 client.capabilities().await
             })
             .await
-            .ok()?;
-        let mut cache = self.servers[i]
+            .ok()
+            .map(|(_, caps)| caps.ranges);
+        let mut cache = self.servers[first]
             .announced
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        *cache = Some((now, caps.ranges.clone()));
-        Some(caps.ranges)
+        *cache = Some((now, ranges.clone()));
+        ranges
     }
 
     /// Opens something through the upstreams in `ways`, the first that works, each attempt
@@ -293,8 +310,49 @@ impl Upstreams {
                         ),
                     });
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {limit:?}"),
+                // Failures of the request, not of the upstream: it stays in.
+                Ok(Err(e @ (ClientError::Resolve { .. } | ClientError::BadTarget(_)))) => {
+                    return Err(NotOpened {
+                        code: ReplyCode::HOST_UNREACHABLE,
+                        why: format!("for upstream {}: {e}", self.name(i)),
+                    });
+                }
+                Ok(Err(ClientError::NotSupported(what))) => {
+                    self.worked(i);
+                    return Err(NotOpened {
+                        code: ReplyCode::COMMAND_NOT_SUPPORTED,
+                        why: format!("upstream {} does not support {what}", self.name(i)),
+                    });
+                }
+                // The upstream's TLS, login or protocol: it cannot serve anyone.
+                Ok(Err(
+                    e @ (ClientError::Tls(_)
+                    | ClientError::AuthFailed
+                    | ClientError::NoAcceptableMethod
+                    | ClientError::Protocol(_)),
+                )) => e.to_string(),
+                // A broken connection or no answer in time may be the request's (a target
+                // that does not answer the upstream either): only an upstream that no longer
+                // takes connections is taken for down.
+                Ok(Err(e)) => {
+                    let why = e.to_string();
+                    if self.answers(i).await {
+                        return Err(NotOpened {
+                            code: ReplyCode::GENERAL_FAILURE,
+                            why: format!("upstream {}: {why}", self.name(i)),
+                        });
+                    }
+                    why
+                }
+                Err(_) => {
+                    if self.answers(i).await {
+                        return Err(NotOpened {
+                            code: ReplyCode::TTL_EXPIRED,
+                            why: format!("upstream {}: no answer within {limit:?}", self.name(i)),
+                        });
+                    }
+                    format!("no answer within {limit:?}")
+                }
             };
             self.failed(i, &why);
             last = NotOpened {
@@ -322,7 +380,7 @@ impl Upstreams {
         let bound = proxied.bound().clone();
         let transport = proxied.into_inner();
         let peer = transport.peer_addr().ok();
-        match plaintext(transport) {
+        match plaintext(transport, self.drain) {
             Ok((stream, carry)) => Ok((
                 i,
                 Opened {
@@ -342,12 +400,15 @@ impl Upstreams {
 
 /// An upstream connection as the relay takes it; TLS goes through a socket pair, with the
 /// task that carries it.
-pub(crate) fn plaintext(transport: Transport) -> std::io::Result<(Plaintext, Option<Carry>)> {
+pub(crate) fn plaintext(
+    transport: Transport,
+    drain: Duration,
+) -> std::io::Result<(Plaintext, Option<Carry>)> {
     match transport {
         Transport::Tcp(tcp) => Ok((Plaintext::Tcp(tcp), None)),
         Transport::Tls(tls) => {
             let fd = std::os::fd::AsRawFd::as_raw_fd(tls.get_ref().0);
-            let (stream, carry) = crate::tls::bridge(tls, fd)?;
+            let (stream, carry) = crate::tls::bridge(tls, fd, drain)?;
             Ok((stream, Some(Box::pin(carry))))
         }
     }

@@ -278,23 +278,23 @@ async fn udp_and_listen_go_through_a_socksngd_upstream_over_tls() {
     within("udp_and_listen_through_upstream", async move {
         let dir = scratch("two-hops");
         let ca = Ca::new("chain CA");
-        let (cert, key) = ca.server_leaf(&["localhost"]).write(&dir, "outer");
+        let (cert, key) = ca.server_leaf(&["127.0.0.2"]).write(&dir, "outer");
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         let password = "[auth]\nmethods = [\"password\"]\nusers_file = \"users\"\n";
+        // The outer proxy on 127.0.0.2: a listener it opens is announced there.
         let outer_cfg = format!(
-            "external = [\"127.0.0.9\"]\n{password}{ALLOW_LOOPBACK}\
+            "listen = [\"127.0.0.2:0\"]\nexternal = [\"127.0.0.9\"]\n{password}{ALLOW_LOOPBACK}\
              [[ng.served]]\nto = [\"10.9.0.0/16\"]\n{}",
             tls_section(&cert, &key, "")
         );
         let outer = TestServer::with_user("two-hops-outer", &outer_cfg).await;
-        // Everything alice does goes through the outer proxy. The inner one grants her no port
-        // of its own (only bob's), so a listener she gets is the outer one's.
+        // Everything alice does goes through the outer proxy (the inner one, on 127.0.0.1,
+        // grants her ports as by default: its grants say who may listen at all).
         let inner_cfg = format!(
-            "external = [\"127.0.0.10\"]\n{password}{ALLOW_LOOPBACK}{}[[routes]]\nusers = [\"alice\"]\nvia = [\"isp\"]\n\
-             [[ng.ports]]\nports = [\"1024-65535\"]\nusers = [\"bob\"]\n",
+            "external = [\"127.0.0.10\"]\n{password}{ALLOW_LOOPBACK}{}[[routes]]\nusers = [\"alice\"]\nvia = [\"isp\"]\n",
             upstream(
                 "isp",
-                &format!("socks5s://alice:s3cret@localhost:{}", outer.addr.port()),
+                &format!("socks5s://alice:s3cret@127.0.0.2:{}", outer.addr.port()),
                 &format!("tls_ca = {:?}", dir.join("ca.pem").display().to_string()),
             ),
         );
@@ -331,6 +331,7 @@ async fn udp_and_listen_go_through_a_socksngd_upstream_over_tls() {
         let any = Address::ip("0.0.0.0:0".parse().unwrap());
         let mut listener = c.listen(0, false, 4, any).await.unwrap();
         let public = listener.local_addr().socket_addr().unwrap();
+        assert_eq!(public.ip(), "127.0.0.2".parse::<IpAddr>().unwrap(), "the outer proxy's");
         for i in 0..3u8 {
             let mut outside = tokio::net::TcpStream::connect(public).await.unwrap();
             let (s, peer) = listener.accept().await.unwrap();
@@ -386,6 +387,44 @@ async fn an_upstream_that_closes_without_a_reply_is_not_taken_for_down() {
         front.stop().await;
         second.stop().await;
         ssh.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_through_an_upstream_needs_a_grant_here_and_names_are_judged_by_the_rules() {
+    within("grants_and_rules_through_upstreams", async move {
+        let dir = scratch("grants");
+        let outer = hop("127.0.0.13", "", &dir).await;
+        // Everything goes to the outer proxy. Here anonymous clients have no port grant, and
+        // the rules decide by address: one target's port on 127.0.0.0/8 is denied.
+        let target = source_reporter().await;
+        let denied = source_reporter().await;
+        let cfg = format!(
+            "[access]\ndefault = \"deny\"\n[[rules]]\naction = \"deny\"\nto = [\"127.0.0.0/8\"]\n\
+             ports = [{}]\n{ALLOW_LOOPBACK}{}[[routes]]\nvia = [\"outer\"]\n",
+            denied.port(),
+            upstream("outer", &format!("socks5h://{}", outer.addr), "")
+        );
+        let front = TestServer::start_in(&format!("listen = [\"127.0.0.1:0\"]\n{cfg}"), &dir).await;
+        let c = client(front.addr);
+        let any = Address::ip("0.0.0.0:0".parse().unwrap());
+        let e = c.listen(0, false, 1, any).await.unwrap_err();
+        assert_eq!(
+            refusal(e),
+            ReplyCode::NOT_ALLOWED,
+            "no grant here, no listener there"
+        );
+        // Names the rules decide by address are resolved here and judged: localhost to the
+        // allowed port goes through, to the denied port it is refused here (the outer proxy
+        // would have taken it).
+        let allowed = Address::domain("localhost", target.port()).unwrap();
+        drop(c.connect(allowed).await.unwrap());
+        let refused = Address::domain("localhost", denied.port()).unwrap();
+        let e = c.connect(refused).await.unwrap_err();
+        assert_eq!(refusal(e), ReplyCode::NOT_ALLOWED);
+        front.stop().await;
+        outer.stop().await;
     })
     .await;
 }
