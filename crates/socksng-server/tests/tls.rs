@@ -318,3 +318,39 @@ async fn a_reloaded_certificate_serves_new_clients_while_a_session_runs_on() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_stops_reading_is_reset_when_its_relay_times_out() {
+    within("tls_client_stops_reading", async move {
+        let dir = scratch("stalled");
+        let (_ca, cert, key, ca_file) = pki(&dir);
+        let config = format!(
+            "[timeouts]\nidle = \"1s\"\n{ALLOW_LOOPBACK}{}",
+            tls_section(&cert, &key, "")
+        );
+        let server = TestServer::start_in(&config, &dir).await;
+        // A target that sends until it cannot.
+        let source = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let source_at = source.local_addr().unwrap();
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = source.accept().await {
+                let chunk = vec![0x42u8; 64 * 1024];
+                while s.write_all(&chunk).await.is_ok() {}
+            }
+        });
+        let c = tls_client(server.addr, "", &ca_file, None);
+        let stalled = c
+            .connect(Address::ip(source_at))
+            .await
+            .unwrap()
+            .into_inner();
+        // The client reads nothing: buffers fill, the relay goes idle, and its timeout must
+        // reach the client as a reset even though the TLS task is stuck writing to it.
+        let tcp = stalled.tcp();
+        tcp.ready(tokio::io::Interest::ERROR).await.unwrap();
+        let error = tcp.take_error().unwrap().expect("a socket error");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+        server.stop().await;
+    })
+    .await;
+}
