@@ -481,6 +481,15 @@ pub enum CertLogin {
     WithPassword,
 }
 
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served (OpenMetrics text); absent: no endpoint. Keep it on
+    /// loopback or a management network: it tells who uses the proxy how much.
+    pub listen: Option<SocketAddr>,
+}
+
 /// `[tls]`: SOCKS over TLS (docs/draft-socksng.md section 6.4).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -558,6 +567,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[forwarding]`.
     pub forwarding: ForwardingConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
     /// `[groups]`: group name to member user names. Rules and port grants name a group as
     /// `"@name"` in their `users` lists.
     pub groups: std::collections::HashMap<String, Vec<String>>,
@@ -591,6 +602,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             routes: Vec::new(),
             forwarding: ForwardingConfig::default(),
+            metrics: MetricsConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }

@@ -79,7 +79,18 @@ impl SessionLog {
         self.outcome = Some(SessionOutcome::new(kind, side, detail));
     }
 
+    /// Time since the connection was accepted.
+    pub(crate) fn age(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     fn emit(&self, outcome: &SessionOutcome) {
+        crate::metrics::metrics().session_ended(
+            self.command,
+            outcome.kind.as_str(),
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        );
         let target = self.target.as_ref().map(|t| t.to_string());
         let connected = self.connected.map(|c| c.to_string());
         // The target names the session line for log filters, wherever the code lives.

@@ -27,6 +27,7 @@ mod bind;
 mod conn;
 mod connect;
 mod listen;
+mod metrics;
 pub mod ng;
 mod server;
 mod session;

@@ -42,6 +42,7 @@ pub enum ServerError {
 pub struct Server {
     shared: Arc<Shared>,
     listeners: Vec<(TcpListener, Intake)>,
+    metrics: Option<TcpListener>,
 }
 
 /// Reads the TLS certificate and key again (for SIGHUP), while the server runs.
@@ -125,8 +126,19 @@ impl Server {
                 return Err(e);
             }
         }
+        let metrics = match cfg.metrics.listen {
+            Some(addr) => Some(
+                listen_socket(addr, Duration::ZERO)
+                    .map_err(|source| ServerError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared::new(cfg, users, handshake_config, tls));
-        Ok(Server { shared, listeners })
+        Ok(Server {
+            shared,
+            listeners,
+            metrics,
+        })
     }
 
     /// The bound addresses (useful when a port was 0): the plain listeners, then the TLS-only
@@ -136,6 +148,11 @@ impl Server {
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// Where the Prometheus endpoint listens, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The handle that reloads the TLS certificate while the server runs.
@@ -163,6 +180,15 @@ impl Server {
         let hard_stop = CancellationToken::new();
         let cut = Arc::new(AtomicUsize::new(0));
         let mut accept_loops = Vec::new();
+        if let Some(listener) = self.metrics {
+            if let Ok(a) = listener.local_addr() {
+                tracing::info!(metrics = %a, "serving Prometheus metrics at /metrics");
+            }
+            accept_loops.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                shutdown.clone(),
+            )));
+        }
         for (listener, intake) in self.listeners {
             if let Ok(a) = listener.local_addr() {
                 let tls = match intake {

@@ -170,6 +170,9 @@ async fn serve_client(
         Ok(Ok(x)) => x,
     };
     drop(handshake_slot);
+    crate::metrics::metrics()
+        .handshake_seconds
+        .observe(log.age().as_secs_f64());
     dispatch(conn, asked, &mut log).await;
 }
 
@@ -244,6 +247,9 @@ async fn handshake(
                     },
                 };
                 log.user = Some(name.clone());
+                if !ok {
+                    crate::metrics::metrics().auth_failures.inc();
+                }
                 let res = hs.auth_result(ok, &mut out);
                 stream
                     .write_all(&out)
@@ -365,6 +371,7 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
             return;
         }
     };
+    let _active = crate::metrics::metrics().session_started(log.command);
     match asked {
         Asked::Socks {
             command: Command::Connect,
