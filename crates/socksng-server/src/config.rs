@@ -743,6 +743,11 @@ impl Config {
             }
         }
         self.validate_forwarding()?;
+        if cfg!(not(feature = "metrics")) && self.metrics.listen.is_some() {
+            return invalid(
+                "`metrics.listen`: this socksngd was built without the `metrics` feature".into(),
+            );
+        }
         let all_listen: Vec<SocketAddr> = self.all_listen().collect();
         if let Some((a, b)) = overlapping_listens(&all_listen) {
             return invalid(if a == b {

@@ -353,9 +353,7 @@ pub(crate) async fn listen(
         idle: (!idle.is_zero()).then_some(idle),
     };
     if conn.succeed(log, announced).await {
-        let metrics = crate::metrics::metrics();
-        metrics.listeners.inc();
-        let _open = OpenListener(metrics);
+        let _open = crate::metrics::metrics().listener_opened();
         log.connected = Some(announced);
         let owner = Owner::of(user.as_deref(), conn.peer.ip());
         let ctx = ListenerCtx {
@@ -379,15 +377,6 @@ pub(crate) async fn listen(
     // The socket closes before the place is given back.
     drop(incoming);
     drop(slot);
-}
-
-/// Counts an open listener in the metrics until dropped.
-struct OpenListener(&'static crate::metrics::Metrics);
-
-impl Drop for OpenListener {
-    fn drop(&mut self) {
-        self.0.listeners.dec();
-    }
 }
 
 /// Where a listener's connections come from: its own socket, or a listener opened on an

@@ -180,6 +180,7 @@ impl Server {
         let hard_stop = CancellationToken::new();
         let cut = Arc::new(AtomicUsize::new(0));
         let mut accept_loops = Vec::new();
+        #[cfg(feature = "metrics")]
         if let Some(listener) = self.metrics {
             if let Ok(a) = listener.local_addr() {
                 tracing::info!(metrics = %a, "serving Prometheus metrics at /metrics");

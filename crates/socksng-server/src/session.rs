@@ -170,9 +170,7 @@ async fn serve_client(
         Ok(Ok(x)) => x,
     };
     drop(handshake_slot);
-    crate::metrics::metrics()
-        .handshake_seconds
-        .observe(log.age().as_secs_f64());
+    crate::metrics::metrics().handshake_done(log.age());
     dispatch(conn, asked, &mut log).await;
 }
 
@@ -248,7 +246,7 @@ async fn handshake(
                 };
                 log.user = Some(name.clone());
                 if !ok {
-                    crate::metrics::metrics().auth_failures.inc();
+                    crate::metrics::metrics().auth_failed();
                 }
                 let res = hs.auth_result(ok, &mut out);
                 stream
