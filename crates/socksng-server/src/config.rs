@@ -481,6 +481,15 @@ pub enum CertLogin {
     WithPassword,
 }
 
+/// `[admin]`: the control socket of the admin view.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// A Unix socket (created mode 0600) on which `socksngd sessions` and `socksngd kill ID`
+    /// reach the running server; relative to the config file's directory. Absent: none.
+    pub socket: Option<PathBuf>,
+}
+
 /// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -569,6 +578,8 @@ pub struct Config {
     pub forwarding: ForwardingConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
     /// `[groups]`: group name to member user names. Rules and port grants name a group as
     /// `"@name"` in their `users` lists.
     pub groups: std::collections::HashMap<String, Vec<String>>,
@@ -603,6 +614,7 @@ impl Default for Config {
             routes: Vec::new(),
             forwarding: ForwardingConfig::default(),
             metrics: MetricsConfig::default(),
+            admin: AdminConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }

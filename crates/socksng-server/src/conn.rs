@@ -26,8 +26,10 @@ pub(crate) struct SessionLog {
     /// How the session left: "direct", or the upstream it went through (the upstreams it
     /// tried, when none worked); unset when it never got that far.
     pub via: Option<String>,
-    pub up: AtomicU64,
-    pub down: AtomicU64,
+    pub up: Arc<AtomicU64>,
+    pub down: Arc<AtomicU64>,
+    /// The session's entry in the admin view, when it has one.
+    pub live: Option<Arc<crate::admin::LiveSession>>,
     /// How it ended; unset when it is dropped means it was cut at shutdown.
     pub outcome: Option<SessionOutcome>,
     started: Instant,
@@ -38,7 +40,11 @@ pub(crate) struct SessionLog {
 impl Drop for SessionLog {
     fn drop(&mut self) {
         let outcome = self.outcome.take().unwrap_or_else(|| {
-            SessionOutcome::new(OutcomeKind::Cut, Side::Internal, "cut at shutdown")
+            let why = match &self.live {
+                Some(live) if live.was_killed() => "ended by the administrator",
+                _ => "cut at shutdown",
+            };
+            SessionOutcome::new(OutcomeKind::Cut, Side::Internal, why)
         });
         self.emit(&outcome);
     }
@@ -59,8 +65,9 @@ impl SessionLog {
             target: None,
             connected: None,
             via: None,
-            up: AtomicU64::new(0),
-            down: AtomicU64::new(0),
+            up: Arc::default(),
+            down: Arc::default(),
+            live: None,
             outcome: None,
             started: Instant::now(),
         }

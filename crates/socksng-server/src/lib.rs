@@ -13,6 +13,7 @@
 //! - [`relay`]: the bidirectional TCP relay with half-close;
 //! - `session`, `bind`, `udp`: one connection's life, and the BIND and UDP ASSOCIATE commands.
 
+pub mod admin;
 mod admission;
 pub mod config;
 pub mod dial;

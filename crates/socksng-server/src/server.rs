@@ -33,6 +33,14 @@ pub enum ServerError {
     /// The users file is missing or broken.
     #[error(transparent)]
     Users(#[from] UsersError),
+    /// The admin control socket could not be made.
+    #[error("cannot make the admin socket {path}: {source}")]
+    Admin {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
     /// The TLS certificate, key or client CAs are missing or broken.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -43,6 +51,7 @@ pub struct Server {
     shared: Arc<Shared>,
     listeners: Vec<(TcpListener, Intake)>,
     metrics: Option<TcpListener>,
+    admin: Option<(tokio::net::UnixListener, std::path::PathBuf)>,
 }
 
 /// Reads the TLS certificate and key again (for SIGHUP), while the server runs.
@@ -133,11 +142,23 @@ impl Server {
             ),
             None => None,
         };
+        let admin = match &cfg.admin.socket {
+            Some(path) => {
+                let path = cfg.path(path);
+                let listener = crate::admin::bind(&path).map_err(|source| ServerError::Admin {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some((listener, path))
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared::new(cfg, users, handshake_config, tls));
         Ok(Server {
             shared,
             listeners,
             metrics,
+            admin,
         })
     }
 
@@ -180,6 +201,16 @@ impl Server {
         let hard_stop = CancellationToken::new();
         let cut = Arc::new(AtomicUsize::new(0));
         let mut accept_loops = Vec::new();
+        let mut admin_path = None;
+        if let Some((listener, path)) = self.admin {
+            tracing::info!(socket = %path.display(), "admin control socket ready");
+            admin_path = Some(path);
+            accept_loops.push(tokio::spawn(crate::admin::serve(
+                listener,
+                self.shared.clone(),
+                shutdown.clone(),
+            )));
+        }
         #[cfg(feature = "metrics")]
         if let Some(listener) = self.metrics {
             if let Ok(a) = listener.local_addr() {
@@ -233,6 +264,9 @@ impl Server {
             );
             hard_stop.cancel();
             tracker.wait().await;
+        }
+        if let Some(path) = admin_path {
+            let _ = std::fs::remove_file(path);
         }
         let cut = cut.load(Ordering::Relaxed);
         if cut > 0 {
@@ -309,22 +343,39 @@ async fn accept_loop(
         let cut = cut.clone();
         tracker.spawn(async move {
             let client_fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-            let mut serve =
-                std::pin::pin!(crate::session::serve(shared, stream, peer, slot, intake));
-            tokio::select! {
-                _ = &mut serve => {}
-                _ = hard_stop.cancelled() => {
+            let live = shared.live.add(crate::dial::canonical_addr(peer));
+            let registry = shared.clone();
+            // In a block of its own: the session (and its log line) is gone before its entry.
+            {
+                let mut serve = std::pin::pin!(crate::session::serve(
+                    shared,
+                    stream,
+                    peer,
+                    slot,
+                    intake,
+                    live.clone()
+                ));
+                // Closing with SO_LINGER 0 sends a reset: the client must not take a transfer
+                // cut here (at shutdown, or by the administrator) for one that ended. The
+                // session, dropped next (and still writing its log line), closes the
+                // descriptor.
+                let reset_client = || {
                     // SAFETY: the session owns the client stream from start to end, and the
-                    // session future is alive here (pinned above, dropped only when this task
-                    // ends), so the descriptor is still the client's.
+                    // session future is alive here (pinned above, dropped only at the end of
+                    // this block), so the descriptor is still the client's.
                     let client = unsafe { std::os::fd::BorrowedFd::borrow_raw(client_fd) };
-                    // Closing with SO_LINGER 0 sends a reset: the client must not take a
-                    // transfer cut here for one that ended. The session, dropped next (and
-                    // still writing its log line), closes the descriptor.
                     let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
-                    cut.fetch_add(1, Ordering::Relaxed);
+                };
+                tokio::select! {
+                    _ = &mut serve => {}
+                    _ = live.kill.cancelled() => reset_client(),
+                    _ = hard_stop.cancelled() => {
+                        reset_client();
+                        cut.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
+            registry.live.remove(live.id);
         });
     }
 }

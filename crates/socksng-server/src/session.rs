@@ -48,9 +48,13 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     handshake_slot: StageSlot,
     intake: Intake,
+    live: Arc<crate::admin::LiveSession>,
 ) {
     let peer = canonical_addr(peer);
     let mut log = SessionLog::new(peer);
+    log.up = live.up.clone();
+    log.down = live.down.clone();
+    log.live = Some(live);
     if !shared.policy.client_allowed(peer.ip()) {
         log.end(
             OutcomeKind::Refused,
@@ -340,6 +344,13 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
             log.target = Some(address.clone());
         }
         Asked::Ng(request) => log.command = crate::ng::command_name(request),
+    }
+    if let Some(live) = &log.live {
+        let target = log
+            .target
+            .as_ref()
+            .map_or_else(|| "-".into(), |t| t.to_string());
+        live.describe(conn.user.as_deref(), log.command, target);
     }
     let max_hops = conn.shared.cfg.forwarding.max_hops;
     if conn.hs.hops() >= max_hops {

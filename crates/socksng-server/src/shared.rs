@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub tls: Option<crate::tls::TlsService>,
     /// Upstream servers and the routes to them.
     pub upstreams: crate::upstream::Upstreams,
+    /// The running sessions, for the admin view.
+    pub live: crate::admin::Live,
 }
 
 /// Holds one of a user's concurrent-session slots until dropped.
@@ -69,6 +71,7 @@ impl Shared {
         Shared {
             tls,
             upstreams: crate::upstream::Upstreams::new(&cfg),
+            live: Default::default(),
             policy: Policy::new(&cfg),
             users,
             handshake_config,

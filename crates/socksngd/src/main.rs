@@ -51,6 +51,18 @@ enum Cmd {
         #[arg(long, value_name = "HOST:PORT")]
         proxy: Option<String>,
     },
+    /// List the running sessions of the server the configuration names, over its `[admin]`
+    /// control socket: id, user, client, command, target, bytes and age.
+    Sessions {
+        /// Print the server's JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a running session (its client gets a reset), by the id `sessions` shows.
+    Kill {
+        /// The session id.
+        id: u64,
+    },
     /// Add a user or change a password in a users file. The password is read from the
     /// terminal without echo, or as the first line of standard input.
     Passwd {
@@ -109,6 +121,23 @@ fn main() -> Result<()> {
             println!("configuration OK: listening on {}", list(&listen));
             Ok(())
         }
+        Cmd::Sessions { json } => {
+            let answer = admin_request(cli.config.as_deref(), "sessions")?;
+            if json {
+                print!("{answer}");
+            } else {
+                print_sessions(&answer)?;
+            }
+            Ok(())
+        }
+        Cmd::Kill { id } => {
+            let answer = admin_request(cli.config.as_deref(), &format!("kill {id}"))?;
+            print!("{answer}");
+            if answer.starts_with("error") || answer.starts_with("refused") {
+                bail!("{}", answer.trim());
+            }
+            Ok(())
+        }
         Cmd::Served { user, proxy } => {
             let cfg = load_config(cli.config.as_deref())?;
             let proxy = proxy.unwrap_or_else(|| {
@@ -136,6 +165,49 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Sends `request` to the control socket the configuration names.
+fn admin_request(config: Option<&Path>, request: &str) -> Result<String> {
+    let cfg = load_config(config)?;
+    let socket = cfg
+        .admin
+        .socket
+        .as_ref()
+        .map(|p| cfg.path(p))
+        .context("the configuration names no `[admin] socket`")?;
+    let answer = socksng_server::admin::request(&socket, request)
+        .with_context(|| format!("admin socket {}", socket.display()))?;
+    if answer.starts_with("refused") {
+        bail!("{}", answer.trim());
+    }
+    Ok(answer)
+}
+
+/// The server's JSON lines as a table.
+fn print_sessions(answer: &str) -> Result<()> {
+    println!(
+        "{:>6}  {:<12} {:<22} {:<12} {:<28} {:>12} {:>12} {:>6}",
+        "ID", "USER", "CLIENT", "COMMAND", "TARGET", "UP", "DOWN", "AGE"
+    );
+    for line in answer.lines().filter(|l| !l.is_empty()) {
+        let s: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("unexpected answer: {line}"))?;
+        let text = |k: &str| s[k].as_str().unwrap_or("-").to_owned();
+        let num = |k: &str| s[k].as_u64().unwrap_or(0);
+        println!(
+            "{:>6}  {:<12} {:<22} {:<12} {:<28} {:>12} {:>12} {:>5}s",
+            num("id"),
+            text("user"),
+            text("client"),
+            text("command"),
+            text("target"),
+            num("bytes_up"),
+            num("bytes_down"),
+            num("age_s"),
+        );
+    }
+    Ok(())
 }
 
 fn list(addrs: &[std::net::SocketAddr]) -> String {
