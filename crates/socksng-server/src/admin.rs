@@ -127,11 +127,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers control requests until `stop` fires: `sessions`, or `kill ID`. A peer running as
 /// another user than the server (root excepted) is refused, whatever the file mode says.
-pub(crate) async fn serve(
-    listener: UnixListener,
-    live: Arc<crate::shared::Shared>,
-    stop: CancellationToken,
-) {
+pub(crate) async fn serve(listener: UnixListener, live: Arc<Live>, stop: CancellationToken) {
     // SAFETY: geteuid has no preconditions.
     let own = unsafe { libc::geteuid() };
     loop {
@@ -142,7 +138,7 @@ pub(crate) async fn serve(
         let Ok((stream, _)) = accepted else {
             continue;
         };
-        let shared = live.clone();
+        let live = live.clone();
         tokio::spawn(async move {
             let allowed = stream
                 .peer_cred()
@@ -160,9 +156,9 @@ pub(crate) async fn serve(
                 return;
             }
             let answer = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-                ["sessions"] => shared.live.list(),
+                ["sessions"] => live.list(),
                 ["kill", id] => match id.parse::<u64>() {
-                    Ok(id) if shared.live.kill(id) => {
+                    Ok(id) if live.kill(id) => {
                         tracing::info!(session = id, "session ended by the administrator");
                         format!("ended session {id}\n")
                     }

@@ -207,7 +207,7 @@ impl Server {
             admin_path = Some(path);
             accept_loops.push(tokio::spawn(crate::admin::serve(
                 listener,
-                self.shared.clone(),
+                self.shared.live.clone(),
                 shutdown.clone(),
             )));
         }

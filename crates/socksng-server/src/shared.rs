@@ -33,7 +33,7 @@ pub(crate) struct Shared {
     /// Upstream servers and the routes to them.
     pub upstreams: crate::upstream::Upstreams,
     /// The running sessions, for the admin view.
-    pub live: crate::admin::Live,
+    pub live: Arc<crate::admin::Live>,
 }
 
 /// Holds one of a user's concurrent-session slots until dropped.
