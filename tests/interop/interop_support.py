@@ -242,6 +242,20 @@ class LogReader:
         self._thread.join(timeout)
 
 
+def terminate(proc):
+    """SIGTERM, a bounded wait, then SIGKILL. Returns the exit status (None if killed)."""
+    rc = proc.poll()
+    if rc is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+            rc = None
+    return rc
+
+
 def _parse_sockaddr(text):
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
@@ -290,15 +304,7 @@ class Proxy:
 
     def stop(self):
         """SIGTERM, a bounded wait, then SIGKILL. Returns the exit status (None if killed)."""
-        rc = self.proc.poll()
-        if rc is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
-                rc = None
+        rc = terminate(self.proc)
         self.log.join(STOP_TIMEOUT)
         if self.proc.stderr:
             self.proc.stderr.close()

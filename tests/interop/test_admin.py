@@ -4,7 +4,6 @@ line says who ended it; the socket is mode 0600 and another user cannot use it."
 
 import json
 import os
-import socket
 import stat
 import subprocess
 

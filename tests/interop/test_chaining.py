@@ -18,7 +18,6 @@ CI (scripts/test-all installs them), where a missing program is a failure.
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -43,6 +42,7 @@ from interop_support import (
     read_ready_line,
     run,
     sha256,
+    terminate,
     to_toml,
 )
 
@@ -150,14 +150,7 @@ class Child:
         self.log = None if stderr_path else LogReader(self.proc.stderr)
 
     def stop(self):
-        rc = self.proc.poll()
-        if rc is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
+        rc = terminate(self.proc)
         if self.log:
             self.log.join(STOP_TIMEOUT)
         for f in (self.proc.stdout, self.proc.stderr, self._err):

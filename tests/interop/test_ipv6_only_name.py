@@ -22,7 +22,6 @@ import pytest
 from interop_support import (
     CURL_PROXY_ERROR,
     PROC_TIMEOUT,
-    STOP_TIMEOUT,
     clean_env,
     curl,
     read_ready_line,
@@ -30,6 +29,7 @@ from interop_support import (
     sha256,
     quiet,
     sh,
+    terminate,
 )
 
 PROXY_IP6 = "fd00:5ca::1"
@@ -173,12 +173,7 @@ def v6only(tmp_path_factory):
         yield env
     finally:
         if target is not None:
-            target.terminate()
-            try:
-                target.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                target.kill()
-                target.wait(STOP_TIMEOUT)
+            terminate(target)
             target.stdout.close()
             target.stderr.close()
         quiet("ip", "netns", "del", env.proxy_ns)

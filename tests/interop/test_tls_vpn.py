@@ -50,7 +50,6 @@ from interop_support import (
     PASSWORD,
     PROC_TIMEOUT,
     SOCKSNGD,
-    STOP_TIMEOUT,
     USER,
     clean_env,
     curl,
@@ -61,6 +60,7 @@ from interop_support import (
     run,
     sh,
     sha256,
+    terminate,
 )
 
 SOCKSNG = Path(os.environ.get("SOCKSNG") or SOCKSNGD.with_name("socksng"))
@@ -258,13 +258,7 @@ class Piped:
         return self.proc.wait(timeout)
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
+        terminate(self.proc)
         for f in (self.proc.stdin, self.proc.stdout):
             if f and not f.closed:
                 try:
@@ -613,13 +607,7 @@ class Topology:
 
     def close(self):
         for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(STOP_TIMEOUT)
+            terminate(p)
             p.stdout.close()
             p.stderr.close()
         for ns in self.namespaces:

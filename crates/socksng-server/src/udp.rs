@@ -334,6 +334,22 @@ impl UdpOutside {
     }
 }
 
+/// The outside of a UDP command, with the way it leaves in the log; `None` once the client
+/// has been refused.
+async fn open_outside(conn: &mut Handshaken, log: &mut SessionLog) -> Option<UdpOutside> {
+    let hops = conn.hs.hops().saturating_add(1);
+    match UdpOutside::open(conn.shared.clone(), conn.user.clone(), hops).await {
+        Ok((outside, via)) => {
+            log.via = via;
+            Some(outside)
+        }
+        Err(refusal) => {
+            conn.refuse_with(log, refusal).await;
+            None
+        }
+    }
+}
+
 pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mut SessionLog) {
     let client_ip = conn.peer.ip();
     // The request names the client's own UDP source. Clients that misread the field put the
@@ -358,13 +374,9 @@ pub(crate) async fn associate(mut conn: Handshaken, requested: Address, log: &mu
         Ok(a) => a,
         Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,
     };
-    let hops = conn.hs.hops().saturating_add(1);
-    let (mut outside, via) =
-        match UdpOutside::open(conn.shared.clone(), conn.user.clone(), hops).await {
-            Ok(x) => x,
-            Err(refusal) => return conn.refuse_with(log, refusal).await,
-        };
-    log.via = via;
+    let Some(mut outside) = open_outside(&mut conn, log).await else {
+        return;
+    };
     if !conn.succeed(log, relay_addr).await {
         return;
     }
@@ -470,13 +482,9 @@ fn write_queued(
 /// queued towards a client that does not read are bounded by `ng.udp_tunnel_queue`; beyond it
 /// datagrams are dropped, as UDP would drop them.
 pub(crate) async fn tunnel(mut conn: Handshaken, log: &mut SessionLog) {
-    let hops = conn.hs.hops().saturating_add(1);
-    let (mut outside, via) =
-        match UdpOutside::open(conn.shared.clone(), conn.user.clone(), hops).await {
-            Ok(x) => x,
-            Err(refusal) => return conn.refuse_with(log, refusal).await,
-        };
-    log.via = via;
+    let Some(mut outside) = open_outside(&mut conn, log).await else {
+        return;
+    };
     if !conn
         .succeed(log, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
         .await

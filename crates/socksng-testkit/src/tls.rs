@@ -41,7 +41,6 @@ impl Ca {
     /// A leaf for `names` (host names or addresses), valid from January of `years.0` to
     /// January of `years.1`, for `usage`.
     pub fn leaf(&self, names: &[&str], years: (i32, i32), usage: ExtendedKeyUsagePurpose) -> Leaf {
-        let key = KeyPair::generate().expect("a key");
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("leaf params");
@@ -51,6 +50,12 @@ impl Ca {
         if let Some(first) = names.first() {
             params.distinguished_name.push(DnType::CommonName, *first);
         }
+        self.sign(params)
+    }
+
+    /// Signs `params` with a fresh key.
+    fn sign(&self, params: CertificateParams) -> Leaf {
+        let key = KeyPair::generate().expect("a key");
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .expect("a signed leaf");
@@ -73,7 +78,6 @@ impl Ca {
     /// A client certificate whose subject's common name is `cn` and whose only subject
     /// alternative name is the e-mail address `email`.
     pub fn client_leaf_with_email(&self, cn: &str, email: &str) -> Leaf {
-        let key = KeyPair::generate().expect("a key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2100, 1, 1);
@@ -82,13 +86,7 @@ impl Ca {
         params.subject_alt_names = vec![rcgen::SanType::Rfc822Name(
             email.try_into().expect("an e-mail address"),
         )];
-        let cert = params
-            .signed_by(&key, &self.cert, &self.key)
-            .expect("a signed leaf");
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
+        self.sign(params)
     }
 }
 
