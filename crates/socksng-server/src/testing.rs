@@ -96,6 +96,25 @@ impl Drop for TestServer {
     }
 }
 
+/// Writes `data` to `stream` and half-closes it while reading everything that comes back, to
+/// the end: what an echo (or any request/answer exchange) through a proxy returns.
+pub async fn exchange(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    data: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let (mut r, mut w) = tokio::io::split(stream);
+    let sent = data.to_vec();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await?;
+        w.shutdown().await
+    });
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await?;
+    writer.await.map_err(std::io::Error::other)??;
+    Ok(back)
+}
+
 /// A TCP echo server on `bind` (it echoes until EOF, then half-closes); returns its address.
 pub async fn echo_server(bind: &str) -> SocketAddr {
     let l = tokio::net::TcpListener::bind(bind).await.unwrap();

@@ -6,7 +6,7 @@
 //! (127.0.0.x), so the target tells by the source address which hop reached it.
 
 use socksng_client::{Address, Client, ClientError, ProxyUrl, ReplyCode};
-use socksng_server::testing::{within, TestServer};
+use socksng_server::testing::{exchange, within, TestServer};
 use socksng_server::Config;
 use socksng_testkit::tls::{tls_section, Ca};
 use std::net::{IpAddr, SocketAddr};
@@ -47,15 +47,7 @@ async fn source_reporter() -> SocketAddr {
 /// the source address the target saw.
 async fn reach(c: &Client, target: SocketAddr, data: &[u8]) -> Result<IpAddr, ClientError> {
     let s = c.connect(Address::ip(target)).await?.into_inner();
-    let (mut r, mut w) = tokio::io::split(s);
-    let sent = data.to_vec();
-    let writer = tokio::spawn(async move {
-        w.write_all(&sent).await.unwrap();
-        w.shutdown().await.unwrap();
-    });
-    let mut back = Vec::new();
-    r.read_to_end(&mut back).await?;
-    writer.await.unwrap();
+    let back = exchange(s, data).await?;
     let newline = back
         .iter()
         .position(|&b| b == b'\n')

@@ -5,7 +5,7 @@
 //! session keeps running.
 
 use socksng_client::{Address, Client, ClientError, ProxyUrl, ReplyCode, TlsSettings};
-use socksng_server::testing::{echo_server, within, TestServer};
+use socksng_server::testing::{echo_server, exchange, within, TestServer};
 use socksng_testkit::tls::{tls_section, Ca, Leaf};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,15 +54,7 @@ async fn echo(c: &Client, echo: SocketAddr, data: &[u8]) -> Result<bool, ClientE
     let s = c.connect(Address::ip(echo)).await?;
     let tls = s.into_inner();
     let was_tls = tls.is_tls();
-    let (mut r, mut w) = tokio::io::split(tls);
-    let sent = data.to_vec();
-    let writer = tokio::spawn(async move {
-        w.write_all(&sent).await.unwrap();
-        w.shutdown().await.unwrap();
-    });
-    let mut back = Vec::new();
-    r.read_to_end(&mut back).await?;
-    writer.await.unwrap();
+    let back = exchange(tls, data).await?;
     assert!(back == data, "{} bytes back of {}", back.len(), data.len());
     Ok(was_tls)
 }
