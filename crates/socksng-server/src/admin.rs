@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -21,24 +21,72 @@ pub(crate) struct LiveSession {
     started: Instant,
     /// User, command and target, once the handshake has told them.
     info: Mutex<(Option<String>, &'static str, String)>,
+    /// What a reload judges the session by again, once the handshake has told it.
+    request: Mutex<Option<Arc<Request>>>,
+    /// The session's service class, once known.
+    class: Mutex<Option<String>>,
+    /// The target (or incoming peer) it is connected to, once it is.
+    connected: Mutex<Option<SocketAddr>>,
     /// The session's byte counters (shared with its log line).
     pub up: Arc<AtomicU64>,
     pub down: Arc<AtomicU64>,
     /// Fired by `kill`; the task that runs the session resets it.
     pub kill: CancellationToken,
-    killed: AtomicBool,
+    /// Why it was ended from outside (the administrator, a reload's new rules).
+    killed: Mutex<Option<String>>,
+}
+
+/// A session's request as the rules judge it.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub user: Option<String>,
+    /// Logged in with a password from the users file (a reload that removes the user ends
+    /// the session when running sessions are re-checked).
+    pub password_login: bool,
+    /// The SOCKS command the rules know it as; `None` for requests no rule names
+    /// (capabilities).
+    pub command: Option<socksng_proto::Command>,
+    /// The destination as asked, for commands that have one.
+    pub target: Option<socksng_proto::Address>,
 }
 
 impl LiveSession {
     /// Records what the handshake said.
-    pub(crate) fn describe(&self, user: Option<&str>, command: &'static str, target: String) {
+    pub(crate) fn describe(&self, request: Request, command: &'static str, target: String) {
         let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
-        *info = (user.map(str::to_owned), command, target);
+        *info = (request.user.clone(), command, target);
+        *self.request.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(request));
     }
 
-    /// Whether an administrator ended it.
-    pub(crate) fn was_killed(&self) -> bool {
-        self.killed.load(Ordering::Relaxed)
+    /// Records the session's class.
+    pub(crate) fn set_class(&self, class: &str) {
+        *self.class.lock().unwrap_or_else(|p| p.into_inner()) = Some(class.to_owned());
+    }
+
+    /// Records the address it is connected to.
+    pub(crate) fn set_connected(&self, peer: SocketAddr) {
+        *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = Some(peer);
+    }
+
+    /// The address it is connected to, once it is.
+    pub(crate) fn connected(&self) -> Option<SocketAddr> {
+        *self.connected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The request, once the handshake has told it.
+    pub(crate) fn request(&self) -> Option<Arc<Request>> {
+        self.request.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Why it was ended from outside, if it was.
+    pub(crate) fn kill_reason(&self) -> Option<String> {
+        self.killed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Ends the session from outside, for `why`.
+    pub(crate) fn end(&self, why: impl Into<String>) {
+        *self.killed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.into());
+        self.kill.cancel();
     }
 }
 
@@ -58,10 +106,13 @@ impl Live {
             client,
             started: Instant::now(),
             info: Mutex::new((None, "-", "-".into())),
+            request: Mutex::new(None),
+            class: Mutex::new(None),
+            connected: Mutex::new(None),
             up: Arc::default(),
             down: Arc::default(),
             kill: CancellationToken::new(),
-            killed: AtomicBool::new(false),
+            killed: Mutex::new(None),
         });
         self.lock().insert(id, session.clone());
         session
@@ -69,6 +120,11 @@ impl Live {
 
     pub(crate) fn remove(&self, id: u64) {
         self.lock().remove(&id);
+    }
+
+    /// The running sessions, as they are now.
+    pub(crate) fn all(&self) -> Vec<Arc<LiveSession>> {
+        self.lock().values().cloned().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<LiveSession>>> {
@@ -80,12 +136,14 @@ impl Live {
         let mut out = String::new();
         for s in self.lock().values() {
             let (user, command, target) = s.info.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let class = s.class.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let line = serde_json::json!({
                 "id": s.id,
                 "client": s.client.to_string(),
                 "user": user,
                 "command": command,
                 "target": target,
+                "class": class,
                 "bytes_up": s.up.load(Ordering::Relaxed),
                 "bytes_down": s.down.load(Ordering::Relaxed),
                 "age_s": s.started.elapsed().as_secs(),
@@ -99,8 +157,7 @@ impl Live {
     fn kill(&self, id: u64) -> bool {
         match self.lock().get(&id) {
             Some(s) => {
-                s.killed.store(true, Ordering::Relaxed);
-                s.kill.cancel();
+                s.end("ended by the administrator");
                 true
             }
             None => false,

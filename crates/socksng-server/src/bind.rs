@@ -114,7 +114,7 @@ pub(crate) async fn bind(mut conn: Handshaken, expected: Address, log: &mut Sess
         }
     };
     drop(listener);
-    log.connected = Some(peer);
+    log.connected_to(peer);
     tune_stream(&peer_stream, shared.cfg.timeouts.tcp_keepalive);
     if !conn.succeed(log, peer).await {
         return;

@@ -490,6 +490,51 @@ pub struct AdminConfig {
     pub socket: Option<PathBuf>,
 }
 
+/// `[reload]`: what a reload (SIGHUP) does to sessions already running.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Judge running sessions again under the new configuration and end those it refuses (a
+    /// user removed, a client network or a destination no longer allowed). Off: running
+    /// sessions keep the rules they started with.
+    pub recheck_sessions: bool,
+}
+
+/// `[audit]`: the audit log (one JSON object per line; see `audit.rs` and the README).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The file records are appended to (created mode 0600, reopened on SIGUSR1 and SIGHUP
+    /// for log rotation); relative to the config file's directory.
+    pub file: Option<PathBuf>,
+    /// Send the records to syslog (facility authpriv, tag socksngd-audit) instead of a file.
+    pub syslog: bool,
+    /// Records waiting for the sink; beyond that they are dropped and counted (a `dropped`
+    /// record says how many), so a slow disk never slows a relay.
+    pub queue: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            file: None,
+            syslog: false,
+            queue: 8192,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Where the records go; `None` when there is no audit log.
+    pub fn sink(&self, base_dir: &Path) -> Option<crate::audit::Sink> {
+        match (&self.file, self.syslog) {
+            (_, true) => Some(crate::audit::Sink::Syslog),
+            (Some(f), false) => Some(crate::audit::Sink::File(base_dir.join(f))),
+            (None, false) => None,
+        }
+    }
+}
+
 /// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -500,7 +545,7 @@ pub struct MetricsConfig {
 }
 
 /// `[tls]`: SOCKS over TLS (docs/draft-socksng.md section 6.4).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first; read again on SIGHUP.
@@ -580,6 +625,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// `[audit]`.
+    pub audit: AuditConfig,
+    /// `[reload]`.
+    pub reload: ReloadConfig,
     /// `[groups]`: group name to member user names. Rules and port grants name a group as
     /// `"@name"` in their `users` lists.
     pub groups: std::collections::HashMap<String, Vec<String>>,
@@ -615,6 +664,8 @@ impl Default for Config {
             forwarding: ForwardingConfig::default(),
             metrics: MetricsConfig::default(),
             admin: AdminConfig::default(),
+            audit: AuditConfig::default(),
+            reload: ReloadConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -694,6 +745,9 @@ impl Config {
         }
         if self.all_listen().next().is_none() {
             return invalid("`listen` is empty: give at least one address".into());
+        }
+        if self.audit.file.is_some() && self.audit.syslog {
+            return invalid("`audit`: give `file` or `syslog = true`, not both".into());
         }
         if self.auth.methods.is_empty() {
             return invalid("`auth.methods` is empty: use \"none\", \"password\" or both".into());

@@ -32,7 +32,14 @@ pub(crate) struct SessionLog {
     pub live: Option<Arc<crate::admin::LiveSession>>,
     /// How it ended; unset when it is dropped means it was cut at shutdown.
     pub outcome: Option<SessionOutcome>,
+    /// Whether the client came over TLS.
+    pub tls: bool,
+    /// The session's service class, once known.
+    pub class: Option<String>,
+    /// Where the session's audit record goes.
+    pub audit: Option<Arc<crate::audit::Audit>>,
     started: Instant,
+    started_at: std::time::SystemTime,
 }
 
 /// The line is written when the session ends, however it ends: a session dropped at shutdown
@@ -40,9 +47,9 @@ pub(crate) struct SessionLog {
 impl Drop for SessionLog {
     fn drop(&mut self) {
         let outcome = self.outcome.take().unwrap_or_else(|| {
-            let why = match &self.live {
-                Some(live) if live.was_killed() => "ended by the administrator",
-                _ => "cut at shutdown",
+            let why = match self.live.as_ref().and_then(|l| l.kill_reason()) {
+                Some(why) => why,
+                None => "cut at shutdown".into(),
             };
             SessionOutcome::new(OutcomeKind::Cut, Side::Internal, why)
         });
@@ -51,8 +58,9 @@ impl Drop for SessionLog {
 }
 
 /// Logs a connection refused before it became a session (a limit was reached).
-pub(crate) fn log_refused(client: SocketAddr, why: &str) {
+pub(crate) fn log_refused(shared: &Shared, client: SocketAddr, why: &str) {
     let mut log = SessionLog::new(canonical_addr(client));
+    log.audit = shared.audit.clone();
     log.end(OutcomeKind::Refused, Side::Policy, why);
 }
 
@@ -69,7 +77,11 @@ impl SessionLog {
             down: Arc::default(),
             live: None,
             outcome: None,
+            tls: false,
+            class: None,
+            audit: None,
             started: Instant::now(),
+            started_at: std::time::SystemTime::now(),
         }
     }
 
@@ -79,6 +91,14 @@ impl SessionLog {
 
     pub(crate) fn add_down(&self, n: u64) {
         self.down.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records the address the session is connected to (the target, or the incoming peer).
+    pub(crate) fn connected_to(&mut self, peer: SocketAddr) {
+        self.connected = Some(peer);
+        if let Some(live) = &self.live {
+            live.set_connected(peer);
+        }
     }
 
     /// Records how the session ended.
@@ -91,6 +111,41 @@ impl SessionLog {
         self.started.elapsed()
     }
 
+    /// The session's id in the admin view and the audit log (0: it never had one).
+    pub(crate) fn id(&self) -> u64 {
+        self.live.as_ref().map_or(0, |l| l.id)
+    }
+
+    /// The audit record of the session.
+    fn audit_record(&self, outcome: &SessionOutcome) -> crate::audit::Record {
+        use crate::audit::Record;
+        // Who did it: the login, or for an anonymous client its address.
+        let who = match &self.user {
+            Some(u) => u.clone(),
+            None => self.client.ip().to_string(),
+        };
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        Record::new("session")
+            .with("session", self.id())
+            .with("start", crate::audit::rfc3339(self.started_at))
+            .with("duration_ms", duration_ms)
+            .with("user", who)
+            .with("authenticated", self.user.is_some())
+            .with("client", self.client.to_string())
+            .with("tls", self.tls)
+            .with("command", self.command)
+            .with("target", self.target.as_ref().map(|t| t.to_string()))
+            .with("connected", self.connected.map(|c| c.to_string()))
+            .with("via", self.via.clone())
+            .with("class", self.class.clone())
+            .with("bytes_up", self.up.load(Ordering::Relaxed))
+            .with("bytes_down", self.down.load(Ordering::Relaxed))
+            .with("outcome", outcome.kind.as_str())
+            .with("side", outcome.side.as_str())
+            .with("reply", outcome.reply.map(|c| c.0))
+            .with("detail", outcome.detail.clone())
+    }
+
     fn emit(&self, outcome: &SessionOutcome) {
         crate::metrics::metrics().session_ended(
             self.command,
@@ -98,6 +153,9 @@ impl SessionLog {
             self.up.load(Ordering::Relaxed),
             self.down.load(Ordering::Relaxed),
         );
+        if let Some(audit) = &self.audit {
+            audit.record(self.audit_record(outcome));
+        }
         let target = self.target.as_ref().map(|t| t.to_string());
         let connected = self.connected.map(|c| c.to_string());
         // The target names the session line for log filters, wherever the code lives.
@@ -131,6 +189,8 @@ pub(crate) struct Handshaken {
     /// Bytes the client sent after its request (pipelined data for the target).
     pub early_data: Vec<u8>,
     pub user: Option<String>,
+    /// The user logged in with a password (not by a certificate alone).
+    pub password_login: bool,
     pub peer: SocketAddr,
     pub shared: Arc<Shared>,
 }

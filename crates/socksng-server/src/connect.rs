@@ -171,7 +171,7 @@ async fn direct(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
         Ok(t) => t,
         Err(refusal) => return conn.refuse_with(log, refusal).await,
     };
-    log.connected = Some(used);
+    log.connected_to(used);
     let bound = match target.local_addr() {
         Ok(a) => canonical_addr(a),
         Err(e) => return conn.refuse(log, ReplyCode::GENERAL_FAILURE, e).await,

@@ -14,6 +14,7 @@
 //! - `session`, `bind`, `udp`: one connection's life, and the BIND and UDP ASSOCIATE commands.
 
 pub mod admin;
+pub mod audit;
 mod admission;
 pub mod config;
 pub mod dial;
@@ -40,6 +41,6 @@ mod udp;
 mod upstream;
 
 pub use config::Config;
-pub use server::{RunSummary, Server, ServerError, TlsReload};
+pub use server::{ReloadError, ReloadReport, RunSummary, Server, ServerError, ServerHandle};
 pub use tls::{check_tls, TlsError};
 pub use tokio_util::sync::CancellationToken;

@@ -15,7 +15,8 @@ use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::Verdict;
 use crate::shared::Shared;
 use crate::stream::Plaintext;
-use crate::tokens::{Owner, Pending};
+use crate::audit::Record;
+use crate::tokens::{token_id, Owner, Pending};
 use rand_core::RngCore;
 use socksng_proto::listener::{ListenerGrant, ServerListener, ServerListenerEvent};
 use socksng_proto::wire::ng::{rep, Token};
@@ -355,6 +356,15 @@ pub(crate) async fn listen(
     if conn.succeed(log, announced).await {
         let _open = crate::metrics::metrics().listener_opened();
         log.connected = Some(announced);
+        shared.audit(|| {
+            Record::new("listener-opened")
+                .with("session", log.id())
+                .with("listener", slot.id)
+                .with("user", user.clone())
+                .with("client", conn.peer.to_string())
+                .with("address", announced.to_string())
+                .with("via", log.via.clone())
+        });
         let owner = Owner::of(user.as_deref(), conn.peer.ip());
         let ctx = ListenerCtx {
             shared: &shared,
@@ -499,7 +509,16 @@ async fn serve_listener(
         while let Some(event) = machine.poll_event() {
             match event {
                 ServerListenerEvent::Refused(token) | ServerListenerEvent::Expired(token) => {
+                    let event = match event {
+                        ServerListenerEvent::Refused(_) => "token-refused",
+                        _ => "token-expired",
+                    };
                     registry.remove_for(&token, cx.id);
+                    cx.shared.audit(|| {
+                        Record::new(event)
+                            .with("listener", cx.id)
+                            .with("token", token_id(&token))
+                    });
                 }
                 ServerListenerEvent::Close { reason, why } => {
                     // CLOSING's reason says whose doing the end was.
@@ -544,6 +563,12 @@ async fn serve_listener(
                 // Through an upstream too: the rules here say who may reach this user.
                 if let Verdict::Deny(why) = cx.shared.policy.check(cx.user, Command::Bind, None, peer.ip(), peer.port()) {
                     tracing::info!(from = %peer, %why, "LISTEN: incoming connection refused by policy");
+                    cx.shared.audit(|| {
+                        Record::new("incoming-refused")
+                            .with("listener", cx.id)
+                            .with("peer", peer.to_string())
+                            .with("reason", why.to_string())
+                    });
                     continue;
                 }
                 // Claims made while this task waited have freed their places.
@@ -560,6 +585,12 @@ async fn serve_listener(
                 registry.insert(token, Pending { owner: cx.owner.clone(), listener: cx.id, peer, tls: control.is_tls(), handoff });
                 tokio::spawn(hold_until_claimed(stream, token, cx.id, cx.shared.clone(), claimed, gone_tx.clone()));
                 machine.announce(token, Address::ip(peer), now());
+                cx.shared.audit(|| {
+                    Record::new("token-announced")
+                        .with("listener", cx.id)
+                        .with("token", token_id(&token))
+                        .with("peer", peer.to_string())
+                });
             }
             r = control.read(&mut chunk) => match r {
                 Ok(0) => break SessionOutcome::new(OutcomeKind::Completed, Side::Client, "control connection closed"),
@@ -637,7 +668,12 @@ async fn peek(stream: &Plaintext, byte: &mut [u8]) -> io::Result<usize> {
 pub(crate) async fn accept(mut conn: Handshaken, token: Token, log: &mut SessionLog) {
     let shared = conn.shared.clone();
     let claimant = Owner::of(conn.user.as_deref(), conn.peer.ip());
-    let Some((handoff, peer)) = shared
+    let Some(Pending {
+        handoff,
+        peer,
+        listener,
+        ..
+    }) = shared
         .listeners
         .claim(&token, &claimant, conn.stream.is_tls())
     else {
@@ -645,6 +681,15 @@ pub(crate) async fn accept(mut conn: Handshaken, token: Token, log: &mut Session
             .refuse(log, rep::TOKEN_NOT_VALID, "token not valid")
             .await;
     };
+    shared.audit(|| {
+        Record::new("token-claimed")
+            .with("session", log.id())
+            .with("listener", listener)
+            .with("token", token_id(&token))
+            .with("user", conn.user.clone())
+            .with("client", conn.peer.to_string())
+            .with("peer", peer.to_string())
+    });
     let (reply, incoming) = oneshot::channel();
     let incoming = match handoff.send(reply) {
         Ok(()) => incoming.await.ok(),
@@ -655,7 +700,7 @@ pub(crate) async fn accept(mut conn: Handshaken, token: Token, log: &mut Session
         return conn.refuse(log, rep::TOKEN_NOT_VALID, why).await;
     };
     log.target = Some(Address::ip(peer));
-    log.connected = Some(peer);
+    log.connected_to(peer);
     if !conn.succeed(log, peer).await {
         return;
     }

@@ -21,6 +21,17 @@ pub(crate) fn command_name(request: &NgRequest) -> &'static str {
     }
 }
 
+/// The SOCKS command the rules judge a SOCKS-NG request as (LISTEN and ACCEPT as BIND, the UDP
+/// tunnel as UDP ASSOCIATE); none for CAPABILITIES.
+pub(crate) fn rule_command(request: &NgRequest) -> Option<socksng_proto::Command> {
+    use socksng_proto::Command;
+    match request {
+        NgRequest::Capabilities => None,
+        NgRequest::Listen { .. } | NgRequest::Accept { .. } => Some(Command::Bind),
+        NgRequest::UdpTunnel => Some(Command::UdpAssociate),
+    }
+}
+
 pub(crate) async fn serve(conn: Handshaken, request: NgRequest, log: &mut SessionLog) {
     match request {
         NgRequest::Capabilities => capabilities(conn, log).await,

@@ -5,10 +5,9 @@
 use crate::admission::StageSlot;
 use crate::config::Config;
 use crate::session::Intake;
-use crate::shared::Shared;
+use crate::shared::{Current, Shared};
 use crate::users::{UserDb, UsersError};
 use socket2::{Domain, Protocol, Socket, Type};
-use socksng_proto::HandshakeConfig;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,31 +43,184 @@ pub enum ServerError {
     /// The TLS certificate, key or client CAs are missing or broken.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The audit log's writer could not start.
+    #[error("cannot start the audit log: {0}")]
+    Audit(io::Error),
+}
+
+/// Why a reload was refused (the configuration in force stays).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The users file is missing or broken.
+    #[error(transparent)]
+    Users(#[from] UsersError),
 }
 
 /// A server with its sockets bound, ready to [`Server::run`].
 pub struct Server {
-    shared: Arc<Shared>,
+    current: Arc<Current>,
     listeners: Vec<(TcpListener, Intake)>,
     metrics: Option<TcpListener>,
     admin: Option<(tokio::net::UnixListener, std::path::PathBuf)>,
 }
 
-/// Reads the TLS certificate and key again (for SIGHUP), while the server runs.
+/// Changes a running server: a new configuration, the TLS certificate read again, the audit
+/// log reopened (for SIGHUP and SIGUSR1).
 #[derive(Clone)]
-pub struct TlsReload {
-    shared: Arc<Shared>,
+pub struct ServerHandle {
+    current: Arc<Current>,
 }
 
-impl TlsReload {
+/// What a reload did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ReloadReport {
+    /// Settings that changed but keep their old value until a restart (listen addresses,
+    /// the server-wide admission limits and pools, the endpoints, the audit sink).
+    pub needs_restart: Vec<&'static str>,
+    /// Running sessions the new rules refuse, ended (with `reload.recheck_sessions`).
+    pub sessions_ended: usize,
+}
+
+impl ServerHandle {
     /// New TLS handshakes use the certificate and key as the files now hold them; running
     /// sessions are untouched. On error the old pair stays in force. Without TLS configured
     /// this does nothing.
-    pub fn reload(&self) -> Result<bool, crate::tls::TlsError> {
-        match &self.shared.tls {
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
+        match &self.current.get().tls {
             Some(tls) => tls.reload().map(|()| true),
             None => Ok(false),
         }
+    }
+
+    /// Puts `cfg` (already validated) in force for new sessions: users and passwords, rules,
+    /// routes, classes and per-user limits, and the TLS certificate. Sessions already running
+    /// keep the rules they started with, unless `cfg.reload.recheck_sessions` asks for them
+    /// to be judged again: those the new rules refuse are ended (and audited as such). On
+    /// error nothing changes.
+    pub fn reload(&self, cfg: Config) -> Result<ReloadReport, ReloadError> {
+        let old = self.current.get();
+        let users = load_users(&cfg)?;
+        if let Some(tls) = &old.tls {
+            // The pair is read again; a broken one leaves the old one (and says so).
+            if let Err(e) = tls.reload() {
+                tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in force");
+            }
+        }
+        let report = ReloadReport {
+            needs_restart: restart_only_changes(&old.cfg, &cfg),
+            sessions_ended: 0,
+        };
+        let judge_running = cfg.reload.recheck_sessions;
+        let new = Arc::new(old.reloaded(cfg, users));
+        self.current.set(new.clone());
+        let sessions_ended = if judge_running {
+            recheck(&new)
+        } else {
+            0
+        };
+        Ok(ReloadReport {
+            sessions_ended,
+            ..report
+        })
+    }
+
+    /// Has the audit log reopen its file before the next record (log rotation).
+    pub fn reopen_audit(&self) {
+        if let Some(audit) = &self.current.get().audit {
+            audit.reopen();
+        }
+    }
+}
+
+/// Judges the running sessions again under `shared`'s rules and ends those it refuses.
+/// Sessions still in their handshake finish it under the rules they started with.
+fn recheck(shared: &Shared) -> usize {
+    let mut ended = 0;
+    for session in shared.live.all() {
+        let Some(request) = session.request() else {
+            continue;
+        };
+        if let Some(why) = refusal(shared, &session, &request) {
+            tracing::info!(session = session.id, %why, "reload: ending a running session the new rules refuse");
+            session.end(format!("refused by the reloaded configuration: {why}"));
+            ended += 1;
+        }
+    }
+    ended
+}
+
+/// Why the rules of `shared` refuse a running session, if they do.
+fn refusal(
+    shared: &Shared,
+    session: &crate::admin::LiveSession,
+    request: &crate::admin::Request,
+) -> Option<String> {
+    use crate::policy::Verdict;
+    if !shared.policy.client_allowed(session.client.ip()) {
+        return Some("client network not allowed".into());
+    }
+    let user = request.user.as_deref();
+    if let (Some(name), true) = (user, request.password_login) {
+        if !shared.users.as_ref().is_some_and(|db| db.contains(name)) {
+            return Some(format!("user {name} no longer exists"));
+        }
+    }
+    let command = request.command?;
+    if let Some(socksng_proto::Address {
+        host: socksng_proto::Host::Domain(name),
+        port,
+    }) = &request.target
+    {
+        if let Some(Verdict::Deny(why)) = shared.policy.check_name(user, command, name.as_str(), *port) {
+            return Some(why.to_string());
+        }
+    }
+    let name = match &request.target {
+        Some(socksng_proto::Address {
+            host: socksng_proto::Host::Domain(name),
+            ..
+        }) => Some(name.as_str()),
+        _ => None,
+    };
+    let peer = session.connected().or_else(|| match &request.target {
+        Some(socksng_proto::Address {
+            host: socksng_proto::Host::Ip(ip),
+            port,
+        }) => Some(SocketAddr::new(*ip, *port)),
+        _ => None,
+    })?;
+    match shared.policy.check(user, command, name, peer.ip(), peer.port()) {
+        Verdict::Deny(why) => Some(why.to_string()),
+        Verdict::Allow => None,
+    }
+}
+
+/// The settings a reload cannot change, by name, where `new` differs from `old`.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.limits, &new.limits);
+    let checks: [(&'static str, bool); 12] = [
+        ("listen", old.listen != new.listen),
+        ("tls", old.tls != new.tls),
+        ("workers", old.workers != new.workers),
+        ("metrics.listen", old.metrics.listen != new.metrics.listen),
+        ("admin.socket", old.admin.socket != new.admin.socket),
+        ("audit", old.audit != new.audit),
+        ("limits.max_sessions", o.max_sessions != n.max_sessions || o.max_sessions_per_address != n.max_sessions_per_address),
+        ("limits.max_handshakes", o.max_handshakes != n.max_handshakes || o.max_handshakes_per_address != n.max_handshakes_per_address),
+        ("limits.password_checks", o.password_checks != n.password_checks || o.password_queue != n.password_queue),
+        ("limits.login_failures", o.login_failures_burst != n.login_failures_burst || o.login_failures_per_minute != n.login_failures_per_minute),
+        ("limits.lookups", o.lookups != n.lookups),
+        ("log_file", old.log_file != new.log_file || old.log_level != new.log_level),
+    ];
+    checks.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect()
+}
+
+fn load_users(cfg: &Config) -> Result<Option<Arc<UserDb>>, UsersError> {
+    match cfg.users_file() {
+        Some(path) if cfg.accepts_password() => Ok(Some(Arc::new(UserDb::load(&path)?))),
+        _ => Ok(None),
     }
 }
 
@@ -91,16 +243,7 @@ impl Server {
     /// Loads the users file, builds the policy and binds every listen address. Must be called
     /// within a tokio runtime.
     pub fn bind(cfg: Config) -> Result<Server, ServerError> {
-        let users = match cfg.users_file() {
-            Some(path) if cfg.accepts_password() => Some(Arc::new(UserDb::load(&path)?)),
-            _ => None,
-        };
-        let handshake_config = HandshakeConfig {
-            no_auth: cfg.accepts_no_auth(),
-            username_password: cfg.accepts_password(),
-            socks4: cfg.auth.socks4,
-            ng: cfg.ng.enabled,
-        };
+        let users = load_users(&cfg)?;
         let tls = match &cfg.tls {
             Some(t) => Some(crate::tls::TlsService::new(t, &cfg.base_dir)?),
             None => None,
@@ -153,9 +296,15 @@ impl Server {
             }
             None => None,
         };
-        let shared = Arc::new(Shared::new(cfg, users, handshake_config, tls));
+        let audit = match cfg.audit.sink(&cfg.base_dir) {
+            Some(sink) => {
+                Some(crate::audit::Audit::start(sink, cfg.audit.queue).map_err(ServerError::Audit)?)
+            }
+            None => None,
+        };
+        let shared = Shared::new(cfg, users, tls, audit);
         Ok(Server {
-            shared,
+            current: Arc::new(Current::new(shared)),
             listeners,
             metrics,
             admin,
@@ -176,10 +325,10 @@ impl Server {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The handle that reloads the TLS certificate while the server runs.
-    pub fn tls_reload(&self) -> TlsReload {
-        TlsReload {
-            shared: self.shared.clone(),
+    /// The handle that changes the server while it runs (reload, audit log reopening).
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            current: self.current.clone(),
         }
     }
 
@@ -197,6 +346,7 @@ impl Server {
         shutdown: CancellationToken,
         cut_now: CancellationToken,
     ) -> RunSummary {
+        let shared = self.current.get();
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         let cut = Arc::new(AtomicUsize::new(0));
@@ -207,7 +357,7 @@ impl Server {
             admin_path = Some(path);
             accept_loops.push(tokio::spawn(crate::admin::serve(
                 listener,
-                self.shared.live.clone(),
+                shared.live.clone(),
                 shutdown.clone(),
             )));
         }
@@ -234,7 +384,7 @@ impl Server {
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
                 intake,
-                self.shared.clone(),
+                self.current.clone(),
                 shutdown.clone(),
                 hard_stop.clone(),
                 tracker.clone(),
@@ -246,7 +396,7 @@ impl Server {
             let _ = l.await;
         }
         // Only sessions are tracked, so this count is exact.
-        let grace = self.shared.cfg.timeouts.shutdown_grace;
+        let grace = self.current.get().cfg.timeouts.shutdown_grace;
         tracker.close();
         tracing::info!(
             sessions = tracker.len(),
@@ -267,6 +417,11 @@ impl Server {
         }
         if let Some(path) = admin_path {
             let _ = std::fs::remove_file(path);
+        }
+        if let Some(audit) = &shared.audit {
+            // Off the runtime: a sink that takes nothing holds this for the bounded wait.
+            let audit = audit.clone();
+            let _ = tokio::task::spawn_blocking(move || audit.finish(Duration::from_secs(2))).await;
         }
         let cut = cut.load(Ordering::Relaxed);
         if cut > 0 {
@@ -296,7 +451,7 @@ fn is_address_unavailable(e: &io::Error) -> bool {
 async fn accept_loop(
     listener: TcpListener,
     intake: Intake,
-    shared: Arc<Shared>,
+    current: Arc<Current>,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
     tracker: TaskTracker,
@@ -331,14 +486,14 @@ async fn accept_loop(
                 continue;
             }
         };
+        let shared = current.get();
         let slot: StageSlot = match shared.handshakes.enter(peer.ip()) {
             Ok(slot) => slot,
             Err(why) => {
-                crate::conn::log_refused(peer, &shared.handshakes.describe(why));
+                crate::conn::log_refused(&shared, peer, &shared.handshakes.describe(why));
                 continue;
             }
         };
-        let shared = shared.clone();
         let hard_stop = hard_stop.clone();
         let cut = cut.clone();
         tracker.spawn(async move {

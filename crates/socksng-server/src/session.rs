@@ -55,6 +55,7 @@ pub(crate) async fn serve(
     log.up = live.up.clone();
     log.down = live.down.clone();
     log.live = Some(live);
+    log.audit = shared.audit.clone();
     if !shared.policy.client_allowed(peer.ip()) {
         log.end(
             OutcomeKind::Refused,
@@ -153,6 +154,7 @@ async fn serve_client(
     deadline: Instant,
     mut log: SessionLog,
 ) {
+    log.tls = stream.is_tls();
     // The transient phases are boxed so that a long-lived relay's task is not sized for them.
     let result = Box::pin(timeout_at(
         deadline,
@@ -207,6 +209,7 @@ async fn handshake(
     let mut buf: Vec<u8> = Vec::with_capacity(512);
     let mut out = Vec::with_capacity(16);
     let mut user = None;
+    let mut password_login = false;
     loop {
         let progress = hs.handle_input(&buf, &mut out);
         let replied = !out.is_empty();
@@ -251,6 +254,18 @@ async fn handshake(
                 log.user = Some(name.clone());
                 if !ok {
                     crate::metrics::metrics().auth_failed();
+                    shared.audit(|| {
+                        let why = match unchecked {
+                            "" => "wrong user name or password",
+                            other => other.trim_start_matches(" (").trim_end_matches(')'),
+                        };
+                        crate::audit::Record::new("login-failed")
+                            .with("session", log.id())
+                            .with("user", name.clone())
+                            .with("client", peer.to_string())
+                            .with("tls", stream.is_tls())
+                            .with("reason", why)
+                    });
                 }
                 let res = hs.auth_result(ok, &mut out);
                 stream
@@ -263,6 +278,7 @@ async fn handshake(
                     return Err(failed(format!("handshake failed: {e}{unchecked}")));
                 }
                 user = Some(name);
+                password_login = true;
                 continue;
             }
             Some(Event::Request(r)) => Asked::Socks {
@@ -310,6 +326,7 @@ async fn handshake(
             hs,
             early_data,
             user,
+            password_login,
             peer,
             shared,
         };
@@ -350,7 +367,19 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
             .target
             .as_ref()
             .map_or_else(|| "-".into(), |t| t.to_string());
-        live.describe(conn.user.as_deref(), log.command, target);
+        let request = crate::admin::Request {
+            user: conn.user.clone(),
+            password_login: conn.password_login,
+            command: match &asked {
+                Asked::Socks { command, .. } => Some(*command),
+                Asked::Ng(r) => crate::ng::rule_command(r),
+            },
+            target: match &asked {
+                Asked::Socks { address, .. } => Some(address.clone()),
+                Asked::Ng(_) => None,
+            },
+        };
+        live.describe(request, log.command, target);
     }
     let max_hops = conn.shared.cfg.forwarding.max_hops;
     if conn.hs.hops() >= max_hops {

@@ -1,5 +1,8 @@
-//! The state every session shares: configuration, policy, users, the admission stages and
-//! pools, per-user session slots and the SOCKS-NG token registry.
+//! The state every session shares: one generation of configuration (the config, policy,
+//! users, upstream routes), and what lasts across reloads (the admission stages and pools,
+//! per-user session slots, the SOCKS-NG token registry, TLS, the admin registry, the audit
+//! log). A reload makes a new generation around the same lasting state; a session keeps the
+//! generation it started under.
 
 use crate::admission::{Lookups, NotChecked, PasswordChecks, Stage};
 use crate::config::Config;
@@ -16,24 +19,43 @@ pub(crate) struct Shared {
     pub policy: Policy,
     pub users: Option<Arc<UserDb>>,
     pub handshake_config: HandshakeConfig,
-    per_user: Mutex<HashMap<String, usize>>,
-    /// Argon2 takes ~19 MiB and tens of milliseconds per check; a flood of bad logins must
-    /// queue (boundedly) here rather than fill the blocking pool and the memory.
-    passwords: PasswordChecks,
-    /// getaddrinfo on a bounded number of threads.
-    pub lookups: Lookups,
-    /// Connections still in their handshake.
-    pub handshakes: Stage,
-    /// Sessions past the handshake.
-    pub sessions: Stage,
-    /// SOCKS-NG listeners and their pending tokens.
-    pub listeners: crate::tokens::Registry,
-    /// SOCKS over TLS, when configured.
-    pub tls: Option<crate::tls::TlsService>,
     /// Upstream servers and the routes to them.
     pub upstreams: crate::upstream::Upstreams,
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    /// Argon2 takes ~19 MiB and tens of milliseconds per check; a flood of bad logins must
+    /// queue (boundedly) here rather than fill the blocking pool and the memory.
+    passwords: Arc<PasswordChecks>,
+    /// getaddrinfo on a bounded number of threads.
+    pub lookups: Arc<Lookups>,
+    /// Connections still in their handshake.
+    pub handshakes: Arc<Stage>,
+    /// Sessions past the handshake.
+    pub sessions: Arc<Stage>,
+    /// SOCKS-NG listeners and their pending tokens.
+    pub listeners: Arc<crate::tokens::Registry>,
+    /// SOCKS over TLS, when configured.
+    pub tls: Option<Arc<crate::tls::TlsService>>,
     /// The running sessions, for the admin view.
     pub live: Arc<crate::admin::Live>,
+    /// The audit log, when configured.
+    pub audit: Option<Arc<crate::audit::Audit>>,
+}
+
+/// The generation new connections are served under; a reload replaces it.
+pub(crate) struct Current(std::sync::RwLock<Arc<Shared>>);
+
+impl Current {
+    pub(crate) fn new(shared: Shared) -> Current {
+        Current(std::sync::RwLock::new(Arc::new(shared)))
+    }
+
+    pub(crate) fn get(&self) -> Arc<Shared> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, shared: Arc<Shared>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = shared;
+    }
 }
 
 /// Holds one of a user's concurrent-session slots until dropped.
@@ -60,36 +82,74 @@ impl Drop for UserSlot {
     }
 }
 
+/// The methods a configuration offers clients.
+fn handshake_config(cfg: &Config) -> HandshakeConfig {
+    HandshakeConfig {
+        no_auth: cfg.accepts_no_auth(),
+        username_password: cfg.accepts_password(),
+        socks4: cfg.auth.socks4,
+        ng: cfg.ng.enabled,
+    }
+}
+
 impl Shared {
     /// The state for a server with this configuration and users.
     pub(crate) fn new(
         cfg: Config,
         users: Option<Arc<UserDb>>,
-        handshake_config: HandshakeConfig,
         tls: Option<crate::tls::TlsService>,
+        audit: Option<Arc<crate::audit::Audit>>,
     ) -> Shared {
         Shared {
-            tls,
+            tls: tls.map(Arc::new),
             upstreams: crate::upstream::Upstreams::new(&cfg),
             live: Default::default(),
+            audit,
             policy: Policy::new(&cfg),
             users,
-            handshake_config,
-            per_user: Mutex::new(HashMap::new()),
+            handshake_config: handshake_config(&cfg),
+            per_user: Default::default(),
             listeners: Default::default(),
-            passwords: PasswordChecks::new(&cfg.limits),
-            lookups: Lookups::new(cfg.limits.lookups),
-            handshakes: Stage::new(
+            passwords: Arc::new(PasswordChecks::new(&cfg.limits)),
+            lookups: Arc::new(Lookups::new(cfg.limits.lookups)),
+            handshakes: Arc::new(Stage::new(
                 "handshake",
                 cfg.limits.max_handshakes,
                 cfg.limits.max_handshakes_per_address,
-            ),
-            sessions: Stage::new(
+            )),
+            sessions: Arc::new(Stage::new(
                 "session",
                 cfg.limits.max_sessions,
                 cfg.limits.max_sessions_per_address,
-            ),
+            )),
             cfg: Arc::new(cfg),
+        }
+    }
+
+    /// The next generation: `cfg` and `users` around this one's lasting state.
+    pub(crate) fn reloaded(&self, cfg: Config, users: Option<Arc<UserDb>>) -> Shared {
+        Shared {
+            tls: self.tls.clone(),
+            upstreams: crate::upstream::Upstreams::new(&cfg),
+            live: self.live.clone(),
+            audit: self.audit.clone(),
+            policy: Policy::new(&cfg),
+            users,
+            handshake_config: handshake_config(&cfg),
+            per_user: self.per_user.clone(),
+            listeners: self.listeners.clone(),
+            passwords: self.passwords.clone(),
+            lookups: self.lookups.clone(),
+            handshakes: self.handshakes.clone(),
+            sessions: self.sessions.clone(),
+            cfg: Arc::new(cfg),
+        }
+    }
+
+    /// Queues an audit record, when there is an audit log.
+    pub(crate) fn audit(&self, record: impl FnOnce() -> crate::audit::Record) {
+        if let Some(audit) = &self.audit {
+            audit.record(record());
         }
     }
 

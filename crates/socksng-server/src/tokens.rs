@@ -10,6 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::sync::oneshot;
 
+/// How the audit log names a token: its first 32 bits in hex, enough to follow one token
+/// from its notice to its claim, refusal or expiry, and of no use for claiming it.
+pub(crate) fn token_id(token: &Token) -> String {
+    token[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Who may claim a token: the listener's user, or for an anonymous listener the client
 /// address that opened it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +68,13 @@ impl Registry {
         token: &Token,
         claimant: &Owner,
         over_tls: bool,
-    ) -> Option<(Handoff, SocketAddr)> {
+    ) -> Option<Pending> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let entry = pending.get(token)?;
         if &entry.owner != claimant || (entry.tls && !over_tls) {
             return None;
         }
-        pending.remove(token).map(|p| (p.handoff, p.peer))
+        pending.remove(token)
     }
 
     /// Removes `token` if `listener` announced it (closing its connection).

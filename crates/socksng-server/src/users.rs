@@ -112,6 +112,11 @@ impl UserDb {
         self.hashes.len()
     }
 
+    /// Whether the file lists `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.hashes.contains_key(name)
+    }
+
     /// True when the file lists nobody.
     pub fn is_empty(&self) -> bool {
         self.hashes.is_empty()

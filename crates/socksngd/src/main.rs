@@ -17,8 +17,10 @@ mod log_output;
 ///
 /// Signals: SIGTERM or SIGINT stops accepting and lets sessions drain for
 /// `timeouts.shutdown_grace`, then resets the rest; a second one resets them at once. SIGHUP
-/// reopens the log file (for logrotate) and reads the TLS certificate and key again (running
-/// sessions go on).
+/// reopens the log and audit files (for logrotate) and reloads the configuration: users and
+/// passwords, rules, routes, classes, limits and the TLS certificate, for new sessions (running
+/// ones keep theirs unless `reload.recheck_sessions`); a file with errors is refused and the
+/// old configuration stays. SIGUSR1 reopens the log and audit files only.
 ///
 /// Exit status: 0 after a clean stop, 1 on an error (configuration, listening), 2 on a usage
 /// error, 3 when the server stopped but had to cut sessions.
@@ -89,7 +91,7 @@ fn main() -> Result<()> {
     }
     match cli.command.unwrap_or(Cmd::Run) {
         Cmd::Run => {
-            let cut = run(load_config(cli.config.as_deref())?)?;
+            let cut = run(load_config(cli.config.as_deref())?, cli.config.clone())?;
             if cut > 0 {
                 std::process::exit(EXIT_SESSIONS_CUT);
             }
@@ -222,7 +224,7 @@ fn list(addrs: &[std::net::SocketAddr]) -> String {
 const EXIT_SESSIONS_CUT: i32 = 3;
 
 /// Runs the server; returns how many sessions had to be cut when it stopped.
-fn run(cfg: Config) -> Result<usize> {
+fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<usize> {
     let filter = log_filter(&cfg.log_level)?;
     log_output::start(cfg.log_file())?;
     init_logging(
@@ -248,9 +250,9 @@ fn run(cfg: Config) -> Result<usize> {
     let served = runtime.block_on(async move {
         // Handlers go in before the first "accepting" line, so a supervisor that signals as
         // soon as it sees the server listening is never met by the default (killing) action.
-        let mut signals = Signals::install()?;
+        let mut signals = Signals::install(config_path)?;
         let server = Server::bind(cfg)?;
-        signals.tls = Some(server.tls_reload());
+        signals.server = Some(server.handle());
         let shutdown = CancellationToken::new();
         let cut_now = CancellationToken::new();
         let (trigger, cut_trigger) = (shutdown.clone(), cut_now.clone());
@@ -285,40 +287,87 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
-    /// What SIGHUP reloads besides the log file.
-    tls: Option<socksng_server::TlsReload>,
+    usr1: tokio::signal::unix::Signal,
+    /// The configuration file SIGHUP reads again.
+    config_path: Option<PathBuf>,
+    /// The running server SIGHUP and SIGUSR1 act on.
+    server: Option<socksng_server::ServerHandle>,
 }
 
 impl Signals {
-    fn install() -> std::io::Result<Signals> {
+    fn install(config_path: Option<PathBuf>) -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
-            tls: None,
+            usr1: signal(SignalKind::user_defined1())?,
+            config_path,
+            server: None,
         })
     }
 
-    /// Waits for a signal to stop; SIGHUPs meanwhile reopen the log file and reload the TLS
-    /// certificate.
+    /// Waits for a signal to stop. Meanwhile SIGHUP reopens the logs and reloads the
+    /// configuration, and SIGUSR1 reopens the logs (for log rotation).
     async fn next_stop(&mut self) -> &'static str {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return "SIGTERM",
                 _ = self.int.recv() => return "SIGINT",
+                _ = self.usr1.recv() => {
+                    self.reopen_logs();
+                    tracing::info!("SIGUSR1 received: log and audit files reopened");
+                }
                 _ = self.hup.recv() => {
-                    log_output::reopen();
-                    tracing::info!(
-                        "SIGHUP received: log output reopened; configuration changes need a restart"
-                    );
-                    match self.tls.as_ref().map(|t| t.reload()) {
-                        Some(Ok(_)) => tracing::info!("TLS certificate and key reloaded"),
-                        Some(Err(e)) => tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in force"),
-                        None => {}
-                    }
+                    self.reopen_logs();
+                    tracing::info!("SIGHUP received: log and audit files reopened; reloading the configuration");
+                    self.reload();
                 }
             }
+        }
+    }
+
+    fn reopen_logs(&self) {
+        log_output::reopen();
+        if let Some(server) = &self.server {
+            server.reopen_audit();
+        }
+    }
+
+    /// Reads the configuration file again and puts it in force; a file with errors is
+    /// refused with the reason, and the configuration in force stays.
+    fn reload(&self) {
+        let Some(server) = &self.server else {
+            return;
+        };
+        let Some(path) = &self.config_path else {
+            // The built-in configuration cannot change; the TLS files can (none without a file).
+            return;
+        };
+        let cfg = match Config::load(path) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused; the previous configuration stays in force");
+                if let Err(e) = server.reload_tls() {
+                    tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in force");
+                }
+                return;
+            }
+        };
+        match server.reload(cfg) {
+            Ok(report) => {
+                if !report.needs_restart.is_empty() {
+                    tracing::warn!(
+                        settings = report.needs_restart.join(", "),
+                        "these changed settings keep their old values until a restart"
+                    );
+                }
+                tracing::info!(
+                    sessions_ended = report.sessions_ended,
+                    "configuration reloaded: new sessions follow it"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "configuration reload refused; the previous configuration stays in force"),
         }
     }
 }
