@@ -749,3 +749,106 @@ def exchange(sock, payload, timeout=IO_TIMEOUT):
     assert not t.is_alive(), "sender thread still blocked"
     assert not errors, errors
     return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------------------------
+# Raw SOCKS5 and the audit log (used by test_audit.py and test_reload.py)
+
+
+def encode_addr(host, port):
+    """ATYP + address + port: an IPv4 or IPv6 literal, else a name."""
+    for family, atyp in ((socket.AF_INET, 1), (socket.AF_INET6, 4)):
+        try:
+            return bytes([atyp]) + socket.inet_pton(family, host) + port.to_bytes(2, "big")
+        except OSError:
+            pass
+    name = host.encode()
+    return bytes([3, len(name)]) + name + port.to_bytes(2, "big")
+
+
+def read_addr(sock):
+    """Reads ATYP + address + port from a socket; returns (host, port)."""
+    atyp = recv_exact(sock, 1)[0]
+    if atyp == 1:
+        host = socket.inet_ntop(socket.AF_INET, recv_exact(sock, 4))
+    elif atyp == 4:
+        host = socket.inet_ntop(socket.AF_INET6, recv_exact(sock, 16))
+    elif atyp == 3:
+        host = recv_exact(sock, recv_exact(sock, 1)[0]).decode()
+    else:
+        raise AssertionError(f"unknown ATYP {atyp}")
+    return host, int.from_bytes(recv_exact(sock, 2), "big")
+
+
+def socks5_login(sock, user=None, password=None):
+    """The SOCKS5 greeting, with an RFC 1929 login when `user` is given. Returns 0 when the
+    client may send its request, else the failure (the login status, or 0xFF when the server
+    accepted no offered method)."""
+    sock.sendall(b"\x05\x01" + (b"\x02" if user is not None else b"\x00"))
+    method = recv_exact(sock, 2)
+    assert method[0] == 5, method
+    if method[1] == 0xFF:
+        return 0xFF
+    if user is None:
+        assert method[1] == 0, method
+        return 0
+    assert method[1] == 2, method
+    u, p = user.encode(), password.encode()
+    sock.sendall(bytes([1, len(u)]) + u + bytes([len(p)]) + p)
+    reply = sock.recv(2)
+    assert len(reply) == 2, f"no login reply: {reply!r}"
+    return reply[1]
+
+
+def socks5_request(sock, cmd, host, port, rsv=0):
+    """Sends one request (CMD 1 CONNECT, 3 UDP ASSOCIATE, ...); returns (reply code, bound
+    (host, port))."""
+    sock.sendall(bytes([5, cmd, rsv]) + encode_addr(host, port))
+    head = recv_exact(sock, 3)
+    assert head[0] == 5, head
+    return head[1], read_addr(sock)
+
+
+def socks5_open(proxy, host, port, user=None, password=None, source=None, timeout=IO_TIMEOUT):
+    """A connection to `proxy` that asks for a CONNECT to host:port (after a login when `user`
+    is given). Returns (socket, reply code); a failed login is returned as reply 0x100 +
+    status. `source`: the client's own address to bind."""
+    fam = socket.AF_INET6 if ":" in proxy.host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    if source is not None:
+        s.bind((source, 0))
+    s.connect((proxy.host, proxy.port))
+    status = socks5_login(s, user, password)
+    if status != 0:
+        return s, 0x100 + status
+    rep, _ = socks5_request(s, 1, host, port)
+    return s, rep
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines file (an audit log); a line that is not JSON fails."""
+    out = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError as e:
+                raise AssertionError(f"{path}:{n}: not JSON ({e}): {line!r}") from None
+    return out
+
+
+def count_session_lines(proxy, start=0):
+    return sum(1 for line in proxy.log.lines()[start:] if parse_session(line))
+
+
+def wait_session_count(proxy, n, start=0, timeout=LOG_TIMEOUT):
+    """Waits until at least n session lines were logged from `start` on."""
+    seen = [0]
+
+    def match(line):
+        if parse_session(line):
+            seen[0] += 1
+        return seen[0] >= n or None
+
+    proxy.log.wait_for(match, timeout=timeout, start=start, what=f"{n} session lines")

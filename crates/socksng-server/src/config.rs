@@ -490,6 +490,125 @@ pub struct AdminConfig {
     pub socket: Option<PathBuf>,
 }
 
+/// A rate in bytes a second, written as a number of bytes a second or with a unit: `bit`,
+/// `kbit`, `Mbit`, `Gbit` (bits, powers of 1000), `B`, `kB`/`KB`, `MB`, `GB` (bytes, powers of
+/// 1000), `KiB`, `MiB`, `GiB`; an optional `/s` or `ps` after the unit ("20 Mbit", "2.5MB/s").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RateSpec")]
+pub struct Rate(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RateSpec {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<RateSpec> for Rate {
+    type Error = String;
+    fn try_from(spec: RateSpec) -> Result<Rate, String> {
+        let text = match spec {
+            RateSpec::Number(n) => return Rate::checked(n as f64),
+            RateSpec::Text(t) => t,
+        };
+        let t = text.trim();
+        let t = t
+            .strip_suffix("/s")
+            .or_else(|| t.strip_suffix("ps"))
+            .unwrap_or(t);
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a rate (like \"20 Mbit\" or \"2MB\")"))?;
+        let factor = match unit.trim() {
+            "" | "B" => 1.0,
+            "bit" => 1.0 / 8.0,
+            "kbit" | "Kbit" => 1e3 / 8.0,
+            "Mbit" => 1e6 / 8.0,
+            "Gbit" => 1e9 / 8.0,
+            "kB" | "KB" => 1e3,
+            "MB" => 1e6,
+            "GB" => 1e9,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            other => return Err(format!("{text:?}: unknown unit {other:?}")),
+        };
+        Rate::checked(number * factor)
+    }
+}
+
+impl Rate {
+    fn checked(bytes_per_second: f64) -> Result<Rate, String> {
+        if bytes_per_second < 1.0 || !bytes_per_second.is_finite() {
+            return Err("a rate must be at least 1 byte a second".into());
+        }
+        Ok(Rate(bytes_per_second as u64))
+    }
+}
+
+/// `[uplink]`: the capacity of the way out, which classes share by weight when it is
+/// contended. Absent: no sharing (each class is held only to its own limits).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// Client-to-target capacity.
+    pub up: Option<Rate>,
+    /// Target-to-client capacity.
+    pub down: Option<Rate>,
+}
+
+/// `[[classes]]`: a service class. A user is in the first class whose `users` names them; a
+/// class without `users` takes everyone (anonymous clients included) not in an earlier one.
+/// Without a class, a user is in the built-in class "default" (weight 1, no limits).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassConfig {
+    /// The class's name (in logs, the audit log, metrics and the admin view).
+    pub name: String,
+    /// Who is in it: user names, `"*"` for any authenticated user, `"@group"`.
+    pub users: Option<Vec<String>>,
+    /// Its share of a contended `[uplink]` against other classes' weights.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Each user's limit client-to-target, over all their sessions.
+    pub up: Option<Rate>,
+    /// Each user's limit target-to-client, over all their sessions.
+    pub down: Option<Rate>,
+    /// Each user's sessions at once (instead of `limits.max_sessions_per_user`).
+    pub max_sessions: Option<usize>,
+    /// Each user's SOCKS-NG listeners at once (instead of `ng.max_listeners_per_user`).
+    pub max_listeners: Option<usize>,
+    /// Each user's UDP associations and tunnels at once (default: no limit of its own).
+    pub max_udp: Option<usize>,
+    /// Linux: SO_MARK on the class's outgoing sockets, for policy routing, tc and nftables.
+    pub mark: Option<u32>,
+    /// DSCP (0 to 63) on the class's outgoing packets (IP_TOS / IPV6_TCLASS).
+    pub dscp: Option<u8>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The class of users no configured class takes.
+pub static DEFAULT_CLASS: std::sync::LazyLock<ClassConfig> =
+    std::sync::LazyLock::new(|| ClassConfig {
+        name: "default".into(),
+        users: None,
+        weight: 1,
+        up: None,
+        down: None,
+        max_sessions: None,
+        max_listeners: None,
+        max_udp: None,
+        mark: None,
+        dscp: None,
+    });
+
 /// `[reload]`: what a reload (SIGHUP) does to sessions already running.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -629,6 +748,10 @@ pub struct Config {
     pub audit: AuditConfig,
     /// `[reload]`.
     pub reload: ReloadConfig,
+    /// `[uplink]`.
+    pub uplink: UplinkConfig,
+    /// `[[classes]]`.
+    pub classes: Vec<ClassConfig>,
     /// `[groups]`: group name to member user names. Rules and port grants name a group as
     /// `"@name"` in their `users` lists.
     pub groups: std::collections::HashMap<String, Vec<String>>,
@@ -666,6 +789,8 @@ impl Default for Config {
             admin: AdminConfig::default(),
             audit: AuditConfig::default(),
             reload: ReloadConfig::default(),
+            uplink: UplinkConfig::default(),
+            classes: Vec::new(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -718,6 +843,14 @@ impl Config {
         self.listen.iter().chain(tls).copied()
     }
 
+    /// The service class of `user` (`None`: an anonymous client).
+    pub fn class_of(&self, user: Option<&str>) -> &ClassConfig {
+        self.classes
+            .iter()
+            .find(|c| names_user(c.users.as_deref(), user, &self.groups))
+            .unwrap_or(&DEFAULT_CLASS)
+    }
+
     /// Whether method 0x00 is accepted.
     pub fn accepts_no_auth(&self) -> bool {
         self.auth.methods.contains(&AuthMethod::None)
@@ -735,7 +868,8 @@ impl Config {
             .rules
             .iter()
             .filter_map(|r| r.users.as_ref())
-            .chain(self.ng.ports.iter().filter_map(|g| g.users.as_ref()));
+            .chain(self.ng.ports.iter().filter_map(|g| g.users.as_ref()))
+            .chain(self.classes.iter().filter_map(|c| c.users.as_ref()));
         for name in user_lists.flatten() {
             if let Some(group) = name.strip_prefix('@') {
                 if !self.groups.contains_key(group) {
@@ -745,6 +879,18 @@ impl Config {
         }
         if self.all_listen().next().is_none() {
             return invalid("`listen` is empty: give at least one address".into());
+        }
+        let mut class_names = std::collections::HashSet::new();
+        for class in &self.classes {
+            if !class_names.insert(class.name.as_str()) {
+                return invalid(format!("class {:?} is defined twice", class.name));
+            }
+            if class.weight == 0 {
+                return invalid(format!("class {:?}: `weight` must be at least 1", class.name));
+            }
+            if class.dscp.is_some_and(|d| d > 63) {
+                return invalid(format!("class {:?}: `dscp` is 0 to 63", class.name));
+            }
         }
         if self.audit.file.is_some() && self.audit.syslog {
             return invalid("`audit`: give `file` or `syslog = true`, not both".into());

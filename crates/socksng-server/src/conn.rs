@@ -150,6 +150,7 @@ impl SessionLog {
         crate::metrics::metrics().session_ended(
             self.command,
             outcome.kind.as_str(),
+            self.class.as_deref(),
             self.up.load(Ordering::Relaxed),
             self.down.load(Ordering::Relaxed),
         );
@@ -167,6 +168,7 @@ impl SessionLog {
             target = target.as_deref().unwrap_or("-"),
             connected = connected.as_deref().unwrap_or("-"),
             via = self.via.as_deref().unwrap_or("-"),
+            class = self.class.as_deref().unwrap_or("-"),
             bytes_up = self.up.load(Ordering::Relaxed),
             bytes_down = self.down.load(Ordering::Relaxed),
             duration_ms = self.started.elapsed().as_millis() as u64,
@@ -193,6 +195,10 @@ pub(crate) struct Handshaken {
     pub password_login: bool,
     pub peer: SocketAddr,
     pub shared: Arc<Shared>,
+    /// What the session's class holds its two directions to.
+    pub paces: crate::shaping::Paces,
+    /// How its outgoing connections are made (source, keepalive, the class's mark and DSCP).
+    pub outgoing: crate::dial::Outgoing,
 }
 
 impl Handshaken {
@@ -253,6 +259,7 @@ impl Handshaken {
             &self.stream,
             &*other,
             crate::relay::RelayTimeouts::from_config(&self.shared.cfg.timeouts),
+            &self.paces,
             &log.up,
             &log.down,
         )

@@ -142,12 +142,7 @@ async fn direct(mut conn: Handshaken, address: Address, log: &mut SessionLog) {
         .await?;
         match Box::pin(timeout(
             limit,
-            connect_racing(
-                &addrs,
-                shared.cfg.resolver.attempt_delay,
-                &shared.cfg.external,
-                shared.cfg.timeouts.tcp_keepalive,
-            ),
+            connect_racing(&addrs, shared.cfg.resolver.attempt_delay, &conn.outgoing),
         ))
         .await
         {

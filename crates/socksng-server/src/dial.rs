@@ -65,21 +65,55 @@ pub fn external_for(external: &[IpAddr], target: IpAddr) -> Option<IpAddr> {
         .find(|e| e.is_ipv4() == target.is_ipv4())
 }
 
+/// How the server's outgoing TCP connections are made: from which source addresses, with
+/// which keepalive, and a service class's mark and DSCP.
+#[derive(Debug, Clone, Default)]
+pub struct Outgoing {
+    /// Source addresses (`external`): the first of the target's family is bound.
+    pub external: Vec<IpAddr>,
+    pub keepalive: Duration,
+    /// Linux SO_MARK.
+    pub mark: Option<u32>,
+    /// DSCP, 0 to 63.
+    pub dscp: Option<u8>,
+}
+
+impl Outgoing {
+    /// Sets the mark and DSCP on a socket about to connect to (or send to) `family`'s kind of
+    /// address. Best effort: a mark needs CAP_NET_ADMIN; a failure is logged once per socket.
+    pub fn mark_socket(&self, socket: SockRef<'_>, ipv6: bool) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(mark) = self.mark {
+            if let Err(e) = socket.set_mark(mark) {
+                tracing::warn!(mark, error = %e, "cannot set SO_MARK (needs CAP_NET_ADMIN)");
+            }
+        }
+        if let Some(dscp) = self.dscp {
+            let tos = u32::from(dscp) << 2;
+            let set = if ipv6 {
+                socket.set_tclass_v6(tos)
+            } else {
+                socket.set_tos_v4(tos)
+            };
+            if let Err(e) = set {
+                tracing::warn!(dscp, error = %e, "cannot set DSCP");
+            }
+        }
+    }
+}
+
 /// Connects one socket, tuned before the SYN leaves. Success is read from the readiness
 /// itself: a failed connect raises EPOLLERR, so the SO_ERROR query that tokio's own connect
 /// makes on every connection is only needed on failure.
-async fn connect_one(
-    addr: SocketAddr,
-    external: &[IpAddr],
-    keepalive: Duration,
-) -> io::Result<TcpStream> {
+async fn connect_one(addr: SocketAddr, out: &Outgoing) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
-    tune_socket(SockRef::from(&socket), keepalive);
-    if let Some(source) = external_for(external, addr.ip()) {
+    tune_socket(SockRef::from(&socket), out.keepalive);
+    out.mark_socket(SockRef::from(&socket), addr.is_ipv6());
+    if let Some(source) = external_for(&out.external, addr.ip()) {
         socket.bind(&SocketAddr::new(source, 0).into())?;
     }
     match socket.connect(&addr.into()) {
@@ -98,19 +132,16 @@ async fn connect_one(
 }
 
 /// Races connections to `addrs` (already in preference order) and returns the first that
-/// succeeds, with its address, tuned as `tune_socket` does with `keepalive`. On total failure
-/// returns the most telling error seen.
+/// succeeds, with its address, made as `out` says. On total failure returns the most telling
+/// error seen.
 pub async fn connect_racing(
     addrs: &[SocketAddr],
     attempt_delay: Duration,
-    external: &[IpAddr],
-    keepalive: Duration,
+    out: &Outgoing,
 ) -> io::Result<(TcpStream, SocketAddr)> {
     // One address has nothing to race: connect in this task, without spawning.
     if let [only] = addrs {
-        return connect_one(*only, external, keepalive)
-            .await
-            .map(|s| (s, *only));
+        return connect_one(*only, out).await.map(|s| (s, *only));
     }
     let mut pending = addrs.iter().copied();
     let mut attempts = JoinSet::new();
@@ -119,8 +150,8 @@ pub async fn connect_racing(
         if attempts.is_empty() {
             match pending.next() {
                 Some(a) => {
-                    let external = external.to_vec();
-                    attempts.spawn(async move { (a, connect_one(a, &external, keepalive).await) });
+                    let out = out.clone();
+                    attempts.spawn(async move { (a, connect_one(a, &out).await) });
                 }
                 None => {
                     return Err(best_error.unwrap_or_else(|| {
@@ -137,8 +168,8 @@ pub async fn connect_racing(
                     best_error = Some(more_telling(best_error.take(), e));
                     // A failure starts the next attempt without waiting.
                     if let Some(a) = pending.next() {
-                        let external = external.to_vec();
-                    attempts.spawn(async move { (a, connect_one(a, &external, keepalive).await) });
+                        let out = out.clone();
+                    attempts.spawn(async move { (a, connect_one(a, &out).await) });
                     }
                 }
                 Some(Err(join)) => best_error = Some(more_telling(best_error.take(), io::Error::other(join))),
@@ -146,8 +177,8 @@ pub async fn connect_racing(
             },
             _ = next_start, if pending.len() > 0 => {
                 if let Some(a) = pending.next() {
-                    let external = external.to_vec();
-                    attempts.spawn(async move { (a, connect_one(a, &external, keepalive).await) });
+                    let out = out.clone();
+                    attempts.spawn(async move { (a, connect_one(a, &out).await) });
                 }
             }
         }
@@ -288,11 +319,11 @@ mod tests {
             let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             t.local_addr().unwrap()
         };
-        let (_, used) = connect_racing(&[dead, good], Duration::from_secs(30), &[], Duration::ZERO)
+        let (_, used) = connect_racing(&[dead, good], Duration::from_secs(30), &Outgoing::default())
             .await
             .unwrap();
         assert_eq!(used, good);
-        let err = connect_racing(&[dead], Duration::from_millis(10), &[], Duration::ZERO)
+        let err = connect_racing(&[dead], Duration::from_millis(10), &Outgoing::default())
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);

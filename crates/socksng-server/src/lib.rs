@@ -32,6 +32,7 @@ mod listen;
 mod metrics;
 pub mod ng;
 mod server;
+mod shaping;
 mod session;
 mod shared;
 mod stream;

@@ -258,7 +258,11 @@ pub(crate) async fn listen(
                 .await;
         }
     };
-    let max = shared.cfg.ng.max_listeners_per_user;
+    let max = shared
+        .cfg
+        .class_of(user.as_deref())
+        .max_listeners
+        .unwrap_or(shared.cfg.ng.max_listeners_per_user);
     let Some(slot) = shared.listeners.open_listener(user.as_deref(), max) else {
         let why = format!("{max} listeners already open");
         return conn.refuse(log, rep::LIMIT_REACHED, why).await;

@@ -40,7 +40,13 @@ mod enabled {
         auth_failures: Counter,
         /// SOCKS-NG listeners open.
         listeners: Gauge,
+        /// Bytes relayed, by service class and direction.
+        class_bytes: Family<ClassLabels, Counter>,
+        /// Sessions ended, by service class and outcome kind (refused: limits and rules).
+        class_sessions: Family<ClassLabels, Counter>,
     }
+
+    type ClassLabels = Vec<(&'static str, String)>;
 
     /// The metrics of this process.
     pub(crate) fn metrics() -> &'static Metrics {
@@ -54,6 +60,8 @@ mod enabled {
                 bytes: Family::default(),
                 auth_failures: Counter::default(),
                 listeners: Gauge::default(),
+                class_bytes: Family::default(),
+                class_sessions: Family::default(),
                 registry: Registry::default(),
             };
             registry.register(
@@ -78,6 +86,16 @@ mod enabled {
             );
             registry.register("auth_failures", "Logins refused", m.auth_failures.clone());
             registry.register("listeners", "SOCKS-NG listeners open", m.listeners.clone());
+            registry.register(
+                "class_relayed_bytes",
+                "Bytes relayed, by service class and direction",
+                m.class_bytes.clone(),
+            );
+            registry.register(
+                "class_sessions",
+                "Sessions ended, by service class and how they ended",
+                m.class_sessions.clone(),
+            );
             Metrics { registry, ..m }
         })
     }
@@ -121,12 +139,19 @@ mod enabled {
             &self,
             command: &'static str,
             kind: &'static str,
+            class: Option<&str>,
             up: u64,
             down: u64,
         ) {
             self.sessions
                 .get_or_create(&[("command", command), ("outcome", kind)])
                 .inc();
+            if let Some(class) = class {
+                let labels = |k: &'static str, v: &str| vec![("class", class.to_owned()), (k, v.to_owned())];
+                self.class_sessions.get_or_create(&labels("outcome", kind)).inc();
+                self.class_bytes.get_or_create(&labels("direction", "up")).inc_by(up);
+                self.class_bytes.get_or_create(&labels("direction", "down")).inc_by(down);
+            }
             self.bytes.get_or_create(&[("direction", "up")]).inc_by(up);
             self.bytes
                 .get_or_create(&[("direction", "down")])
@@ -234,6 +259,7 @@ mod disabled {
             &self,
             _command: &'static str,
             _kind: &'static str,
+            _class: Option<&str>,
             _up: u64,
             _down: u64,
         ) {

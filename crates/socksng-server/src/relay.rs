@@ -206,6 +206,8 @@ struct Direction<'a, F, T> {
     /// Set by the first direction to reach EOF.
     one_done: &'a AtomicBool,
     epoch: Instant,
+    /// The class's limit and uplink share, when this direction is shaped.
+    pace: Option<&'a crate::shaping::Pace>,
 }
 
 /// Which socket of a direction failed.
@@ -257,7 +259,9 @@ impl<F: Ready, T: Ready> Direction<'_, F, T> {
         }
     }
 
-    async fn run(self, splice_allowed: bool) -> Result<(), Failed> {
+    async fn run(self) -> Result<(), Failed> {
+        // A shaped direction must see every chunk to pace it.
+        let splice_allowed = self.pace.is_none();
         let mut bulk = false;
         loop {
             if bulk {
@@ -276,6 +280,9 @@ impl<F: Ready, T: Ready> Direction<'_, F, T> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(_) => return Err(Failed::Reading),
             };
+            if let Some(pace) = self.pace {
+                pace.take(n).await;
+            }
             self.send(&buf.bytes()[..n]).await?;
             bulk = splice_allowed && cfg!(target_os = "linux") && n == BUF_SIZE;
         }
@@ -398,7 +405,7 @@ impl RelayTimeouts {
     }
 }
 
-/// Relays between `client` and `target` until both directions are done, one fails, the relay
+/// Relays between `client` and `target`, each direction held to its pace in `paces`, until both directions are done, one fails, the relay
 /// sits idle for `timeouts.idle`, or the client has closed its side and the target has sent
 /// nothing for `timeouts.half_close`. Bytes are added to `up` (client to target) and `down` as they
 /// move, so a relay cut short still reports what it carried.
@@ -409,6 +416,7 @@ pub(crate) async fn relay(
     client: &impl Ready,
     target: &impl Ready,
     timeouts: RelayTimeouts,
+    paces: &crate::shaping::Paces,
     up: &AtomicU64,
     down: &AtomicU64,
 ) -> RelayEnd {
@@ -422,6 +430,7 @@ pub(crate) async fn relay(
         activity: &activity,
         one_done: &one_done,
         epoch,
+        pace: paces.up.as_ref(),
     };
     let downward = Direction {
         from: target,
@@ -430,9 +439,10 @@ pub(crate) async fn relay(
         activity: &activity,
         one_done: &one_done,
         epoch,
+        pace: paces.down.as_ref(),
     };
-    let up_run = upward.run(true);
-    let down_run = downward.run(true);
+    let up_run = upward.run();
+    let down_run = downward.run();
     tokio::pin!(up_run, down_run);
     let (mut up_done, mut down_done) = (false, false);
     loop {

@@ -7,7 +7,7 @@ use crate::admission::{NotChecked, StageSlot};
 use crate::conn::{linger_close, Handshaken, SessionLog};
 use crate::dial::canonical_addr;
 use crate::outcome::{OutcomeKind, SessionOutcome, Side};
-use crate::shared::Shared;
+use crate::shared::{Held, Shared};
 use crate::stream::Plaintext;
 use socksng_proto::wire::ng::{rep, NgRequest};
 use socksng_proto::{Address, Command, Event, ReplyCode, ServerHandshake};
@@ -329,6 +329,8 @@ async fn handshake(
             password_login,
             peer,
             shared,
+            paces: Default::default(),
+            outgoing: Default::default(),
         };
         return Ok((conn, asked));
     }
@@ -401,13 +403,30 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
             return;
         }
     };
-    let _slot = match conn.shared.user_slot(conn.user.as_deref()) {
-        Some(slot) => slot,
-        None => {
-            let why = "per-user session limit reached";
-            conn.refuse(log, ReplyCode::NOT_ALLOWED, why).await;
-            return;
-        }
+    let shared = conn.shared.clone();
+    let class = shared.cfg.class_of(conn.user.as_deref());
+    log.class = Some(class.name.clone());
+    if let Some(live) = &log.live {
+        live.set_class(&class.name);
+    }
+    let limit = class
+        .max_sessions
+        .unwrap_or(shared.cfg.limits.max_sessions_per_user);
+    let Some(_slot) = shared.user_slot(Held::Sessions, conn.user.as_deref(), limit) else {
+        let why = format!("per-user session limit ({limit}) reached");
+        return conn.refuse(log, ReplyCode::NOT_ALLOWED, why).await;
+    };
+    // Shaping is accounted to the user, or an anonymous client to its address.
+    let flow = match &conn.user {
+        Some(u) => u.clone(),
+        None => conn.peer.ip().to_string(),
+    };
+    conn.paces = shared.shaper.paces(&shared.cfg, class, &flow);
+    conn.outgoing = crate::dial::Outgoing {
+        external: shared.cfg.external.clone(),
+        keepalive: shared.cfg.timeouts.tcp_keepalive,
+        mark: class.mark,
+        dscp: class.dscp,
     };
     let _active = crate::metrics::metrics().session_started(log.command);
     match asked {

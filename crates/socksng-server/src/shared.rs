@@ -21,7 +21,9 @@ pub(crate) struct Shared {
     pub handshake_config: HandshakeConfig,
     /// Upstream servers and the routes to them.
     pub upstreams: crate::upstream::Upstreams,
-    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    per_user: Arc<Mutex<HashMap<(Held, String), usize>>>,
+    /// Rate limits and the shared uplink.
+    pub shaper: Arc<crate::shaping::Shaper>,
     /// Argon2 takes ~19 MiB and tens of milliseconds per check; a flood of bad logins must
     /// queue (boundedly) here rather than fill the blocking pool and the memory.
     passwords: Arc<PasswordChecks>,
@@ -58,24 +60,28 @@ impl Current {
     }
 }
 
-/// Holds one of a user's concurrent-session slots until dropped.
+/// What a user holds a limited number of at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Held {
+    Sessions,
+    /// UDP associations and tunnels.
+    Udp,
+}
+
+/// Holds one of a user's places (a session, a UDP relay) until dropped.
 pub(crate) struct UserSlot {
-    shared: Arc<Shared>,
-    user: Option<String>,
+    per_user: Arc<Mutex<HashMap<(Held, String), usize>>>,
+    key: Option<(Held, String)>,
 }
 
 impl Drop for UserSlot {
     fn drop(&mut self) {
-        if let Some(u) = self.user.take() {
-            let mut map = self
-                .shared
-                .per_user
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = map.get_mut(&u) {
+        if let Some(key) = self.key.take() {
+            let mut map = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&key) {
                 *n -= 1;
                 if *n == 0 {
-                    map.remove(&u);
+                    map.remove(&key);
                 }
             }
         }
@@ -109,6 +115,7 @@ impl Shared {
             users,
             handshake_config: handshake_config(&cfg),
             per_user: Default::default(),
+            shaper: Default::default(),
             listeners: Default::default(),
             passwords: Arc::new(PasswordChecks::new(&cfg.limits)),
             lookups: Arc::new(Lookups::new(cfg.limits.lookups)),
@@ -137,6 +144,7 @@ impl Shared {
             users,
             handshake_config: handshake_config(&cfg),
             per_user: self.per_user.clone(),
+            shaper: self.shaper.clone(),
             listeners: self.listeners.clone(),
             passwords: self.passwords.clone(),
             lookups: self.lookups.clone(),
@@ -200,24 +208,27 @@ impl Shared {
         self.passwords.check(db, client, name, password).await
     }
 
-    /// Takes a per-user session slot; `None` when the user is at the limit.
-    pub(crate) fn user_slot(self: &Arc<Self>, user: Option<&str>) -> Option<UserSlot> {
-        let limit = self.cfg.limits.max_sessions_per_user;
+    /// Takes one of `user`'s places of `held` (at most `limit`, 0 for no limit); `None` when
+    /// the user is at the limit. Anonymous clients are held by the per-address limits.
+    pub(crate) fn user_slot(&self, held: Held, user: Option<&str>, limit: usize) -> Option<UserSlot> {
+        let per_user = self.per_user.clone();
         let Some(user) = user.filter(|_| limit > 0) else {
             return Some(UserSlot {
-                shared: self.clone(),
-                user: None,
+                per_user,
+                key: None,
             });
         };
-        let mut map = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(user.to_owned()).or_insert(0);
+        let key = (held, user.to_owned());
+        let mut map = per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.clone()).or_insert(0);
         if *n >= limit {
             return None;
         }
         *n += 1;
+        drop(map);
         Some(UserSlot {
-            shared: self.clone(),
-            user: Some(user.to_owned()),
+            per_user,
+            key: Some(key),
         })
     }
 }

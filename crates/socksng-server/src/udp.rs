@@ -63,6 +63,10 @@ pub(crate) struct UdpOutside {
     names: HashMap<DomainName, Vec<IpAddr>>,
     contacted: HashSet<SocketAddr>,
     upstream: Option<UpstreamUdp>,
+    /// Source addresses and the class's mark and DSCP for the outgoing sockets.
+    outgoing: crate::dial::Outgoing,
+    /// The user's place among their UDP relays.
+    _slot: crate::shared::UserSlot,
 }
 
 /// Datagrams through an upstream: sent on its tunnel or association; received by a task that
@@ -118,7 +122,14 @@ impl UdpOutside {
         shared: Arc<Shared>,
         user: Option<String>,
         hops: u8,
+        outgoing: crate::dial::Outgoing,
     ) -> Result<(Self, Option<String>), SessionOutcome> {
+        let class = shared.cfg.class_of(user.as_deref());
+        let limit = class.max_udp.unwrap_or(0);
+        let Some(slot) = shared.user_slot(crate::shared::Held::Udp, user.as_deref(), limit) else {
+            let why = format!("per-user UDP limit ({limit}) of class {} reached", class.name);
+            return Err(SessionOutcome::refused(rep::LIMIT_REACHED, why));
+        };
         let ways = shared
             .upstreams
             .ways_without_destination(user.as_deref(), Command::UdpAssociate);
@@ -156,6 +167,8 @@ impl UdpOutside {
             names: HashMap::new(),
             contacted: HashSet::new(),
             upstream,
+            outgoing,
+            _slot: slot,
         };
         Ok((outside, via))
     }
@@ -178,12 +191,13 @@ impl UdpOutside {
             } else {
                 Ipv6Addr::UNSPECIFIED.into()
             };
-            let source = external_for(&self.shared.cfg.external, dest.ip()).unwrap_or(any);
+            let source = external_for(&self.outgoing.external, dest.ip()).unwrap_or(any);
             match UdpSocket::bind(SocketAddr::new(source, 0)).await {
                 Ok(s) => {
                     // Where a rule opens a multicast group, this host's own members of it
                     // must still not hear the datagrams.
                     let sock = socket2::SockRef::from(&s);
+                    self.outgoing.mark_socket(socket2::SockRef::from(&s), dest.is_ipv6());
                     let _ = if dest.is_ipv4() {
                         sock.set_multicast_loop_v4(false)
                     } else {
@@ -338,7 +352,8 @@ impl UdpOutside {
 /// has been refused.
 async fn open_outside(conn: &mut Handshaken, log: &mut SessionLog) -> Option<UdpOutside> {
     let hops = conn.hs.hops().saturating_add(1);
-    match UdpOutside::open(conn.shared.clone(), conn.user.clone(), hops).await {
+    let outgoing = conn.outgoing.clone();
+    match UdpOutside::open(conn.shared.clone(), conn.user.clone(), hops, outgoing).await {
         Ok((outside, via)) => {
             log.via = via;
             Some(outside)
