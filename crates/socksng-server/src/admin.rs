@@ -3,6 +3,7 @@
 //! which `socksngd sessions` lists them and `socksngd kill ID` ends one. One request line per
 //! connection; the answer runs to the close.
 
+use crate::outcome::Side;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -32,8 +33,9 @@ pub(crate) struct LiveSession {
     pub down: Arc<AtomicU64>,
     /// Fired by `kill`; the task that runs the session resets it.
     pub kill: CancellationToken,
-    /// Why it was ended from outside (the administrator, a reload's new rules).
-    killed: Mutex<Option<String>>,
+    /// Why it was ended from outside (the administrator, a reload's new rules), and whose
+    /// doing that counts as.
+    killed: Mutex<Option<(Side, String)>>,
 }
 
 /// A session's request as the rules judge it.
@@ -75,17 +77,23 @@ impl LiveSession {
 
     /// The request, once the handshake has told it.
     pub(crate) fn request(&self) -> Option<Arc<Request>> {
-        self.request.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Why it was ended from outside, if it was.
-    pub(crate) fn kill_reason(&self) -> Option<String> {
-        self.killed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    pub(crate) fn kill_reason(&self) -> Option<(Side, String)> {
+        self.killed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Ends the session from outside, for `why`.
-    pub(crate) fn end(&self, why: impl Into<String>) {
-        *self.killed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.into());
+    /// Ends the session from outside, for `why`, counted as `side`'s doing.
+    pub(crate) fn end(&self, side: Side, why: impl Into<String>) {
+        *self.killed.lock().unwrap_or_else(|p| p.into_inner()) = Some((side, why.into()));
         self.kill.cancel();
     }
 }
@@ -157,7 +165,7 @@ impl Live {
     fn kill(&self, id: u64) -> bool {
         match self.lock().get(&id) {
             Some(s) => {
-                s.end("ended by the administrator");
+                s.end(Side::Internal, "ended by the administrator");
                 true
             }
             None => false,

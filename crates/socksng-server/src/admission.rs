@@ -12,7 +12,7 @@
 //! - Name lookups (getaddrinfo, which cannot be cancelled) get the same permit discipline.
 
 use crate::config::Limits;
-use crate::users::UserDb;
+use crate::users::Accounts;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -315,7 +315,7 @@ impl PasswordChecks {
     /// `Err` when no check was made.
     pub(crate) async fn check(
         &self,
-        db: Arc<UserDb>,
+        db: Accounts,
         client: IpAddr,
         name: &str,
         password: Vec<u8>,

@@ -112,7 +112,12 @@ impl Audit {
     /// does not take data must not hold up the exit).
     pub fn finish(&self, wait: Duration) {
         let deadline = std::time::Instant::now() + wait;
-        let Some(done) = self.finished.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(done) = self
+            .finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
             return;
         };
         let mut stop = Message::Stop;
@@ -181,6 +186,12 @@ impl Writer {
                         }
                     }
                     Message::Stop => {
+                        // Drops since the last look are reported before the end.
+                        let dropped = state.dropped.swap(0, Ordering::Relaxed);
+                        if dropped > 0 {
+                            let line = Record::new("dropped").with("count", dropped);
+                            self.write(&Value::Object(line.0).to_string());
+                        }
                         self.flush();
                         return;
                     }
@@ -262,7 +273,13 @@ mod syslog {
 
     pub(super) fn open() {
         // SAFETY: IDENT is a static NUL-terminated string, as openlog requires.
-        unsafe { libc::openlog(IDENT.as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, libc::LOG_AUTHPRIV) }
+        unsafe {
+            libc::openlog(
+                IDENT.as_ptr(),
+                libc::LOG_PID | libc::LOG_NDELAY,
+                libc::LOG_AUTHPRIV,
+            )
+        }
     }
 
     pub(super) fn send(line: &str) {
@@ -293,7 +310,10 @@ mod tests {
         }
         audit.finish(Duration::from_secs(5));
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 10);
         for (i, l) in lines.iter().enumerate() {
             assert_eq!(l["event"], "session");
@@ -312,14 +332,19 @@ mod tests {
         // Wait (bounded) until the writer has the file, so the rename moves it.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
-            assert!(std::time::Instant::now() < deadline, "first record never written");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "first record never written"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         std::fs::rename(&path, &rotated).unwrap();
         audit.reopen();
         audit.record(Record::new("second"));
         audit.finish(Duration::from_secs(5));
-        assert!(std::fs::read_to_string(&rotated).unwrap().contains("\"first\""));
+        assert!(std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("\"first\""));
         let now = std::fs::read_to_string(&path).unwrap();
         assert!(now.contains("\"second\"") && !now.contains("\"first\""));
         let _ = std::fs::remove_file(&path);

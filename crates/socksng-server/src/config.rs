@@ -47,6 +47,9 @@ pub struct AuthConfig {
     pub methods: Vec<AuthMethod>,
     /// File of `name:argon2-hash` lines; relative paths are relative to the config file.
     pub users_file: Option<PathBuf>,
+    /// Check passwords with PAM under this service name (`/etc/pam.d/NAME`), as the system's
+    /// own logins are, instead of a users file. Needs a build with the `pam` feature.
+    pub pam_service: Option<String>,
     /// Serve SOCKS4/4a CONNECT (only possible when "none" is accepted).
     pub socks4: bool,
     /// Refuse username/password logins that would cross the network in the clear: a client
@@ -59,6 +62,7 @@ impl Default for AuthConfig {
         AuthConfig {
             methods: vec![AuthMethod::None],
             users_file: None,
+            pam_service: None,
             socks4: true,
             require_tls_for_passwords: false,
         }
@@ -886,7 +890,10 @@ impl Config {
                 return invalid(format!("class {:?} is defined twice", class.name));
             }
             if class.weight == 0 {
-                return invalid(format!("class {:?}: `weight` must be at least 1", class.name));
+                return invalid(format!(
+                    "class {:?}: `weight` must be at least 1",
+                    class.name
+                ));
             }
             if class.dscp.is_some_and(|d| d > 63) {
                 return invalid(format!("class {:?}: `dscp` is 0 to 63", class.name));
@@ -898,9 +905,22 @@ impl Config {
         if self.auth.methods.is_empty() {
             return invalid("`auth.methods` is empty: use \"none\", \"password\" or both".into());
         }
-        if self.accepts_password() && self.auth.users_file.is_none() {
+        if self.auth.pam_service.is_some() {
+            if self.auth.users_file.is_some() {
+                return invalid("`auth`: give `users_file` or `pam_service`, not both".into());
+            }
+            if !cfg!(feature = "pam") {
+                return invalid(
+                    "`auth.pam_service`: this build has no PAM support (the `pam` feature)".into(),
+                );
+            }
+        }
+        if self.accepts_password()
+            && self.auth.users_file.is_none()
+            && self.auth.pam_service.is_none()
+        {
             return invalid(
-                "`auth.methods` includes \"password\" but `auth.users_file` is not set".into(),
+                "`auth.methods` includes \"password\" but neither `auth.users_file` nor `auth.pam_service` is set".into(),
             );
         }
         if self.access.clients.is_empty() {

@@ -19,7 +19,10 @@ use tokio::time::{timeout, Instant};
 /// Everything the end-of-session log line reports.
 pub(crate) struct SessionLog {
     pub client: SocketAddr,
+    /// The user: logged in, or the name a failed login tried.
     pub user: Option<String>,
+    /// Whether `user` logged in (by password or certificate).
+    pub authenticated: bool,
     pub command: &'static str,
     pub target: Option<Address>,
     pub connected: Option<SocketAddr>,
@@ -47,11 +50,11 @@ pub(crate) struct SessionLog {
 impl Drop for SessionLog {
     fn drop(&mut self) {
         let outcome = self.outcome.take().unwrap_or_else(|| {
-            let why = match self.live.as_ref().and_then(|l| l.kill_reason()) {
-                Some(why) => why,
-                None => "cut at shutdown".into(),
+            let (side, why) = match self.live.as_ref().and_then(|l| l.kill_reason()) {
+                Some(reason) => reason,
+                None => (Side::Internal, "cut at shutdown".into()),
             };
-            SessionOutcome::new(OutcomeKind::Cut, Side::Internal, why)
+            SessionOutcome::new(OutcomeKind::Cut, side, why)
         });
         self.emit(&outcome);
     }
@@ -69,6 +72,7 @@ impl SessionLog {
         SessionLog {
             client,
             user: None,
+            authenticated: false,
             command: "-",
             target: None,
             connected: None,
@@ -119,7 +123,8 @@ impl SessionLog {
     /// The audit record of the session.
     fn audit_record(&self, outcome: &SessionOutcome) -> crate::audit::Record {
         use crate::audit::Record;
-        // Who did it: the login, or for an anonymous client its address.
+        // Who did it: the login (or the name a failed login tried), or for an anonymous
+        // client its address.
         let who = match &self.user {
             Some(u) => u.clone(),
             None => self.client.ip().to_string(),
@@ -130,7 +135,7 @@ impl SessionLog {
             .with("start", crate::audit::rfc3339(self.started_at))
             .with("duration_ms", duration_ms)
             .with("user", who)
-            .with("authenticated", self.user.is_some())
+            .with("authenticated", self.authenticated)
             .with("client", self.client.to_string())
             .with("tls", self.tls)
             .with("command", self.command)

@@ -319,9 +319,10 @@ mod tests {
             let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             t.local_addr().unwrap()
         };
-        let (_, used) = connect_racing(&[dead, good], Duration::from_secs(30), &Outgoing::default())
-            .await
-            .unwrap();
+        let (_, used) =
+            connect_racing(&[dead, good], Duration::from_secs(30), &Outgoing::default())
+                .await
+                .unwrap();
         assert_eq!(used, good);
         let err = connect_racing(&[dead], Duration::from_millis(10), &Outgoing::default())
             .await

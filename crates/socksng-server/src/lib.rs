@@ -14,8 +14,8 @@
 //! - `session`, `bind`, `udp`: one connection's life, and the BIND and UDP ASSOCIATE commands.
 
 pub mod admin;
-pub mod audit;
 mod admission;
+pub mod audit;
 pub mod config;
 pub mod dial;
 pub mod host;
@@ -31,9 +31,11 @@ mod connect;
 mod listen;
 mod metrics;
 pub mod ng;
+#[cfg(feature = "pam")]
+pub mod pam;
 mod server;
-mod shaping;
 mod session;
+mod shaping;
 mod shared;
 mod stream;
 mod tls;

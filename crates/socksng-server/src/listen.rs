@@ -8,6 +8,7 @@
 //! the token itself waits in the registry of `tokens`. When the control connection closes,
 //! everything the listener announced is removed.
 
+use crate::audit::Record;
 use crate::config::{names_user, PortGrant};
 use crate::conn::{Handshaken, SessionLog};
 use crate::dial::{canonical_addr, port_zero, tune_stream};
@@ -15,7 +16,6 @@ use crate::outcome::{OutcomeKind, SessionOutcome, Side};
 use crate::policy::Verdict;
 use crate::shared::Shared;
 use crate::stream::Plaintext;
-use crate::audit::Record;
 use crate::tokens::{token_id, Owner, Pending};
 use rand_core::RngCore;
 use socksng_proto::listener::{ListenerGrant, ServerListener, ServerListenerEvent};

@@ -147,10 +147,17 @@ mod enabled {
                 .get_or_create(&[("command", command), ("outcome", kind)])
                 .inc();
             if let Some(class) = class {
-                let labels = |k: &'static str, v: &str| vec![("class", class.to_owned()), (k, v.to_owned())];
-                self.class_sessions.get_or_create(&labels("outcome", kind)).inc();
-                self.class_bytes.get_or_create(&labels("direction", "up")).inc_by(up);
-                self.class_bytes.get_or_create(&labels("direction", "down")).inc_by(down);
+                let labels =
+                    |k: &'static str, v: &str| vec![("class", class.to_owned()), (k, v.to_owned())];
+                self.class_sessions
+                    .get_or_create(&labels("outcome", kind))
+                    .inc();
+                self.class_bytes
+                    .get_or_create(&labels("direction", "up"))
+                    .inc_by(up);
+                self.class_bytes
+                    .get_or_create(&labels("direction", "down"))
+                    .inc_by(down);
             }
             self.bytes.get_or_create(&[("direction", "up")]).inc_by(up);
             self.bytes

@@ -6,7 +6,7 @@ use crate::admission::StageSlot;
 use crate::config::Config;
 use crate::session::Intake;
 use crate::shared::{Current, Shared};
-use crate::users::{UserDb, UsersError};
+use crate::users::{Accounts, UsersError};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
@@ -101,7 +101,7 @@ impl ServerHandle {
     /// error nothing changes.
     pub fn reload(&self, cfg: Config) -> Result<ReloadReport, ReloadError> {
         let old = self.current.get();
-        let users = load_users(&cfg)?;
+        let users = Accounts::load(&cfg)?;
         if let Some(tls) = &old.tls {
             // The pair is read again; a broken one leaves the old one (and says so).
             if let Err(e) = tls.reload() {
@@ -115,11 +115,7 @@ impl ServerHandle {
         let judge_running = cfg.reload.recheck_sessions;
         let new = Arc::new(old.reloaded(cfg, users));
         self.current.set(new.clone());
-        let sessions_ended = if judge_running {
-            recheck(&new)
-        } else {
-            0
-        };
+        let sessions_ended = if judge_running { recheck(&new) } else { 0 };
         Ok(ReloadReport {
             sessions_ended,
             ..report
@@ -144,7 +140,8 @@ fn recheck(shared: &Shared) -> usize {
         };
         if let Some(why) = refusal(shared, &session, &request) {
             tracing::info!(session = session.id, %why, "reload: ending a running session the new rules refuse");
-            session.end(format!("refused by the reloaded configuration: {why}"));
+            let why = format!("refused by the reloaded configuration: {why}");
+            session.end(crate::outcome::Side::Policy, why);
             ended += 1;
         }
     }
@@ -163,7 +160,7 @@ fn refusal(
     }
     let user = request.user.as_deref();
     if let (Some(name), true) = (user, request.password_login) {
-        if !shared.users.as_ref().is_some_and(|db| db.contains(name)) {
+        if !shared.users.as_ref().is_some_and(|db| db.knows(name)) {
             return Some(format!("user {name} no longer exists"));
         }
     }
@@ -173,7 +170,11 @@ fn refusal(
         port,
     }) = &request.target
     {
-        if let Some(Verdict::Deny(why)) = shared.policy.check_name(user, command, name.as_str(), *port) {
+        if let Some(Verdict::Deny(why)) =
+            shared
+                .policy
+                .check_name(user, command, name.as_str(), *port)
+        {
             return Some(why.to_string());
         }
     }
@@ -191,7 +192,10 @@ fn refusal(
         }) => Some(SocketAddr::new(*ip, *port)),
         _ => None,
     })?;
-    match shared.policy.check(user, command, name, peer.ip(), peer.port()) {
+    match shared
+        .policy
+        .check(user, command, name, peer.ip(), peer.port())
+    {
         Verdict::Deny(why) => Some(why.to_string()),
         Verdict::Allow => None,
     }
@@ -207,21 +211,36 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("metrics.listen", old.metrics.listen != new.metrics.listen),
         ("admin.socket", old.admin.socket != new.admin.socket),
         ("audit", old.audit != new.audit),
-        ("limits.max_sessions", o.max_sessions != n.max_sessions || o.max_sessions_per_address != n.max_sessions_per_address),
-        ("limits.max_handshakes", o.max_handshakes != n.max_handshakes || o.max_handshakes_per_address != n.max_handshakes_per_address),
-        ("limits.password_checks", o.password_checks != n.password_checks || o.password_queue != n.password_queue),
-        ("limits.login_failures", o.login_failures_burst != n.login_failures_burst || o.login_failures_per_minute != n.login_failures_per_minute),
+        (
+            "limits.max_sessions",
+            o.max_sessions != n.max_sessions
+                || o.max_sessions_per_address != n.max_sessions_per_address,
+        ),
+        (
+            "limits.max_handshakes",
+            o.max_handshakes != n.max_handshakes
+                || o.max_handshakes_per_address != n.max_handshakes_per_address,
+        ),
+        (
+            "limits.password_checks",
+            o.password_checks != n.password_checks || o.password_queue != n.password_queue,
+        ),
+        (
+            "limits.login_failures",
+            o.login_failures_burst != n.login_failures_burst
+                || o.login_failures_per_minute != n.login_failures_per_minute,
+        ),
         ("limits.lookups", o.lookups != n.lookups),
-        ("log_file", old.log_file != new.log_file || old.log_level != new.log_level),
+        (
+            "log_file",
+            old.log_file != new.log_file || old.log_level != new.log_level,
+        ),
     ];
-    checks.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect()
-}
-
-fn load_users(cfg: &Config) -> Result<Option<Arc<UserDb>>, UsersError> {
-    match cfg.users_file() {
-        Some(path) if cfg.accepts_password() => Ok(Some(Arc::new(UserDb::load(&path)?))),
-        _ => Ok(None),
-    }
+    checks
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 fn listen_socket(addr: SocketAddr, keepalive: std::time::Duration) -> io::Result<TcpListener> {
@@ -243,7 +262,7 @@ impl Server {
     /// Loads the users file, builds the policy and binds every listen address. Must be called
     /// within a tokio runtime.
     pub fn bind(cfg: Config) -> Result<Server, ServerError> {
-        let users = load_users(&cfg)?;
+        let users = Accounts::load(&cfg)?;
         let tls = match &cfg.tls {
             Some(t) => Some(crate::tls::TlsService::new(t, &cfg.base_dir)?),
             None => None,
@@ -297,9 +316,9 @@ impl Server {
             None => None,
         };
         let audit = match cfg.audit.sink(&cfg.base_dir) {
-            Some(sink) => {
-                Some(crate::audit::Audit::start(sink, cfg.audit.queue).map_err(ServerError::Audit)?)
-            }
+            Some(sink) => Some(
+                crate::audit::Audit::start(sink, cfg.audit.queue).map_err(ServerError::Audit)?,
+            ),
             None => None,
         };
         let shared = Shared::new(cfg, users, tls, audit);

@@ -364,6 +364,9 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
         }
         Asked::Ng(request) => log.command = crate::ng::command_name(request),
     }
+    // The user the session runs as (a certificate's user, too).
+    log.user = conn.user.clone();
+    log.authenticated = conn.user.is_some();
     if let Some(live) = &log.live {
         let target = log
             .target

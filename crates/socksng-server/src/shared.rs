@@ -7,7 +7,7 @@
 use crate::admission::{Lookups, NotChecked, PasswordChecks, Stage};
 use crate::config::Config;
 use crate::policy::Policy;
-use crate::users::UserDb;
+use crate::users::Accounts;
 use socksng_proto::HandshakeConfig;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 pub(crate) struct Shared {
     pub cfg: Arc<Config>,
     pub policy: Policy,
-    pub users: Option<Arc<UserDb>>,
+    pub users: Option<Accounts>,
     pub handshake_config: HandshakeConfig,
     /// Upstream servers and the routes to them.
     pub upstreams: crate::upstream::Upstreams,
@@ -102,7 +102,7 @@ impl Shared {
     /// The state for a server with this configuration and users.
     pub(crate) fn new(
         cfg: Config,
-        users: Option<Arc<UserDb>>,
+        users: Option<Accounts>,
         tls: Option<crate::tls::TlsService>,
         audit: Option<Arc<crate::audit::Audit>>,
     ) -> Shared {
@@ -134,7 +134,7 @@ impl Shared {
     }
 
     /// The next generation: `cfg` and `users` around this one's lasting state.
-    pub(crate) fn reloaded(&self, cfg: Config, users: Option<Arc<UserDb>>) -> Shared {
+    pub(crate) fn reloaded(&self, cfg: Config, users: Option<Accounts>) -> Shared {
         Shared {
             tls: self.tls.clone(),
             upstreams: crate::upstream::Upstreams::new(&cfg),
@@ -210,7 +210,12 @@ impl Shared {
 
     /// Takes one of `user`'s places of `held` (at most `limit`, 0 for no limit); `None` when
     /// the user is at the limit. Anonymous clients are held by the per-address limits.
-    pub(crate) fn user_slot(&self, held: Held, user: Option<&str>, limit: usize) -> Option<UserSlot> {
+    pub(crate) fn user_slot(
+        &self,
+        held: Held,
+        user: Option<&str>,
+        limit: usize,
+    ) -> Option<UserSlot> {
         let per_user = self.per_user.clone();
         let Some(user) = user.filter(|_| limit > 0) else {
             return Some(UserSlot {

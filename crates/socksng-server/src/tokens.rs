@@ -63,12 +63,7 @@ pub(crate) struct Registry {
 impl Registry {
     /// Takes the entry behind `token` if `claimant` owns it (over TLS if it was announced over
     /// TLS); anyone else's attempt leaves the token in place.
-    pub(crate) fn claim(
-        &self,
-        token: &Token,
-        claimant: &Owner,
-        over_tls: bool,
-    ) -> Option<Pending> {
+    pub(crate) fn claim(&self, token: &Token, claimant: &Owner, over_tls: bool) -> Option<Pending> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let entry = pending.get(token)?;
         if &entry.owner != claimant || (entry.tls && !over_tls) {

@@ -127,7 +127,10 @@ impl UdpOutside {
         let class = shared.cfg.class_of(user.as_deref());
         let limit = class.max_udp.unwrap_or(0);
         let Some(slot) = shared.user_slot(crate::shared::Held::Udp, user.as_deref(), limit) else {
-            let why = format!("per-user UDP limit ({limit}) of class {} reached", class.name);
+            let why = format!(
+                "per-user UDP limit ({limit}) of class {} reached",
+                class.name
+            );
             return Err(SessionOutcome::refused(rep::LIMIT_REACHED, why));
         };
         let ways = shared
@@ -197,7 +200,8 @@ impl UdpOutside {
                     // Where a rule opens a multicast group, this host's own members of it
                     // must still not hear the datagrams.
                     let sock = socket2::SockRef::from(&s);
-                    self.outgoing.mark_socket(socket2::SockRef::from(&s), dest.is_ipv6());
+                    self.outgoing
+                        .mark_socket(socket2::SockRef::from(&s), dest.is_ipv6());
                     let _ = if dest.is_ipv4() {
                         sock.set_multicast_loop_v4(false)
                     } else {

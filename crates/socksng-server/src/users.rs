@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Why the users file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,94 @@ pub struct UserDb {
     hashes: HashMap<String, String>,
     verified: Mutex<HashMap<String, u64>>,
     digest_key: std::collections::hash_map::RandomState,
+}
+
+/// Where password logins are checked: the argon2 users file, or PAM.
+#[derive(Clone)]
+pub enum Accounts {
+    /// A users file.
+    File(Arc<UserDb>),
+    /// PAM, under a service name.
+    #[cfg(feature = "pam")]
+    Pam(Arc<crate::pam::PamAccounts>),
+}
+
+impl Accounts {
+    /// The accounts `cfg` names; `None` when password logins are not accepted.
+    pub fn load(cfg: &crate::config::Config) -> Result<Option<Accounts>, UsersError> {
+        if !cfg.accepts_password() {
+            return Ok(None);
+        }
+        #[cfg(feature = "pam")]
+        if let Some(service) = &cfg.auth.pam_service {
+            return Ok(Some(Accounts::Pam(Arc::new(crate::pam::PamAccounts::new(
+                service,
+            )))));
+        }
+        match cfg.users_file() {
+            Some(path) => Ok(Some(Accounts::File(Arc::new(UserDb::load(&path)?)))),
+            None => Ok(None),
+        }
+    }
+
+    /// A recent success with this very password, without a full check; `None`: check.
+    pub fn verify_cached(&self, name: &str, password: &[u8]) -> Option<bool> {
+        match self {
+            Accounts::File(db) => db.verify_cached(name, password),
+            // PAM decides each time: an account locked meanwhile must not get in from a cache.
+            #[cfg(feature = "pam")]
+            Accounts::Pam(_) => None,
+        }
+    }
+
+    /// The full check (slow or blocking: call from a blocking context), with argon2's working
+    /// memory taken from `memory`.
+    pub fn verify_with_memory(
+        &self,
+        name: &str,
+        password: &[u8],
+        memory: &mut Vec<argon2::Block>,
+    ) -> bool {
+        match self {
+            Accounts::File(db) => db.verify_with_memory(name, password, memory),
+            #[cfg(feature = "pam")]
+            Accounts::Pam(pam) => pam.verify(name, password),
+        }
+    }
+
+    /// Whether `name` still has an account (a reload that removes one ends its sessions when
+    /// running sessions are re-checked).
+    pub fn knows(&self, name: &str) -> bool {
+        match self {
+            Accounts::File(db) => db.contains(name),
+            #[cfg(feature = "pam")]
+            Accounts::Pam(_) => system_user_exists(name),
+        }
+    }
+}
+
+/// Whether the system's user database (NSS) has `name`.
+#[cfg(feature = "pam")]
+fn system_user_exists(name: &str) -> bool {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value of this plain C struct; getpwnam_r fills it.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to memory we own, with its true length.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    // An error (a directory server down) is not proof the user is gone.
+    rc != 0 || !found.is_null()
 }
 
 /// Verifying against this when the user does not exist keeps the answer time the same, so

@@ -179,7 +179,10 @@ async fn a_per_user_limit_holds_within_ten_percent() {
     let start = Instant::now();
     let end_count = reached(&mut free_sink, start_count + 3 * LIMIT).await;
     let rate = (end_count - start_count) as f64 / start.elapsed().as_secs_f64();
-    assert!(rate > 1.5 * LIMIT as f64, "bob, unlimited, moved only {rate:.0} B/s");
+    assert!(
+        rate > 1.5 * LIMIT as f64,
+        "bob, unlimited, moved only {rate:.0} B/s"
+    );
     free.stop();
     srv.stop().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -187,7 +190,8 @@ async fn a_per_user_limit_holds_within_ten_percent() {
 
 #[tokio::test]
 async fn class_session_limits_refuse_with_not_allowed() {
-    let extra = "[[classes]]\nname = \"small\"\nusers = [\"alice\"]\nmax_sessions = 1\nmax_udp = 0\n";
+    let extra =
+        "[[classes]]\nname = \"small\"\nusers = [\"alice\"]\nmax_sessions = 1\nmax_udp = 0\n";
     let (srv, dir) = two_user_server("classes-sessions", extra).await;
     let target = echo_server("127.0.0.1:0").await;
     let route = Route::Proxy {
@@ -195,7 +199,9 @@ async fn class_session_limits_refuse_with_not_allowed() {
         auth: login("alice", "wonder"),
         tls: None,
     };
-    let mut held = open(&route, None, target, DEADLINE).await.expect("first session");
+    let mut held = open(&route, None, target, DEADLINE)
+        .await
+        .expect("first session");
     held.write_all(b"x").await.unwrap();
     let mut b = [0u8; 1];
     held.read_exact(&mut b).await.unwrap();

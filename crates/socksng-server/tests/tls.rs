@@ -267,7 +267,7 @@ async fn a_reloaded_certificate_serves_new_clients_while_a_session_runs_on() {
         cfg.timeouts.shutdown_grace = std::time::Duration::from_millis(100);
         let server = socksng_server::Server::bind(cfg).unwrap();
         let at = server.local_addrs()[0];
-        let reload = server.tls_reload();
+        let reload = server.handle();
         let stop = socksng_server::CancellationToken::new();
         let task = tokio::spawn(server.run(stop.clone()));
         let target = echo_server("127.0.0.1:0").await;
@@ -283,7 +283,7 @@ async fn a_reloaded_certificate_serves_new_clients_while_a_session_runs_on() {
         new_ca.server_leaf(&["localhost"]).write(&dir, "server");
         let new_ca_file = dir.join("new-ca.pem");
         std::fs::write(&new_ca_file, new_ca.pem()).unwrap();
-        assert!(reload.reload().unwrap());
+        assert!(reload.reload_tls().unwrap());
 
         assert!(
             echo(&tls_client(at, "", &new_ca_file, None), target, b"new")
@@ -301,7 +301,7 @@ async fn a_reloaded_certificate_serves_new_clients_while_a_session_runs_on() {
 
         // A broken key leaves the working certificate in force.
         std::fs::write(&key, "not a key").unwrap();
-        assert!(reload.reload().is_err());
+        assert!(reload.reload_tls().is_err());
         assert!(
             echo(&tls_client(at, "", &new_ca_file, None), target, b"still")
                 .await

@@ -367,7 +367,9 @@ impl Signals {
                     "configuration reloaded: new sessions follow it"
                 );
             }
-            Err(e) => tracing::error!(error = %e, "configuration reload refused; the previous configuration stays in force"),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused; the previous configuration stays in force")
+            }
         }
     }
 }
