@@ -124,6 +124,16 @@ def reply(sock):
     return head[1], read_addr(sock)
 
 
+def echoed_session(proxy, echo_port, payload):
+    """One anonymous CONNECT to the echo target that sends `payload` and checks it comes back."""
+    s = socket.create_connection((proxy.host, proxy.port), timeout=IO_TIMEOUT)
+    with s:
+        s.sendall(b"\x05\x01\x00\x05\x01\x00" + encode_addr("127.0.0.1", echo_port))
+        assert recv_exact(s, 2) == b"\x05\x00"
+        assert reply(s)[0] == 0
+        assert exchange(s, payload) == payload
+
+
 def read_to_eof(sock):
     """Bytes until EOF; a reset counts as the end too. Returns (data, reset)."""
     chunks = []
@@ -482,14 +492,9 @@ def test_rotation_under_load_loses_nothing(start_proxy, tmp_path, echo_target):
     def worker():
         while not stop.is_set():
             try:
-                s = socket.create_connection((p.host, p.port), timeout=IO_TIMEOUT)
                 with lock:
                     made[0] += 1
-                with s:
-                    s.sendall(b"\x05\x01\x00\x05\x01\x00" + encode_addr("127.0.0.1", echo_target.port))
-                    assert recv_exact(s, 2) == b"\x05\x00"
-                    assert reply(s)[0] == 0
-                    assert exchange(s, payload) == payload
+                echoed_session(p, echo_target.port, payload)
             except Exception as e:  # reported by the main thread
                 errors.append(repr(e))
                 return
@@ -574,14 +579,9 @@ def test_blocked_sink_does_not_slow_the_relay(start_proxy, tmp_path, echo_target
                     todo.pop()
                 try:
                     # Every operation within the normal IO timeout, or the session fails.
-                    s = socket.create_connection((p.host, p.port), timeout=IO_TIMEOUT)
                     with lock:
                         made[0] += 1
-                    with s:
-                        s.sendall(b"\x05\x01\x00\x05\x01\x00" + encode_addr("127.0.0.1", echo_target.port))
-                        assert recv_exact(s, 2) == b"\x05\x00"
-                        assert reply(s)[0] == 0
-                        assert exchange(s, payload) == payload
+                    echoed_session(p, echo_target.port, payload)
                 except Exception as e:
                     errors.append(repr(e))
 

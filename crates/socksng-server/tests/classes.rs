@@ -45,6 +45,16 @@ async fn reached(rx: &mut watch::Receiver<u64>, at_least: u64) -> u64 {
     .await
 }
 
+/// The rate (bytes a second) at which the next `bytes` reach the sink, once `settle` more have
+/// arrived (so a flow's start is not measured).
+async fn measured_rate(sink: &mut watch::Receiver<u64>, settle: u64, bytes: u64) -> f64 {
+    let now_at = *sink.borrow();
+    let start_count = reached(sink, now_at + settle).await;
+    let start = Instant::now();
+    let end_count = reached(sink, start_count + bytes).await;
+    (end_count - start_count) as f64 / start.elapsed().as_secs_f64()
+}
+
 fn login(user: &str, pass: &str) -> Option<Credentials> {
     Some(Credentials {
         user: user.into(),
@@ -134,11 +144,7 @@ async fn weighted_classes_share_a_contended_uplink_and_an_idle_share_is_used() {
 
     // Bronze goes idle: gold takes the whole uplink, not its 3/4 of it.
     bob.stop();
-    let settled = *gold.borrow() + 256 * 1024;
-    let start_count = reached(&mut gold, settled).await;
-    let start = Instant::now();
-    let end_count = reached(&mut gold, start_count + UPLINK).await;
-    let rate = (end_count - start_count) as f64 / start.elapsed().as_secs_f64();
+    let rate = measured_rate(&mut gold, 256 * 1024, UPLINK).await;
     assert!(
         rate >= 0.9 * UPLINK as f64 && rate <= 1.1 * UPLINK as f64,
         "alone, gold moved {rate:.0} B/s; the uplink is {UPLINK} B/s"
@@ -161,10 +167,7 @@ async fn a_per_user_limit_holds_within_ten_percent() {
     // Two sessions of one user share the user's limit.
     let first = uploader(srv.addr, "alice", "wonder", target).await;
     let second = uploader(srv.addr, "alice", "wonder", target).await;
-    let start_count = reached(&mut sink, 64 * 1024).await;
-    let start = Instant::now();
-    let end_count = reached(&mut sink, start_count + 3 * LIMIT).await;
-    let rate = (end_count - start_count) as f64 / start.elapsed().as_secs_f64();
+    let rate = measured_rate(&mut sink, 64 * 1024, 3 * LIMIT).await;
     assert!(
         rate >= 0.9 * LIMIT as f64 && rate <= 1.1 * LIMIT as f64,
         "alice's two sessions moved {rate:.0} B/s together; her limit is {LIMIT} B/s"
@@ -175,10 +178,7 @@ async fn a_per_user_limit_holds_within_ten_percent() {
     // Bob has no class limit: the same transfer runs far faster (and may splice).
     let (free_target, mut free_sink) = counting_sink().await;
     let free = uploader(srv.addr, "bob", "builder", free_target).await;
-    let start_count = reached(&mut free_sink, 64 * 1024).await;
-    let start = Instant::now();
-    let end_count = reached(&mut free_sink, start_count + 3 * LIMIT).await;
-    let rate = (end_count - start_count) as f64 / start.elapsed().as_secs_f64();
+    let rate = measured_rate(&mut free_sink, 64 * 1024, 3 * LIMIT).await;
     assert!(
         rate > 1.5 * LIMIT as f64,
         "bob, unlimited, moved only {rate:.0} B/s"
