@@ -104,8 +104,11 @@ impl ServerHandle {
         let users = Accounts::load(&cfg)?;
         if let Some(tls) = &old.tls {
             // The pair is read again; a broken one leaves the old one (and says so).
-            if let Err(e) = tls.reload() {
-                tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in force");
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in force")
+                }
             }
         }
         let report = ReloadReport {

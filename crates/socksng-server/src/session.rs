@@ -416,7 +416,7 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
         .max_sessions
         .unwrap_or(shared.cfg.limits.max_sessions_per_user);
     let Some(_slot) = shared.user_slot(Held::Sessions, conn.user.as_deref(), limit) else {
-        let why = format!("per-user session limit ({limit}) reached");
+        let why = "per-user session limit reached";
         return conn.refuse(log, ReplyCode::NOT_ALLOWED, why).await;
     };
     // Shaping is accounted to the user, or an anonymous client to its address.

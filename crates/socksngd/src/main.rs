@@ -348,8 +348,12 @@ impl Signals {
             Ok(cfg) => cfg,
             Err(e) => {
                 tracing::error!(error = %e, "configuration reload refused; the previous configuration stays in force");
-                if let Err(e) = server.reload_tls() {
-                    tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in force");
+                match server.reload_tls() {
+                    Ok(true) => tracing::info!("TLS certificate and key reloaded"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in force")
+                    }
                 }
                 return;
             }
