@@ -98,7 +98,22 @@ impl Shaper {
     }
 }
 
+/// The smallest chunk a shaped direction moves at once: one relay buffer.
+const MIN_CHUNK: usize = 16 * 1024;
+
 impl Pace {
+    /// How much to move at once: a hundredth of a second at the slowest rate that holds this
+    /// direction, at least 16 KiB. Large enough to keep system calls per byte low on fast
+    /// links, small enough that a grant does not hold a slow link for long.
+    pub(crate) fn chunk(&self) -> usize {
+        let rates = [
+            self.bucket.as_ref().map(|b| b.rate()),
+            self.link.as_ref().map(|l| l.rate()),
+        ];
+        let slowest = rates.into_iter().flatten().fold(f64::INFINITY, f64::min);
+        ((slowest / 100.0) as usize).max(MIN_CHUNK)
+    }
+
     /// Waits until `n` more bytes may go: the user's own limit first, then the uplink's
     /// fair share.
     pub(crate) async fn take(&self, n: usize) {
@@ -145,6 +160,10 @@ impl Bucket {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.rate = rate.max(1) as f64;
         s.burst = burst_of(rate);
+    }
+
+    fn rate(&self) -> f64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).rate
     }
 
     async fn take(&self, n: usize) {
@@ -230,6 +249,10 @@ impl Link {
     fn set_rate(&self, rate: u64) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.rate = rate.max(1) as f64;
+    }
+
+    fn rate(&self) -> f64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).rate
     }
 
     async fn take(self: &Arc<Self>, flow: &Arc<str>, weight: f64, bytes: usize) {

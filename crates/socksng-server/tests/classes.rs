@@ -137,6 +137,7 @@ async fn weighted_classes_share_a_contended_uplink_and_an_idle_share_is_used() {
     .await;
     let (g, b) = (*gold.borrow() - g0, *bronze.borrow() - b0);
     let ratio = g as f64 / b as f64;
+    eprintln!("shared uplink: gold {g} bytes, bronze {b}: {ratio:.3} to 1");
     assert!(
         (2.7..=3.3).contains(&ratio),
         "gold moved {g}, bronze {b}: ratio {ratio:.2}, want 3 within 10%"
@@ -145,6 +146,7 @@ async fn weighted_classes_share_a_contended_uplink_and_an_idle_share_is_used() {
     // Bronze goes idle: gold takes the whole uplink, not its 3/4 of it.
     bob.stop();
     let rate = measured_rate(&mut gold, 256 * 1024, UPLINK).await;
+    eprintln!("gold alone: {rate:.0} B/s of an uplink of {UPLINK} B/s");
     assert!(
         rate >= 0.9 * UPLINK as f64 && rate <= 1.1 * UPLINK as f64,
         "alone, gold moved {rate:.0} B/s; the uplink is {UPLINK} B/s"
@@ -168,6 +170,7 @@ async fn a_per_user_limit_holds_within_ten_percent() {
     let first = uploader(srv.addr, "alice", "wonder", target).await;
     let second = uploader(srv.addr, "alice", "wonder", target).await;
     let rate = measured_rate(&mut sink, 64 * 1024, 3 * LIMIT).await;
+    eprintln!("limited user, two sessions: {rate:.0} B/s for a limit of {LIMIT} B/s");
     assert!(
         rate >= 0.9 * LIMIT as f64 && rate <= 1.1 * LIMIT as f64,
         "alice's two sessions moved {rate:.0} B/s together; her limit is {LIMIT} B/s"
