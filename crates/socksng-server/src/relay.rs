@@ -274,7 +274,10 @@ impl<F: Ready, T: Ready> Direction<'_, F, T> {
             // allows) so that it costs fewer system calls per byte.
             let (mut buf, room) = match self.pace {
                 None => (PooledBuf::take(), BUF_SIZE),
-                Some(pace) => (PooledBuf::take_datagram(), pace.chunk().min(DATAGRAM_BUF_SIZE)),
+                Some(pace) => (
+                    PooledBuf::take_datagram(),
+                    pace.chunk().min(DATAGRAM_BUF_SIZE),
+                ),
             };
             let bytes = &mut buf.bytes()[..room];
             let n = match read_drained(self.from, room, || self.from.try_read(bytes)) {
