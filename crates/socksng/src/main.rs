@@ -11,7 +11,7 @@ use socksng_client::{
 };
 use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -197,6 +197,25 @@ enum Cmd {
         #[arg(long, value_name = "TARGET")]
         lookup: Vec<String>,
     },
+    /// Run PROGRAM with its connections going the way the routes say (socksify).
+    ///
+    /// Loads the socksify shim (libsocksng_socksify.so, found next to this command, in
+    /// $SOCKSNG_SHIM, or under /usr/lib/socksng) into PROGRAM with LD_PRELOAD, configured by
+    /// --proxy (with --proxy-user and --noproxy), --config, the client config file or
+    /// ALL_PROXY, as every other command. Names the proxy resolves get placeholder addresses,
+    /// so no DNS query leaves this host for them; loopback and what no route names go direct.
+    /// Statically linked programs (Go's, often) cannot be socksified this way: a warning says
+    /// so.
+    Exec {
+        /// The program and its arguments (after --).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "PROGRAM"
+        )]
+        program: Vec<String>,
+    },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -344,6 +363,122 @@ fn parse_local(text: &str) -> Result<SocketAddr> {
         .map_err(|e| usage(format!("{text:?}: expected HOST:PORT or PORT ({e})")))?
         .next()
         .ok_or_else(|| usage(format!("{text:?} has no address")))
+}
+
+/// Replaces this process with `program` under the socksify shim.
+fn exec(cli: &Cli, program: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    // The configuration is checked here, where its errors can be reported well.
+    router(cli)?;
+    let shim = shim_path().ok_or_else(|| {
+        anyhow!(LocalError::Config(
+            "cannot find libsocksng_socksify.so: set SOCKSNG_SHIM to its path".into()
+        ))
+    })?;
+    let (name, args) = program
+        .split_first()
+        .ok_or_else(|| anyhow!(LocalError::Usage("no program given".into())))?;
+    let mut command = std::process::Command::new(name);
+    command.args(args);
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(old) if !old.is_empty() => format!("{} {old}", shim.display()),
+        _ => shim.display().to_string(),
+    };
+    command.env("LD_PRELOAD", preload);
+    if let Some(url) = &cli.proxy {
+        let url = with_credentials(cli, ProxyUrl::parse(url)?)?;
+        command.env("SOCKSNG_PROXY", url_with_credentials(&url));
+        if let Some(list) = &cli.noproxy {
+            command.env("NO_PROXY", list).env("no_proxy", list);
+        }
+    } else if let Some(path) = &cli.config {
+        command.env("SOCKSNG_CLIENT_CONFIG", std::path::absolute(path)?);
+    }
+    if let Some(path) = find_program(name) {
+        if is_static(&path) {
+            eprintln!(
+                "socksng: {} is statically linked: the shim cannot reach its connections",
+                path.display()
+            );
+        }
+    }
+    let e = command.exec();
+    Err(anyhow!(LocalError::Usage(format!(
+        "cannot run {name}: {e}"
+    ))))
+}
+
+/// The shim: $SOCKSNG_SHIM, next to this program, or where packages install it.
+fn shim_path() -> Option<PathBuf> {
+    const NAME: &str = "libsocksng_socksify.so";
+    let env = std::env::var_os("SOCKSNG_SHIM").map(PathBuf::from);
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(NAME)));
+    let installed = ["/usr/local/lib/socksng", "/usr/lib/socksng"]
+        .iter()
+        .map(|d| Path::new(d).join(NAME));
+    env.into_iter()
+        .chain(beside)
+        .chain(installed)
+        .find(|p| p.is_file())
+}
+
+/// `url` as text with its credentials (percent-encoded), for the shim's SOCKSNG_PROXY.
+fn url_with_credentials(url: &ProxyUrl) -> String {
+    fn encode(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    let shown = url.to_string();
+    let Some((scheme, rest)) = shown.split_once("://") else {
+        return shown;
+    };
+    // The displayed URL has the user but not the password: rebuild the authority.
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    match &url.credentials {
+        Some((user, pass)) => format!("{scheme}://{}:{}@{host_port}", encode(user), encode(pass)),
+        None => format!("{scheme}://{host_port}"),
+    }
+}
+
+/// `name` as exec would find it.
+fn find_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Whether an ELF file has no program interpreter (statically linked): LD_PRELOAD does not
+/// reach it. 64-bit little-endian ELF only; anything else is not judged.
+fn is_static(path: &Path) -> bool {
+    const PT_INTERP: u32 = 3;
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(data[0x20..0x28].try_into().unwrap_or([0; 8])) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).all(|i| {
+        let at = phoff + i * phentsize;
+        data.get(at..at + 4)
+            .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]))
+            != Some(PT_INTERP)
+    })
 }
 
 /// One proxy for everything (from --proxy or ALL_PROXY), with --proxy-user's credentials and
@@ -639,6 +774,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Info { server, json } => info(&cli, server.as_deref(), *json).await,
+        Cmd::Exec { program } => exec(&cli, program),
         Cmd::Routes { json, lookup } => routes(&cli, *json, lookup).await,
     }
 }

@@ -1,0 +1,111 @@
+//! What the shim knows of the program's descriptors: sockets with a handshake in progress,
+//! sockets whose proxied connect failed (the error `SO_ERROR` reports once), sockets connected
+//! through a proxy (for `getpeername`), and the program's epoll registrations, so that a
+//! handshake can borrow them and give them back.
+
+use crate::drive::Pending;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// One socket's state.
+pub(crate) enum FdState {
+    /// Its handshake runs.
+    Pending(Box<Pending>),
+    /// Its proxied connect failed with this errno (reported once by `SO_ERROR`).
+    Failed { errno: i32 },
+    /// Connected through a proxy to `target`.
+    Proxied { target: SocketAddr },
+}
+
+/// A registration of the program's: the events and data it gave `epoll_ctl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Registration {
+    pub events: u32,
+    pub data: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Fds {
+    pub state: HashMap<i32, FdState>,
+    /// (epoll descriptor, descriptor) → the program's registration.
+    pub epoll: HashMap<(i32, i32), Registration>,
+}
+
+static FDS: Mutex<Option<Fds>> = Mutex::new(None);
+/// Handshakes in progress: while 0, the waiting functions pass straight through.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// The table, locked.
+pub(crate) struct Locked(MutexGuard<'static, Option<Fds>>);
+
+impl std::ops::Deref for Locked {
+    type Target = Fds;
+    fn deref(&self) -> &Fds {
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("made in lock()"))
+    }
+}
+
+impl std::ops::DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut Fds {
+        self.0.get_or_insert_with(Fds::default)
+    }
+}
+
+pub(crate) fn lock() -> Locked {
+    let mut guard = FDS.lock().unwrap_or_else(|p| p.into_inner());
+    guard.get_or_insert_with(Fds::default);
+    Locked(guard)
+}
+
+/// Whether any handshake is in progress (cheap: no lock).
+pub(crate) fn any_pending() -> bool {
+    PENDING.load(Ordering::Acquire) > 0
+}
+
+impl Fds {
+    /// Sets `fd`'s state, keeping the count of handshakes right.
+    pub(crate) fn set(&mut self, fd: i32, state: FdState) {
+        if matches!(state, FdState::Pending(_)) {
+            PENDING.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some(FdState::Pending(_)) = self.state.insert(fd, state) {
+            PENDING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Forgets `fd` (closed, or replaced by dup2); with `epoll_too`, its registrations and,
+    /// if it was an epoll descriptor, the registrations made with it.
+    pub(crate) fn forget(&mut self, fd: i32) {
+        if let Some(FdState::Pending(_)) = self.state.remove(&fd) {
+            PENDING.fetch_sub(1, Ordering::AcqRel);
+        }
+        if !self.epoll.is_empty() {
+            self.epoll.retain(|(ep, f), _| *ep != fd && *f != fd);
+        }
+    }
+
+    /// The program's registrations of `fd`.
+    pub(crate) fn registrations(&self, fd: i32) -> Vec<(i32, Registration)> {
+        self.epoll
+            .iter()
+            .filter(|((_, f), _)| *f == fd)
+            .map(|((ep, _), r)| (*ep, *r))
+            .collect()
+    }
+
+    /// The descriptor with a handshake in progress that `epfd` reports with `data`.
+    pub(crate) fn pending_by_data(&self, epfd: i32, data: u64) -> Option<i32> {
+        self.state.iter().find_map(|(fd, s)| match s {
+            FdState::Pending(_) => self
+                .epoll
+                .get(&(epfd, *fd))
+                .filter(|r| r.data == data)
+                .map(|_| *fd),
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,1393 @@
+//! The C functions the shim replaces. Each one passes straight to the C library unless the
+//! configuration sends the call to a proxy; a panic inside one falls back to the C library's
+//! own function (an unwinding panic must never cross into the program).
+//!
+//! - `connect` on a TCP socket to a destination the route table sends to a proxy: connects
+//!   the socket to the proxy and runs the SOCKS handshake on it. A blocking socket gets 0 or
+//!   the error when the handshake is over (within the configured connect timeout); a
+//!   non-blocking one gets EINPROGRESS, and the handshake runs inside the program's `poll`,
+//!   `ppoll`, `select`, `pselect`, `epoll_wait` and `epoll_pwait`, which report the socket
+//!   writable only once the proxy has connected the target (and `SO_ERROR` the failure, if
+//!   it failed).
+//! - `getaddrinfo`, `gethostbyname`, `gethostbyname2`: a name that goes to a proxy which
+//!   resolves names gets a placeholder address (`names`), so no DNS query leaves this host.
+//! - `getpeername`, `getsockopt(SO_ERROR)`, `close`, `dup2`, `dup3`, `epoll_ctl`: keep the
+//!   state above true.
+
+use crate::drive::{errno, Pending, Step};
+use crate::fds::{self, FdState, Registration};
+use crate::names;
+use crate::plan::{plan, Plan, Server, Way};
+use crate::real::real;
+use libc::{
+    addrinfo, c_char, c_int, c_void, epoll_event, fd_set, hostent, nfds_t, pollfd, sigset_t,
+    sockaddr, socklen_t, timespec, timeval,
+};
+use socksng_proto::Address;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+/// One line on standard error, prefixed "socksng: ", written whole.
+pub(crate) fn say(msg: &str) {
+    let line = format!("socksng: {msg}\n");
+    // SAFETY: writing a valid buffer to descriptor 2; a failure is ignored.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), line.len());
+    }
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns this thread's errno.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// Runs `f`; a panic falls back to `fallback`.
+fn guarded<T>(f: impl FnOnce() -> T, fallback: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| fallback())
+}
+
+/// The socket address at `addr`, if it is IPv4 or IPv6.
+///
+/// # Safety
+/// `addr` must be null or valid for `len` bytes.
+pub(crate) unsafe fn read_sockaddr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
+    if addr.is_null() {
+        return None;
+    }
+    // SAFETY: the family field is within any sockaddr the caller passes.
+    let family = c_int::from(unsafe { (*addr).sa_family });
+    match family {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: long enough for a sockaddr_in; read unaligned to be safe.
+            let a: libc::sockaddr_in = unsafe { std::ptr::read_unaligned(addr.cast()) };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: long enough for a sockaddr_in6.
+            let a: libc::sockaddr_in6 = unsafe { std::ptr::read_unaligned(addr.cast()) };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// `sa` as a C socket address of `family` (an IPv4 address in an IPv6 socket is mapped).
+fn to_storage(sa: SocketAddr, family: c_int) -> (libc::sockaddr_storage, socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let sa = match (sa, family) {
+        (SocketAddr::V4(v4), libc::AF_INET6) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => sa,
+    };
+    let len = match sa {
+        SocketAddr::V4(v4) => {
+            let a = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), a) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let a = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), a) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as socklen_t)
+}
+
+/// Writes `sa` to a caller's buffer as getpeername does (truncating to its length).
+///
+/// # Safety
+/// `addr` must be valid for `*len` bytes and `len` valid to read and write.
+unsafe fn write_sockaddr(sa: SocketAddr, family: c_int, addr: *mut sockaddr, len: *mut socklen_t) {
+    let (storage, full) = to_storage(sa, family);
+    // SAFETY: the caller's length bounds the copy.
+    unsafe {
+        let n = (*len).min(full) as usize;
+        std::ptr::copy_nonoverlapping(
+            (&storage as *const libc::sockaddr_storage).cast::<u8>(),
+            addr.cast::<u8>(),
+            n,
+        );
+        *len = full;
+    }
+}
+
+fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: `v` and `len` are valid for getsockopt to write.
+    let r =
+        unsafe { (real().getsockopt)(fd, level, name, (&mut v as *mut c_int).cast(), &mut len) };
+    (r == 0).then_some(v)
+}
+
+/// Resolves a proxy's host with the C library's resolver (names and literals).
+pub(crate) fn resolve_real(host: &str, port: u16) -> Result<Vec<SocketAddr>, i32> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let Ok(node) = std::ffi::CString::new(host) else {
+        return Err(libc::EINVAL);
+    };
+    // SAFETY: all-zero is a valid addrinfo for hints.
+    let mut hints: addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_socktype = libc::SOCK_STREAM;
+    let mut res: *mut addrinfo = std::ptr::null_mut();
+    // SAFETY: valid strings and out-pointer.
+    let r = unsafe { (real().getaddrinfo)(node.as_ptr(), std::ptr::null(), &hints, &mut res) };
+    if r != 0 {
+        say(&format!("cannot resolve the proxy {host}"));
+        return Err(libc::EHOSTUNREACH);
+    }
+    let mut out = Vec::new();
+    let mut p = res;
+    while !p.is_null() {
+        // SAFETY: a node of the list getaddrinfo returned.
+        let ai = unsafe { &*p };
+        // SAFETY: ai_addr is valid for ai_addrlen.
+        if let Some(mut sa) = unsafe { read_sockaddr(ai.ai_addr, ai.ai_addrlen) } {
+            sa.set_port(port);
+            if !out.contains(&sa) {
+                out.push(sa);
+            }
+        }
+        p = ai.ai_next;
+    }
+    // SAFETY: the list came from the real getaddrinfo.
+    unsafe { (real().freeaddrinfo)(res) };
+    if out.is_empty() {
+        return Err(libc::EHOSTUNREACH);
+    }
+    Ok(out)
+}
+
+/// The plan, when the shim has anything to do. A broken configuration is reported once.
+fn active_plan() -> Result<Option<&'static Plan>, ()> {
+    match plan() {
+        Ok(p) => Ok(p),
+        Err(why) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| say(&format!("configuration: {why}; connections are refused")));
+            Err(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// connect
+
+/// # Safety
+/// As connect(2).
+#[no_mangle]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: the program's arguments, passed on unchanged.
+    let direct = || unsafe { (real().connect)(fd, addr, len) };
+    // SAFETY: the program's address, valid for `len` by connect's contract.
+    let Some(target) = (unsafe { read_sockaddr(addr, len) }) else {
+        return direct();
+    };
+    guarded(|| connect_to(fd, target, direct), direct)
+}
+
+fn connect_to(fd: c_int, target: SocketAddr, direct: impl Fn() -> c_int) -> c_int {
+    if sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
+        return direct();
+    }
+    // A connect again on a socket whose handshake runs or ran: as the kernel answers it.
+    if let Some(r) = connect_again(fd) {
+        return r;
+    }
+    let ip = target.ip().to_canonical();
+    let plan = match active_plan() {
+        Ok(Some(p)) => p,
+        Ok(None) => return direct(),
+        Err(()) if ip.is_loopback() => return direct(),
+        Err(()) => {
+            set_errno(libc::ECONNREFUSED);
+            return -1;
+        }
+    };
+    let port = target.port();
+    let (way, address) = match names::name_of(ip) {
+        Some(name) => {
+            let address = match Address::domain(&name, port) {
+                Ok(a) => a,
+                Err(_) => {
+                    set_errno(libc::EINVAL);
+                    return -1;
+                }
+            };
+            (plan.for_name(&name, port), address)
+        }
+        None if names::is_placeholder(ip) => {
+            say(&format!(
+                "{ip} is a placeholder this process did not hand out"
+            ));
+            set_errno(libc::EHOSTUNREACH);
+            return -1;
+        }
+        None => (
+            plan.for_ip(ip, port),
+            Address::ip(SocketAddr::new(ip, port)),
+        ),
+    };
+    let server = match way {
+        Way::Proxy(s) => s,
+        Way::Direct if matches!(address.host, socksng_proto::Host::Domain(_)) => {
+            // Resolved as going to a proxy, now routed direct: never resolved here.
+            say(&format!("{address} is no longer routed through a proxy"));
+            set_errno(libc::EHOSTUNREACH);
+            return -1;
+        }
+        Way::Direct => return direct(),
+    };
+    start(fd, plan, server, address, target)
+}
+
+/// What the kernel would say to a second connect on a socket the shim handles: EALREADY
+/// while the handshake runs, EISCONN once connected, the error once if it failed.
+fn connect_again(fd: c_int) -> Option<c_int> {
+    let mut table = fds::lock();
+    let result = match table.state.get_mut(&fd)? {
+        FdState::Pending(p) => match p.step(fd) {
+            Step::Want(_) => Err(libc::EALREADY),
+            Step::Done => {
+                let target = p.target;
+                table.set(fd, FdState::Proxied { target });
+                restore_registrations(&table, fd);
+                Err(libc::EISCONN)
+            }
+            Step::Failed(e) => {
+                table.forget(fd);
+                Err(e)
+            }
+        },
+        FdState::Proxied { .. } => Err(libc::EISCONN),
+        FdState::Failed { errno, .. } => {
+            let e = *errno;
+            table.forget(fd);
+            Err(e)
+        }
+    };
+    match result {
+        Ok(()) => Some(0),
+        Err(e) => {
+            set_errno(e);
+            Some(-1)
+        }
+    }
+}
+
+fn start(fd: c_int, plan: &Plan, server: &Server, address: Address, target: SocketAddr) -> c_int {
+    if server.url.tls.is_some() {
+        say(&format!(
+            "{}: SOCKS over TLS (socks5s://) is not supported by the shim yet",
+            server.describe()
+        ));
+        set_errno(libc::ECONNREFUSED);
+        return -1;
+    }
+    let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+    let proxy = match server.addrs() {
+        Ok(addrs) => addrs
+            .iter()
+            .copied()
+            .find(|a| family == libc::AF_INET6 || a.is_ipv4()),
+        Err(e) => {
+            set_errno(e);
+            return -1;
+        }
+    };
+    let Some(proxy) = proxy else {
+        say(&format!(
+            "the proxy {} has no IPv4 address for this IPv4 socket",
+            server.describe()
+        ));
+        set_errno(libc::EAFNOSUPPORT);
+        return -1;
+    };
+    // SAFETY: fcntl on the program's descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    let nonblocking = flags >= 0 && flags & libc::O_NONBLOCK != 0;
+    if !nonblocking {
+        // The handshake runs on a non-blocking socket either way, so that it keeps its deadline.
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    }
+    let (storage, len) = to_storage(proxy, family);
+    // SAFETY: a valid socket address of `len` bytes.
+    let r =
+        unsafe { (real().connect)(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
+    let e = if r == 0 { 0 } else { errno() };
+    if r != 0 && e != libc::EINPROGRESS {
+        if !nonblocking {
+            // SAFETY: as above.
+            unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+        }
+        say(&format!(
+            "cannot reach the proxy {}: {}",
+            server.describe(),
+            std::io::Error::from_raw_os_error(e)
+        ));
+        set_errno(e);
+        return -1;
+    }
+    let deadline = Instant::now() + plan.connect_timeout;
+    let mut pending = Pending::connect(
+        address,
+        server.url.credentials.clone(),
+        server.socks4(),
+        target,
+        server.describe(),
+        deadline,
+        r != 0,
+    );
+    if nonblocking {
+        let first = pending.step(fd);
+        let mut table = fds::lock();
+        match first {
+            Step::Want(events) => {
+                table.set(fd, FdState::Pending(Box::new(pending)));
+                rearm_registrations(&table, fd, events);
+                set_errno(libc::EINPROGRESS);
+                -1
+            }
+            Step::Done => {
+                table.set(fd, FdState::Proxied { target });
+                0
+            }
+            Step::Failed(e) => {
+                set_errno(e);
+                -1
+            }
+        }
+    } else {
+        let result = run_blocking(fd, &mut pending);
+        // SAFETY: as above: the program's own flags back.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+        match result {
+            Ok(()) => {
+                fds::lock().set(fd, FdState::Proxied { target });
+                0
+            }
+            Err(e) => {
+                disconnect(fd);
+                set_errno(e);
+                -1
+            }
+        }
+    }
+}
+
+/// Drives a handshake to its end, waiting with poll, within its deadline.
+fn run_blocking(fd: c_int, pending: &mut Pending) -> Result<(), c_int> {
+    loop {
+        match pending.step(fd) {
+            Step::Done => return Ok(()),
+            Step::Failed(e) => return Err(e),
+            Step::Want(events) => {
+                let left = pending.deadline.saturating_duration_since(Instant::now());
+                let mut p = pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                };
+                let ms = left.as_millis().min(i32::MAX as u128) as c_int;
+                // SAFETY: one valid pollfd.
+                unsafe { (real().poll)(&mut p, 1, ms.max(1)) };
+            }
+        }
+    }
+}
+
+/// Leaves a socket whose proxied connect failed unconnected, so that the program's next
+/// read or write fails instead of talking to the proxy.
+fn disconnect(fd: c_int) {
+    // SAFETY: all-zero with AF_UNSPEC is the documented way to dissolve an association.
+    let mut unspec: libc::sockaddr = unsafe { std::mem::zeroed() };
+    unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+    // SAFETY: a valid sockaddr.
+    unsafe {
+        (real().connect)(
+            fd,
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as socklen_t,
+        )
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// epoll registrations borrowed by a handshake
+
+fn epoll_events(poll_events: i16) -> u32 {
+    if poll_events & libc::POLLIN != 0 {
+        libc::EPOLLIN as u32
+    } else {
+        libc::EPOLLOUT as u32
+    }
+}
+
+/// Points the program's registrations of `fd` at what the handshake waits for.
+fn rearm_registrations(table: &fds::Fds, fd: c_int, poll_events: i16) {
+    for (epfd, reg) in table.registrations(fd) {
+        let mut ev = epoll_event {
+            events: epoll_events(poll_events),
+            u64: reg.data,
+        };
+        // SAFETY: a valid epoll descriptor and event.
+        unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) };
+    }
+}
+
+/// Gives the program its registrations of `fd` back.
+fn restore_registrations(table: &fds::Fds, fd: c_int) {
+    for (epfd, reg) in table.registrations(fd) {
+        let mut ev = epoll_event {
+            events: reg.events,
+            u64: reg.data,
+        };
+        // SAFETY: as above.
+        unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) };
+    }
+}
+
+/// Moves `fd`'s handshake on; what the program should see: `None` while it runs, else
+/// `Some(Ok)` connected or `Some(Err(errno))`.
+fn advance(table: &mut fds::Fds, fd: c_int) -> Option<Result<(), c_int>> {
+    let FdState::Pending(p) = table.state.get_mut(&fd)? else {
+        return None;
+    };
+    match p.step(fd) {
+        Step::Want(events) => {
+            rearm_registrations(table, fd, events);
+            None
+        }
+        Step::Done => {
+            let target = p.target;
+            table.set(fd, FdState::Proxied { target });
+            restore_registrations(table, fd);
+            Some(Ok(()))
+        }
+        Step::Failed(errno) => {
+            disconnect(fd);
+            table.set(fd, FdState::Failed { errno });
+            restore_registrations(table, fd);
+            Some(Err(errno))
+        }
+    }
+}
+
+/// The earliest handshake deadline, as a poll timeout in ms from now (for waits that must
+/// wake to fail a handshake in time).
+fn earliest_deadline(table: &fds::Fds) -> Option<Instant> {
+    table
+        .state
+        .values()
+        .filter_map(|s| match s {
+            FdState::Pending(p) => Some(p.deadline),
+            _ => None,
+        })
+        .min()
+}
+
+/// The timeout to wait with: the program's (ms, negative for none), cut to the earliest
+/// handshake deadline.
+fn wait_ms(until: Option<Instant>, deadline: Option<Instant>) -> c_int {
+    let soonest = match (until, deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match soonest {
+        None => -1,
+        Some(t) => {
+            let left = t.saturating_duration_since(Instant::now());
+            // Rounded up, so a wait never returns just short of its deadline.
+            (left.as_micros().div_ceil(1000)).min(i32::MAX as u128) as c_int
+        }
+    }
+}
+
+fn until_of(ms: c_int) -> Option<Instant> {
+    (ms >= 0).then(|| Instant::now() + Duration::from_millis(ms as u64))
+}
+
+// ---------------------------------------------------------------------------------------
+// poll, ppoll, select, pselect
+
+/// poll over `fds` as the program sees it: sockets with a handshake in progress wait for
+/// what the handshake needs, and are reported only when it has ended.
+fn poll_driving(
+    fds_in: &mut [pollfd],
+    until: Option<Instant>,
+    wait: impl Fn(&mut [pollfd], c_int) -> c_int,
+) -> c_int {
+    let mut mine: Vec<pollfd> = fds_in.to_vec();
+    loop {
+        let (pending, deadline): (Vec<bool>, Option<Instant>) = {
+            let table = fds::lock();
+            let pending = fds_in
+                .iter()
+                .map(|p| matches!(table.state.get(&p.fd), Some(FdState::Pending(_))))
+                .collect();
+            (pending, earliest_deadline(&table))
+        };
+        if !pending.iter().any(|p| *p) {
+            return wait(fds_in, wait_ms(until, None));
+        }
+        for (i, p) in fds_in.iter().enumerate() {
+            mine[i] = *p;
+            if pending[i] {
+                // Both: a handshake step may want either; the step decides.
+                mine[i].events = libc::POLLIN | libc::POLLOUT;
+                let table = fds::lock();
+                if let Some(FdState::Pending(_)) = table.state.get(&p.fd) {
+                    mine[i].events = want_of(&table, p.fd);
+                }
+            }
+        }
+        let r = wait(&mut mine, wait_ms(until, deadline));
+        if r < 0 {
+            return r;
+        }
+        let mut ready = 0;
+        let mut table = fds::lock();
+        for (i, p) in fds_in.iter_mut().enumerate() {
+            p.revents = mine[i].revents;
+            if pending[i] {
+                // Ready or not, a step may have a deadline to meet.
+                p.revents = match advance(&mut table, p.fd) {
+                    None => 0,
+                    Some(Ok(())) => p.events & libc::POLLOUT,
+                    Some(Err(_)) => (p.events & libc::POLLOUT) | libc::POLLERR,
+                };
+            }
+            if p.revents != 0 {
+                ready += 1;
+            }
+        }
+        drop(table);
+        if ready > 0 || until.is_some_and(|u| Instant::now() >= u) {
+            return ready;
+        }
+    }
+}
+
+/// What a pending socket's handshake waits for (POLLOUT at first).
+fn want_of(table: &fds::Fds, fd: c_int) -> i16 {
+    match table.state.get(&fd) {
+        Some(FdState::Pending(p)) => p.want(),
+        _ => libc::POLLOUT,
+    }
+}
+
+/// # Safety
+/// As poll(2).
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds_ptr: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { (real().poll)(fds_ptr, nfds, timeout) };
+    if !fds::any_pending() || fds_ptr.is_null() {
+        return direct();
+    }
+    guarded(
+        || {
+            // SAFETY: poll's contract: `nfds` valid entries.
+            let list = unsafe { std::slice::from_raw_parts_mut(fds_ptr, nfds as usize) };
+            poll_driving(list, until_of(timeout), |l, ms| {
+                // SAFETY: a valid list of `l.len()` entries.
+                unsafe { (real().poll)(l.as_mut_ptr(), l.len() as nfds_t, ms) }
+            })
+        },
+        direct,
+    )
+}
+
+/// # Safety
+/// As ppoll(2).
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds_ptr: *mut pollfd,
+    nfds: nfds_t,
+    tmo: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { (real().ppoll)(fds_ptr, nfds, tmo, sigmask) };
+    if !fds::any_pending() || fds_ptr.is_null() {
+        return direct();
+    }
+    guarded(
+        || {
+            // SAFETY: ppoll's contract.
+            let list = unsafe { std::slice::from_raw_parts_mut(fds_ptr, nfds as usize) };
+            // SAFETY: a non-null timeout is valid to read.
+            let until = unsafe { tmo.as_ref() }.map(|t| {
+                Instant::now()
+                    + Duration::new(
+                        t.tv_sec.max(0) as u64,
+                        t.tv_nsec.clamp(0, 999_999_999) as u32,
+                    )
+            });
+            poll_driving(list, until, |l, ms| {
+                let t = (ms >= 0).then(|| timespec {
+                    tv_sec: libc::time_t::from(ms / 1000),
+                    tv_nsec: libc::c_long::from(ms % 1000) * 1_000_000,
+                });
+                let tp = t
+                    .as_ref()
+                    .map_or(std::ptr::null(), |t| t as *const timespec);
+                // SAFETY: valid list, timeout and the program's mask.
+                unsafe { (real().ppoll)(l.as_mut_ptr(), l.len() as nfds_t, tp, sigmask) }
+            })
+        },
+        direct,
+    )
+}
+
+/// select as poll: the sets become a poll list and back.
+///
+/// # Safety
+/// The sets must be null or valid for `nfds` descriptors.
+unsafe fn select_driving(
+    nfds: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    e: *mut fd_set,
+    until: Option<Instant>,
+    wait: impl Fn(&mut [pollfd], c_int) -> c_int,
+) -> c_int {
+    let n = nfds.clamp(0, libc::FD_SETSIZE as c_int);
+    let mut list = Vec::new();
+    // SAFETY: FD_ISSET on the program's sets for descriptors below nfds.
+    let isset = |set: *mut fd_set, fd: c_int| !set.is_null() && unsafe { libc::FD_ISSET(fd, set) };
+    for fd in 0..n {
+        let mut events = 0;
+        if isset(r, fd) {
+            events |= libc::POLLIN;
+        }
+        if isset(w, fd) {
+            events |= libc::POLLOUT;
+        }
+        if isset(e, fd) {
+            events |= libc::POLLPRI;
+        }
+        if events != 0 {
+            list.push(pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+        }
+    }
+    let got = poll_driving(&mut list, until, wait);
+    if got < 0 {
+        return got;
+    }
+    for set in [r, w, e] {
+        if !set.is_null() {
+            // SAFETY: the program's set.
+            unsafe { libc::FD_ZERO(set) };
+        }
+    }
+    let mut count = 0;
+    for p in &list {
+        let bad = p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
+        // SAFETY: FD_SET on the program's sets for a descriptor it listed.
+        unsafe {
+            if !r.is_null()
+                && p.events & libc::POLLIN != 0
+                && (p.revents & libc::POLLIN != 0 || bad)
+            {
+                libc::FD_SET(p.fd, r);
+                count += 1;
+            }
+            if !w.is_null()
+                && p.events & libc::POLLOUT != 0
+                && (p.revents & libc::POLLOUT != 0 || bad)
+            {
+                libc::FD_SET(p.fd, w);
+                count += 1;
+            }
+            if !e.is_null() && p.events & libc::POLLPRI != 0 && p.revents & libc::POLLPRI != 0 {
+                libc::FD_SET(p.fd, e);
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+fn plain_poll(l: &mut [pollfd], ms: c_int) -> c_int {
+    // SAFETY: a valid list.
+    unsafe { (real().poll)(l.as_mut_ptr(), l.len() as nfds_t, ms) }
+}
+
+/// # Safety
+/// As select(2).
+#[no_mangle]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    e: *mut fd_set,
+    tmo: *mut timeval,
+) -> c_int {
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { (real().select)(nfds, r, w, e, tmo) };
+    if !fds::any_pending() {
+        return direct();
+    }
+    guarded(
+        || {
+            // SAFETY: a non-null timeout is valid to read.
+            let until = unsafe { tmo.as_ref() }.map(|t| {
+                Instant::now()
+                    + Duration::from_micros(
+                        t.tv_sec.max(0) as u64 * 1_000_000 + t.tv_usec.max(0) as u64,
+                    )
+            });
+            // SAFETY: select's contract on the sets.
+            unsafe { select_driving(nfds, r, w, e, until, plain_poll) }
+        },
+        direct,
+    )
+}
+
+/// # Safety
+/// As pselect(2).
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    r: *mut fd_set,
+    w: *mut fd_set,
+    e: *mut fd_set,
+    tmo: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { (real().pselect)(nfds, r, w, e, tmo, sigmask) };
+    if !fds::any_pending() {
+        return direct();
+    }
+    guarded(
+        || {
+            // SAFETY: a non-null timeout is valid to read.
+            let until = unsafe { tmo.as_ref() }.map(|t| {
+                Instant::now()
+                    + Duration::new(
+                        t.tv_sec.max(0) as u64,
+                        t.tv_nsec.clamp(0, 999_999_999) as u32,
+                    )
+            });
+            // SAFETY: select's contract on the sets.
+            unsafe {
+                select_driving(nfds, r, w, e, until, |l, ms| {
+                    let t = (ms >= 0).then(|| timespec {
+                        tv_sec: libc::time_t::from(ms / 1000),
+                        tv_nsec: libc::c_long::from(ms % 1000) * 1_000_000,
+                    });
+                    let tp = t
+                        .as_ref()
+                        .map_or(std::ptr::null(), |t| t as *const timespec);
+                    (real().ppoll)(l.as_mut_ptr(), l.len() as nfds_t, tp, sigmask)
+                })
+            }
+        },
+        direct,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// epoll
+
+/// # Safety
+/// As epoll_ctl(2).
+#[no_mangle]
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut epoll_event,
+) -> c_int {
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { (real().epoll_ctl)(epfd, op, fd, event) };
+    if !matches!(plan(), Ok(Some(_))) {
+        return direct();
+    }
+    guarded(
+        || {
+            let mut table = fds::lock();
+            // SAFETY: a non-null event is valid to read.
+            let reg = unsafe { event.as_ref() }.map(|e| Registration {
+                events: e.events,
+                data: e.u64,
+            });
+            let pending = matches!(table.state.get(&fd), Some(FdState::Pending(_)));
+            let r = match (op, reg, pending) {
+                (libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD, Some(reg), true) => {
+                    // The handshake keeps the registration until it ends.
+                    let mut ev = epoll_event {
+                        events: epoll_events(want_of(&table, fd)),
+                        u64: reg.data,
+                    };
+                    // SAFETY: a valid event.
+                    unsafe { (real().epoll_ctl)(epfd, op, fd, &mut ev) }
+                }
+                _ => direct(),
+            };
+            if r == 0 {
+                match (op, reg) {
+                    (libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD, Some(reg)) => {
+                        table.epoll.insert((epfd, fd), reg);
+                    }
+                    (libc::EPOLL_CTL_DEL, _) => {
+                        table.epoll.remove(&(epfd, fd));
+                    }
+                    _ => {}
+                }
+            }
+            r
+        },
+        direct,
+    )
+}
+
+/// epoll_wait as the program sees it: events of sockets with a handshake in progress move
+/// the handshake on and are reported only when it has ended.
+///
+/// # Safety
+/// `events` must be valid for `max` entries.
+unsafe fn epoll_driving(
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    until: Option<Instant>,
+    wait: impl Fn(c_int) -> c_int,
+) -> c_int {
+    loop {
+        let deadline = earliest_deadline(&fds::lock());
+        let n = wait(wait_ms(until, deadline));
+        if n < 0 {
+            return n;
+        }
+        // SAFETY: the kernel filled `n` entries of the program's array.
+        let list = unsafe { std::slice::from_raw_parts_mut(events, max.max(0) as usize) };
+        let mut table = fds::lock();
+        let mut kept = 0usize;
+        for i in 0..n as usize {
+            let ev = list[i];
+            let data = ev.u64;
+            let fd = table.pending_by_data(epfd, data);
+            let out = match fd {
+                None => Some(ev.events),
+                Some(fd) => {
+                    let wanted = table.epoll.get(&(epfd, fd)).map_or(0, |r| r.events);
+                    match advance(&mut table, fd) {
+                        None => None,
+                        Some(Ok(())) => Some(wanted & libc::EPOLLOUT as u32).filter(|e| *e != 0),
+                        Some(Err(_)) => Some(
+                            (wanted & libc::EPOLLOUT as u32)
+                                | libc::EPOLLERR as u32
+                                | libc::EPOLLHUP as u32,
+                        ),
+                    }
+                }
+            };
+            if let Some(events) = out {
+                list[kept] = epoll_event { events, u64: data };
+                kept += 1;
+            }
+        }
+        // Handshakes past their deadline fail even if their socket said nothing.
+        let overdue: Vec<i32> = table
+            .state
+            .iter()
+            .filter_map(|(fd, s)| match s {
+                FdState::Pending(p) if Instant::now() >= p.deadline => Some(*fd),
+                _ => None,
+            })
+            .collect();
+        for fd in overdue {
+            let reg = table.epoll.get(&(epfd, fd)).copied();
+            if advance(&mut table, fd).is_some() {
+                if let Some(reg) = reg {
+                    if kept < list.len() {
+                        list[kept] = epoll_event {
+                            events: (reg.events & libc::EPOLLOUT as u32)
+                                | libc::EPOLLERR as u32
+                                | libc::EPOLLHUP as u32,
+                            u64: reg.data,
+                        };
+                        kept += 1;
+                    }
+                }
+            }
+        }
+        drop(table);
+        if kept > 0 || until.is_some_and(|u| Instant::now() >= u) {
+            return kept as c_int;
+        }
+    }
+}
+
+/// # Safety
+/// As epoll_wait(2).
+#[no_mangle]
+pub unsafe extern "C" fn epoll_wait(
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
+) -> c_int {
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { (real().epoll_wait)(epfd, events, max, timeout) };
+    if !fds::any_pending() || events.is_null() || max <= 0 {
+        return direct();
+    }
+    guarded(
+        // SAFETY: epoll_wait's contract on `events`.
+        || unsafe {
+            epoll_driving(epfd, events, max, until_of(timeout), |ms| {
+                (real().epoll_wait)(epfd, events, max, ms)
+            })
+        },
+        direct,
+    )
+}
+
+/// # Safety
+/// As epoll_pwait(2).
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
+    sigmask: *const sigset_t,
+) -> c_int {
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { (real().epoll_pwait)(epfd, events, max, timeout, sigmask) };
+    if !fds::any_pending() || events.is_null() || max <= 0 {
+        return direct();
+    }
+    guarded(
+        // SAFETY: epoll_pwait's contract on `events`.
+        || unsafe {
+            epoll_driving(epfd, events, max, until_of(timeout), |ms| {
+                (real().epoll_pwait)(epfd, events, max, ms, sigmask)
+            })
+        },
+        direct,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// socket state: SO_ERROR, getpeername, close, dup2, dup3
+
+/// # Safety
+/// As getsockopt(2).
+#[no_mangle]
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { (real().getsockopt)(fd, level, name, value, len) };
+    if level != libc::SOL_SOCKET || name != libc::SO_ERROR || value.is_null() || len.is_null() {
+        return direct();
+    }
+    guarded(
+        || {
+            let mut table = fds::lock();
+            let error = match table.state.get(&fd) {
+                Some(FdState::Pending(_)) => match advance(&mut table, fd) {
+                    None | Some(Ok(())) => 0,
+                    Some(Err(e)) => {
+                        table.forget(fd);
+                        e
+                    }
+                },
+                Some(FdState::Failed { errno, .. }) => {
+                    let e = *errno;
+                    table.forget(fd);
+                    e
+                }
+                _ => return direct(),
+            };
+            // SAFETY: the program's buffer, at least as long as it says.
+            unsafe {
+                if (*len as usize) >= std::mem::size_of::<c_int>() {
+                    *(value as *mut c_int) = error;
+                    *len = std::mem::size_of::<c_int>() as socklen_t;
+                }
+            }
+            0
+        },
+        direct,
+    )
+}
+
+/// # Safety
+/// As getpeername(2).
+#[no_mangle]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { (real().getpeername)(fd, addr, len) };
+    if addr.is_null() || len.is_null() {
+        return direct();
+    }
+    guarded(
+        || {
+            let target = match fds::lock().state.get(&fd) {
+                Some(FdState::Proxied { target }) => *target,
+                Some(FdState::Pending(_)) | Some(FdState::Failed { .. }) => {
+                    set_errno(libc::ENOTCONN);
+                    return -1;
+                }
+                None => return direct(),
+            };
+            let family =
+                sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+            // SAFETY: getpeername's contract on the buffer.
+            unsafe { write_sockaddr(target, family, addr, len) };
+            0
+        },
+        direct,
+    )
+}
+
+fn forget(fd: c_int) {
+    if matches!(plan(), Ok(Some(_))) {
+        fds::lock().forget(fd);
+    }
+}
+
+/// # Safety
+/// As close(2).
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let _ = catch_unwind(|| forget(fd));
+    // SAFETY: the program's descriptor.
+    unsafe { (real().close)(fd) }
+}
+
+/// # Safety
+/// As dup2(2).
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    if old != new {
+        let _ = catch_unwind(|| forget(new));
+    }
+    // SAFETY: the program's descriptors.
+    unsafe { (real().dup2)(old, new) }
+}
+
+/// # Safety
+/// As dup3(2).
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    let _ = catch_unwind(|| forget(new));
+    // SAFETY: the program's descriptors.
+    unsafe { (real().dup3)(old, new, flags) }
+}
+
+// ---------------------------------------------------------------------------------------
+// name resolution
+
+/// Addresses this shim allocated with getaddrinfo, so that freeaddrinfo frees them itself.
+static OURS: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// The port a getaddrinfo service names (a number, or a name from the services database).
+fn service_port(service: *const c_char, socktype: c_int) -> Option<u16> {
+    if service.is_null() {
+        return Some(0);
+    }
+    // SAFETY: a NUL-terminated string by getaddrinfo's contract.
+    let text = unsafe { std::ffi::CStr::from_ptr(service) }.to_str().ok()?;
+    if let Ok(p) = text.parse::<u16>() {
+        return Some(p);
+    }
+    let proto = if socktype == libc::SOCK_DGRAM {
+        c"udp"
+    } else {
+        c"tcp"
+    };
+    // SAFETY: valid strings; the result is read at once.
+    let ent = unsafe { libc::getservbyname(service, proto.as_ptr()) };
+    // SAFETY: a non-null servent from the C library.
+    unsafe { ent.as_ref() }.map(|e| u16::from_be(e.s_port as u16))
+}
+
+/// # Safety
+/// As getaddrinfo(3).
+#[no_mangle]
+pub unsafe extern "C" fn getaddrinfo(
+    node: *const c_char,
+    service: *const c_char,
+    hints: *const addrinfo,
+    res: *mut *mut addrinfo,
+) -> c_int {
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { (real().getaddrinfo)(node, service, hints, res) };
+    if node.is_null() || res.is_null() {
+        return direct();
+    }
+    guarded(
+        || {
+            let Ok(Some(plan)) = plan() else {
+                return direct();
+            };
+            // SAFETY: NUL-terminated by getaddrinfo's contract.
+            let Ok(name) = (unsafe { std::ffi::CStr::from_ptr(node) }).to_str() else {
+                return direct();
+            };
+            // SAFETY: a non-null hints is valid to read.
+            let hints = unsafe { hints.as_ref() };
+            let numeric = hints.is_some_and(|h| h.ai_flags & libc::AI_NUMERICHOST != 0);
+            if numeric || name.parse::<IpAddr>().is_ok() || name.is_empty() {
+                return direct();
+            }
+            let Some(port) = service_port(service, hints.map_or(0, |h| h.ai_socktype)) else {
+                return libc::EAI_SERVICE;
+            };
+            if !plan.resolves_remotely(name, port) {
+                return direct();
+            }
+            match build_list(name, port, hints) {
+                Some(list) => {
+                    OURS.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(list as usize);
+                    // SAFETY: `res` is valid to write.
+                    unsafe { *res = list };
+                    0
+                }
+                None => libc::EAI_MEMORY,
+            }
+        },
+        direct,
+    )
+}
+
+/// The list for `name`: one node per socket type, in order.
+fn build_list(name: &str, port: u16, hints: Option<&addrinfo>) -> Option<*mut addrinfo> {
+    let family = hints.map_or(libc::AF_UNSPEC, |h| h.ai_family);
+    let ip: IpAddr = match family {
+        libc::AF_INET6 => names::v6_for(name)?.into(),
+        libc::AF_INET | libc::AF_UNSPEC => names::v4_for(name)?.into(),
+        _ => return None,
+    };
+    let socktypes: Vec<c_int> = match hints.map_or(0, |h| h.ai_socktype) {
+        0 => vec![libc::SOCK_STREAM, libc::SOCK_DGRAM],
+        t => vec![t],
+    };
+    let canon = hints.is_some_and(|h| h.ai_flags & libc::AI_CANONNAME != 0);
+    let fam = if ip.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let (storage, len) = to_storage(SocketAddr::new(ip, port), fam);
+    let mut head: *mut addrinfo = std::ptr::null_mut();
+    for (i, socktype) in socktypes.iter().enumerate().rev() {
+        // SAFETY: malloc'd blocks of the right sizes, fully written before they are linked.
+        unsafe {
+            let sa = libc::malloc(len as usize) as *mut sockaddr;
+            let ai = libc::calloc(1, std::mem::size_of::<addrinfo>()) as *mut addrinfo;
+            if sa.is_null() || ai.is_null() {
+                free_list(head);
+                return None;
+            }
+            std::ptr::copy_nonoverlapping(
+                (&storage as *const libc::sockaddr_storage).cast::<u8>(),
+                sa.cast::<u8>(),
+                len as usize,
+            );
+            (*ai).ai_family = fam;
+            (*ai).ai_socktype = *socktype;
+            (*ai).ai_protocol = match *socktype {
+                libc::SOCK_DGRAM => libc::IPPROTO_UDP,
+                libc::SOCK_STREAM => libc::IPPROTO_TCP,
+                _ => 0,
+            };
+            (*ai).ai_addrlen = len;
+            (*ai).ai_addr = sa;
+            if canon && i == 0 {
+                if let Ok(c) = std::ffi::CString::new(name) {
+                    (*ai).ai_canonname = libc::strdup(c.as_ptr());
+                }
+            }
+            (*ai).ai_next = head;
+            head = ai;
+        }
+    }
+    Some(head)
+}
+
+/// Frees a list `build_list` made.
+fn free_list(mut p: *mut addrinfo) {
+    while !p.is_null() {
+        // SAFETY: nodes and their parts were malloc'd by build_list.
+        unsafe {
+            let next = (*p).ai_next;
+            libc::free((*p).ai_addr.cast());
+            libc::free((*p).ai_canonname.cast());
+            libc::free(p.cast());
+            p = next;
+        }
+    }
+}
+
+/// # Safety
+/// As freeaddrinfo(3).
+#[no_mangle]
+pub unsafe extern "C" fn freeaddrinfo(res: *mut addrinfo) {
+    let ours = catch_unwind(|| {
+        let mut list = OURS.lock().unwrap_or_else(|p| p.into_inner());
+        match list.iter().position(|p| *p == res as usize) {
+            Some(i) => {
+                list.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    })
+    .unwrap_or(false);
+    if ours {
+        free_list(res);
+    } else {
+        // SAFETY: a list the C library made.
+        unsafe { (real().freeaddrinfo)(res) }
+    }
+}
+
+/// Storage for gethostbyname's answer (per thread, where glibc keeps one per process).
+struct HostBuf {
+    ent: hostent,
+    name: std::ffi::CString,
+    addr: [u8; 16],
+    addr_list: [*mut c_char; 2],
+    aliases: [*mut c_char; 1],
+}
+
+thread_local! {
+    static HOST: std::cell::RefCell<Option<Box<HostBuf>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The placeholder hostent for `name` in `family`, or `None` to ask the C library.
+fn placeholder_hostent(name: *const c_char, family: c_int) -> Option<*mut hostent> {
+    let Ok(Some(plan)) = plan() else {
+        return None;
+    };
+    // SAFETY: a NUL-terminated string by the function's contract.
+    let text = unsafe { std::ffi::CStr::from_ptr(name) }.to_str().ok()?;
+    if text.parse::<IpAddr>().is_ok() || !plan.resolves_remotely(text, 0) {
+        return None;
+    }
+    let (bytes, len): ([u8; 16], usize) = match family {
+        libc::AF_INET6 => (names::v6_for(text)?.octets(), 16),
+        _ => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&names::v4_for(text)?.octets());
+            (b, 4)
+        }
+    };
+    HOST.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let buf = slot.insert(Box::new(HostBuf {
+            // SAFETY: all-zero is a valid hostent, filled below.
+            ent: unsafe { std::mem::zeroed() },
+            name: std::ffi::CString::new(text).ok()?,
+            addr: bytes,
+            addr_list: [std::ptr::null_mut(); 2],
+            aliases: [std::ptr::null_mut(); 1],
+        }));
+        buf.addr_list[0] = buf.addr.as_mut_ptr().cast();
+        buf.ent.h_name = buf.name.as_ptr() as *mut c_char;
+        buf.ent.h_aliases = buf.aliases.as_mut_ptr();
+        buf.ent.h_addrtype = if len == 16 {
+            libc::AF_INET6
+        } else {
+            libc::AF_INET
+        };
+        buf.ent.h_length = len as c_int;
+        buf.ent.h_addr_list = buf.addr_list.as_mut_ptr();
+        Some(&mut buf.ent as *mut hostent)
+    })
+}
+
+type GethostbynameFn = unsafe extern "C" fn(*const c_char) -> *mut hostent;
+type Gethostbyname2Fn = unsafe extern "C" fn(*const c_char, c_int) -> *mut hostent;
+
+/// # Safety
+/// As gethostbyname(3).
+#[no_mangle]
+pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
+    static REAL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: the C library's gethostbyname.
+    let real_fn: GethostbynameFn = unsafe {
+        std::mem::transmute::<usize, GethostbynameFn>(
+            *REAL.get_or_init(|| libc::dlsym(libc::RTLD_NEXT, c"gethostbyname".as_ptr()) as usize),
+        )
+    };
+    if !name.is_null() {
+        if let Ok(Some(ent)) = catch_unwind(|| placeholder_hostent(name, libc::AF_INET)) {
+            return ent;
+        }
+    }
+    // SAFETY: the program's argument.
+    unsafe { real_fn(name) }
+}
+
+/// # Safety
+/// As gethostbyname2(3).
+#[no_mangle]
+pub unsafe extern "C" fn gethostbyname2(name: *const c_char, family: c_int) -> *mut hostent {
+    static REAL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: the C library's gethostbyname2.
+    let real_fn: Gethostbyname2Fn = unsafe {
+        std::mem::transmute::<usize, Gethostbyname2Fn>(
+            *REAL.get_or_init(|| libc::dlsym(libc::RTLD_NEXT, c"gethostbyname2".as_ptr()) as usize),
+        )
+    };
+    if !name.is_null() {
+        if let Ok(Some(ent)) = catch_unwind(|| placeholder_hostent(name, family)) {
+            return ent;
+        }
+    }
+    // SAFETY: the program's arguments.
+    unsafe { real_fn(name, family) }
+}

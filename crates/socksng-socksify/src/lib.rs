@@ -1,0 +1,24 @@
+//! socksify: an LD_PRELOAD shim that makes unmodified programs use socksng. Loaded into a
+//! program (`socksng exec -- PROGRAM`, or `LD_PRELOAD=libsocksng_socksify.so`), it replaces
+//! the C library's `connect`, the waiting functions and the resolver entry points, so that
+//! connections the route table sends to a proxy go through it, with the SOCKS handshake run
+//! on the program's own socket by socksng-proto's client machine, and names the proxy
+//! resolves never reach a local DNS server.
+//!
+//! It runs inside someone else's process: no runtime, no thread of its own, nothing that
+//! blocks a non-blocking socket. Its state is a table of descriptors behind one lock.
+//!
+//! - `real`: the C library's own functions;
+//! - `plan`: the configuration and route table (the `socksng` command's, from the same file,
+//!   URL and environment variables);
+//! - `names`: placeholder addresses for names resolved by the proxy;
+//! - `drive`: the handshake on one socket, step by step;
+//! - `fds`: what the shim knows of the program's descriptors;
+//! - `hooks`: the replaced functions.
+
+mod drive;
+mod fds;
+mod hooks;
+pub mod names;
+mod plan;
+mod real;

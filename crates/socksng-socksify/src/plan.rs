@@ -1,0 +1,156 @@
+//! Where the shim sends what: the client configuration as the `socksng` command reads it
+//! (`SOCKSNG_PROXY`, which `socksng exec --proxy` sets; else the client configuration file;
+//! else ALL_PROXY / NO_PROXY), the route table it builds (configured routes, servers'
+//! `ranges`, and the ranges servers announced as cached by earlier processes), and each proxy's
+//! addresses. Loopback is always direct; what no route names is direct.
+
+use socksng_client::route::{RouteTable, Via};
+use socksng_client::{ClientConfig, ProxyUrl, Resolve, SocksVersion};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// One proxy of the table.
+pub(crate) struct Server {
+    pub url: ProxyUrl,
+    /// Its addresses, resolved once (with the real resolver); `Err` holds the errno.
+    addrs: OnceLock<Result<Vec<SocketAddr>, i32>>,
+}
+
+/// The configuration the shim runs under.
+pub(crate) struct Plan {
+    table: Arc<RouteTable>,
+    servers: Vec<Server>,
+    /// Limit for reaching a proxy and for its handshake.
+    pub connect_timeout: Duration,
+}
+
+/// Where a connection goes.
+pub(crate) enum Way<'a> {
+    Direct,
+    Proxy(&'a Server),
+}
+
+/// What the shim was configured with: `None` when nothing configures a proxy (the shim
+/// then leaves every call alone); `Err` when the configuration is broken (the shim then
+/// refuses rather than connect directly behind the user's back).
+pub(crate) fn plan() -> Result<Option<&'static Plan>, &'static str> {
+    static PLAN: OnceLock<Result<Option<Plan>, String>> = OnceLock::new();
+    match PLAN.get_or_init(load) {
+        Ok(p) => Ok(p.as_ref()),
+        Err(e) => Err(e.as_str()),
+    }
+}
+
+fn load() -> Result<Option<Plan>, String> {
+    let cfg = if let Some(url) = std::env::var("SOCKSNG_PROXY")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        // As ALL_PROXY, but for socksng alone (a program's own proxy settings stay unset).
+        let mut cfg = ClientConfig::from_toml(&format!(
+            "[[server]]\nurl = {url:?}\nranges = [\"*\"]\nask = false\n"
+        ))
+        .map_err(|e| format!("SOCKSNG_PROXY: {e}"))?;
+        if let Some(no) = socksng_client::env_no_proxy() {
+            let direct: Vec<String> = no
+                .split(',')
+                .map(|e| e.trim().replacen('[', "", 1).replacen(']', "", 1))
+                .filter(|e| !e.is_empty())
+                .collect();
+            cfg.route.push(socksng_client::config::RouteConfig {
+                to: direct,
+                ports: Vec::new(),
+                via: "direct".into(),
+            });
+        }
+        Some(cfg)
+    } else if let Some(path) = ClientConfig::default_path() {
+        Some(ClientConfig::load(&path).map_err(|e| format!("{}: {e}", path.display()))?)
+    } else {
+        ClientConfig::from_env().map_err(|e| format!("ALL_PROXY: {e}"))?
+    };
+    let Some(cfg) = cfg else {
+        return Ok(None);
+    };
+    let router = cfg.router().map_err(|e| e.to_string())?;
+    let servers = router
+        .servers()
+        .into_iter()
+        .map(|(spec, _)| Server {
+            url: spec.url,
+            addrs: OnceLock::new(),
+        })
+        .collect();
+    Ok(Some(Plan {
+        table: router.table(),
+        servers,
+        connect_timeout: cfg.options.connect_timeout,
+    }))
+}
+
+/// Names that always mean this host.
+fn is_local_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+impl Plan {
+    fn way(&self, via: Option<Via>) -> Way<'_> {
+        match via {
+            Some(Via::Server(i)) => self.servers.get(i).map_or(Way::Direct, Way::Proxy),
+            _ => Way::Direct,
+        }
+    }
+
+    /// Where a connection to an address goes.
+    pub(crate) fn for_ip(&self, ip: IpAddr, port: u16) -> Way<'_> {
+        let ip = ip.to_canonical();
+        if ip.is_loopback() || ip.is_unspecified() {
+            return Way::Direct;
+        }
+        self.way(self.table.for_ip(ip, port, &|_| true).map(|r| r.via))
+    }
+
+    /// Where a connection to a name goes: a route naming it, else the gateway (a proxy for
+    /// every address) if there is one, else direct.
+    pub(crate) fn for_name(&self, name: &str, port: u16) -> Way<'_> {
+        if is_local_name(name) {
+            return Way::Direct;
+        }
+        let route = self
+            .table
+            .for_name(name, port, &|_| true)
+            .or_else(|| self.table.gateway(port, &|_| true));
+        self.way(route.map(|r| r.via))
+    }
+
+    /// Whether a name the program resolves should get a placeholder: it goes to a proxy
+    /// that resolves names itself. `port` is 0 when the program did not say.
+    pub(crate) fn resolves_remotely(&self, name: &str, port: u16) -> bool {
+        match self.for_name(name, port) {
+            Way::Proxy(s) => s.url.resolve == Resolve::Remote,
+            Way::Direct => false,
+        }
+    }
+}
+
+impl Server {
+    /// Its addresses, resolved on first use with the real resolver.
+    pub(crate) fn addrs(&self) -> Result<&[SocketAddr], i32> {
+        self.addrs
+            .get_or_init(|| crate::hooks::resolve_real(&self.url.host, self.url.port))
+            .as_deref()
+            .map_err(|e| *e)
+    }
+
+    /// Whether it speaks SOCKS4.
+    pub(crate) fn socks4(&self) -> bool {
+        self.url.version == SocksVersion::Socks4
+    }
+
+    /// Its name for messages (the URL without the password).
+    pub(crate) fn describe(&self) -> String {
+        self.url.to_string()
+    }
+}
