@@ -13,15 +13,19 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SOCKSNGD = Path(os.environ.get("SOCKSNGD") or REPO / "target" / "debug" / "socksngd")
@@ -852,3 +856,141 @@ def wait_session_count(proxy, n, start=0, timeout=LOG_TIMEOUT):
         return seen[0] >= n or None
 
     proxy.log.wait_for(match, timeout=timeout, start=start, what=f"{n} session lines")
+
+
+# --------------------------------------------------------------------------------------------
+# Network namespaces
+
+
+# An HTTP service answering every request with its name and the client's address, and an
+# echo service that first sends its name; both on the address given.
+NS_SERVICE = r"""
+import socket, socketserver, sys
+
+name, addr = sys.argv[1], sys.argv[2]
+
+class Whoami(socketserver.BaseRequestHandler):
+    def handle(self):
+        s = self.request
+        s.settimeout(15)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        body = ("%s client %s\n" % (name, self.client_address[0])).encode()
+        s.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                  % len(body) + body)
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(4096):
+            pass
+
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        s = self.request
+        s.settimeout(15)
+        s.sendall(name.encode() + b"\n")
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+
+class Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    def handle_error(self, request, client_address):
+        pass
+
+http = Server((addr, 0), Whoami)
+echo = Server((addr, 0), Echo)
+import threading
+threading.Thread(target=echo.serve_forever, daemon=True).start()
+print("READY", http.server_address[1], echo.server_address[1], flush=True)
+http.serve_forever()
+"""
+
+
+class Topology:
+    """Network namespaces joined by veth pairs, their /etc/netns files and the processes
+    started in them; `close` removes all of it."""
+
+    def __init__(self, tag):
+        self.pid = os.getpid()
+        self.tag = tag
+        self.namespaces = []
+        self.links = []
+        self.procs = []
+        self.netns_etc = Path("/etc/netns")
+        self.made_netns_etc = not self.netns_etc.exists()
+
+    def ns(self, role):
+        name = f"sng-{self.tag}{role}-{self.pid}"
+        quiet("ip", "netns", "del", name)  # a leftover of a killed run with the same pid
+        shutil.rmtree(self.netns_etc / name, ignore_errors=True)
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def link(self, code, ns_a, addr_a, ns_b, addr_b, prefix=24):
+        """A veth pair, created inside the two namespaces (its names, at most 15 characters,
+        carry our pid, so runs in parallel do not collide)."""
+        a, b = f"st{code}a{self.pid}", f"st{code}b{self.pid}"
+        assert len(a) <= 15 and len(b) <= 15, (a, b)
+        quiet("ip", "link", "del", a)
+        self.links.append(a)
+        sh("ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b,
+           "netns", ns_b)
+        for ns, dev, addr in ((ns_a, a, addr_a), (ns_b, b, addr_b)):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/{prefix}", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+
+    def etc(self, ns, hosts):
+        etc = self.netns_etc / ns
+        etc.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost"] + [f"{ip} {name}" for name, ip in hosts.items()]
+        (etc / "hosts").write_text("\n".join(lines) + "\n")
+        # A resolver inside the namespace where nothing answers: no query leaves it.
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions attempts:1 timeout:1\n")
+
+    def service(self, ns, name, addr, script=None):
+        """A Python service `script` (default NS_SERVICE: whoami over HTTP and an echo) run in
+        `ns` with `name` and `addr` as arguments; returns what its READY line says."""
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", script or NS_SERVICE, name, addr],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(),
+            start_new_session=True,
+        )
+        self.procs.append(p)
+        return read_ready_line(p)
+
+    def close(self):
+        for p in self.procs:
+            terminate(p)
+            p.stdout.close()
+            p.stderr.close()
+        for ns in self.namespaces:
+            quiet("ip", "netns", "del", ns)
+            shutil.rmtree(self.netns_etc / ns, ignore_errors=True)  # named after our pid
+        for link in self.links:
+            quiet("ip", "link", "del", link)  # only still here if a move failed
+        if (self.made_netns_etc and self.netns_etc.exists()
+                and not any(self.netns_etc.iterdir())):
+            self.netns_etc.rmdir()
+
+
+def topology(tag, build):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates network namespaces and /etc/netns/<ns>")
+    t = Topology(tag)
+    try:
+        build(t)
+        yield t
+    finally:
+        t.close()
