@@ -13,6 +13,7 @@ import socket
 import pytest
 
 from interop_support import (
+    Child,
     HttpTarget,
     IO_TIMEOUT,
     PASSWORD,
@@ -122,3 +123,26 @@ def udp_target():
     t = UdpEchoTarget()
     yield t
     t.close()
+
+
+@pytest.fixture
+def children():
+    """Factory for `Child`; everything started is stopped at teardown, its output printed. A
+    peer that died before teardown fails the test."""
+    started = []
+
+    def start(*args, **kwargs):
+        c = Child(*args, **kwargs)
+        started.append(c)
+        return c
+
+    yield start
+    died = []
+    for c in reversed(started):
+        if c.proc.poll() is not None:
+            died.append(f"{c.name} exited during the test with status {c.proc.returncode}")
+        c.stop()
+        if c.log:
+            print(f"----- {c.name} -----\n{c.log.text()}")
+    if died:
+        pytest.fail("; ".join(died))

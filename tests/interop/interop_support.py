@@ -859,6 +859,62 @@ def wait_session_count(proxy, n, start=0, timeout=LOG_TIMEOUT):
 
 
 # --------------------------------------------------------------------------------------------
+# Peer programs
+
+
+def need(*programs):
+    """The path of each program; skips the test when one is missing (fails under CI, where
+    scripts/test-all installs them)."""
+    paths = []
+    for p in programs:
+        found = shutil.which(p) or next(
+            (str(d / p) for d in (Path("/usr/sbin"), Path("/sbin")) if (d / p).is_file()), None
+        )
+        if not found:
+            message = f"{p} is not installed"
+            if os.environ.get("CI"):
+                pytest.fail(message + " (CI installs it: see scripts/test-all)")
+            pytest.skip(message)
+        paths.append(found)
+    return paths
+
+
+def free_port():
+    """A port that was free a moment ago on 127.0.0.1, for programs that must be told theirs
+    in advance (a socksngd whose address another one names, ssh -D)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Child:
+    """A peer program we started (danted, sshd, ssh), in its own session; its stderr read
+    line by line (`log`) unless it goes to a file. Stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name, argv, stdout=subprocess.DEVNULL, stderr_path=None):
+        self.name = name
+        self._err = open(stderr_path, "wb") if stderr_path else None
+        self.proc = subprocess.Popen(
+            [str(a) for a in argv],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=self._err or subprocess.PIPE,
+            env=clean_env(),
+            start_new_session=True,
+        )
+        self.log = None if stderr_path else LogReader(self.proc.stderr)
+
+    def stop(self):
+        rc = terminate(self.proc)
+        if self.log:
+            self.log.join(STOP_TIMEOUT)
+        for f in (self.proc.stdout, self.proc.stderr, self._err):
+            if f and not f.closed:
+                f.close()
+        return rc
+
+
+# --------------------------------------------------------------------------------------------
 # Network namespaces
 
 

@@ -17,7 +17,6 @@ CI (scripts/test-all installs them), where a missing program is a failure.
 """
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -32,17 +31,15 @@ from interop_support import (
     PROC_TIMEOUT,
     SOCKSNGD,
     STARTUP_TIMEOUT,
-    STOP_TIMEOUT,
     HttpTarget,
-    LogReader,
-    clean_env,
     curl,
+    free_port,
+    need,
     parse_session,
     proxy_config,
     read_ready_line,
     run,
     sha256,
-    terminate,
     to_toml,
 )
 
@@ -53,31 +50,6 @@ CURL_SOURCE = "127.0.0.43"  # curl's own source address in the loop test
 
 def text(b):
     return b.decode(errors="replace")
-
-
-def need(*programs):
-    """The path of each program; skips the test when one is missing (fails under CI, where
-    scripts/test-all installs them)."""
-    paths = []
-    for p in programs:
-        found = shutil.which(p) or next(
-            (str(d / p) for d in (Path("/usr/sbin"), Path("/sbin")) if (d / p).is_file()), None
-        )
-        if not found:
-            message = f"{p} is not installed"
-            if os.environ.get("CI"):
-                pytest.fail(message + " (CI installs it: see scripts/test-all)")
-            pytest.skip(message)
-        paths.append(found)
-    return paths
-
-
-def free_port():
-    """A port that was free a moment ago on 127.0.0.1, for programs that must be told theirs
-    in advance (a socksngd whose address another one names, ssh -D)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def hop(external, upstreams=(), routes=(), forwarding=None, listen="127.0.0.1:0"):
@@ -130,56 +102,6 @@ def fetch(front, target, tag, tmp_path):
 
 def sources(target, tag):
     return [r["client"][0] for r in target.tagged(tag)]
-
-
-class Child:
-    """A peer program we started (danted, sshd, ssh), in its own session; its stderr read
-    line by line (`log`) unless it goes to a file. Stopped with SIGTERM, then SIGKILL."""
-
-    def __init__(self, name, argv, stdout=subprocess.DEVNULL, stderr_path=None):
-        self.name = name
-        self._err = open(stderr_path, "wb") if stderr_path else None
-        self.proc = subprocess.Popen(
-            [str(a) for a in argv],
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=self._err or subprocess.PIPE,
-            env=clean_env(),
-            start_new_session=True,
-        )
-        self.log = None if stderr_path else LogReader(self.proc.stderr)
-
-    def stop(self):
-        rc = terminate(self.proc)
-        if self.log:
-            self.log.join(STOP_TIMEOUT)
-        for f in (self.proc.stdout, self.proc.stderr, self._err):
-            if f and not f.closed:
-                f.close()
-        return rc
-
-
-@pytest.fixture
-def children():
-    """Factory for `Child`; everything started is stopped at teardown, its output printed. A
-    peer that died before teardown fails the test."""
-    started = []
-
-    def start(*args, **kwargs):
-        c = Child(*args, **kwargs)
-        started.append(c)
-        return c
-
-    yield start
-    died = []
-    for c in reversed(started):
-        if c.proc.poll() is not None:
-            died.append(f"{c.name} exited during the test with status {c.proc.returncode}")
-        c.stop()
-        if c.log:
-            print(f"----- {c.name} -----\n{c.log.text()}")
-    if died:
-        pytest.fail("; ".join(died))
 
 
 # --------------------------------------------------------------------------------------------
