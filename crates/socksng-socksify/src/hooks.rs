@@ -382,9 +382,12 @@ fn start(fd: c_int, plan: &Plan, server: &Server, address: Address, target: Sock
                 set_errno(libc::EINPROGRESS);
                 -1
             }
+            // Done at once (a fast proxy): still EINPROGRESS, as programs that set a socket
+            // non-blocking expect; the socket is writable, so their wait returns at once.
             Step::Done => {
                 table.set(fd, FdState::Proxied { target });
-                0
+                set_errno(libc::EINPROGRESS);
+                -1
             }
             Step::Failed(e) => {
                 set_errno(e);

@@ -1,0 +1,325 @@
+"""socksify (`socksng exec -- PROGRAM`, the LD_PRELOAD shim) with unmodified programs, in
+network namespaces the test makes:
+
+    client C 10.88.1.1 ---- 10.88.1.2 proxy P 10.88.2.1 ---- 10.88.2.2 target T
+
+P forwards, and C has a route to T through it, so a connection that went direct would work
+and the target would see C's address: what went through the proxy is seen from P's
+10.88.2.1. The name intranet.sfy is in P's hosts file only; C's resolver is a counting DNS
+server the test runs on C's loopback, so a query that leaves the client is seen.
+
+- curl by name, with no proxy option: fetched through socksngd, zero DNS queries in C (and
+  without the shim the same curl queries C's resolver and fails);
+- Python clients of every waiting style: asyncio (epoll), select, poll and blocking sockets,
+  by name and by address, getpeername, and a refusal as ECONNREFUSED;
+- ssh to an sshd in T by name;
+- Dante (a plain SOCKS5 server) as the proxy;
+- a proxy that is down: the program fails at once with its error and nothing reaches the
+  target directly.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from interop_support import (
+    SOCKSNGD,
+    STARTUP_TIMEOUT,
+    free_port,
+    need,
+    proxy_config,
+    run,
+    sh,
+    topology,
+)
+
+SOCKSNG = Path(os.environ.get("SOCKSNG") or SOCKSNGD.with_name("socksng"))
+
+C_IP, P_C_IP, P_T_IP, T_IP = "10.88.1.1", "10.88.1.2", "10.88.2.1", "10.88.2.2"
+NAME = "intranet.sfy"
+
+# HTTP in T: each answer says the client's address and how many requests came before.
+TARGET = r"""
+import socket, socketserver, sys, threading
+name, addr = sys.argv[1], sys.argv[2]
+count = [0]
+lock = threading.Lock()
+
+class Whoami(socketserver.BaseRequestHandler):
+    def handle(self):
+        s = self.request
+        s.settimeout(15)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        with lock:
+            count[0] += 1
+            n = count[0]
+        body = ("%s client %s request %d\n" % (name, self.client_address[0], n)).encode()
+        s.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                  % len(body) + body)
+        s.shutdown(socket.SHUT_WR)
+
+class Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    def handle_error(self, request, client_address):
+        pass
+
+http = Server((addr, 0), Whoami)
+closed = socket.socket()
+closed.bind((addr, 0))  # bound, never listening: a refused port
+print("READY", http.server_address[1], closed.getsockname()[1], flush=True)
+http.serve_forever()
+"""
+
+# A DNS server on C's loopback that counts queries (written to a file) and answers SERVFAIL.
+COUNTING_DNS = r"""
+import socket, sys
+path = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+n = 0
+open(path, "w").write("0")
+print("READY 53", flush=True)
+while True:
+    q, peer = s.recvfrom(4096)
+    n += 1
+    open(path, "w").write(str(n))
+    if len(q) >= 12:
+        s.sendto(q[:2] + bytes([0x81, 0x82]) + q[4:6] + b"\0\0\0\0\0\0" + q[12:], peer)
+"""
+
+# Every waiting style against the target, by name and by address; prints one line each.
+CLIENTS = r"""
+import asyncio, select, selectors, socket, sys
+name, port, ip, closed = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+REQ = b"GET / HTTP/1.0\r\n\r\n"
+
+def body(raw):
+    return raw.split(b"\r\n\r\n", 1)[1].decode().strip()
+
+def read_all(s):
+    data = b""
+    while True:
+        c = s.recv(4096)
+        if not c:
+            return data
+        data += c
+
+async def aio(host):
+    r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 15)
+    w.write(REQ)
+    data = await asyncio.wait_for(r.read(), 15)
+    peer = w.get_extra_info("peername")[0]
+    w.close()
+    return body(data), peer
+
+def nonblocking(host, wait):
+    addr = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+    s = socket.socket()
+    s.setblocking(False)
+    rc = s.connect_ex(addr)
+    assert rc == 115, f"connect_ex gave {rc}, not EINPROGRESS"
+    if wait == "select":
+        _, w, _ = select.select([], [s], [], 15)
+        assert w, "select timed out"
+    else:
+        p = select.poll()
+        p.register(s, select.POLLOUT)
+        assert p.poll(15000), "poll timed out"
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    peer = s.getpeername()[0]
+    s.setblocking(True)
+    s.settimeout(15)
+    s.sendall(REQ)
+    return body(read_all(s)), peer
+
+def blocking(host):
+    s = socket.create_connection((host, port), timeout=15)
+    s.sendall(REQ)
+    peer = s.getpeername()[0]
+    return body(read_all(s)), peer
+
+for label, f in [
+    ("asyncio-name", lambda: asyncio.run(aio(name))),
+    ("asyncio-ip", lambda: asyncio.run(aio(ip))),
+    ("select-name", lambda: nonblocking(name, "select")),
+    ("poll-ip", lambda: nonblocking(ip, "poll")),
+    ("blocking-name", lambda: blocking(name)),
+]:
+    got, peer = f()
+    print(label, peer, "|", got, flush=True)
+
+# A port nobody listens on: the proxy's refusal is the program's ECONNREFUSED.
+try:
+    socket.create_connection((name, closed), timeout=15)
+    print("refused-blocking connected?!")
+except ConnectionRefusedError:
+    print("refused-blocking ECONNREFUSED")
+async def refused():
+    try:
+        await asyncio.wait_for(asyncio.open_connection(name, closed), 15)
+        return "connected?!"
+    except ConnectionRefusedError:
+        return "ECONNREFUSED"
+print("refused-asyncio", asyncio.run(refused()))
+"""
+
+
+@pytest.fixture(scope="module")
+def net():
+    def build(t):
+        t.client = t.ns("c")
+        t.proxy = t.ns("p")
+        t.target = t.ns("t")
+        t.link("c", t.client, C_IP, t.proxy, P_C_IP)
+        t.link("t", t.proxy, P_T_IP, t.target, T_IP)
+        sh("ip", "netns", "exec", t.proxy, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        sh("ip", "-n", t.client, "route", "add", "10.88.2.0/24", "via", P_C_IP)
+        sh("ip", "-n", t.target, "route", "add", "10.88.1.0/24", "via", P_T_IP)
+        t.etc(t.proxy, {NAME: T_IP})
+        t.etc(t.client, {})
+        t.etc(t.target, {})
+        t.http_port, t.closed_port = t.service(t.target, "target", T_IP, script=TARGET)
+        t.dns_count = Path(f"/tmp/socksify-dns-{os.getpid()}")
+        t.service(t.client, str(t.dns_count), "-", script=COUNTING_DNS)
+
+    yield from topology("sfy", build)
+
+
+def dns_queries(net):
+    return int(net.dns_count.read_text() or "0")
+
+
+def socksified(net, proxy_url, *program, timeout=60):
+    return run([SOCKSNG, "-x", proxy_url, "exec", "--", *program], netns=net.client,
+               timeout=timeout)
+
+
+def fetch_direct(net):
+    r = run(["curl", "-q", "-sS", "--noproxy", "*", "--max-time", "15",
+             f"http://{T_IP}:{net.http_port}/"], netns=net.client)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.decode()
+
+
+@pytest.fixture
+def edge(start_proxy, net):
+    cfg = proxy_config(listen=[f"{P_C_IP}:0"], clients=["10.88.1.0/24"], rules=[
+        {"action": "allow", "to": ["10.88.2.0/24"]},
+    ])
+    p = start_proxy(cfg, name="edge", netns=net.proxy)
+    p.url = f"socks5h://{P_C_IP}:{p.port}"
+    return p
+
+
+def test_curl_by_a_name_only_the_proxy_knows_sends_no_dns_query(net, edge):
+    url = f"http://{NAME}:{net.http_port}/"
+    # Without the shim the name is looked up here, and fails: the counter sees it.
+    before = dns_queries(net)
+    r = run(["curl", "-q", "-sS", "--noproxy", "*", "--max-time", "15", url], netns=net.client)
+    assert r.returncode == 6, r  # could not resolve
+    assert dns_queries(net) > before
+
+    before = dns_queries(net)
+    r = socksified(net, edge.url, "curl", "-q", "-sS", "--max-time", "20", url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith(f"target client {P_T_IP} "), r.stdout
+    assert dns_queries(net) == before, "a DNS query left the client"
+    s = edge.wait_session(target=f"{NAME}:{net.http_port}")
+    assert s["outcome_kind"] == "completed", s
+
+
+def test_every_waiting_style_and_refusals(net, edge):
+    before = dns_queries(net)
+    r = socksified(net, edge.url, sys.executable, "-c", CLIENTS, NAME, str(net.http_port), T_IP,
+                   str(net.closed_port))
+    assert r.returncode == 0, r.stderr.decode()
+    lines = dict(l.split(" ", 1) for l in r.stdout.decode().splitlines())
+    for label in ("asyncio-name", "asyncio-ip", "select-name", "poll-ip", "blocking-name"):
+        peer, _, got = lines[label].partition(" | ")
+        assert got.startswith(f"target client {P_T_IP} "), (label, lines[label])
+        # The program sees what it connected to: a placeholder for the name, else the address.
+        if label.endswith("-ip"):
+            assert peer == T_IP, (label, peer)
+        else:
+            assert peer.startswith("198.18.") or peer.startswith("198.19."), (label, peer)
+    assert lines["refused-blocking"] == "ECONNREFUSED"
+    assert lines["refused-asyncio"] == "ECONNREFUSED"
+    assert b"refused" in r.stderr, r.stderr  # one clear line per refusal
+    assert dns_queries(net) == before
+
+
+def test_ssh_by_name_through_the_shim(net, edge, children, tmp_path):
+    sshd, ssh, keygen = need("sshd", "ssh", "ssh-keygen")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    d = tmp_path / "ssh"
+    d.mkdir()
+    for key in ("host_key", "client_key"):
+        r = run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", d / key])
+        assert r.returncode == 0, r.stderr
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress {T_IP}\nHostKey {d}/host_key\nPidFile none\n"
+        f"AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "StrictModes no\nLogLevel DEBUG1\n"
+    )
+    server = children("sshd", ["ip", "netns", "exec", net.target, sshd, "-f",
+                               d / "sshd_config", "-D", "-e"])
+    server.log.wait_for(lambda l: f"Server listening on {T_IP} port {port}." in l,
+                        timeout=STARTUP_TIMEOUT, what="sshd's listen line")
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    r = socksified(net, edge.url, ssh, "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                   "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+                   "-o", "LogLevel=ERROR", "-i", d / "client_key", "-p", str(port),
+                   f"{user}@{NAME}", "echo", "hello from $SSH_CONNECTION")
+    assert r.returncode == 0, r.stderr.decode()
+    # sshd saw the proxy's address, not the client's.
+    assert r.stdout.decode().startswith(f"hello from {P_T_IP} "), r.stdout
+
+
+def test_dante_as_a_plain_socks5_proxy(net, children, tmp_path):
+    (danted,) = need("danted")
+    port = free_port()
+    conf = tmp_path / "danted.conf"
+    users = "user.privileged: root\nuser.unprivileged: nobody\n"
+    conf.write_text(
+        f"logoutput: stderr\ninternal: {P_C_IP} port = {port}\nexternal: {P_T_IP}\n"
+        f"clientmethod: none\nsocksmethod: none\n{users}"
+        "client pass {\n  from: 10.88.1.0/24 to: 0.0.0.0/0\n}\n"
+        "socks pass {\n  from: 10.88.1.0/24 to: 10.88.2.0/24\n}\n"
+    )
+    d = children("danted", ["ip", "netns", "exec", net.proxy, danted, "-f", conf, "-N", "1",
+                            "-p", tmp_path / "danted.pid"])
+    d.log.wait_for(lambda l: "running" in l, timeout=STARTUP_TIMEOUT, what="Dante's start line")
+    before = dns_queries(net)
+    r = socksified(net, f"socks5h://{P_C_IP}:{port}", "curl", "-q", "-sS", "--max-time", "20",
+                   f"http://{NAME}:{net.http_port}/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith(f"target client {P_T_IP} "), r.stdout
+    assert dns_queries(net) == before
+
+
+def test_a_proxy_that_is_down_fails_at_once_and_nothing_goes_direct(net):
+    dead = f"socks5h://{P_C_IP}:{free_port()}"  # nothing listens there
+    seen = fetch_direct(net)  # the target is reachable directly: a leak would get through
+    n = int(seen.split()[-1])
+    for url in (f"http://{NAME}:{net.http_port}/", f"http://{T_IP}:{net.http_port}/"):
+        start = time.monotonic()
+        r = socksified(net, dead, "curl", "-q", "-sS", "--max-time", "20", url)
+        took = time.monotonic() - start
+        assert r.returncode == 7, r  # could not connect
+        assert b"socksng: cannot reach the proxy" in r.stderr, r.stderr
+        assert took < 15, f"{took:.1f}s to fail"  # deadline, not a timing measure
+    # The next direct request is the very next one the target served.
+    assert int(fetch_direct(net).split()[-1]) == n + 1
