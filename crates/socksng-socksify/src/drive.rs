@@ -8,7 +8,7 @@
 
 use crate::real::real;
 use socksng_proto::client::{ClientConfig, ClientEvent, ClientHandshake, ClientRequest};
-use socksng_proto::{Address, Command, ReplyCode, Request};
+use socksng_proto::{Address, Command, Reply, ReplyCode, Request};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -40,6 +40,8 @@ pub(crate) struct Pending {
     pub deadline: Instant,
     /// What the last step waited for.
     want: i16,
+    /// The reply to the request, once it came.
+    reply: Option<Reply>,
 }
 
 /// The errno a SOCKS reply code stands for, as `connect` would report the failure directly.
@@ -64,17 +66,30 @@ impl Pending {
         deadline: Instant,
         connecting: bool,
     ) -> Pending {
+        let asked = address.to_string();
+        let request = ClientRequest::Socks5(Request {
+            command: Command::Connect,
+            address,
+        });
         let config = ClientConfig {
             socks4,
             offer_ng: false,
             credentials: credentials.map(|(u, p)| (u.into_bytes(), p.into_bytes())),
             hops: 0,
         };
-        let asked = address.to_string();
-        let request = ClientRequest::Socks5(Request {
-            command: Command::Connect,
-            address,
-        });
+        Pending::new(config, request, asked, target, proxy, deadline, connecting)
+    }
+
+    /// Any request (`what` names it in messages).
+    pub(crate) fn new(
+        config: ClientConfig,
+        request: ClientRequest,
+        asked: String,
+        target: SocketAddr,
+        proxy: String,
+        deadline: Instant,
+        connecting: bool,
+    ) -> Pending {
         let mut out = Vec::with_capacity(64);
         let machine = ClientHandshake::new(config, request, &mut out);
         Pending {
@@ -88,7 +103,13 @@ impl Pending {
             asked,
             deadline,
             want: libc::POLLOUT,
+            reply: None,
         }
+    }
+
+    /// The reply to the request (its bound address), once the handshake is done.
+    pub(crate) fn reply(&self) -> Option<&Reply> {
+        self.reply.as_ref()
     }
 
     /// What the handshake waits for now (POLLOUT or POLLIN).
@@ -187,6 +208,7 @@ impl Pending {
                 if reply.code != ReplyCode::SUCCEEDED {
                     return self.refused(reply.code);
                 }
+                self.reply = Some(reply);
             }
         }
     }

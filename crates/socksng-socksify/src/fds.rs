@@ -15,8 +15,14 @@ pub(crate) enum FdState {
     Pending(Box<Pending>),
     /// Its proxied connect failed with this errno (reported once by `SO_ERROR`).
     Failed { errno: i32 },
-    /// Connected through a proxy to `target`.
-    Proxied { target: SocketAddr },
+    /// Connected through a proxy to `target` (for an accepted connection, `local` is the
+    /// address the proxy listened on).
+    Proxied {
+        target: SocketAddr,
+        local: Option<SocketAddr>,
+    },
+    /// A listener on the proxy's outside; `None` while a thread's accept has it out.
+    Listener(Option<Box<crate::listening::Listening>>),
 }
 
 /// A registration of the program's: the events and data it gave `epoll_ctl`.

@@ -83,7 +83,7 @@ pub(crate) unsafe fn read_sockaddr(addr: *const sockaddr, len: socklen_t) -> Opt
 }
 
 /// `sa` as a C socket address of `family` (an IPv4 address in an IPv6 socket is mapped).
-fn to_storage(sa: SocketAddr, family: c_int) -> (libc::sockaddr_storage, socklen_t) {
+pub(crate) fn to_storage(sa: SocketAddr, family: c_int) -> (libc::sockaddr_storage, socklen_t) {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let sa = match (sa, family) {
@@ -283,7 +283,7 @@ fn connect_again(fd: c_int) -> Option<c_int> {
             Step::Want(_) => Err(libc::EALREADY),
             Step::Done => {
                 let target = p.target;
-                table.set(fd, FdState::Proxied { target });
+                table.set(fd, FdState::Proxied { target, local: None });
                 restore_registrations(&table, fd);
                 Err(libc::EISCONN)
             }
@@ -293,6 +293,7 @@ fn connect_again(fd: c_int) -> Option<c_int> {
             }
         },
         FdState::Proxied { .. } => Err(libc::EISCONN),
+        FdState::Listener(_) => Err(libc::EISCONN),
         FdState::Failed { errno, .. } => {
             let e = *errno;
             table.forget(fd);
@@ -385,7 +386,7 @@ fn start(fd: c_int, plan: &Plan, server: &Server, address: Address, target: Sock
             // Done at once (a fast proxy): still EINPROGRESS, as programs that set a socket
             // non-blocking expect; the socket is writable, so their wait returns at once.
             Step::Done => {
-                table.set(fd, FdState::Proxied { target });
+                table.set(fd, FdState::Proxied { target, local: None });
                 set_errno(libc::EINPROGRESS);
                 -1
             }
@@ -400,7 +401,7 @@ fn start(fd: c_int, plan: &Plan, server: &Server, address: Address, target: Sock
         unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
         match result {
             Ok(()) => {
-                fds::lock().set(fd, FdState::Proxied { target });
+                fds::lock().set(fd, FdState::Proxied { target, local: None });
                 0
             }
             Err(e) => {
@@ -413,7 +414,7 @@ fn start(fd: c_int, plan: &Plan, server: &Server, address: Address, target: Sock
 }
 
 /// Drives a handshake to its end, waiting with poll, within its deadline.
-fn run_blocking(fd: c_int, pending: &mut Pending) -> Result<(), c_int> {
+pub(crate) fn run_blocking(fd: c_int, pending: &mut Pending) -> Result<(), c_int> {
     loop {
         match pending.step(fd) {
             Step::Done => return Ok(()),
@@ -497,7 +498,7 @@ fn advance(table: &mut fds::Fds, fd: c_int) -> Option<Result<(), c_int>> {
         }
         Step::Done => {
             let target = p.target;
-            table.set(fd, FdState::Proxied { target });
+            table.set(fd, FdState::Proxied { target, local: None });
             restore_registrations(table, fd);
             Some(Ok(()))
         }
@@ -1075,8 +1076,8 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
     guarded(
         || {
             let target = match fds::lock().state.get(&fd) {
-                Some(FdState::Proxied { target }) => *target,
-                Some(FdState::Pending(_)) | Some(FdState::Failed { .. }) => {
+                Some(FdState::Proxied { target, .. }) => *target,
+                Some(FdState::Pending(_)) | Some(FdState::Failed { .. }) | Some(FdState::Listener(_)) => {
                     set_errno(libc::ENOTCONN);
                     return -1;
                 }
@@ -1125,6 +1126,180 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     let _ = catch_unwind(|| forget(new));
     // SAFETY: the program's descriptors.
     unsafe { (real().dup3)(old, new, flags) }
+}
+
+// ---------------------------------------------------------------------------------------
+// listening sockets: listen, accept, accept4, getsockname
+
+type ListenFn = unsafe extern "C" fn(c_int, c_int) -> c_int;
+type AcceptFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int;
+type GetsocknameFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
+
+macro_rules! next_fn {
+    ($name:literal, $ty:ty) => {{
+        static F: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let f = *F.get_or_init(|| {
+            // SAFETY: a NUL-terminated name and the RTLD_NEXT pseudo-handle.
+            unsafe { libc::dlsym(libc::RTLD_NEXT, $name.as_ptr()) as usize }
+        });
+        // SAFETY: the C library's function of this signature.
+        unsafe { std::mem::transmute::<usize, $ty>(f) }
+    }};
+}
+
+/// # Safety
+/// As listen(2).
+#[no_mangle]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let real_listen = next_fn!(c"listen", ListenFn);
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_listen(fd, backlog) };
+    guarded(|| listen_through(fd, backlog).unwrap_or_else(direct), direct)
+}
+
+/// LISTEN on the proxy for a TCP socket bound to a non-loopback address; `None` to listen
+/// here.
+fn listen_through(fd: c_int, backlog: c_int) -> Option<c_int> {
+    let Ok(Some(plan)) = plan() else {
+        return None;
+    };
+    if sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
+        return None;
+    }
+    if matches!(fds::lock().state.get(&fd), Some(FdState::Listener(_))) {
+        return Some(0); // listen again: the backlog stays as granted
+    }
+    let getsockname = next_fn!(c"getsockname", GetsocknameFn);
+    // SAFETY: all-zero storage and its length for getsockname to fill.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    // SAFETY: a valid buffer.
+    if unsafe { getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) } != 0 {
+        return None;
+    }
+    // SAFETY: filled by getsockname for `len` bytes.
+    let local = unsafe { read_sockaddr((&storage as *const libc::sockaddr_storage).cast(), len) }?;
+    if local.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    let server = plan.listen_server()?;
+    let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+    match crate::listening::Listening::open(fd, family, server, local.port(), backlog, plan.connect_timeout) {
+        Ok(listening) => {
+            say(&format!("listening on {} for {local}", listening.public));
+            fds::lock().set(fd, FdState::Listener(Some(Box::new(listening))));
+            Some(0)
+        }
+        Err(e) => {
+            say(&format!(
+                "cannot listen through the proxy {} for {local}: {}",
+                server.describe(),
+                std::io::Error::from_raw_os_error(e)
+            ));
+            set_errno(e);
+            Some(-1)
+        }
+    }
+}
+
+/// accept on a listener through the proxy; `None` for any other socket.
+///
+/// # Safety
+/// `addr` and `len` as for accept(2).
+unsafe fn accept_through(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> Option<c_int> {
+    let Ok(Some(_)) = plan() else {
+        return None;
+    };
+    // Taken out of the table while it waits, so that other threads are not held up.
+    let mut listening = loop {
+        let mut table = fds::lock();
+        match table.state.get_mut(&fd) {
+            Some(FdState::Listener(slot)) => match slot.take() {
+                Some(l) => break l,
+                // Another thread's accept has it: wait for the socket like it does.
+                None => {
+                    drop(table);
+                    let mut p = pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd.
+                    unsafe { (real().poll)(&mut p, 1, 100) };
+                }
+            },
+            _ => return None,
+        }
+    };
+    let got = listening.accept(fd, flags);
+    let public = listening.public;
+    {
+        let mut table = fds::lock();
+        if let Some(FdState::Listener(slot)) = table.state.get_mut(&fd) {
+            *slot = Some(listening);
+        }
+        if let Ok((accepted, peer)) = got {
+            table.set(accepted, FdState::Proxied { target: peer, local: Some(public) });
+        }
+    }
+    Some(match got {
+        Ok((accepted, peer)) => {
+            if !addr.is_null() && !len.is_null() {
+                let family = sockopt_int(accepted, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+                // SAFETY: accept's contract on the buffer.
+                unsafe { write_sockaddr(peer, family, addr, len) };
+            }
+            accepted
+        }
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
+    })
+}
+
+/// # Safety
+/// As accept(2).
+#[no_mangle]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let real_accept4 = next_fn!(c"accept4", AcceptFn);
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_accept4(fd, addr, len, 0) };
+    // SAFETY: the program's arguments.
+    guarded(|| unsafe { accept_through(fd, addr, len, 0) }.unwrap_or_else(direct), direct)
+}
+
+/// # Safety
+/// As accept4(2).
+#[no_mangle]
+pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    let real_accept4 = next_fn!(c"accept4", AcceptFn);
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_accept4(fd, addr, len, flags) };
+    // SAFETY: the program's arguments.
+    guarded(|| unsafe { accept_through(fd, addr, len, flags) }.unwrap_or_else(direct), direct)
+}
+
+/// # Safety
+/// As getsockname(2).
+#[no_mangle]
+pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let real_getsockname = next_fn!(c"getsockname", GetsocknameFn);
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_getsockname(fd, addr, len) };
+    if addr.is_null() || len.is_null() {
+        return direct();
+    }
+    guarded(
+        || {
+            let public = match fds::lock().state.get(&fd) {
+                Some(FdState::Listener(Some(l))) => l.public,
+                Some(FdState::Proxied { local: Some(local), .. }) => *local,
+                _ => return direct(),
+            };
+            let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+            // SAFETY: getsockname's contract on the buffer.
+            unsafe { write_sockaddr(public, family, addr, len) };
+            0
+        },
+        direct,
+    )
 }
 
 // ---------------------------------------------------------------------------------------

@@ -14,11 +14,13 @@
 //! - `names`: placeholder addresses for names resolved by the proxy;
 //! - `drive`: the handshake on one socket, step by step;
 //! - `fds`: what the shim knows of the program's descriptors;
+//! - `listening`: listening sockets on the proxy's outside (SOCKS-NG LISTEN and ACCEPT);
 //! - `hooks`: the replaced functions.
 
 mod drive;
 mod fds;
 mod hooks;
+mod listening;
 pub mod names;
 mod plan;
 mod real;

@@ -125,6 +125,15 @@ impl Plan {
         self.way(route.map(|r| r.via))
     }
 
+    /// The proxy listening sockets open on: the gateway's (a proxy for every address), else
+    /// the first server.
+    pub(crate) fn listen_server(&self) -> Option<&Server> {
+        match self.way(self.table.gateway(0, &|_| true).map(|r| r.via)) {
+            Way::Proxy(s) => Some(s),
+            Way::Direct => self.servers.first(),
+        }
+    }
+
     /// Whether a name the program resolves should get a placeholder: it goes to a proxy
     /// that resolves names itself. `port` is 0 when the program did not say.
     pub(crate) fn resolves_remotely(&self, name: &str, port: u16) -> bool {
