@@ -15,9 +15,12 @@ server the test runs on C's loopback, so a query that leaves the client is seen.
 - ssh to an sshd in T by name;
 - Dante (a plain SOCKS5 server) as the proxy;
 - a proxy that is down: the program fails at once with its error and nothing reaches the
-  target directly.
+  target directly;
+- `python3 -m http.server` under the shim listens on the proxy's outside, and 20 concurrent
+  fetches from the target's side all get the file.
 """
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -35,6 +38,7 @@ from interop_support import (
     run,
     sh,
     topology,
+    wait_session_count,
 )
 
 SOCKSNG = Path(os.environ.get("SOCKSNG") or SOCKSNGD.with_name("socksng"))
@@ -215,7 +219,7 @@ def fetch_direct(net):
 def edge(start_proxy, net):
     cfg = proxy_config(listen=[f"{P_C_IP}:0"], clients=["10.88.1.0/24"], rules=[
         {"action": "allow", "to": ["10.88.2.0/24"]},
-    ])
+    ], extra={"ng": {"ports": [{"ports": ["1024-65535"]}]}})
     p = start_proxy(cfg, name="edge", netns=net.proxy)
     p.url = f"socks5h://{P_C_IP}:{p.port}"
     return p
@@ -323,3 +327,54 @@ def test_a_proxy_that_is_down_fails_at_once_and_nothing_goes_direct(net):
         assert took < 15, f"{took:.1f}s to fail"  # deadline, not a timing measure
     # The next direct request is the very next one the target served.
     assert int(fetch_direct(net).split()[-1]) == n + 1
+
+
+# 20 GETs at once from the outside; prints the SHA-256 of each body (or the error).
+FETCH_MANY = r"""
+import hashlib, socket, sys, threading
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out = [None] * n
+def get(i):
+    try:
+        s = socket.create_connection((host, port), timeout=20)
+        s.sendall(b"GET /blob.bin HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            data += c
+        head, _, body = data.partition(b"\r\n\r\n")
+        out[i] = hashlib.sha256(body).hexdigest() if head.startswith(b"HTTP/1.0 200") else head[:40]
+    except Exception as e:
+        out[i] = repr(e)
+threads = [threading.Thread(target=get, args=(i,)) for i in range(n)]
+for t in threads: t.start()
+for t in threads: t.join(30)
+for o in out: print(o)
+"""
+
+
+def test_http_server_listens_on_the_proxys_outside(net, edge, children, tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    blob = os.urandom(256 * 1024)
+    (www / "blob.bin").write_bytes(blob)
+    server = children("http.server", [
+        "ip", "netns", "exec", net.client, SOCKSNG, "-x", edge.url, "exec", "--",
+        sys.executable, "-m", "http.server", "8000", "--bind", "0.0.0.0", "--directory", www,
+    ])
+    line = server.log.wait_for(lambda l: "socksng: listening on" in l and l,
+                               timeout=STARTUP_TIMEOUT, what="the shim's listening line")
+    public = line.split("listening on ")[1].split()[0]
+    host, port = public.rsplit(":", 1)
+    assert host == P_C_IP, line  # the proxy's address, not the client's
+    r = run([sys.executable, "-c", FETCH_MANY, host, port, "20"], netns=net.target)
+    assert r.returncode == 0, r.stderr
+    want = hashlib.sha256(blob).hexdigest()
+    got = r.stdout.decode().split()
+    assert got == [want] * 20, got
+    wait_session_count(edge, 20)  # the listener's own line comes when it closes
+    accepts = [s for s in edge.sessions() if s["command"] == "accept"]
+    assert len(accepts) == 20 and all(s["outcome_kind"] == "completed" for s in accepts), accepts
+

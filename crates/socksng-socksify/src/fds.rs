@@ -40,8 +40,11 @@ pub(crate) struct Fds {
 }
 
 static FDS: Mutex<Option<Fds>> = Mutex::new(None);
-/// Handshakes in progress: while 0, the waiting functions pass straight through.
+/// Handshakes in progress: while 0 (and no listener exists), the waiting functions pass
+/// straight through.
 static PENDING: AtomicUsize = AtomicUsize::new(0);
+/// Listeners on the proxy's outside.
+static LISTENERS: AtomicUsize = AtomicUsize::new(0);
 
 /// The table, locked.
 pub(crate) struct Locked(MutexGuard<'static, Option<Fds>>);
@@ -67,27 +70,36 @@ pub(crate) fn lock() -> Locked {
     Locked(guard)
 }
 
-/// Whether any handshake is in progress (cheap: no lock).
+/// Whether the waiting functions have anything to do: a handshake in progress, or a
+/// listener (whose notices may wait in the shim rather than in the socket). Cheap: no lock.
 pub(crate) fn any_pending() -> bool {
-    PENDING.load(Ordering::Acquire) > 0
+    PENDING.load(Ordering::Acquire) > 0 || LISTENERS.load(Ordering::Acquire) > 0
+}
+
+fn counter(state: &FdState) -> Option<&'static AtomicUsize> {
+    match state {
+        FdState::Pending(_) => Some(&PENDING),
+        FdState::Listener(_) => Some(&LISTENERS),
+        _ => None,
+    }
 }
 
 impl Fds {
     /// Sets `fd`'s state, keeping the count of handshakes right.
     pub(crate) fn set(&mut self, fd: i32, state: FdState) {
-        if matches!(state, FdState::Pending(_)) {
-            PENDING.fetch_add(1, Ordering::AcqRel);
+        if let Some(c) = counter(&state) {
+            c.fetch_add(1, Ordering::AcqRel);
         }
-        if let Some(FdState::Pending(_)) = self.state.insert(fd, state) {
-            PENDING.fetch_sub(1, Ordering::AcqRel);
+        if let Some(c) = self.state.insert(fd, state).as_ref().and_then(counter) {
+            c.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// Forgets `fd` (closed, or replaced by dup2); with `epoll_too`, its registrations and,
     /// if it was an epoll descriptor, the registrations made with it.
     pub(crate) fn forget(&mut self, fd: i32) {
-        if let Some(FdState::Pending(_)) = self.state.remove(&fd) {
-            PENDING.fetch_sub(1, Ordering::AcqRel);
+        if let Some(c) = self.state.remove(&fd).as_ref().and_then(counter) {
+            c.fetch_sub(1, Ordering::AcqRel);
         }
         if !self.epoll.is_empty() {
             self.epoll.retain(|(ep, f), _| *ep != fd && *f != fd);
@@ -100,6 +112,21 @@ impl Fds {
             .iter()
             .filter(|((_, f), _)| *f == fd)
             .map(|((ep, _), r)| (*ep, *r))
+            .collect()
+    }
+
+    /// Whether `fd` is a listener with notices waiting in the shim: readable, whatever its
+    /// socket says.
+    pub(crate) fn has_queued(&self, fd: i32) -> bool {
+        matches!(self.state.get(&fd), Some(FdState::Listener(Some(l))) if l.has_queued())
+    }
+
+    /// The program's registrations with `epfd` of listeners with notices waiting.
+    pub(crate) fn queued_registrations(&self, epfd: i32) -> Vec<Registration> {
+        self.epoll
+            .iter()
+            .filter(|((ep, fd), _)| *ep == epfd && self.has_queued(*fd))
+            .map(|(_, r)| *r)
             .collect()
     }
 

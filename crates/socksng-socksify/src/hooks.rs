@@ -283,7 +283,13 @@ fn connect_again(fd: c_int) -> Option<c_int> {
             Step::Want(_) => Err(libc::EALREADY),
             Step::Done => {
                 let target = p.target;
-                table.set(fd, FdState::Proxied { target, local: None });
+                table.set(
+                    fd,
+                    FdState::Proxied {
+                        target,
+                        local: None,
+                    },
+                );
                 restore_registrations(&table, fd);
                 Err(libc::EISCONN)
             }
@@ -386,7 +392,13 @@ fn start(fd: c_int, plan: &Plan, server: &Server, address: Address, target: Sock
             // Done at once (a fast proxy): still EINPROGRESS, as programs that set a socket
             // non-blocking expect; the socket is writable, so their wait returns at once.
             Step::Done => {
-                table.set(fd, FdState::Proxied { target, local: None });
+                table.set(
+                    fd,
+                    FdState::Proxied {
+                        target,
+                        local: None,
+                    },
+                );
                 set_errno(libc::EINPROGRESS);
                 -1
             }
@@ -401,7 +413,13 @@ fn start(fd: c_int, plan: &Plan, server: &Server, address: Address, target: Sock
         unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
         match result {
             Ok(()) => {
-                fds::lock().set(fd, FdState::Proxied { target, local: None });
+                fds::lock().set(
+                    fd,
+                    FdState::Proxied {
+                        target,
+                        local: None,
+                    },
+                );
                 0
             }
             Err(e) => {
@@ -498,7 +516,13 @@ fn advance(table: &mut fds::Fds, fd: c_int) -> Option<Result<(), c_int>> {
         }
         Step::Done => {
             let target = p.target;
-            table.set(fd, FdState::Proxied { target, local: None });
+            table.set(
+                fd,
+                FdState::Proxied {
+                    target,
+                    local: None,
+                },
+            );
             restore_registrations(table, fd);
             Some(Ok(()))
         }
@@ -557,15 +581,20 @@ fn poll_driving(
 ) -> c_int {
     let mut mine: Vec<pollfd> = fds_in.to_vec();
     loop {
-        let (pending, deadline): (Vec<bool>, Option<Instant>) = {
+        let (pending, queued, deadline): (Vec<bool>, Vec<bool>, Option<Instant>) = {
             let table = fds::lock();
             let pending = fds_in
                 .iter()
                 .map(|p| matches!(table.state.get(&p.fd), Some(FdState::Pending(_))))
                 .collect();
-            (pending, earliest_deadline(&table))
+            let queued = fds_in
+                .iter()
+                .map(|p| p.events & libc::POLLIN != 0 && table.has_queued(p.fd))
+                .collect();
+            (pending, queued, earliest_deadline(&table))
         };
-        if !pending.iter().any(|p| *p) {
+        let any_queued = queued.iter().any(|q| *q);
+        if !pending.iter().any(|p| *p) && !any_queued {
             return wait(fds_in, wait_ms(until, None));
         }
         for (i, p) in fds_in.iter().enumerate() {
@@ -579,7 +608,13 @@ fn poll_driving(
                 }
             }
         }
-        let r = wait(&mut mine, wait_ms(until, deadline));
+        // Notices already read are ready now: look at the rest without waiting.
+        let ms = if any_queued {
+            0
+        } else {
+            wait_ms(until, deadline)
+        };
+        let r = wait(&mut mine, ms);
         if r < 0 {
             return r;
         }
@@ -587,6 +622,9 @@ fn poll_driving(
         let mut table = fds::lock();
         for (i, p) in fds_in.iter_mut().enumerate() {
             p.revents = mine[i].revents;
+            if queued[i] {
+                p.revents |= libc::POLLIN;
+            }
             if pending[i] {
                 // Ready or not, a step may have a deadline to meet.
                 p.revents = match advance(&mut table, p.fd) {
@@ -899,8 +937,17 @@ unsafe fn epoll_driving(
     wait: impl Fn(c_int) -> c_int,
 ) -> c_int {
     loop {
-        let deadline = earliest_deadline(&fds::lock());
-        let n = wait(wait_ms(until, deadline));
+        let (deadline, queued) = {
+            let table = fds::lock();
+            (earliest_deadline(&table), table.queued_registrations(epfd))
+        };
+        // Notices already read are ready now: look at the rest without waiting.
+        let ms = if queued.is_empty() {
+            wait_ms(until, deadline)
+        } else {
+            0
+        };
+        let n = wait(ms);
         if n < 0 {
             return n;
         }
@@ -929,6 +976,17 @@ unsafe fn epoll_driving(
             };
             if let Some(events) = out {
                 list[kept] = epoll_event { events, u64: data };
+                kept += 1;
+            }
+        }
+        for reg in queued {
+            let wanted = reg.events & libc::EPOLLIN as u32;
+            let listed = list[..kept].iter().any(|e| e.u64 == reg.data);
+            if wanted != 0 && !listed && kept < list.len() {
+                list[kept] = epoll_event {
+                    events: wanted,
+                    u64: reg.data,
+                };
                 kept += 1;
             }
         }
@@ -1077,7 +1135,9 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
         || {
             let target = match fds::lock().state.get(&fd) {
                 Some(FdState::Proxied { target, .. }) => *target,
-                Some(FdState::Pending(_)) | Some(FdState::Failed { .. }) | Some(FdState::Listener(_)) => {
+                Some(FdState::Pending(_))
+                | Some(FdState::Failed { .. })
+                | Some(FdState::Listener(_)) => {
                     set_errno(libc::ENOTCONN);
                     return -1;
                 }
@@ -1154,7 +1214,10 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     let real_listen = next_fn!(c"listen", ListenFn);
     // SAFETY: the program's arguments.
     let direct = || unsafe { real_listen(fd, backlog) };
-    guarded(|| listen_through(fd, backlog).unwrap_or_else(direct), direct)
+    guarded(
+        || listen_through(fd, backlog).unwrap_or_else(direct),
+        direct,
+    )
 }
 
 /// LISTEN on the proxy for a TCP socket bound to a non-loopback address; `None` to listen
@@ -1174,7 +1237,14 @@ fn listen_through(fd: c_int, backlog: c_int) -> Option<c_int> {
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
     // SAFETY: a valid buffer.
-    if unsafe { getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) } != 0 {
+    if unsafe {
+        getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    } != 0
+    {
         return None;
     }
     // SAFETY: filled by getsockname for `len` bytes.
@@ -1184,7 +1254,17 @@ fn listen_through(fd: c_int, backlog: c_int) -> Option<c_int> {
     }
     let server = plan.listen_server()?;
     let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
-    match crate::listening::Listening::open(fd, family, server, local.port(), backlog, plan.connect_timeout) {
+    // Connections over the backlog are refused at once, not held back as by a kernel
+    // listener: the small backlogs programs ask for would refuse bursts.
+    let backlog = backlog.max(128);
+    match crate::listening::Listening::open(
+        fd,
+        family,
+        server,
+        local.port(),
+        backlog,
+        plan.connect_timeout,
+    ) {
         Ok(listening) => {
             say(&format!("listening on {} for {local}", listening.public));
             fds::lock().set(fd, FdState::Listener(Some(Box::new(listening))));
@@ -1206,7 +1286,12 @@ fn listen_through(fd: c_int, backlog: c_int) -> Option<c_int> {
 ///
 /// # Safety
 /// `addr` and `len` as for accept(2).
-unsafe fn accept_through(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> Option<c_int> {
+unsafe fn accept_through(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> Option<c_int> {
     let Ok(Some(_)) = plan() else {
         return None;
     };
@@ -1219,7 +1304,11 @@ unsafe fn accept_through(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, fl
                 // Another thread's accept has it: wait for the socket like it does.
                 None => {
                     drop(table);
-                    let mut p = pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    let mut p = pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
                     // SAFETY: one valid pollfd.
                     unsafe { (real().poll)(&mut p, 1, 100) };
                 }
@@ -1235,13 +1324,20 @@ unsafe fn accept_through(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, fl
             *slot = Some(listening);
         }
         if let Ok((accepted, peer)) = got {
-            table.set(accepted, FdState::Proxied { target: peer, local: Some(public) });
+            table.set(
+                accepted,
+                FdState::Proxied {
+                    target: peer,
+                    local: Some(public),
+                },
+            );
         }
     }
     Some(match got {
         Ok((accepted, peer)) => {
             if !addr.is_null() && !len.is_null() {
-                let family = sockopt_int(accepted, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+                let family = sockopt_int(accepted, libc::SOL_SOCKET, libc::SO_DOMAIN)
+                    .unwrap_or(libc::AF_INET);
                 // SAFETY: accept's contract on the buffer.
                 unsafe { write_sockaddr(peer, family, addr, len) };
             }
@@ -1262,18 +1358,29 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
     // SAFETY: the program's arguments.
     let direct = || unsafe { real_accept4(fd, addr, len, 0) };
     // SAFETY: the program's arguments.
-    guarded(|| unsafe { accept_through(fd, addr, len, 0) }.unwrap_or_else(direct), direct)
+    guarded(
+        || unsafe { accept_through(fd, addr, len, 0) }.unwrap_or_else(direct),
+        direct,
+    )
 }
 
 /// # Safety
 /// As accept4(2).
 #[no_mangle]
-pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
     let real_accept4 = next_fn!(c"accept4", AcceptFn);
     // SAFETY: the program's arguments.
     let direct = || unsafe { real_accept4(fd, addr, len, flags) };
     // SAFETY: the program's arguments.
-    guarded(|| unsafe { accept_through(fd, addr, len, flags) }.unwrap_or_else(direct), direct)
+    guarded(
+        || unsafe { accept_through(fd, addr, len, flags) }.unwrap_or_else(direct),
+        direct,
+    )
 }
 
 /// # Safety
@@ -1290,10 +1397,13 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
         || {
             let public = match fds::lock().state.get(&fd) {
                 Some(FdState::Listener(Some(l))) => l.public,
-                Some(FdState::Proxied { local: Some(local), .. }) => *local,
+                Some(FdState::Proxied {
+                    local: Some(local), ..
+                }) => *local,
                 _ => return direct(),
             };
-            let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+            let family =
+                sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
             // SAFETY: getsockname's contract on the buffer.
             unsafe { write_sockaddr(public, family, addr, len) };
             0

@@ -70,7 +70,8 @@ fn request(
     }
     let (storage, len) = crate::hooks::to_storage(proxy, family);
     // SAFETY: a valid address of `len` bytes.
-    let r = unsafe { (real().connect)(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
+    let r =
+        unsafe { (real().connect)(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
     if r != 0 && errno() != libc::EINPROGRESS {
         let e = errno();
         crate::hooks::say(&format!(
@@ -122,7 +123,8 @@ impl Listening {
             exact: false,
             backlog: u16::try_from(backlog.max(0)).unwrap_or(u16::MAX),
         });
-        let (control, pending) = request(server, family, listen, format!("LISTEN :{port}"), timeout)?;
+        let (control, pending) =
+            request(server, family, listen, format!("LISTEN :{port}"), timeout)?;
         let mut public = pending
             .reply()
             .and_then(|r| r.bound.socket_addr())
@@ -158,6 +160,11 @@ impl Listening {
         })
     }
 
+    /// Whether notices wait for accept (read from the socket already).
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.notices.is_empty() || self.closed.is_some()
+    }
+
     /// The next incoming connection: a new descriptor (with `flags`' SOCK_NONBLOCK and
     /// SOCK_CLOEXEC) and its peer. Waits for one on a blocking `fd`; EAGAIN on a non-blocking
     /// one with none there.
@@ -188,7 +195,9 @@ impl Listening {
             }
             let wake = self.machine.poll_timeout();
             let ms = wake.map_or(-1, |w| {
-                w.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32
+                w.saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32
             });
             let mut p = libc::pollfd {
                 fd,
@@ -216,10 +225,16 @@ impl Listening {
             };
         }
         if n == 0 {
-            crate::hooks::say(&format!("the proxy {} closed the listener", self.server.describe()));
+            crate::hooks::say(&format!(
+                "the proxy {} closed the listener",
+                self.server.describe()
+            ));
             return Err(libc::ECONNABORTED);
         }
-        if let Err(e) = self.machine.handle_input(&buf[..n as usize], Instant::now()) {
+        if let Err(e) = self
+            .machine
+            .handle_input(&buf[..n as usize], Instant::now())
+        {
             crate::hooks::say(&format!("listener control connection: {e}"));
             return Err(libc::ECONNABORTED);
         }
@@ -252,7 +267,12 @@ impl Listening {
         while sent < out.len() {
             // SAFETY: the unsent part of `out`.
             let n = unsafe {
-                libc::send(fd, out[sent..].as_ptr().cast(), out.len() - sent, libc::MSG_NOSIGNAL)
+                libc::send(
+                    fd,
+                    out[sent..].as_ptr().cast(),
+                    out.len() - sent,
+                    libc::MSG_NOSIGNAL,
+                )
             };
             if n < 0 {
                 let e = errno();
@@ -260,7 +280,11 @@ impl Listening {
                     continue;
                 }
                 if e == libc::EAGAIN {
-                    let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
                     // SAFETY: one valid pollfd.
                     unsafe { (real().poll)(&mut p, 1, 1000) };
                     continue;
@@ -275,7 +299,13 @@ impl Listening {
     /// Claims `token` over a new connection to the proxy.
     fn claim(&mut self, token: Token, peer: SocketAddr, flags: i32) -> Result<i32, i32> {
         let accept = ClientRequest::Ng(NgRequest::Accept { token });
-        let (fd, _) = request(self.server, self.family, accept, format!("ACCEPT from {peer}"), self.timeout)?;
+        let (fd, _) = request(
+            self.server,
+            self.family,
+            accept,
+            format!("ACCEPT from {peer}"),
+            self.timeout,
+        )?;
         // SAFETY: fcntl on our new descriptor: the flags accept4 asked for.
         unsafe {
             let fl = libc::fcntl(fd, libc::F_GETFL);
