@@ -23,6 +23,8 @@ pub(crate) enum FdState {
     },
     /// A listener on the proxy's outside; `None` while a thread's accept has it out.
     Listener(Option<Box<crate::listening::Listening>>),
+    /// A UDP socket with an association through the proxy.
+    Udp(Box<crate::udp::Association>),
 }
 
 /// A registration of the program's: the events and data it gave `epoll_ctl`.
@@ -45,6 +47,13 @@ static FDS: Mutex<Option<Fds>> = Mutex::new(None);
 static PENDING: AtomicUsize = AtomicUsize::new(0);
 /// Listeners on the proxy's outside.
 static LISTENERS: AtomicUsize = AtomicUsize::new(0);
+/// UDP sockets with an association: while 0, read and write pass straight through.
+static UDP: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether any UDP socket goes through a proxy (cheap: no lock).
+pub(crate) fn any_udp() -> bool {
+    UDP.load(Ordering::Acquire) > 0
+}
 
 /// The table, locked.
 pub(crate) struct Locked(MutexGuard<'static, Option<Fds>>);
@@ -80,6 +89,7 @@ fn counter(state: &FdState) -> Option<&'static AtomicUsize> {
     match state {
         FdState::Pending(_) => Some(&PENDING),
         FdState::Listener(_) => Some(&LISTENERS),
+        FdState::Udp(_) => Some(&UDP),
         _ => None,
     }
 }
@@ -98,8 +108,12 @@ impl Fds {
     /// Forgets `fd` (closed, or replaced by dup2); with `epoll_too`, its registrations and,
     /// if it was an epoll descriptor, the registrations made with it.
     pub(crate) fn forget(&mut self, fd: i32) {
-        if let Some(c) = self.state.remove(&fd).as_ref().and_then(counter) {
+        let old = self.state.remove(&fd);
+        if let Some(c) = old.as_ref().and_then(counter) {
             c.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(FdState::Udp(association)) = old {
+            association.close();
         }
         if !self.epoll.is_empty() {
             self.epoll.retain(|(ep, f), _| *ep != fd && *f != fd);

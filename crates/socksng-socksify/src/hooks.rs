@@ -220,8 +220,10 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 }
 
 fn connect_to(fd: c_int, target: SocketAddr, direct: impl Fn() -> c_int) -> c_int {
-    if sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
-        return direct();
+    match sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) {
+        Some(libc::SOCK_STREAM) => {}
+        Some(libc::SOCK_DGRAM) => return udp_connect(fd, target).unwrap_or_else(direct),
+        _ => return direct(),
     }
     // A connect again on a socket whose handshake runs or ran: as the kernel answers it.
     if let Some(r) = connect_again(fd) {
@@ -299,7 +301,7 @@ fn connect_again(fd: c_int) -> Option<c_int> {
             }
         },
         FdState::Proxied { .. } => Err(libc::EISCONN),
-        FdState::Listener(_) => Err(libc::EISCONN),
+        FdState::Listener(_) | FdState::Udp(_) => Err(libc::EISCONN),
         FdState::Failed { errno, .. } => {
             let e = *errno;
             table.forget(fd);
@@ -1135,8 +1137,10 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
         || {
             let target = match fds::lock().state.get(&fd) {
                 Some(FdState::Proxied { target, .. }) => *target,
+                Some(FdState::Udp(a)) if a.peer.is_some() => a.peer.unwrap_or(a.relay),
                 Some(FdState::Pending(_))
                 | Some(FdState::Failed { .. })
+                | Some(FdState::Udp(_))
                 | Some(FdState::Listener(_)) => {
                     set_errno(libc::ENOTCONN);
                     return -1;
@@ -1407,6 +1411,568 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
             // SAFETY: getsockname's contract on the buffer.
             unsafe { write_sockaddr(public, family, addr, len) };
             0
+        },
+        direct,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// UDP: sendto, sendmsg, sendmmsg, recvfrom, recvmsg, recvmmsg, send, recv, read, write
+
+/// The proxy a datagram to `dest` goes through, if any; `Err` to refuse it.
+fn udp_way(dest: SocketAddr) -> Result<Option<&'static Server>, c_int> {
+    let plan = match active_plan() {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(None),
+        Err(()) if dest.ip().to_canonical().is_loopback() => return Ok(None),
+        Err(()) => return Err(libc::ENETUNREACH),
+    };
+    let ip = dest.ip().to_canonical();
+    let way = match names::name_of(ip) {
+        Some(name) => plan.for_name(&name, dest.port()),
+        None if names::is_placeholder(ip) => return Err(libc::EHOSTUNREACH),
+        None => plan.for_ip(ip, dest.port()),
+    };
+    match way {
+        Way::Proxy(s) => Ok(Some(s)),
+        Way::Direct if names::name_of(ip).is_some() => Err(libc::EHOSTUNREACH),
+        Way::Direct => Ok(None),
+    }
+}
+
+/// Makes sure `fd` has an association through `server`.
+fn ensure_association(fd: c_int, server: &Server) -> Result<(), c_int> {
+    if matches!(fds::lock().state.get(&fd), Some(FdState::Udp(_))) {
+        return Ok(());
+    }
+    let Ok(Some(plan)) = plan() else {
+        return Err(libc::ENETUNREACH);
+    };
+    let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+    let association = crate::udp::Association::open(fd, family, server, plan.connect_timeout)?;
+    let mut table = fds::lock();
+    if matches!(table.state.get(&fd), Some(FdState::Udp(_))) {
+        association.close(); // another thread was first
+    } else {
+        table.set(fd, FdState::Udp(Box::new(association)));
+    }
+    Ok(())
+}
+
+/// connect() on a UDP socket to a destination through a proxy: the peer is remembered and
+/// the socket connected to the relay; `None` to connect directly.
+fn udp_connect(fd: c_int, target: SocketAddr) -> Option<c_int> {
+    let server = match udp_way(target) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            // Direct from now on: a previous association's peer no longer applies.
+            if let Some(FdState::Udp(a)) = fds::lock().state.get_mut(&fd) {
+                a.peer = None;
+            }
+            return None;
+        }
+        Err(e) => {
+            set_errno(e);
+            return Some(-1);
+        }
+    };
+    if let Err(e) = ensure_association(fd, server) {
+        set_errno(e);
+        return Some(-1);
+    }
+    let relay = {
+        let mut table = fds::lock();
+        let Some(FdState::Udp(a)) = table.state.get_mut(&fd) else {
+            set_errno(libc::EBADF);
+            return Some(-1);
+        };
+        a.peer = Some(target);
+        a.relay
+    };
+    let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+    let (storage, len) = to_storage(relay, family);
+    // SAFETY: a valid address.
+    Some(unsafe { (real().connect)(fd, (&storage as *const libc::sockaddr_storage).cast(), len) })
+}
+
+type SendtoFn =
+    unsafe extern "C" fn(c_int, *const c_void, usize, c_int, *const sockaddr, socklen_t) -> isize;
+type RecvfromFn =
+    unsafe extern "C" fn(c_int, *mut c_void, usize, c_int, *mut sockaddr, *mut socklen_t) -> isize;
+
+/// Sends `payload` from UDP socket `fd` to `dest` (`None`: its connected peer) through the
+/// proxy; `None` when the datagram is not the shim's (a direct one, or not UDP).
+fn udp_send(fd: c_int, dest: Option<SocketAddr>, payload: &[u8], flags: c_int) -> Option<isize> {
+    if !matches!(plan(), Ok(Some(_))) && !fds::any_udp() {
+        return None;
+    }
+    let dest = match dest {
+        Some(d) => d,
+        None => match fds::lock().state.get(&fd) {
+            Some(FdState::Udp(a)) => a.peer?,
+            _ => return None,
+        },
+    };
+    if sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_DGRAM) {
+        return None;
+    }
+    let server = match udp_way(dest) {
+        Ok(Some(s)) => s,
+        Ok(None) => return None,
+        Err(e) => {
+            set_errno(e);
+            return Some(-1);
+        }
+    };
+    if let Err(e) = ensure_association(fd, server) {
+        set_errno(e);
+        return Some(-1);
+    }
+    let (framed, relay) = {
+        let mut table = fds::lock();
+        let Some(FdState::Udp(a)) = table.state.get_mut(&fd) else {
+            set_errno(libc::EBADF);
+            return Some(-1);
+        };
+        (a.wrap(dest, payload), a.relay)
+    };
+    let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+    let (storage, len) = to_storage(relay, family);
+    let real_sendto = next_fn!(c"sendto", SendtoFn);
+    // SAFETY: a valid buffer and address.
+    let n = unsafe {
+        real_sendto(
+            fd,
+            framed.as_ptr().cast(),
+            framed.len(),
+            flags,
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    Some(if n < 0 { n } else { payload.len() as isize })
+}
+
+/// Receives one datagram on UDP socket `fd` into `buf`: the payload length (the whole
+/// datagram's with MSG_TRUNC) and its source as the program should see it; `None` when `fd`
+/// has no association.
+fn udp_recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Option<(isize, Option<SocketAddr>, bool)> {
+    if !fds::any_udp() {
+        return None;
+    }
+    let relay = match fds::lock().state.get(&fd) {
+        Some(FdState::Udp(a)) => a.relay,
+        _ => return None,
+    };
+    let real_recvfrom = next_fn!(c"recvfrom", RecvfromFn);
+    let mut datagram = vec![0u8; buf.len() + 300];
+    loop {
+        // SAFETY: all-zero storage for the source address.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+        // SAFETY: valid buffers of their lengths.
+        let n = unsafe {
+            real_recvfrom(
+                fd,
+                datagram.as_mut_ptr().cast(),
+                datagram.len(),
+                flags & !libc::MSG_TRUNC,
+                (&mut storage as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+            )
+        };
+        if n < 0 {
+            return Some((n, None, false));
+        }
+        let n = n as usize;
+        // SAFETY: filled for `len` bytes.
+        let from =
+            unsafe { read_sockaddr((&storage as *const libc::sockaddr_storage).cast(), len) };
+        let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        let (source, payload) = if from.map(canon) == Some(canon(relay)) {
+            let unwrapped = match fds::lock().state.get(&fd) {
+                Some(FdState::Udp(a)) => a.unwrap(&datagram[..n]),
+                _ => None,
+            };
+            match unwrapped {
+                Some((source, at)) => (Some(source), &datagram[at..n]),
+                // A datagram the relay should not have sent: dropped, as the kernel would.
+                None if flags & libc::MSG_PEEK != 0 => return Some((-1, None, false)),
+                None => continue,
+            }
+        } else {
+            (from, &datagram[..n])
+        };
+        let copied = payload.len().min(buf.len());
+        buf[..copied].copy_from_slice(&payload[..copied]);
+        let truncated = payload.len() > buf.len();
+        let ret = if flags & libc::MSG_TRUNC != 0 {
+            payload.len()
+        } else {
+            copied
+        };
+        return Some((ret as isize, source, truncated));
+    }
+}
+
+/// # Safety
+/// As sendto(2).
+#[no_mangle]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    len: usize,
+    flags: c_int,
+    dest: *const sockaddr,
+    dlen: socklen_t,
+) -> isize {
+    let real_sendto = next_fn!(c"sendto", SendtoFn);
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_sendto(fd, buf, len, flags, dest, dlen) };
+    if buf.is_null() || !matches!(plan(), Ok(Some(_))) {
+        return direct();
+    }
+    guarded(
+        || {
+            // SAFETY: sendto's contract: `dest` valid for `dlen`, `buf` for `len`.
+            let to = unsafe { read_sockaddr(dest, dlen) };
+            if !dest.is_null() && to.is_none() {
+                return direct();
+            }
+            // SAFETY: as above.
+            let payload = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
+            udp_send(fd, to, payload, flags).unwrap_or_else(direct)
+        },
+        direct,
+    )
+}
+
+/// # Safety
+/// As send(2).
+#[no_mangle]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: usize, flags: c_int) -> isize {
+    // SAFETY: the program's arguments.
+    unsafe { sendto(fd, buf, len, flags, std::ptr::null(), 0) }
+}
+
+/// # Safety
+/// As write(2).
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, len: usize) -> isize {
+    type WriteFn = unsafe extern "C" fn(c_int, *const c_void, usize) -> isize;
+    let real_write = next_fn!(c"write", WriteFn);
+    if !fds::any_udp() || buf.is_null() {
+        // SAFETY: the program's arguments.
+        return unsafe { real_write(fd, buf, len) };
+    }
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_write(fd, buf, len) };
+    guarded(
+        || {
+            // SAFETY: write's contract.
+            let payload = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
+            udp_send(fd, None, payload, 0).unwrap_or_else(direct)
+        },
+        direct,
+    )
+}
+
+/// Writes a source address to a caller's buffer, if it gave one.
+///
+/// # Safety
+/// As for recvfrom's address arguments.
+unsafe fn give_source(
+    fd: c_int,
+    source: Option<SocketAddr>,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) {
+    if let (Some(source), false, false) = (source, addr.is_null(), alen.is_null()) {
+        let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
+        // SAFETY: the caller's buffer.
+        unsafe { write_sockaddr(source, family, addr, alen) };
+    }
+}
+
+/// # Safety
+/// As recvfrom(2).
+#[no_mangle]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    len: usize,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> isize {
+    let real_recvfrom = next_fn!(c"recvfrom", RecvfromFn);
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_recvfrom(fd, buf, len, flags, addr, alen) };
+    if !fds::any_udp() || buf.is_null() {
+        return direct();
+    }
+    guarded(
+        || {
+            // SAFETY: recvfrom's contract.
+            let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
+            match udp_recv(fd, out, flags) {
+                None => direct(),
+                Some((n, source, _)) => {
+                    if n >= 0 {
+                        // SAFETY: the program's address buffer.
+                        unsafe { give_source(fd, source, addr, alen) };
+                    }
+                    n
+                }
+            }
+        },
+        direct,
+    )
+}
+
+/// # Safety
+/// As recv(2).
+#[no_mangle]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: usize, flags: c_int) -> isize {
+    // SAFETY: the program's arguments.
+    unsafe {
+        recvfrom(
+            fd,
+            buf,
+            len,
+            flags,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+/// # Safety
+/// As read(2).
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, len: usize) -> isize {
+    type ReadFn = unsafe extern "C" fn(c_int, *mut c_void, usize) -> isize;
+    let real_read = next_fn!(c"read", ReadFn);
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_read(fd, buf, len) };
+    if !fds::any_udp() || buf.is_null() {
+        return direct();
+    }
+    guarded(
+        || {
+            // SAFETY: read's contract.
+            let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
+            udp_recv(fd, out, 0).map_or_else(direct, |(n, _, _)| n)
+        },
+        direct,
+    )
+}
+
+/// The bytes of a message's iovecs, gathered.
+///
+/// # Safety
+/// `msg`'s iovecs must be valid.
+unsafe fn gather(msg: &libc::msghdr) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..msg.msg_iovlen {
+        // SAFETY: the caller's iovec array of msg_iovlen entries.
+        let iov = unsafe { &*msg.msg_iov.add(i) };
+        if !iov.iov_base.is_null() {
+            // SAFETY: each iovec is valid for its length.
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len)
+            });
+        }
+    }
+    out
+}
+
+/// Spreads `data` over a message's iovecs.
+///
+/// # Safety
+/// `msg`'s iovecs must be valid.
+unsafe fn scatter(msg: &libc::msghdr, mut data: &[u8]) {
+    for i in 0..msg.msg_iovlen {
+        if data.is_empty() {
+            break;
+        }
+        // SAFETY: the caller's iovec array.
+        let iov = unsafe { &*msg.msg_iov.add(i) };
+        let n = iov.iov_len.min(data.len());
+        if n > 0 && !iov.iov_base.is_null() {
+            // SAFETY: each iovec is valid for its length.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), iov.iov_base.cast::<u8>(), n) };
+        }
+        data = &data[n..];
+    }
+}
+
+fn msg_capacity(msg: &libc::msghdr) -> usize {
+    (0..msg.msg_iovlen)
+        // SAFETY: the caller's iovec array.
+        .map(|i| unsafe { (*msg.msg_iov.add(i)).iov_len })
+        .sum()
+}
+
+/// sendmsg for a UDP socket through the proxy; `None` when not the shim's.
+///
+/// # Safety
+/// `msg` valid as for sendmsg.
+unsafe fn udp_sendmsg(fd: c_int, msg: &libc::msghdr, flags: c_int) -> Option<isize> {
+    // SAFETY: sendmsg's contract on msg_name.
+    let to = unsafe { read_sockaddr(msg.msg_name.cast(), msg.msg_namelen) };
+    if !msg.msg_name.is_null() && to.is_none() {
+        return None;
+    }
+    // SAFETY: sendmsg's contract on the iovecs.
+    let payload = unsafe { gather(msg) };
+    udp_send(fd, to, &payload, flags)
+}
+
+/// recvmsg for a UDP socket with an association; `None` when not the shim's.
+///
+/// # Safety
+/// `msg` valid as for recvmsg.
+unsafe fn udp_recvmsg(fd: c_int, msg: &mut libc::msghdr, flags: c_int) -> Option<isize> {
+    let mut buf = vec![0u8; msg_capacity(msg)];
+    let (n, source, truncated) = udp_recv(fd, &mut buf, flags)?;
+    if n >= 0 {
+        let copied = (n as usize).min(buf.len());
+        // SAFETY: recvmsg's contract.
+        unsafe {
+            scatter(msg, &buf[..copied]);
+            if !msg.msg_name.is_null() {
+                give_source(fd, source, msg.msg_name.cast(), &mut msg.msg_namelen);
+            }
+        }
+        msg.msg_controllen = 0;
+        msg.msg_flags = if truncated { libc::MSG_TRUNC } else { 0 };
+    }
+    Some(n)
+}
+
+/// # Safety
+/// As sendmsg(2).
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
+    type SendmsgFn = unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> isize;
+    let real_sendmsg = next_fn!(c"sendmsg", SendmsgFn);
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_sendmsg(fd, msg, flags) };
+    if msg.is_null() || !matches!(plan(), Ok(Some(_))) {
+        return direct();
+    }
+    // SAFETY: sendmsg's contract.
+    guarded(
+        || unsafe { udp_sendmsg(fd, &*msg, flags) }.unwrap_or_else(direct),
+        direct,
+    )
+}
+
+/// # Safety
+/// As recvmsg(2).
+#[no_mangle]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> isize {
+    type RecvmsgFn = unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> isize;
+    let real_recvmsg = next_fn!(c"recvmsg", RecvmsgFn);
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_recvmsg(fd, msg, flags) };
+    if msg.is_null() || !fds::any_udp() {
+        return direct();
+    }
+    // SAFETY: recvmsg's contract.
+    guarded(
+        || unsafe { udp_recvmsg(fd, &mut *msg, flags) }.unwrap_or_else(direct),
+        direct,
+    )
+}
+
+/// # Safety
+/// As sendmmsg(2).
+#[no_mangle]
+pub unsafe extern "C" fn sendmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    vlen: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    type SendmmsgFn = unsafe extern "C" fn(c_int, *mut libc::mmsghdr, libc::c_uint, c_int) -> c_int;
+    let real_sendmmsg = next_fn!(c"sendmmsg", SendmmsgFn);
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_sendmmsg(fd, msgs, vlen, flags) };
+    if msgs.is_null() || vlen == 0 || !matches!(plan(), Ok(Some(_))) {
+        return direct();
+    }
+    guarded(
+        || {
+            let mut sent = 0;
+            for i in 0..vlen as usize {
+                // SAFETY: the program's array of vlen messages.
+                let m = unsafe { &mut *msgs.add(i) };
+                // SAFETY: as sendmsg.
+                match unsafe { udp_sendmsg(fd, &m.msg_hdr, flags) } {
+                    None if i == 0 => return direct(),
+                    None => break,
+                    Some(n) if n < 0 => return if sent > 0 { sent } else { -1 },
+                    Some(n) => {
+                        m.msg_len = n as libc::c_uint;
+                        sent += 1;
+                    }
+                }
+            }
+            sent
+        },
+        direct,
+    )
+}
+
+/// # Safety
+/// As recvmmsg(2).
+#[no_mangle]
+pub unsafe extern "C" fn recvmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    vlen: libc::c_uint,
+    flags: c_int,
+    tmo: *mut timespec,
+) -> c_int {
+    type RecvmmsgFn = unsafe extern "C" fn(
+        c_int,
+        *mut libc::mmsghdr,
+        libc::c_uint,
+        c_int,
+        *mut timespec,
+    ) -> c_int;
+    let real_recvmmsg = next_fn!(c"recvmmsg", RecvmmsgFn);
+    // SAFETY: the program's arguments.
+    let direct = || unsafe { real_recvmmsg(fd, msgs, vlen, flags, tmo) };
+    if msgs.is_null() || vlen == 0 || !fds::any_udp() {
+        return direct();
+    }
+    guarded(
+        || {
+            let mut got = 0;
+            for i in 0..vlen as usize {
+                // SAFETY: the program's array of vlen messages.
+                let m = unsafe { &mut *msgs.add(i) };
+                // After the first, only what is already there (as the kernel's).
+                let f = if i == 0 {
+                    flags & !libc::MSG_WAITFORONE
+                } else {
+                    flags | libc::MSG_DONTWAIT
+                };
+                // SAFETY: as recvmsg.
+                match unsafe { udp_recvmsg(fd, &mut m.msg_hdr, f) } {
+                    None if i == 0 => return direct(),
+                    None => break,
+                    Some(n) if n < 0 => return if got > 0 { got } else { -1 },
+                    Some(n) => {
+                        m.msg_len = n as libc::c_uint;
+                        got += 1;
+                    }
+                }
+            }
+            got
         },
         direct,
     )

@@ -15,6 +15,7 @@
 //! - `drive`: the handshake on one socket, step by step;
 //! - `fds`: what the shim knows of the program's descriptors;
 //! - `listening`: listening sockets on the proxy's outside (SOCKS-NG LISTEN and ACCEPT);
+//! - `udp`: UDP through the proxy (UDP ASSOCIATE);
 //! - `hooks`: the replaced functions.
 
 mod drive;
@@ -24,3 +25,4 @@ mod listening;
 pub mod names;
 mod plan;
 mod real;
+mod udp;
