@@ -1978,6 +1978,54 @@ pub unsafe extern "C" fn recvmmsg(
     )
 }
 
+/// syscall(2), for the calls programs make through it rather than through their C
+/// functions (libuv sends and receives batches of datagrams so): connect, sendmmsg and
+/// recvmmsg go to the hooks above; everything else to the C library's syscall.
+///
+/// Defined with six arguments after the number rather than as a variadic function (not
+/// stable in Rust): on the platforms this shim is built for (x86-64 and AArch64 Linux) the
+/// integer arguments of a variadic call are passed exactly as those of a non-variadic one.
+///
+/// # Safety
+/// As syscall(2).
+#[no_mangle]
+pub unsafe extern "C" fn syscall(
+    number: libc::c_long,
+    a1: libc::c_long,
+    a2: libc::c_long,
+    a3: libc::c_long,
+    a4: libc::c_long,
+    a5: libc::c_long,
+    a6: libc::c_long,
+) -> libc::c_long {
+    type SyscallFn = unsafe extern "C" fn(libc::c_long, ...) -> libc::c_long;
+    let real_syscall = next_fn!(c"syscall", SyscallFn);
+    // Only the calls the shim handles look at its state: everything else (the standard
+    // library's own futex calls among them) goes straight through, so nothing here can wait
+    // on a lock the caller holds.
+    let ours = || matches!(plan(), Ok(Some(_)));
+    // SAFETY: the program's arguments, as the kernel call it asked for takes them.
+    unsafe {
+        match number {
+            libc::SYS_connect if ours() => {
+                connect(a1 as c_int, a2 as *const sockaddr, a3 as socklen_t) as libc::c_long
+            }
+            libc::SYS_sendmmsg if ours() => {
+                sendmmsg(a1 as c_int, a2 as *mut libc::mmsghdr, a3 as libc::c_uint, a4 as c_int)
+                    as libc::c_long
+            }
+            libc::SYS_recvmmsg if ours() => recvmmsg(
+                a1 as c_int,
+                a2 as *mut libc::mmsghdr,
+                a3 as libc::c_uint,
+                a4 as c_int,
+                a5 as *mut timespec,
+            ) as libc::c_long,
+            _ => real_syscall(number, a1, a2, a3, a4, a5, a6),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // name resolution
 
