@@ -152,7 +152,7 @@ impl Pending {
             if self.sent < self.out.len() {
                 // SAFETY: the slice is valid for its length; MSG_DONTWAIT never blocks.
                 let n = unsafe {
-                    libc::send(
+                    (real().send)(
                         fd,
                         self.out[self.sent..].as_ptr().cast(),
                         self.out.len() - self.sent,
@@ -181,7 +181,7 @@ impl Pending {
             let mut buf = [0u8; 512];
             let want = want.min(buf.len());
             // SAFETY: reading at most `want` bytes into a buffer at least that long.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) };
+            let n = unsafe { (real().recv)(fd, buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) };
             if n < 0 {
                 let e = errno();
                 if e == libc::EAGAIN || e == libc::EINTR {

@@ -33,7 +33,7 @@ pub(crate) fn say(msg: &str) {
     let line = format!("socksng: {msg}\n");
     // SAFETY: writing a valid buffer to descriptor 2; a failure is ignored.
     unsafe {
-        libc::write(2, line.as_ptr().cast(), line.len());
+        (real().write)(2, line.as_ptr().cast(), line.len());
     }
 }
 

@@ -215,7 +215,7 @@ impl Listening {
     fn read(&mut self, fd: i32) -> Result<bool, i32> {
         let mut buf = [0u8; 2048];
         // SAFETY: a buffer of its own length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        let n = unsafe { (real().recv)(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n < 0 {
             let e = errno();
             return if e == libc::EAGAIN || e == libc::EINTR {
@@ -267,7 +267,7 @@ impl Listening {
         while sent < out.len() {
             // SAFETY: the unsent part of `out`.
             let n = unsafe {
-                libc::send(
+                (real().send)(
                     fd,
                     out[sent..].as_ptr().cast(),
                     out.len() - sent,

@@ -1,6 +1,7 @@
 //! The C library's own functions behind the ones the shim replaces, found once with
 //! `dlsym(RTLD_NEXT, ...)`. Every call the shim makes itself goes through these, so it never
-//! re-enters its own hooks.
+//! re-enters its own hooks (a hook that takes the descriptor table's lock, called while the
+//! shim holds it, would wait for itself).
 
 use libc::{
     addrinfo, c_char, c_int, c_void, epoll_event, fd_set, nfds_t, pollfd, sigset_t, sockaddr,
@@ -36,6 +37,9 @@ type GetaddrinfoFn = unsafe extern "C" fn(
 ) -> c_int;
 type FreeaddrinfoFn = unsafe extern "C" fn(*mut addrinfo);
 type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
+type SendFn = unsafe extern "C" fn(c_int, *const c_void, usize, c_int) -> isize;
+type RecvFn = unsafe extern "C" fn(c_int, *mut c_void, usize, c_int) -> isize;
+type WriteFn = unsafe extern "C" fn(c_int, *const c_void, usize) -> isize;
 type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
 
 /// The real functions.
@@ -55,6 +59,9 @@ pub(crate) struct Real {
     pub freeaddrinfo: FreeaddrinfoFn,
     pub dup2: Dup2Fn,
     pub dup3: Dup3Fn,
+    pub send: SendFn,
+    pub recv: RecvFn,
+    pub write: WriteFn,
 }
 
 /// Looks `name` up in the libraries loaded after this one.
@@ -95,5 +102,8 @@ pub(crate) fn real() -> &'static Real {
         freeaddrinfo: real!(c"freeaddrinfo", FreeaddrinfoFn),
         dup2: real!(c"dup2", Dup2Fn),
         dup3: real!(c"dup3", Dup3Fn),
+        send: real!(c"send", SendFn),
+        recv: real!(c"recv", RecvFn),
+        write: real!(c"write", WriteFn),
     })
 }
