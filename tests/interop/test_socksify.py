@@ -18,12 +18,16 @@ server the test runs on C's loopback, so a query that leaves the client is seen.
   target directly;
 - `python3 -m http.server` under the shim listens on the proxy's outside, and 20 concurrent
   fetches from the target's side all get the file;
+- the C API (socksng.h): a C program connects by name, listens on the proxy's outside and
+  accepts a connection from the target's side, and reads the proxy's capabilities;
 - UDP: a Python client's sendto/recvfrom, connect/send/recv and sendmsg/recvmsg by name,
   and dig against a dnsmasq in T (libuv's sendmmsg/recvmmsg through syscall()), through
   socksngd and through Dante's UDP ASSOCIATE.
 """
 
 import hashlib
+import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from interop_support import (
+    LogReader,
     SOCKSNGD,
     STARTUP_TIMEOUT,
     free_port,
@@ -40,6 +45,7 @@ from interop_support import (
     proxy_config,
     run,
     sh,
+    terminate,
     topology,
     wait_session_count,
 )
@@ -459,4 +465,42 @@ def test_dig_through_the_proxy(net, proxy, request, dnsmasq):
     dnsmasq.log.wait_for(lambda l: f"query[A] www.test.sfy from {P_T_IP}" in l,
                          what="dnsmasq's query line")
     assert dns_queries(net) == before
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_c_api(net, edge, request, tmp_path):
+    (gcc,) = need("gcc")
+    binary = tmp_path / "api_client"
+    lib_dir = SOCKSNG.parent
+    r = run([gcc, "-Wall", "-Werror", "-I", REPO / "crates/socksng-socksify/include",
+             REPO / "tests/interop/c/api_client.c", "-L", lib_dir, "-lsocksng_socksify",
+             "-o", binary])
+    assert r.returncode == 0, r.stderr.decode()
+    prog = subprocess.Popen(
+        ["ip", "netns", "exec", net.client, "env", f"SOCKSNG_PROXY={edge.url}",
+         f"LD_LIBRARY_PATH={lib_dir}", binary, NAME, str(net.http_port)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    request.addfinalizer(lambda: terminate(prog))
+    out = LogReader(prog.stdout)
+    line = out.wait_for(lambda l: l.startswith("connect ") and l, what="the connect line")
+    assert line.startswith(f"connect target client {P_T_IP} "), line
+    line = out.wait_for(lambda l: l.startswith("listening ") and l, what="the listening line")
+    host, port = line.split()[1].rsplit(":", 1)
+    assert host == P_C_IP, line
+    got = run([sys.executable, "-c",
+               "import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), 15);"
+               "print(s.recv(100).decode().strip())", host, port], netns=net.target)
+    assert got.stdout.decode().strip() == "hello from C", got
+    out.wait_for(lambda l: l == f"accepted {T_IP}" or None, what="the accepted line")
+    line = out.wait_for(lambda l: l.startswith("capabilities ") and l, what="capabilities")
+    caps = json.loads(line.split(" ", 1)[1])
+    assert caps["server"] == edge.url and caps["revision"] >= 1, caps
+    # The served ranges cover the target (the rules allow it).
+    served = [ipaddress.ip_network(p) for r in caps["ranges"] for p in r["prefixes"]]
+    assert any(ipaddress.ip_address(T_IP) in n for n in served), caps
+    assert prog.wait(timeout=15) == 0
 

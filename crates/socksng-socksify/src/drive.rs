@@ -42,6 +42,8 @@ pub(crate) struct Pending {
     want: i16,
     /// The reply to the request, once it came.
     reply: Option<Reply>,
+    /// The block a CAPABILITIES request brings after its reply.
+    capabilities: Option<socksng_proto::wire::ng::Capabilities>,
 }
 
 /// The errno a SOCKS reply code stands for, as `connect` would report the failure directly.
@@ -104,7 +106,13 @@ impl Pending {
             deadline,
             want: libc::POLLOUT,
             reply: None,
+            capabilities: None,
         }
+    }
+
+    /// The capabilities a CAPABILITIES request brought.
+    pub(crate) fn take_capabilities(&mut self) -> Option<socksng_proto::wire::ng::Capabilities> {
+        self.capabilities.take()
     }
 
     /// The reply to the request (its bound address), once the handshake is done.
@@ -209,6 +217,8 @@ impl Pending {
                     return self.refused(reply.code);
                 }
                 self.reply = Some(reply);
+            } else if let Some(ClientEvent::Capabilities(c)) = progress.event {
+                self.capabilities = Some(c);
             }
         }
     }

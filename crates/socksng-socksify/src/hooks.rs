@@ -142,6 +142,11 @@ unsafe fn write_sockaddr(sa: SocketAddr, family: c_int, addr: *mut sockaddr, len
     }
 }
 
+/// The address family of socket `fd` (AF_INET when it cannot be told).
+pub(crate) fn socket_family(fd: c_int) -> c_int {
+    sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET)
+}
+
 fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
     let mut v: c_int = 0;
     let mut len = std::mem::size_of::<c_int>() as socklen_t;
@@ -2010,10 +2015,12 @@ pub unsafe extern "C" fn syscall(
             libc::SYS_connect if ours() => {
                 connect(a1 as c_int, a2 as *const sockaddr, a3 as socklen_t) as libc::c_long
             }
-            libc::SYS_sendmmsg if ours() => {
-                sendmmsg(a1 as c_int, a2 as *mut libc::mmsghdr, a3 as libc::c_uint, a4 as c_int)
-                    as libc::c_long
-            }
+            libc::SYS_sendmmsg if ours() => sendmmsg(
+                a1 as c_int,
+                a2 as *mut libc::mmsghdr,
+                a3 as libc::c_uint,
+                a4 as c_int,
+            ) as libc::c_long,
             libc::SYS_recvmmsg if ours() => recvmmsg(
                 a1 as c_int,
                 a2 as *mut libc::mmsghdr,

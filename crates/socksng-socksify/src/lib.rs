@@ -16,8 +16,10 @@
 //! - `fds`: what the shim knows of the program's descriptors;
 //! - `listening`: listening sockets on the proxy's outside (SOCKS-NG LISTEN and ACCEPT);
 //! - `udp`: UDP through the proxy (UDP ASSOCIATE);
-//! - `hooks`: the replaced functions.
+//! - `hooks`: the replaced functions;
+//! - `capi`: the public C API (`include/socksng.h`).
 
+pub mod capi;
 mod drive;
 mod fds;
 mod hooks;

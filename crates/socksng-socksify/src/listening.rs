@@ -30,7 +30,7 @@ pub(crate) struct Listening {
     closed: Option<i32>,
 }
 
-fn config(server: &Server) -> ClientConfig {
+pub(crate) fn config(server: &Server) -> ClientConfig {
     ClientConfig {
         socks4: false,
         offer_ng: true,
@@ -44,7 +44,7 @@ fn config(server: &Server) -> ClientConfig {
 }
 
 /// A new socket of `family` connected to `server` that has run `request` to its reply.
-fn request(
+pub(crate) fn request(
     server: &Server,
     family: i32,
     request: ClientRequest,
@@ -215,7 +215,8 @@ impl Listening {
     fn read(&mut self, fd: i32) -> Result<bool, i32> {
         let mut buf = [0u8; 2048];
         // SAFETY: a buffer of its own length.
-        let n = unsafe { (real().recv)(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        let n =
+            unsafe { (real().recv)(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n < 0 {
             let e = errno();
             return if e == libc::EAGAIN || e == libc::EINTR {

@@ -145,6 +145,15 @@ impl Plan {
 }
 
 impl Server {
+    /// A server named by URL (for the C API's explicit requests).
+    pub(crate) fn from_url(url: &str) -> Result<Server, String> {
+        let url = ProxyUrl::parse(url).map_err(|e| e.to_string())?;
+        Ok(Server {
+            url,
+            addrs: OnceLock::new(),
+        })
+    }
+
     /// Its addresses, resolved on first use with the real resolver.
     pub(crate) fn addrs(&self) -> Result<&[SocketAddr], i32> {
         self.addrs
