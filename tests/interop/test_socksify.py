@@ -258,6 +258,13 @@ def test_curl_by_a_name_only_the_proxy_knows_sends_no_dns_query(net, edge):
     s = edge.wait_session(target=f"{NAME}:{net.http_port}")
     assert s["outcome_kind"] == "completed", s
 
+    # A shell that forks and execs curl: the child is socksified through the environment.
+    r = socksified(net, edge.url, "sh", "-c", f"curl -q -sS --max-time 20 {url} && echo done")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines() == [f"target client {P_T_IP} request "
+                                              f"{r.stdout.decode().split()[4]}", "done"], r.stdout
+    assert dns_queries(net) == before
+
 
 def test_every_waiting_style_and_refusals(net, edge):
     before = dns_queries(net)
