@@ -8,6 +8,7 @@ pub mod cases;
 pub mod install;
 pub mod machine;
 pub mod report;
+pub mod socksify;
 pub mod stats;
 pub mod tcp;
 pub mod udp;

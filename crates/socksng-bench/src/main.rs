@@ -10,7 +10,8 @@ use procs::Meter;
 use report::{CaseResult, Status};
 use socks::Credentials;
 use socksng_bench::{
-    cases, install, machine, procs, report, socks, stats, subjects, targets, tcp, udp, zerocopy,
+    cases, install, machine, procs, report, socks, socksify, stats, subjects, targets, tcp, udp,
+    zerocopy,
 };
 use stats::{parse_size, Summary};
 use std::cell::RefCell;
@@ -62,6 +63,12 @@ struct Cli {
     /// Do not create a system user for Dante's username method (Dante auth becomes n/a).
     #[arg(long)]
     no_system_user: bool,
+    /// Only the socksify comparison: curl fetching a page by name through socksngd N times
+    /// each with its own --socks5-hostname, the LD_PRELOAD shim, `socksng exec` and
+    /// proxychains4 (needs root, unshare and proxychains4; the shim and socksng are taken
+    /// from socksngd's directory).
+    #[arg(long, value_name = "N")]
+    socksify: Option<usize>,
     /// The socksngd binary. Default: next to this binary, else target/release/socksngd.
     #[arg(long, value_name = "PATH")]
     socksngd: Option<PathBuf>,
@@ -166,7 +173,24 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn default_socksngd(cli: &Cli) -> PathBuf {
+    cli.socksngd.clone().unwrap_or_else(|| {
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("socksngd")));
+        match beside {
+            Some(b) if b.is_file() => b,
+            _ => PathBuf::from("target/release/socksngd"),
+        }
+    })
+}
+
 fn real_main(cli: &Cli) -> Result<()> {
+    if let Some(runs) = cli.socksify {
+        let variants = socksify::run(&default_socksngd(cli), runs.max(1))?;
+        print!("{}", socksify::report(&variants, runs.max(1)));
+        return Ok(());
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Pin before the runtime exists, so every thread it makes inherits the mask.
     let gen_cpus: Vec<usize> = cli.gen_cpu.iter().copied().filter(|&c| c < cpus).collect();
@@ -399,15 +423,7 @@ async fn run(
     } else {
         cli.subjects.iter().map(|s| s.trim().to_owned()).collect()
     };
-    let socksngd = cli.socksngd.clone().unwrap_or_else(|| {
-        let beside = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(|d| d.join("socksngd")));
-        match beside {
-            Some(b) if b.is_file() => b,
-            _ => PathBuf::from("target/release/socksngd"),
-        }
-    });
+    let socksngd = default_socksngd(cli);
     let mut kinds = Vec::new();
     for n in &names {
         let kind = match Subject::builtin(n, &socksngd) {
