@@ -22,7 +22,7 @@ server the test runs on C's loopback, so a query that leaves the client is seen.
   accepts a connection from the target's side, and reads the proxy's capabilities;
 - UDP: a Python client's sendto/recvfrom, connect/send/recv and sendmsg/recvmsg by name,
   and dig against a dnsmasq in T (libuv's sendmmsg/recvmmsg through syscall()), through
-  socksngd and through Dante's UDP ASSOCIATE.
+  socksngd's UDP-TUNNEL and through Dante's UDP ASSOCIATE.
 """
 
 import hashlib
@@ -472,6 +472,10 @@ def test_dig_through_the_proxy(net, proxy, request, dnsmasq):
     dnsmasq.log.wait_for(lambda l: f"query[A] www.test.sfy from {P_T_IP}" in l,
                          what="dnsmasq's query line")
     assert dns_queries(net) == before
+    if proxy == "socksngd":
+        # A SOCKS-NG server carries it inside the stream (UDP-TUNNEL), not UDP ASSOCIATE.
+        s = request.getfixturevalue("edge").wait_session(command="udp-tunnel")
+        assert s["outcome_kind"] == "completed", s
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -46,6 +46,10 @@ pub(crate) struct Pending {
     capabilities: Option<socksng_proto::wire::ng::Capabilities>,
 }
 
+/// The "errno" of a SOCKS-NG request a plain SOCKS5 server cannot take (its own, never
+/// shown to the program: the caller falls back).
+pub(crate) const NOT_NG: i32 = libc::EPROTONOSUPPORT;
+
 /// The errno a SOCKS reply code stands for, as `connect` would report the failure directly.
 pub(crate) fn errno_for(code: ReplyCode) -> i32 {
     match code {
@@ -206,6 +210,10 @@ impl Pending {
             self.input.extend_from_slice(&buf[..n as usize]);
             let progress = match self.machine.handle_input(&self.input, &mut self.out) {
                 Ok(p) => p,
+                // Not an error to report: the caller falls back to plain SOCKS5.
+                Err(socksng_proto::client::ClientHandshakeError::NgNotSelected) => {
+                    return Step::Failed(NOT_NG);
+                }
                 Err(e) => {
                     crate::hooks::say(&format!("the proxy {}: {e}", self.proxy));
                     return Step::Failed(libc::ECONNREFUSED);

@@ -79,10 +79,13 @@ pub(crate) fn lock() -> Locked {
     Locked(guard)
 }
 
-/// Whether the waiting functions have anything to do: a handshake in progress, or a
-/// listener (whose notices may wait in the shim rather than in the socket). Cheap: no lock.
+/// Whether the waiting functions have anything to do: a handshake in progress, a listener
+/// (whose notices may wait in the shim rather than in the socket) or a UDP association (a
+/// tunnel's frames arrive on the shim's connection). Cheap: no lock.
 pub(crate) fn any_pending() -> bool {
-    PENDING.load(Ordering::Acquire) > 0 || LISTENERS.load(Ordering::Acquire) > 0
+    PENDING.load(Ordering::Acquire) > 0
+        || LISTENERS.load(Ordering::Acquire) > 0
+        || UDP.load(Ordering::Acquire) > 0
 }
 
 fn counter(state: &FdState) -> Option<&'static AtomicUsize> {
@@ -132,7 +135,19 @@ impl Fds {
     /// Whether `fd` is a listener with notices waiting in the shim: readable, whatever its
     /// socket says.
     pub(crate) fn has_queued(&self, fd: i32) -> bool {
-        matches!(self.state.get(&fd), Some(FdState::Listener(Some(l))) if l.has_queued())
+        match self.state.get(&fd) {
+            Some(FdState::Listener(Some(l))) => l.has_queued(),
+            Some(FdState::Udp(a)) => a.has_frame(),
+            _ => false,
+        }
+    }
+
+    /// The tunnel connection that stands in for UDP socket `fd` in the waiting functions.
+    pub(crate) fn tunnel_of(&self, fd: i32) -> Option<i32> {
+        match self.state.get(&fd) {
+            Some(FdState::Udp(a)) if a.tunnel.is_some() => Some(a.control),
+            _ => None,
+        }
     }
 
     /// The program's registrations with `epfd` of listeners with notices waiting.

@@ -600,8 +600,20 @@ fn poll_driving(
                 .collect();
             (pending, queued, earliest_deadline(&table))
         };
+        let tunnels: Vec<Option<i32>> = {
+            let table = fds::lock();
+            fds_in
+                .iter()
+                .map(|p| {
+                    (p.events & libc::POLLIN != 0)
+                        .then(|| table.tunnel_of(p.fd))
+                        .flatten()
+                })
+                .collect()
+        };
         let any_queued = queued.iter().any(|q| *q);
-        if !pending.iter().any(|p| *p) && !any_queued {
+        let any_tunnel = tunnels.iter().any(Option::is_some);
+        if !pending.iter().any(|p| *p) && !any_queued && !any_tunnel {
             return wait(fds_in, wait_ms(until, None));
         }
         for (i, p) in fds_in.iter().enumerate() {
@@ -615,7 +627,19 @@ fn poll_driving(
                 }
             }
         }
-        // Notices already read are ready now: look at the rest without waiting.
+        // A tunnel's connection is waited on beside the program's UDP socket.
+        mine.truncate(fds_in.len());
+        let extra: Vec<(usize, i32)> = tunnels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.map(|c| (i, c)))
+            .collect();
+        mine.extend(extra.iter().map(|&(_, c)| pollfd {
+            fd: c,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // Notices and frames already read are ready now: look at the rest without waiting.
         let ms = if any_queued {
             0
         } else {
@@ -627,6 +651,11 @@ fn poll_driving(
         }
         let mut ready = 0;
         let mut table = fds::lock();
+        for (k, &(i, _)) in extra.iter().enumerate() {
+            if mine[fds_in.len() + k].revents != 0 {
+                mine[i].revents |= libc::POLLIN;
+            }
+        }
         for (i, p) in fds_in.iter_mut().enumerate() {
             p.revents = mine[i].revents;
             if queued[i] {
@@ -923,6 +952,10 @@ pub unsafe extern "C" fn epoll_ctl(
                         table.epoll.remove(&(epfd, fd));
                     }
                     _ => {}
+                }
+                // A tunnel's connection mirrors its UDP socket's registrations.
+                if let Some(control) = table.tunnel_of(fd) {
+                    mirror_registration(epfd, op, control, reg);
                 }
             }
             r
@@ -1445,6 +1478,22 @@ fn udp_way(dest: SocketAddr) -> Result<Option<&'static Server>, c_int> {
     }
 }
 
+/// Registers (or changes, or removes) a tunnel's connection in `epfd` as its UDP socket is,
+/// with the socket's events and data: the program reads a frame's arrival as its socket's.
+fn mirror_registration(epfd: c_int, op: c_int, control: c_int, reg: Option<Registration>) {
+    let mut ev = epoll_event {
+        events: reg.map_or(0, |r| r.events & !(libc::EPOLLOUT as u32)),
+        u64: reg.map_or(0, |r| r.data),
+    };
+    // SAFETY: a valid epoll descriptor and event.
+    let r = unsafe { (real().epoll_ctl)(epfd, op, control, &mut ev) };
+    if r != 0 && op == libc::EPOLL_CTL_MOD {
+        // Not there yet (registered before the tunnel existed): add it.
+        // SAFETY: as above.
+        unsafe { (real().epoll_ctl)(epfd, libc::EPOLL_CTL_ADD, control, &mut ev) };
+    }
+}
+
 /// Makes sure `fd` has an association through `server`.
 fn ensure_association(fd: c_int, server: &Server) -> Result<(), c_int> {
     if matches!(fds::lock().state.get(&fd), Some(FdState::Udp(_))) {
@@ -1459,7 +1508,13 @@ fn ensure_association(fd: c_int, server: &Server) -> Result<(), c_int> {
     if matches!(table.state.get(&fd), Some(FdState::Udp(_))) {
         association.close(); // another thread was first
     } else {
+        let tunnel = association.tunnel.is_some().then_some(association.control);
         table.set(fd, FdState::Udp(Box::new(association)));
+        if let Some(control) = tunnel {
+            for (epfd, reg) in table.registrations(fd) {
+                mirror_registration(epfd, libc::EPOLL_CTL_ADD, control, Some(reg));
+            }
+        }
     }
     Ok(())
 }
@@ -1492,6 +1547,9 @@ fn udp_connect(fd: c_int, target: SocketAddr) -> Option<c_int> {
             return Some(-1);
         };
         a.peer = Some(target);
+        if a.tunnel.is_some() {
+            return Some(0); // the tunnel carries it; the socket itself stays as it was
+        }
         a.relay
     };
     let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
@@ -1533,14 +1591,30 @@ fn udp_send(fd: c_int, dest: Option<SocketAddr>, payload: &[u8], flags: c_int) -
         set_errno(e);
         return Some(-1);
     }
-    let (framed, relay) = {
+    let (framed, relay, tunnel) = {
         let mut table = fds::lock();
         let Some(FdState::Udp(a)) = table.state.get_mut(&fd) else {
             set_errno(libc::EBADF);
             return Some(-1);
         };
-        (a.wrap(dest, payload), a.relay)
+        let framed = match a.wrap(dest, payload) {
+            Ok(f) => f,
+            Err(e) => {
+                set_errno(e);
+                return Some(-1);
+            }
+        };
+        (framed, a.relay, a.tunnel.is_some().then_some(a.control))
     };
+    if let Some(control) = tunnel {
+        return Some(match send_all(control, &framed) {
+            Ok(()) => payload.len() as isize,
+            Err(e) => {
+                set_errno(e);
+                -1
+            }
+        });
+    }
     let family = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(libc::AF_INET);
     let (storage, len) = to_storage(relay, family);
     let real_sendto = next_fn!(c"sendto", SendtoFn);
@@ -1565,10 +1639,13 @@ fn udp_recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Option<(isize, Option<So
     if !fds::any_udp() {
         return None;
     }
-    let relay = match fds::lock().state.get(&fd) {
-        Some(FdState::Udp(a)) => a.relay,
+    let (relay, tunnel) = match fds::lock().state.get(&fd) {
+        Some(FdState::Udp(a)) => (a.relay, a.tunnel.is_some().then_some(a.control)),
         _ => return None,
     };
+    if let Some(control) = tunnel {
+        return Some(tunnel_recv(fd, control, buf, flags));
+    }
     let real_recvfrom = next_fn!(c"recvfrom", RecvfromFn);
     let mut datagram = vec![0u8; buf.len() + 300];
     loop {
@@ -1617,6 +1694,113 @@ fn udp_recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Option<(isize, Option<So
             copied
         };
         return Some((ret as isize, source, truncated));
+    }
+}
+
+/// Writes all of `data` to the shim's connection `fd`, waiting (boundedly) when it is full.
+fn send_all(fd: c_int, mut data: &[u8]) -> Result<(), c_int> {
+    while !data.is_empty() {
+        // SAFETY: the unsent part of `data`.
+        let n = unsafe { (real().send)(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            match errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN => {
+                    let mut p = pollfd {
+                        fd,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    if unsafe { (real().poll)(&mut p, 1, 10_000) } == 0 {
+                        return Err(libc::ETIMEDOUT);
+                    }
+                    continue;
+                }
+                e => return Err(e),
+            }
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
+/// The next datagram of UDP socket `fd`'s tunnel (connection `control`), as `udp_recv`.
+fn tunnel_recv(
+    fd: c_int,
+    control: c_int,
+    buf: &mut [u8],
+    flags: c_int,
+) -> (isize, Option<SocketAddr>, bool) {
+    // SAFETY: fcntl on the program's descriptor.
+    let nonblocking = flags & libc::MSG_DONTWAIT != 0
+        || unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
+    let peek = flags & libc::MSG_PEEK != 0;
+    loop {
+        {
+            let mut table = fds::lock();
+            let Some(FdState::Udp(a)) = table.state.get_mut(&fd) else {
+                set_errno(libc::EBADF);
+                return (-1, None, false);
+            };
+            match a.next_frame(buf, peek) {
+                Some(Ok((len, source))) => {
+                    let truncated = len > buf.len();
+                    let ret = if flags & libc::MSG_TRUNC != 0 {
+                        len
+                    } else {
+                        len.min(buf.len())
+                    };
+                    return (ret as isize, Some(source), truncated);
+                }
+                Some(Err(e)) => {
+                    set_errno(e);
+                    return (-1, None, false);
+                }
+                None => {}
+            }
+        }
+        let mut chunk = vec![0u8; 65_536 + 300];
+        // SAFETY: a buffer of its own length.
+        let n = unsafe {
+            (real().recv)(
+                control,
+                chunk.as_mut_ptr().cast(),
+                chunk.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            set_errno(libc::ECONNRESET); // the proxy ended the tunnel
+            return (-1, None, false);
+        }
+        if n < 0 {
+            let e = errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            if e != libc::EAGAIN {
+                set_errno(e);
+                return (-1, None, false);
+            }
+            if nonblocking {
+                set_errno(libc::EAGAIN);
+                return (-1, None, false);
+            }
+            let mut p = pollfd {
+                fd: control,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { (real().poll)(&mut p, 1, -1) };
+            continue;
+        }
+        if let Some(FdState::Udp(a)) = fds::lock().state.get_mut(&fd) {
+            if let Some(inbox) = a.tunnel.as_mut() {
+                inbox.extend_from_slice(&chunk[..n as usize]);
+            }
+        }
     }
 }
 

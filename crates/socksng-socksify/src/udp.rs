@@ -1,9 +1,12 @@
-//! UDP through the proxy with UDP ASSOCIATE (RFC 1928 section 7), which SOCKS-NG servers and
-//! plain SOCKS5 servers (Dante) both serve: the program's own UDP socket stays a UDP socket,
-//! sending to the proxy's relay with the request header in front (socksng-proto's
-//! `UdpHeader`) and receiving the relay's datagrams with it stripped, so its poll, select and
-//! epoll see real readiness. The association's control connection is the shim's own
-//! descriptor, closed with the program's socket.
+//! UDP through the proxy: over the stream with SOCKS-NG UDP-TUNNEL where the server speaks
+//! SOCKS-NG (socksng-proto's `TunnelFrame`s on the shim's own connection), else with UDP
+//! ASSOCIATE (RFC 1928 section 7; Dante), the program's own UDP socket sending to the proxy's
+//! relay with the request header in front (`UdpHeader`) and receiving with it stripped. The
+//! program's socket stays a UDP socket either way. A tunnel's connection stands in for it in
+//! the waiting functions: poll and select wait on both, and the program's epoll registrations
+//! of its socket are copied to the tunnel's (same events, same data), so an arriving frame
+//! reads as its socket being readable. The shim's connection is closed with the program's
+//! socket.
 //!
 //! A reply from an address the program never sent to (the proxy resolved a placeholder's
 //! name) is reported as coming from the placeholder the program sent to on that port, so a
@@ -13,17 +16,20 @@ use crate::drive::{errno, Pending};
 use crate::plan::Server;
 use crate::real::real;
 use socksng_proto::client::{ClientConfig, ClientRequest};
-use socksng_proto::{Address, Command, Host, Request, UdpHeader};
+use socksng_proto::wire::ng::{NgRequest, TunnelFrame};
+use socksng_proto::{Address, Command, DecodeError, Host, Request, UdpHeader};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// One UDP socket's association.
 pub(crate) struct Association {
-    /// The control connection (the shim's descriptor).
-    control: i32,
-    /// Where datagrams go, with the header.
+    /// The control connection (the shim's descriptor); for a tunnel, the frames' stream.
+    pub control: i32,
+    /// Where datagrams go, with the header (UDP ASSOCIATE); unused for a tunnel.
     pub relay: SocketAddr,
+    /// UDP-TUNNEL: frames are read into this until one is whole.
+    pub tunnel: Option<Vec<u8>>,
     /// The default destination of a connected socket, as the program gave it.
     pub peer: Option<SocketAddr>,
     /// Placeholders sent to, by port: the source a reply from that port is given.
@@ -31,9 +37,40 @@ pub(crate) struct Association {
 }
 
 impl Association {
+    /// A UDP-TUNNEL through `server`, or UDP ASSOCIATE where it does not speak SOCKS-NG.
+    pub(crate) fn open(
+        fd: i32,
+        family: i32,
+        server: &Server,
+        timeout: Duration,
+    ) -> Result<Association, i32> {
+        match Association::tunnel(server, timeout) {
+            Err(crate::drive::NOT_NG) => Association::associate(fd, family, server, timeout),
+            other => other,
+        }
+    }
+
+    /// SOCKS-NG UDP-TUNNEL: datagrams framed inside a connection of the shim's.
+    fn tunnel(server: &Server, timeout: Duration) -> Result<Association, i32> {
+        let family = match server.addrs()?.first() {
+            Some(a) if a.is_ipv6() => libc::AF_INET6,
+            _ => libc::AF_INET,
+        };
+        let request = ClientRequest::Ng(NgRequest::UdpTunnel);
+        let (control, _) =
+            crate::listening::request(server, family, request, "UDP-TUNNEL".into(), timeout)?;
+        Ok(Association {
+            control,
+            relay: SocketAddr::from(([0, 0, 0, 0], 0)),
+            tunnel: Some(Vec::new()),
+            peer: None,
+            placeholders: HashMap::new(),
+        })
+    }
+
     /// UDP ASSOCIATE through `server` for the program's UDP socket `fd` (bound first if it
     /// was not, so the request can name its port).
-    pub(crate) fn open(
+    fn associate(
         fd: i32,
         family: i32,
         server: &Server,
@@ -141,6 +178,7 @@ impl Association {
         Ok(Association {
             control,
             relay,
+            tunnel: None,
             peer: None,
             placeholders: HashMap::new(),
         })
@@ -152,8 +190,9 @@ impl Association {
         unsafe { (real().close)(self.control) };
     }
 
-    /// `payload` for `dest` (a placeholder stands for its name) as the relay wants it.
-    pub(crate) fn wrap(&mut self, dest: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    /// `payload` for `dest` (a placeholder stands for its name) as the relay or the tunnel
+    /// wants it; `Err` for a payload a tunnel frame cannot carry.
+    pub(crate) fn wrap(&mut self, dest: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, i32> {
         let address = match crate::names::name_of(dest.ip()) {
             Some(name) => {
                 self.placeholders.insert(dest.port(), dest);
@@ -162,9 +201,71 @@ impl Association {
             None => Address::ip(dest),
         };
         let mut out = Vec::with_capacity(payload.len() + 24);
-        UdpHeader { frag: 0, address }.encode(&mut out);
-        out.extend_from_slice(payload);
-        out
+        if self.tunnel.is_some() {
+            TunnelFrame::encode_datagram(&address, payload, &mut out)
+                .map_err(|_| libc::EMSGSIZE)?;
+        } else {
+            UdpHeader { frag: 0, address }.encode(&mut out);
+            out.extend_from_slice(payload);
+        }
+        Ok(out)
+    }
+
+    /// The source the program should see for a datagram from `address`.
+    fn source_of(&self, address: &Address) -> Option<SocketAddr> {
+        let source = match &address.host {
+            Host::Ip(ip) => SocketAddr::new(*ip, address.port),
+            Host::Domain(_) => self.placeholders.get(&address.port).copied()?,
+        };
+        if let Some(peer) = self.peer {
+            return Some(peer);
+        }
+        Some(match self.placeholders.get(&source.port()) {
+            Some(p) if crate::names::name_of(source.ip()).is_none() => *p,
+            _ => source,
+        })
+    }
+
+    /// Whether a whole tunnel frame waits in the shim (the program's socket is readable).
+    pub(crate) fn has_frame(&self) -> bool {
+        self.tunnel.as_ref().is_some_and(|inbox| {
+            !matches!(TunnelFrame::decode(inbox), Err(DecodeError::Incomplete)) && !inbox.is_empty()
+        })
+    }
+
+    /// The next datagram of a tunnel, copied into `buf`: (payload length, source); `None`
+    /// when no whole frame is there yet. ERROR frames (a datagram the proxy could not send)
+    /// are passed over, as the network would lose the datagram.
+    pub(crate) fn next_frame(
+        &mut self,
+        buf: &mut [u8],
+        peek: bool,
+    ) -> Option<Result<(usize, SocketAddr), i32>> {
+        loop {
+            let inbox = self.tunnel.as_mut()?;
+            let (frame, used) = match TunnelFrame::decode(inbox) {
+                Err(DecodeError::Incomplete) => return None,
+                Err(_) => return Some(Err(libc::EPROTO)),
+                Ok(x) => x,
+            };
+            let out = match frame {
+                TunnelFrame::Datagram { address, payload } => {
+                    let n = payload.len().min(buf.len());
+                    buf[..n].copy_from_slice(&payload[..n]);
+                    Some((payload.len(), address))
+                }
+                TunnelFrame::Error { .. } => None,
+            };
+            if !(peek && out.is_some()) {
+                inbox.drain(..used);
+            }
+            if let Some((len, address)) = out {
+                let source = self
+                    .source_of(&address)
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                return Some(Ok((len, source)));
+            }
+        }
     }
 
     /// A datagram from the relay: its source (as the program should see it) and where the
@@ -174,19 +275,7 @@ impl Association {
         if header.frag != 0 {
             return None;
         }
-        let source = match header.address.host {
-            Host::Ip(ip) => SocketAddr::new(ip, header.address.port),
-            Host::Domain(_) => self.placeholders.get(&header.address.port).copied()?,
-        };
-        // A connected socket hears from its peer only; the kernel would say the same.
-        if let Some(peer) = self.peer {
-            return Some((peer, n));
-        }
-        let source = match self.placeholders.get(&source.port()) {
-            Some(p) if crate::names::name_of(source.ip()).is_none() => *p,
-            _ => source,
-        };
-        Some((source, n))
+        Some((self.source_of(&header.address)?, n))
     }
 }
 
