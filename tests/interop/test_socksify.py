@@ -17,7 +17,8 @@ server the test runs on C's loopback, so a query that leaves the client is seen.
 - a proxy that is down: the program fails at once with its error and nothing reaches the
   target directly;
 - `python3 -m http.server` under the shim listens on the proxy's outside, and 20 concurrent
-  fetches from the target's side all get the file;
+  fetches from the target's side all get the file; through Dante (plain SOCKS5) it listens
+  with BIND, for one connection;
 - the C API (socksng.h): a C program connects by name, listens on the proxy's outside and
   accepts a connection from the target's side, and reads the proxy's capabilities;
 - UDP: a Python client's sendto/recvfrom, connect/send/recv and sendmsg/recvmsg by name,
@@ -168,7 +169,21 @@ def blocking(host):
     peer = s.getpeername()[0]
     return body(read_all(s)), peer
 
+def ipv6_placeholder(host):
+    # An IPv6 socket to the name's IPv6 placeholder (the proxy is reached IPv4-mapped).
+    addr = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_STREAM)[0][4]
+    s = socket.socket(socket.AF_INET6)
+    s.settimeout(15)
+    s.connect(addr)
+    s.sendall(REQ)
+    peer = s.getpeername()[0]
+    d = s.dup()  # a duplicate tells the same peer
+    assert d.getpeername()[0] == peer, (d.getpeername(), peer)
+    d.close()
+    return body(read_all(s)), peer
+
 for label, f in [
+    ("ipv6-name", lambda: ipv6_placeholder(name)),
     ("asyncio-name", lambda: asyncio.run(aio(name))),
     ("asyncio-ip", lambda: asyncio.run(aio(ip))),
     ("select-name", lambda: nonblocking(name, "select")),
@@ -272,12 +287,15 @@ def test_every_waiting_style_and_refusals(net, edge):
                    str(net.closed_port))
     assert r.returncode == 0, r.stderr.decode()
     lines = dict(l.split(" ", 1) for l in r.stdout.decode().splitlines())
-    for label in ("asyncio-name", "asyncio-ip", "select-name", "poll-ip", "blocking-name"):
+    for label in ("ipv6-name", "asyncio-name", "asyncio-ip", "select-name", "poll-ip",
+                  "blocking-name"):
         peer, _, got = lines[label].partition(" | ")
         assert got.startswith(f"target client {P_T_IP} "), (label, lines[label])
         # The program sees what it connected to: a placeholder for the name, else the address.
         if label.endswith("-ip"):
             assert peer == T_IP, (label, peer)
+        elif label.startswith("ipv6"):
+            assert peer.startswith("fd53:6f63:6b73:6e67::"), (label, peer)
         else:
             assert peer.startswith("198.18.") or peer.startswith("198.19."), (label, peer)
     assert lines["refused-blocking"] == "ECONNREFUSED"
@@ -327,6 +345,7 @@ def dante(net, children, tmp_path):
         f"clientmethod: none\nsocksmethod: none\n{users}"
         "client pass {\n  from: 10.88.1.0/24 to: 0.0.0.0/0\n}\n"
         "socks pass {\n  from: 0.0.0.0/0 to: 0.0.0.0/0\n  command: udpassociate udpreply\n}\n"
+        "socks pass {\n  from: 0.0.0.0/0 to: 0.0.0.0/0\n  command: bind bindreply\n}\n"
         "socks pass {\n  from: 10.88.1.0/24 to: 10.88.2.0/24\n}\n"
     )
     d = children("danted", ["ip", "netns", "exec", net.proxy, danted, "-f", conf, "-N", "1",
@@ -514,4 +533,24 @@ def test_c_api(net, edge, request, tmp_path):
     served = [ipaddress.ip_network(p) for r in caps["ranges"] for p in r["prefixes"]]
     assert any(ipaddress.ip_address(T_IP) in n for n in served), caps
     assert prog.wait(timeout=15) == 0
+
+
+def test_http_server_through_dante_listens_with_bind_for_one_connection(net, dante, children,
+                                                                         tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("through BIND\n")
+    server = children("http.server", [
+        "ip", "netns", "exec", net.client, SOCKSNG, "-x", dante.url, "exec", "--",
+        sys.executable, "-m", "http.server", "8001", "--bind", "0.0.0.0", "--directory", www,
+    ])
+    line = server.log.wait_for(lambda l: "socksng: listening on" in l and l,
+                               timeout=STARTUP_TIMEOUT, what="the shim's listening line")
+    assert any("plain SOCKS5 server: listening with BIND" in l for l in server.log.lines())
+    host, port = line.split("listening on ")[1].split()[0].rsplit(":", 1)
+    assert host == P_T_IP, line  # Dante's external address
+    r = run(["curl", "-q", "-sS", "--noproxy", "*", "--max-time", "15",
+             f"http://{host}:{port}/index.html"], netns=net.target)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"through BIND\n", r.stdout
 

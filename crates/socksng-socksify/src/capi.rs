@@ -223,11 +223,17 @@ pub unsafe extern "C" fn socksng_capabilities(
     };
     let request =
         socksng_proto::client::ClientRequest::Ng(socksng_proto::wire::ng::NgRequest::Capabilities);
-    let (fd, mut pending) =
-        match crate::listening::request(server, family, request, "CAPABILITIES".into(), timeout) {
-            Ok(x) => x,
-            Err(e) => return fail(e),
-        };
+    let (fd, mut pending) = match crate::listening::request(
+        server,
+        family,
+        request,
+        "CAPABILITIES".into(),
+        timeout,
+        false,
+    ) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
     // SAFETY: our socket.
     unsafe { (crate::real::real().close)(fd) };
     let Some(caps) = pending.take_capabilities() else {

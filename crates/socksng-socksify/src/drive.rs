@@ -44,6 +44,11 @@ pub(crate) struct Pending {
     reply: Option<Reply>,
     /// The block a CAPABILITIES request brings after its reply.
     capabilities: Option<socksng_proto::wire::ng::Capabilities>,
+    /// BIND: stop at the first reply (the listening address); the second (the peer) comes
+    /// with later steps.
+    pub first_reply_only: bool,
+    /// BIND's second reply: the peer that connected.
+    bind_peer: Option<Reply>,
 }
 
 /// The "errno" of a SOCKS-NG request a plain SOCKS5 server cannot take (its own, never
@@ -111,12 +116,19 @@ impl Pending {
             want: libc::POLLOUT,
             reply: None,
             capabilities: None,
+            first_reply_only: false,
+            bind_peer: None,
         }
     }
 
     /// The capabilities a CAPABILITIES request brought.
     pub(crate) fn take_capabilities(&mut self) -> Option<socksng_proto::wire::ng::Capabilities> {
         self.capabilities.take()
+    }
+
+    /// BIND's second reply, once the peer has connected.
+    pub(crate) fn bind_peer(&self) -> Option<&Reply> {
+        self.bind_peer.as_ref()
     }
 
     /// The reply to the request (its bound address), once the handshake is done.
@@ -183,7 +195,8 @@ impl Pending {
             }
             self.out.clear();
             self.sent = 0;
-            if self.machine.is_done() {
+            if self.machine.is_done() || (self.first_reply_only && self.reply.is_some()) {
+                self.first_reply_only = false;
                 return Step::Done;
             }
             let want = self.machine.next_read_len(&self.input);
@@ -227,6 +240,11 @@ impl Pending {
                 self.reply = Some(reply);
             } else if let Some(ClientEvent::Capabilities(c)) = progress.event {
                 self.capabilities = Some(c);
+            } else if let Some(ClientEvent::BindPeer(peer)) = progress.event {
+                if peer.code != ReplyCode::SUCCEEDED {
+                    return self.refused(peer.code);
+                }
+                self.bind_peer = Some(peer);
             }
         }
     }

@@ -28,6 +28,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
+/// The C library's function `$name` (looked up once), for the hooks `real` does not hold.
+macro_rules! next_fn {
+    ($name:literal, $ty:ty) => {{
+        static F: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let f = *F.get_or_init(|| {
+            // SAFETY: a NUL-terminated name and the RTLD_NEXT pseudo-handle.
+            unsafe { libc::dlsym(libc::RTLD_NEXT, $name.as_ptr()) as usize }
+        });
+        // SAFETY: the C library's function of this signature.
+        unsafe { std::mem::transmute::<usize, $ty>(f) }
+    }};
+}
+
 /// One line on standard error, prefixed "socksng: ", written whole.
 pub(crate) fn say(msg: &str) {
     let line = format!("socksng: {msg}\n");
@@ -1210,6 +1223,77 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     unsafe { (real().close)(fd) }
 }
 
+/// A duplicate `new` of `old`: a copy of a socket connected through a proxy says the same
+/// peer.
+fn duplicated(old: c_int, new: c_int) {
+    if new < 0 || old == new {
+        return;
+    }
+    let _ = catch_unwind(|| {
+        if !matches!(plan(), Ok(Some(_))) {
+            return;
+        }
+        let mut table = fds::lock();
+        if let Some(FdState::Proxied { target, local }) = table.state.get(&old) {
+            let (target, local) = (*target, *local);
+            table.set(new, FdState::Proxied { target, local });
+        }
+    });
+}
+
+/// # Safety
+/// As dup(2).
+#[no_mangle]
+pub unsafe extern "C" fn dup(old: c_int) -> c_int {
+    type DupFn = unsafe extern "C" fn(c_int) -> c_int;
+    let real_dup = next_fn!(c"dup", DupFn);
+    // SAFETY: the program's descriptor.
+    let new = unsafe { real_dup(old) };
+    duplicated(old, new);
+    new
+}
+
+type FcntlFn = unsafe extern "C" fn(c_int, c_int, ...) -> c_int;
+
+/// Runs the C library's fcntl (`real`), noting a duplicated socket's state for the copy.
+///
+/// # Safety
+/// As fcntl(2).
+unsafe fn fcntl_through(real: FcntlFn, fd: c_int, cmd: c_int, arg: libc::c_long) -> c_int {
+    // SAFETY: the program's arguments.
+    let r = unsafe { real(fd, cmd, arg) };
+    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+        duplicated(fd, r);
+    }
+    r
+}
+
+/// fcntl(2), for F_DUPFD and F_DUPFD_CLOEXEC (how Python and others duplicate sockets); every
+/// other command goes straight to the C library's, without touching the shim's state.
+/// Defined with one argument after the command rather than as a variadic function, as
+/// `syscall` is (the argument is passed the same way on the platforms this shim is built
+/// for).
+///
+/// # Safety
+/// As fcntl(2).
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_long) -> c_int {
+    let real = next_fn!(c"fcntl", FcntlFn);
+    // SAFETY: as fcntl.
+    unsafe { fcntl_through(real, fd, cmd, arg) }
+}
+
+/// fcntl64: the name programs built with 64-bit file offsets call fcntl by.
+///
+/// # Safety
+/// As fcntl(2).
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_long) -> c_int {
+    let real = next_fn!(c"fcntl64", FcntlFn);
+    // SAFETY: as fcntl.
+    unsafe { fcntl_through(real, fd, cmd, arg) }
+}
+
 /// # Safety
 /// As dup2(2).
 #[no_mangle]
@@ -1236,18 +1320,6 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 type ListenFn = unsafe extern "C" fn(c_int, c_int) -> c_int;
 type AcceptFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int;
 type GetsocknameFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
-
-macro_rules! next_fn {
-    ($name:literal, $ty:ty) => {{
-        static F: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let f = *F.get_or_init(|| {
-            // SAFETY: a NUL-terminated name and the RTLD_NEXT pseudo-handle.
-            unsafe { libc::dlsym(libc::RTLD_NEXT, $name.as_ptr()) as usize }
-        });
-        // SAFETY: the C library's function of this signature.
-        unsafe { std::mem::transmute::<usize, $ty>(f) }
-    }};
-}
 
 /// # Safety
 /// As listen(2).
@@ -1362,7 +1434,10 @@ unsafe fn accept_through(
     let public = listening.public;
     {
         let mut table = fds::lock();
-        if let Some(FdState::Listener(slot)) = table.state.get_mut(&fd) {
+        if listening.spent() {
+            // A BIND's one connection is taken: the descriptor is an ordinary listener again.
+            table.forget(fd);
+        } else if let Some(FdState::Listener(slot)) = table.state.get_mut(&fd) {
             *slot = Some(listening);
         }
         if let Ok((accepted, peer)) = got {

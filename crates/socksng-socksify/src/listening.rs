@@ -28,6 +28,10 @@ pub(crate) struct Listening {
     timeout: Duration,
     /// Set once the control connection is gone: the errno accept reports.
     closed: Option<i32>,
+    /// Against a plain SOCKS5 server, RFC 1928 BIND instead: one connection, announced by
+    /// the second reply on the control connection.
+    bind: Option<Pending>,
+    spent: bool,
 }
 
 pub(crate) fn config(server: &Server) -> ClientConfig {
@@ -50,6 +54,7 @@ pub(crate) fn request(
     request: ClientRequest,
     asked: String,
     timeout: Duration,
+    first_reply_only: bool,
 ) -> Result<(i32, Pending), i32> {
     let proxy = server
         .addrs()?
@@ -92,6 +97,7 @@ pub(crate) fn request(
         Instant::now() + timeout,
         r != 0,
     );
+    pending.first_reply_only = first_reply_only;
     match crate::hooks::run_blocking(fd, &mut pending) {
         Ok(()) => Ok((fd, pending)),
         Err(e) => {
@@ -123,8 +129,32 @@ impl Listening {
             exact: false,
             backlog: u16::try_from(backlog.max(0)).unwrap_or(u16::MAX),
         });
-        let (control, pending) =
-            request(server, family, listen, format!("LISTEN :{port}"), timeout)?;
+        let listened = request(
+            server,
+            family,
+            listen,
+            format!("LISTEN :{port}"),
+            timeout,
+            false,
+        );
+        let (control, pending, bind) = match listened {
+            Ok((control, pending)) => (control, pending, false),
+            // A plain SOCKS5 server: BIND, for one connection from anyone.
+            Err(crate::drive::NOT_NG) => {
+                crate::hooks::say(&format!(
+                    "{} is a plain SOCKS5 server: listening with BIND, for one connection",
+                    server.describe()
+                ));
+                let bind = ClientRequest::Socks5(socksng_proto::Request {
+                    command: socksng_proto::Command::Bind,
+                    address: Address::ip(SocketAddr::new(any, 0)),
+                });
+                let (control, pending) =
+                    request(server, family, bind, format!("BIND :{port}"), timeout, true)?;
+                (control, pending, true)
+            }
+            Err(e) => return Err(e),
+        };
         let mut public = pending
             .reply()
             .and_then(|r| r.bound.socket_addr())
@@ -157,7 +187,92 @@ impl Listening {
             family,
             timeout,
             closed: None,
+            bind: bind.then_some(pending),
+            spent: false,
         })
+    }
+
+    /// Whether the listener was a BIND whose one connection has been taken: the program's
+    /// descriptor is an ordinary (quiet) listener again.
+    pub(crate) fn spent(&self) -> bool {
+        self.spent
+    }
+
+    /// accept for a BIND: waits for the second reply, then hands the control connection over
+    /// as the accepted one, and leaves in the program's descriptor a listener on loopback
+    /// that nobody connects to (as a listener whose backlog is spent).
+    fn accept_bound(&mut self, fd: i32, flags: i32) -> Result<(i32, SocketAddr), i32> {
+        let Some(pending) = self.bind.as_mut() else {
+            return Err(libc::EINVAL);
+        };
+        // SAFETY: fcntl on the program's descriptor.
+        let nonblocking = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
+        // The peer may take its time: no deadline while waiting for it.
+        pending.deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        loop {
+            match pending.step(fd) {
+                crate::drive::Step::Done => break,
+                crate::drive::Step::Failed(e) => return Err(e),
+                crate::drive::Step::Want(_) if nonblocking => return Err(libc::EAGAIN),
+                crate::drive::Step::Want(events) => {
+                    let mut p = libc::pollfd {
+                        fd,
+                        events,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { (real().poll)(&mut p, 1, -1) };
+                }
+            }
+        }
+        let peer = pending
+            .bind_peer()
+            .and_then(|r| r.bound.socket_addr())
+            .unwrap_or(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0));
+        // SAFETY: fcntl/socket/bind/listen/dup3 on descriptors we and the program own.
+        unsafe {
+            let cloexec = if flags & libc::SOCK_CLOEXEC != 0 {
+                libc::F_DUPFD_CLOEXEC
+            } else {
+                libc::F_DUPFD
+            };
+            let accepted = libc::fcntl(fd, cloexec, 0);
+            if accepted < 0 {
+                return Err(errno());
+            }
+            let fl = libc::fcntl(accepted, libc::F_GETFL);
+            let fl = if flags & libc::SOCK_NONBLOCK != 0 {
+                fl | libc::O_NONBLOCK
+            } else {
+                fl & !libc::O_NONBLOCK
+            };
+            // The accepted descriptor shares the file with the listener's: its flags too, so
+            // the listener is switched to the quiet socket below first.
+            let quiet = libc::socket(self.family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if quiet >= 0 {
+                let any: IpAddr = if self.family == libc::AF_INET6 {
+                    Ipv6Addr::LOCALHOST.into()
+                } else {
+                    Ipv4Addr::LOCALHOST.into()
+                };
+                let (storage, len) = crate::hooks::to_storage(SocketAddr::new(any, 0), self.family);
+                libc::bind(
+                    quiet,
+                    (&storage as *const libc::sockaddr_storage).cast(),
+                    len,
+                );
+                libc::syscall(libc::SYS_listen, quiet, 1);
+                let keep = libc::fcntl(fd, libc::F_GETFL);
+                let cloexec_fd = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+                (real().dup3)(quiet, fd, if cloexec_fd { libc::O_CLOEXEC } else { 0 });
+                (real().close)(quiet);
+                libc::fcntl(fd, libc::F_SETFL, keep);
+            }
+            libc::fcntl(accepted, libc::F_SETFL, fl);
+            self.bind = None;
+            self.spent = true;
+            Ok((accepted, peer))
+        }
     }
 
     /// Whether notices wait for accept (read from the socket already).
@@ -169,6 +284,9 @@ impl Listening {
     /// SOCK_CLOEXEC) and its peer. Waits for one on a blocking `fd`; EAGAIN on a non-blocking
     /// one with none there.
     pub(crate) fn accept(&mut self, fd: i32, flags: i32) -> Result<(i32, SocketAddr), i32> {
+        if self.bind.is_some() {
+            return self.accept_bound(fd, flags);
+        }
         loop {
             if let Some((token, peer)) = self.notices.pop_front() {
                 match self.claim(token, peer, flags) {
@@ -306,6 +424,7 @@ impl Listening {
             accept,
             format!("ACCEPT from {peer}"),
             self.timeout,
+            false,
         )?;
         // SAFETY: fcntl on our new descriptor: the flags accept4 asked for.
         unsafe {

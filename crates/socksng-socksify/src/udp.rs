@@ -57,8 +57,14 @@ impl Association {
             _ => libc::AF_INET,
         };
         let request = ClientRequest::Ng(NgRequest::UdpTunnel);
-        let (control, _) =
-            crate::listening::request(server, family, request, "UDP-TUNNEL".into(), timeout)?;
+        let (control, _) = crate::listening::request(
+            server,
+            family,
+            request,
+            "UDP-TUNNEL".into(),
+            timeout,
+            false,
+        )?;
         Ok(Association {
             control,
             relay: SocketAddr::from(([0, 0, 0, 0], 0)),
