@@ -216,9 +216,8 @@ pub unsafe extern "C" fn socksng_capabilities(
         .ok()
         .flatten()
         .map_or(std::time::Duration::from_secs(10), |p| p.connect_timeout);
-    let family = match server.addrs() {
-        Ok(a) if a.first().is_some_and(|a| a.is_ipv6()) => libc::AF_INET6,
-        Ok(_) => libc::AF_INET,
+    let family = match server.family() {
+        Ok(f) => f,
         Err(e) => return fail(e),
     };
     let request =
@@ -251,48 +250,25 @@ pub unsafe extern "C" fn socksng_capabilities(
     text.len() as c_int
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn capabilities_json(server: &str, caps: &socksng_proto::wire::ng::Capabilities) -> String {
-    let list = |items: Vec<String>| format!("[{}]", items.join(","));
-    let ranges = caps
+    let ranges: Vec<serde_json::Value> = caps
         .ranges
         .iter()
         .map(|r| {
-            format!(
-                "{{\"prefixes\":{},\"domains\":{},\"ports\":{}}}",
-                list(
-                    r.prefixes
-                        .iter()
-                        .map(|(ip, len)| json_string(&format!("{ip}/{len}")))
-                        .collect()
-                ),
-                list(r.domains.iter().map(|d| json_string(d)).collect()),
-                list(r.ports.iter().map(|(a, b)| format!("[{a},{b}]")).collect()),
-            )
+            serde_json::json!({
+                "prefixes": r.prefixes.iter().map(|(ip, len)| format!("{ip}/{len}")).collect::<Vec<_>>(),
+                "domains": r.domains,
+                "ports": r.ports.iter().map(|(a, b)| [a, b]).collect::<Vec<_>>(),
+            })
         })
         .collect();
-    let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
-    format!(
-        "{{\"server\":{},\"revision\":{},\"commands\":{},\"max_udp_payload\":{},\"token_lifetime\":{},\"ranges\":{}}}",
-        json_string(server),
-        caps.revision,
-        list(caps.commands.iter().map(|c| c.to_string()).collect()),
-        opt(caps.max_udp_payload.map(u64::from)),
-        opt(caps.token_lifetime.map(u64::from)),
-        list(ranges),
-    )
+    serde_json::json!({
+        "server": server,
+        "revision": caps.revision,
+        "commands": caps.commands,
+        "max_udp_payload": caps.max_udp_payload,
+        "token_lifetime": caps.token_lifetime,
+        "ranges": ranges,
+    })
+    .to_string()
 }

@@ -2151,6 +2151,34 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
     )
 }
 
+/// Runs `one` over a batch of messages as sendmmsg and recvmmsg count them: `None` when the
+/// first is not the shim's (the C library takes the whole batch), else how many went
+/// through, or -1 (errno set) when the first failed.
+///
+/// # Safety
+/// `msgs` valid for `vlen` entries.
+unsafe fn each_message(
+    msgs: *mut libc::mmsghdr,
+    vlen: libc::c_uint,
+    mut one: impl FnMut(usize, &mut libc::msghdr) -> Option<isize>,
+) -> Option<c_int> {
+    let mut done = 0;
+    for i in 0..vlen as usize {
+        // SAFETY: the caller's array of vlen messages.
+        let m = unsafe { &mut *msgs.add(i) };
+        match one(i, &mut m.msg_hdr) {
+            None if i == 0 => return None,
+            None => break,
+            Some(n) if n < 0 => return Some(if done > 0 { done } else { -1 }),
+            Some(n) => {
+                m.msg_len = n as libc::c_uint;
+                done += 1;
+            }
+        }
+    }
+    Some(done)
+}
+
 /// # Safety
 /// As sendmmsg(2).
 #[no_mangle]
@@ -2169,22 +2197,9 @@ pub unsafe extern "C" fn sendmmsg(
     }
     guarded(
         || {
-            let mut sent = 0;
-            for i in 0..vlen as usize {
-                // SAFETY: the program's array of vlen messages.
-                let m = unsafe { &mut *msgs.add(i) };
-                // SAFETY: as sendmsg.
-                match unsafe { udp_sendmsg(fd, &m.msg_hdr, flags) } {
-                    None if i == 0 => return direct(),
-                    None => break,
-                    Some(n) if n < 0 => return if sent > 0 { sent } else { -1 },
-                    Some(n) => {
-                        m.msg_len = n as libc::c_uint;
-                        sent += 1;
-                    }
-                }
-            }
-            sent
+            // SAFETY: the program's array of vlen messages; as sendmsg for each.
+            unsafe { each_message(msgs, vlen, |_, m| udp_sendmsg(fd, m, flags)) }
+                .unwrap_or_else(direct)
         },
         direct,
     )
@@ -2215,28 +2230,18 @@ pub unsafe extern "C" fn recvmmsg(
     }
     guarded(
         || {
-            let mut got = 0;
-            for i in 0..vlen as usize {
-                // SAFETY: the program's array of vlen messages.
-                let m = unsafe { &mut *msgs.add(i) };
-                // After the first, only what is already there (as the kernel's).
+            // After the first, only what is already there (as the kernel's).
+            let each = |i: usize, m: &mut libc::msghdr| {
                 let f = if i == 0 {
                     flags & !libc::MSG_WAITFORONE
                 } else {
                     flags | libc::MSG_DONTWAIT
                 };
                 // SAFETY: as recvmsg.
-                match unsafe { udp_recvmsg(fd, &mut m.msg_hdr, f) } {
-                    None if i == 0 => return direct(),
-                    None => break,
-                    Some(n) if n < 0 => return if got > 0 { got } else { -1 },
-                    Some(n) => {
-                        m.msg_len = n as libc::c_uint;
-                        got += 1;
-                    }
-                }
-            }
-            got
+                unsafe { udp_recvmsg(fd, m, f) }
+            };
+            // SAFETY: the program's array of vlen messages.
+            unsafe { each_message(msgs, vlen, each) }.unwrap_or_else(direct)
         },
         direct,
     )

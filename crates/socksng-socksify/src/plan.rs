@@ -162,6 +162,14 @@ impl Server {
             .map_err(|e| *e)
     }
 
+    /// The address family the shim's own connections to it use (its first address's).
+    pub(crate) fn family(&self) -> Result<i32, i32> {
+        Ok(match self.addrs()?.first() {
+            Some(a) if a.is_ipv6() => libc::AF_INET6,
+            _ => libc::AF_INET,
+        })
+    }
+
     /// Whether it speaks SOCKS4.
     pub(crate) fn socks4(&self) -> bool {
         self.url.version == SocksVersion::Socks4

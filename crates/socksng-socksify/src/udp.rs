@@ -12,15 +12,15 @@
 //! name) is reported as coming from the placeholder the program sent to on that port, so a
 //! resolver that checks the source of its answers (dig, glibc) accepts it.
 
-use crate::drive::{errno, Pending};
+use crate::drive::errno;
 use crate::plan::Server;
 use crate::real::real;
-use socksng_proto::client::{ClientConfig, ClientRequest};
+use socksng_proto::client::ClientRequest;
 use socksng_proto::wire::ng::{NgRequest, TunnelFrame};
 use socksng_proto::{Address, Command, DecodeError, Host, Request, UdpHeader};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One UDP socket's association.
 pub(crate) struct Association {
@@ -52,14 +52,10 @@ impl Association {
 
     /// SOCKS-NG UDP-TUNNEL: datagrams framed inside a connection of the shim's.
     fn tunnel(server: &Server, timeout: Duration) -> Result<Association, i32> {
-        let family = match server.addrs()?.first() {
-            Some(a) if a.is_ipv6() => libc::AF_INET6,
-            _ => libc::AF_INET,
-        };
         let request = ClientRequest::Ng(NgRequest::UdpTunnel);
         let (control, _) = crate::listening::request(
             server,
-            family,
+            server.family()?,
             request,
             "UDP-TUNNEL".into(),
             timeout,
@@ -75,108 +71,37 @@ impl Association {
     }
 
     /// UDP ASSOCIATE through `server` for the program's UDP socket `fd` (bound first if it
-    /// was not, so the request can name its port).
+    /// was not, so the request can name its address and port).
     fn associate(
         fd: i32,
         family: i32,
         server: &Server,
         timeout: Duration,
     ) -> Result<Association, i32> {
-        let local = local_or_bind(fd, family)?;
-        let proxy = server
-            .addrs()?
-            .iter()
-            .copied()
-            .find(|a| family == libc::AF_INET6 || a.is_ipv4())
-            .ok_or(libc::EAFNOSUPPORT)?;
-        // SAFETY: socket(2) with constant arguments.
-        let control = unsafe {
-            libc::socket(
-                if proxy.is_ipv4() {
-                    libc::AF_INET
-                } else {
-                    libc::AF_INET6
-                },
-                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if control < 0 {
-            return Err(errno());
-        }
+        let source = local_or_bind(fd, family)?;
+        let request = ClientRequest::Socks5(Request {
+            command: Command::UdpAssociate,
+            address: Address::ip(source),
+        });
+        let (control, pending) = crate::listening::request(
+            server,
+            server.family()?,
+            request,
+            "UDP ASSOCIATE".into(),
+            timeout,
+            false,
+        )?;
         let fail = |e: i32| {
             // SAFETY: our own descriptor.
             unsafe { (real().close)(control) };
             Err(e)
         };
-        let fam = if proxy.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        let (storage, len) = crate::hooks::to_storage(proxy, fam);
-        // SAFETY: a valid address of `len` bytes.
-        let r = unsafe {
-            (real().connect)(
-                control,
-                (&storage as *const libc::sockaddr_storage).cast(),
-                len,
-            )
-        };
-        if r != 0 && errno() != libc::EINPROGRESS {
-            let e = errno();
-            crate::hooks::say(&format!(
-                "cannot reach the proxy {}: {}",
-                server.describe(),
-                std::io::Error::from_raw_os_error(e)
-            ));
-            return fail(e);
-        }
-        // The source the relay will see: our address toward the proxy, with the socket's port.
-        let source = SocketAddr::new(
-            if local.ip().is_unspecified() {
-                if family == libc::AF_INET6 {
-                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-                } else {
-                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-                }
-            } else {
-                local.ip()
-            },
-            local.port(),
-        );
-        let config = ClientConfig {
-            socks4: false,
-            offer_ng: false,
-            credentials: server
-                .url
-                .credentials
-                .clone()
-                .map(|(u, p)| (u.into_bytes(), p.into_bytes())),
-            hops: 0,
-        };
-        let request = ClientRequest::Socks5(Request {
-            command: Command::UdpAssociate,
-            address: Address::ip(source),
-        });
-        let mut pending = Pending::new(
-            config,
-            request,
-            "UDP ASSOCIATE".into(),
-            proxy,
-            server.describe(),
-            Instant::now() + timeout,
-            r != 0,
-        );
-        if let Err(e) = crate::hooks::run_blocking(control, &mut pending) {
-            return fail(e);
-        }
         let Some(mut relay) = pending.reply().and_then(|r| r.bound.socket_addr()) else {
             crate::hooks::say("the proxy named its UDP relay by name");
             return fail(libc::EPROTO);
         };
         if relay.ip().is_unspecified() {
-            relay.set_ip(proxy.ip());
+            relay.set_ip(pending.target.ip());
         }
         if family == libc::AF_INET && relay.is_ipv6() {
             return fail(libc::EAFNOSUPPORT);
