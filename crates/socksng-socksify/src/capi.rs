@@ -88,7 +88,7 @@ pub unsafe extern "C" fn socksng_listen(
     if fd < 0 {
         return -1;
     }
-    let (storage, alen) = hooks::to_storage(
+    let (storage, alen) = crate::sys::to_storage(
         std::net::SocketAddr::from(([0, 0, 0, 0], port)),
         libc::AF_INET,
     );
@@ -154,7 +154,7 @@ pub unsafe extern "C" fn socksng_sendto(
     // SAFETY: all-zero hints.
     let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
     hints.ai_socktype = libc::SOCK_DGRAM;
-    hints.ai_family = hooks::socket_family(fd);
+    hints.ai_family = crate::sys::socket_family(fd);
     let mut res: *mut libc::addrinfo = std::ptr::null_mut();
     // SAFETY: valid strings and out-pointer.
     if unsafe { hooks::getaddrinfo(host, service.as_ptr(), &hints, &mut res) } != 0 || res.is_null()
@@ -206,7 +206,7 @@ pub unsafe extern "C" fn socksng_capabilities(
         owned = match crate::plan::Server::from_url(text) {
             Ok(s) => s,
             Err(why) => {
-                hooks::say(&format!("{text}: {why}"));
+                crate::sys::say(&format!("{text}: {why}"));
                 return fail(libc::EINVAL);
             }
         };

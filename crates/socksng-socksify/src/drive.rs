@@ -153,7 +153,7 @@ impl Pending {
     fn step_inner(&mut self, fd: i32) -> Step {
         loop {
             if Instant::now() >= self.deadline {
-                crate::hooks::say(&format!(
+                crate::sys::say(&format!(
                     "{}: no answer from the proxy {} in time",
                     self.asked, self.proxy
                 ));
@@ -163,7 +163,7 @@ impl Pending {
                 match connect_result(fd) {
                     Some(0) => self.connecting = false,
                     Some(e) => {
-                        crate::hooks::say(&format!(
+                        crate::sys::say(&format!(
                             "cannot reach the proxy {}: {}",
                             self.proxy,
                             std::io::Error::from_raw_os_error(e)
@@ -228,7 +228,7 @@ impl Pending {
                     return Step::Failed(NOT_NG);
                 }
                 Err(e) => {
-                    crate::hooks::say(&format!("the proxy {}: {e}", self.proxy));
+                    crate::sys::say(&format!("the proxy {}: {e}", self.proxy));
                     return Step::Failed(libc::ECONNREFUSED);
                 }
             };
@@ -250,7 +250,7 @@ impl Pending {
     }
 
     fn refused(&self, code: ReplyCode) -> Step {
-        crate::hooks::say(&format!(
+        crate::sys::say(&format!(
             "the proxy {} refused {}: {code}",
             self.proxy, self.asked
         ));
@@ -258,7 +258,7 @@ impl Pending {
     }
 
     fn broken(&self, e: i32) -> Step {
-        crate::hooks::say(&format!(
+        crate::sys::say(&format!(
             "the connection to the proxy {} broke: {}",
             self.proxy,
             std::io::Error::from_raw_os_error(e)
@@ -314,5 +314,26 @@ fn connect_result(fd: i32) -> Option<i32> {
     match errno() {
         libc::ENOTCONN => None,
         e => Some(e),
+    }
+}
+
+/// Drives a handshake to its end, waiting with poll, within its deadline.
+pub(crate) fn run_blocking(fd: i32, pending: &mut Pending) -> Result<(), i32> {
+    loop {
+        match pending.step(fd) {
+            Step::Done => return Ok(()),
+            Step::Failed(e) => return Err(e),
+            Step::Want(events) => {
+                let left = pending.deadline.saturating_duration_since(Instant::now());
+                let mut p = libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                };
+                let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+                // SAFETY: one valid pollfd.
+                unsafe { (real().poll)(&mut p, 1, ms.max(1)) };
+            }
+        }
     }
 }

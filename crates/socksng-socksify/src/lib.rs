@@ -9,6 +9,7 @@
 //! blocks a non-blocking socket. Its state is a table of descriptors behind one lock.
 //!
 //! - `real`: the C library's own functions;
+//! - `sys`: stderr lines, errno, socket addresses in C form, the real resolver;
 //! - `plan`: the configuration and route table (the `socksng` command's, from the same file,
 //!   URL and environment variables);
 //! - `names`: placeholder addresses for names resolved by the proxy;
@@ -27,4 +28,5 @@ mod listening;
 pub mod names;
 mod plan;
 mod real;
+mod sys;
 mod udp;

@@ -73,13 +73,13 @@ pub(crate) fn request(
     if fd < 0 {
         return Err(errno());
     }
-    let (storage, len) = crate::hooks::to_storage(proxy, family);
+    let (storage, len) = crate::sys::to_storage(proxy, family);
     // SAFETY: a valid address of `len` bytes.
     let r =
         unsafe { (real().connect)(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
     if r != 0 && errno() != libc::EINPROGRESS {
         let e = errno();
-        crate::hooks::say(&format!(
+        crate::sys::say(&format!(
             "cannot reach the proxy {}: {}",
             server.describe(),
             std::io::Error::from_raw_os_error(e)
@@ -98,7 +98,7 @@ pub(crate) fn request(
         r != 0,
     );
     pending.first_reply_only = first_reply_only;
-    match crate::hooks::run_blocking(fd, &mut pending) {
+    match crate::drive::run_blocking(fd, &mut pending) {
         Ok(()) => Ok((fd, pending)),
         Err(e) => {
             // SAFETY: our own descriptor.
@@ -141,7 +141,7 @@ impl Listening {
             Ok((control, pending)) => (control, pending, false),
             // A plain SOCKS5 server: BIND, for one connection from anyone.
             Err(crate::drive::NOT_NG) => {
-                crate::hooks::say(&format!(
+                crate::sys::say(&format!(
                     "{} is a plain SOCKS5 server: listening with BIND, for one connection",
                     server.describe()
                 ));
@@ -255,7 +255,7 @@ impl Listening {
                 } else {
                     Ipv4Addr::LOCALHOST.into()
                 };
-                let (storage, len) = crate::hooks::to_storage(SocketAddr::new(any, 0), self.family);
+                let (storage, len) = crate::sys::to_storage(SocketAddr::new(any, 0), self.family);
                 libc::bind(
                     quiet,
                     (&storage as *const libc::sockaddr_storage).cast(),
@@ -344,7 +344,7 @@ impl Listening {
             };
         }
         if n == 0 {
-            crate::hooks::say(&format!(
+            crate::sys::say(&format!(
                 "the proxy {} closed the listener",
                 self.server.describe()
             ));
@@ -354,7 +354,7 @@ impl Listening {
             .machine
             .handle_input(&buf[..n as usize], Instant::now())
         {
-            crate::hooks::say(&format!("listener control connection: {e}"));
+            crate::sys::say(&format!("listener control connection: {e}"));
             return Err(libc::ECONNABORTED);
         }
         while let Some(event) = self.machine.poll_event() {
@@ -366,7 +366,7 @@ impl Listening {
                 }
                 ClientListenerEvent::Expired(token) => self.notices.retain(|(t, _)| *t != token),
                 ClientListenerEvent::Closing(code) => {
-                    crate::hooks::say(&format!("the proxy closed the listener: {code}"));
+                    crate::sys::say(&format!("the proxy closed the listener: {code}"));
                     self.closed = Some(libc::ECONNABORTED);
                 }
                 ClientListenerEvent::Listening(_) => {}

@@ -157,7 +157,7 @@ impl Server {
     /// Its addresses, resolved on first use with the real resolver.
     pub(crate) fn addrs(&self) -> Result<&[SocketAddr], i32> {
         self.addrs
-            .get_or_init(|| crate::hooks::resolve_real(&self.url.host, self.url.port))
+            .get_or_init(|| crate::sys::resolve_real(&self.url.host, self.url.port))
             .as_deref()
             .map_err(|e| *e)
     }

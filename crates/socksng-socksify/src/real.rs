@@ -70,7 +70,9 @@ fn next(name: &std::ffi::CStr) -> *mut c_void {
     let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
     if f.is_null() {
         // Without the C library's own function nothing can go on; say which, once.
-        crate::hooks::say(&format!("cannot find the C library's {name:?}"));
+        let line = format!("socksng: cannot find the C library's {name:?}\n");
+        // SAFETY: a raw write of a valid buffer to standard error; the process ends next.
+        unsafe { libc::syscall(libc::SYS_write, 2, line.as_ptr(), line.len()) };
         std::process::abort();
     }
     f

@@ -97,7 +97,7 @@ impl Association {
             Err(e)
         };
         let Some(mut relay) = pending.reply().and_then(|r| r.bound.socket_addr()) else {
-            crate::hooks::say("the proxy named its UDP relay by name");
+            crate::sys::say("the proxy named its UDP relay by name");
             return fail(libc::EPROTO);
         };
         if relay.ip().is_unspecified() {
@@ -230,7 +230,7 @@ fn local_or_bind(fd: i32, family: i32) -> Result<SocketAddr, i32> {
         }
         // SAFETY: filled for `len` bytes.
         unsafe {
-            crate::hooks::read_sockaddr((&storage as *const libc::sockaddr_storage).cast(), len)
+            crate::sys::read_sockaddr((&storage as *const libc::sockaddr_storage).cast(), len)
         }
         .ok_or(libc::EAFNOSUPPORT)
     };
@@ -243,7 +243,7 @@ fn local_or_bind(fd: i32, family: i32) -> Result<SocketAddr, i32> {
     } else {
         std::net::Ipv4Addr::UNSPECIFIED.into()
     };
-    let (storage, len) = crate::hooks::to_storage(SocketAddr::new(any, 0), family);
+    let (storage, len) = crate::sys::to_storage(SocketAddr::new(any, 0), family);
     // SAFETY: a valid address.
     if unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
         return Err(errno());
