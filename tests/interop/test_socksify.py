@@ -554,3 +554,25 @@ def test_http_server_through_dante_listens_with_bind_for_one_connection(net, dan
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"through BIND\n", r.stdout
 
+
+def test_a_config_file_server_asked_for_its_ranges(net, edge, tmp_path):
+    """A server of the client configuration file that announces its ranges (`ask`, the
+    default): `socksng exec` asks it before starting the program, whose shim then routes by
+    the cached answer; a shim with nothing cached says so rather than staying silent."""
+    cache = tmp_path / "cache"
+    cfg = tmp_path / "client.toml"
+    cfg.write_text(f'[[server]]\nname = "edge"\nurl = "{edge.url}"\n'
+                   f'[options]\ncache_dir = "{cache}"\n')
+    url = f"http://{T_IP}:{net.http_port}/"
+    # Nothing cached, no launcher: the shim says the ranges are unknown.
+    r = run(["curl", "-q", "-sS", "--max-time", "15", url], netns=net.client,
+            env={"LD_PRELOAD": str(SOCKSNG.parent / "libsocksng_socksify.so"),
+                 "SOCKSNG_CLIENT_CONFIG": str(cfg)})
+    assert b"the ranges edge serves are not known yet" in r.stderr, r.stderr
+    # The launcher asks; the program goes through the proxy by the announced ranges.
+    r = run([SOCKSNG, "-c", cfg, "exec", "--", "curl", "-q", "-sS", "--max-time", "15", url],
+            netns=net.client)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith(f"target client {P_T_IP} "), r.stdout
+    assert b"not known yet" not in r.stderr, r.stderr
+

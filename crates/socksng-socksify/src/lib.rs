@@ -30,3 +30,14 @@ mod plan;
 mod real;
 mod sys;
 mod udp;
+
+/// Loads the configuration when the shim is loaded, before the program's first instruction
+/// (and before it starts threads), so that every hook finds it ready and none has to load it
+/// in the middle of the program's own calls.
+extern "C" fn load_at_start() {
+    let _ = std::panic::catch_unwind(plan::plan);
+}
+
+#[used]
+#[link_section = ".init_array"]
+static LOAD_AT_START: extern "C" fn() = load_at_start;

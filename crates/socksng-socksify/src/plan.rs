@@ -35,11 +35,19 @@ pub(crate) enum Way<'a> {
 /// then leaves every call alone); `Err` when the configuration is broken (the shim then
 /// refuses rather than connect directly behind the user's back).
 pub(crate) fn plan() -> Result<Option<&'static Plan>, &'static str> {
-    static PLAN: OnceLock<Result<Option<Plan>, String>> = OnceLock::new();
     match PLAN.get_or_init(load) {
         Ok(p) => Ok(p.as_ref()),
         Err(e) => Err(e.as_str()),
     }
+}
+
+static PLAN: OnceLock<Result<Option<Plan>, String>> = OnceLock::new();
+
+/// The plan if it is loaded and sends anything to a proxy; never loads it. The hooks that
+/// only keep state true (close, dup, epoll_ctl, the sends) ask this, so that loading the
+/// configuration (which opens and closes files) never re-enters its own loading.
+pub(crate) fn loaded() -> Option<&'static Plan> {
+    PLAN.get()?.as_ref().ok()?.as_ref()
 }
 
 fn load() -> Result<Option<Plan>, String> {
@@ -74,6 +82,15 @@ fn load() -> Result<Option<Plan>, String> {
         return Ok(None);
     };
     let router = cfg.router().map_err(|e| e.to_string())?;
+    for (spec, status) in router.servers() {
+        if spec.ask && spec.ranges.is_empty() && status.announced.is_empty() {
+            crate::sys::say(&format!(
+                "the ranges {} serves are not known yet (nothing cached; `socksng exec` or \
+                 `socksng routes` asks it): only configured routes go through it",
+                spec.name
+            ));
+        }
+    }
     let servers = router
         .servers()
         .into_iter()

@@ -366,10 +366,16 @@ fn parse_local(text: &str) -> Result<SocketAddr> {
 }
 
 /// Replaces this process with `program` under the socksify shim.
-fn exec(cli: &Cli, program: &[String]) -> Result<()> {
+async fn exec(cli: &Cli, program: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt;
     // The configuration is checked here, where its errors can be reported well.
-    router(cli)?;
+    let router = router(cli)?;
+    // The shim routes by the ranges servers announced as cached on disk: ask them now, so the
+    // program starts with what they serve (a server that does not answer is left to the
+    // cache, or to the shim's warning).
+    if router.servers().iter().any(|(spec, _)| spec.ask) {
+        router.refresh().await;
+    }
     let shim = shim_path().ok_or_else(|| {
         anyhow!(LocalError::Config(
             "cannot find libsocksng_socksify.so: set SOCKSNG_SHIM to its path".into()
@@ -774,7 +780,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Info { server, json } => info(&cli, server.as_deref(), *json).await,
-        Cmd::Exec { program } => exec(&cli, program),
+        Cmd::Exec { program } => exec(&cli, program).await,
         Cmd::Routes { json, lookup } => routes(&cli, *json, lookup).await,
     }
 }
