@@ -749,7 +749,7 @@ pub unsafe extern "C" fn epoll_ctl(
 ) -> c_int {
     // SAFETY: the program's arguments.
     let direct = || unsafe { (real().epoll_ctl)(epfd, op, fd, event) };
-    if !crate::plan::loaded().is_some() {
+    if crate::plan::loaded().is_none() {
         return direct();
     }
     guarded(
@@ -1047,7 +1047,7 @@ fn duplicated(old: c_int, new: c_int) {
         return;
     }
     let _ = catch_unwind(|| {
-        if !crate::plan::loaded().is_some() {
+        if crate::plan::loaded().is_none() {
             return;
         }
         let mut table = fds::lock();
@@ -1458,7 +1458,7 @@ type RecvfromFn =
 /// Sends `payload` from UDP socket `fd` to `dest` (`None`: its connected peer) through the
 /// proxy; `None` when the datagram is not the shim's (a direct one, or not UDP).
 fn udp_send(fd: c_int, dest: Option<SocketAddr>, payload: &[u8], flags: c_int) -> Option<isize> {
-    if !crate::plan::loaded().is_some() && !fds::any_udp() {
+    if crate::plan::loaded().is_none() && !fds::any_udp() {
         return None;
     }
     let dest = match dest {
@@ -1710,7 +1710,7 @@ pub unsafe extern "C" fn sendto(
     let real_sendto = next_fn!(c"sendto", SendtoFn);
     // SAFETY: the program's arguments.
     let direct = || unsafe { real_sendto(fd, buf, len, flags, dest, dlen) };
-    if buf.is_null() || !crate::plan::loaded().is_some() {
+    if buf.is_null() || crate::plan::loaded().is_none() {
         return direct();
     }
     guarded(
@@ -1940,7 +1940,7 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
     let real_sendmsg = next_fn!(c"sendmsg", SendmsgFn);
     // SAFETY: the program's arguments.
     let direct = || unsafe { real_sendmsg(fd, msg, flags) };
-    if msg.is_null() || !crate::plan::loaded().is_some() {
+    if msg.is_null() || crate::plan::loaded().is_none() {
         return direct();
     }
     // SAFETY: sendmsg's contract.
@@ -2009,7 +2009,7 @@ pub unsafe extern "C" fn sendmmsg(
     let real_sendmmsg = next_fn!(c"sendmmsg", SendmmsgFn);
     // SAFETY: the program's arguments.
     let direct = || unsafe { real_sendmmsg(fd, msgs, vlen, flags) };
-    if msgs.is_null() || vlen == 0 || !crate::plan::loaded().is_some() {
+    if msgs.is_null() || vlen == 0 || crate::plan::loaded().is_none() {
         return direct();
     }
     guarded(
