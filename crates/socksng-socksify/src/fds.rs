@@ -55,8 +55,29 @@ pub(crate) fn any_udp() -> bool {
     UDP.load(Ordering::Acquire) > 0
 }
 
+std::thread_local! {
+    /// This thread holds the table's lock: a hook it reaches meanwhile (the standard
+    /// library's own writes and closes, a panic message, a signal handler) must pass straight
+    /// to the C library rather than wait for a lock its own thread holds.
+    static HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The guard `fork` holds across the fork (see `install_fork_handlers`).
+    static AT_FORK: std::cell::RefCell<Option<MutexGuard<'static, Option<Fds>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Whether this thread is inside the shim with the table locked.
+pub(crate) fn held_here() -> bool {
+    HELD.with(|h| h.get())
+}
+
 /// The table, locked.
 pub(crate) struct Locked(MutexGuard<'static, Option<Fds>>);
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        HELD.with(|h| h.set(false));
+    }
+}
 
 impl std::ops::Deref for Locked {
     type Target = Fds;
@@ -76,7 +97,22 @@ impl std::ops::DerefMut for Locked {
 pub(crate) fn lock() -> Locked {
     let mut guard = FDS.lock().unwrap_or_else(|p| p.into_inner());
     guard.get_or_insert_with(Fds::default);
+    HELD.with(|h| h.set(true));
     Locked(guard)
+}
+
+/// Makes `fork` take the table's lock first and give it back in both processes, so that a
+/// child never starts with the lock held by a thread it does not have.
+pub(crate) fn install_fork_handlers() {
+    extern "C" fn prepare() {
+        let guard = FDS.lock().unwrap_or_else(|p| p.into_inner());
+        AT_FORK.with(|g| *g.borrow_mut() = Some(guard));
+    }
+    extern "C" fn release() {
+        AT_FORK.with(|g| drop(g.borrow_mut().take()));
+    }
+    // SAFETY: three functions that live as long as the process.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
 }
 
 /// Whether the waiting functions have anything to do: a handshake in progress, a listener
@@ -103,8 +139,12 @@ impl Fds {
         if let Some(c) = counter(&state) {
             c.fetch_add(1, Ordering::AcqRel);
         }
-        if let Some(c) = self.state.insert(fd, state).as_ref().and_then(counter) {
+        let old = self.state.insert(fd, state);
+        if let Some(c) = old.as_ref().and_then(counter) {
             c.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(FdState::Udp(association)) = old {
+            association.close();
         }
     }
 

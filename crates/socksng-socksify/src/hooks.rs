@@ -30,20 +30,33 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 /// The C library's function `$name` (looked up once), for the hooks `real` does not hold.
+/// An atomic, not a OnceLock: `syscall` is reached from the standard library's own futex
+/// waits, so finding the function must never wait (a race looks it up twice, harmlessly).
 macro_rules! next_fn {
     ($name:literal, $ty:ty) => {{
-        static F: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let f = *F.get_or_init(|| {
+        static F: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mut f = F.load(std::sync::atomic::Ordering::Acquire);
+        if f == 0 {
             // SAFETY: a NUL-terminated name and the RTLD_NEXT pseudo-handle.
-            unsafe { libc::dlsym(libc::RTLD_NEXT, $name.as_ptr()) as usize }
-        });
-        // SAFETY: the C library's function of this signature.
+            f = unsafe { libc::dlsym(libc::RTLD_NEXT, $name.as_ptr()) as usize };
+            if f == 0 {
+                crate::sys::say(&format!("cannot find the C library's {:?}", $name));
+                std::process::abort();
+            }
+            F.store(f, std::sync::atomic::Ordering::Release);
+        }
+        // SAFETY: the C library's function of this signature (not null, checked above).
         unsafe { std::mem::transmute::<usize, $ty>(f) }
     }};
 }
 
-/// Runs `f`; a panic falls back to `fallback`.
+/// Runs `f`; a panic falls back to `fallback`, as does a call this thread makes while it
+/// holds the table's lock (the standard library's own I/O inside the shim, a panic message,
+/// a signal handler): those go straight to the C library.
 fn guarded<T>(f: impl FnOnce() -> T, fallback: impl FnOnce() -> T) -> T {
+    if fds::held_here() {
+        return fallback();
+    }
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| fallback())
 }
 
@@ -137,21 +150,11 @@ fn connect_to(fd: c_int, target: SocketAddr, direct: impl Fn() -> c_int) -> c_in
 fn connect_again(fd: c_int) -> Option<c_int> {
     let mut table = fds::lock();
     let result = match table.state.get_mut(&fd)? {
-        FdState::Pending(p) => match p.step(fd) {
-            Step::Want(_) => Err(libc::EALREADY),
-            Step::Done => {
-                let target = p.target;
-                table.set(
-                    fd,
-                    FdState::Proxied {
-                        target,
-                        local: None,
-                    },
-                );
-                restore_registrations(&table, fd);
-                Err(libc::EISCONN)
-            }
-            Step::Failed(e) => {
+        FdState::Pending(_) => match advance(&mut table, fd) {
+            None => Err(libc::EALREADY),
+            Some(Ok(())) => Err(libc::EISCONN),
+            Some(Err(e)) => {
+                // Reported here, as the kernel reports a failed connect to the next connect.
                 table.forget(fd);
                 Err(e)
             }
@@ -428,7 +431,15 @@ fn poll_driving(
                 .iter()
                 .map(|p| p.events & libc::POLLIN != 0 && table.has_queued(p.fd))
                 .collect();
-            (pending, queued, earliest_deadline(&table))
+            // Only this call's handshakes: another thread's overdue one is its to fail.
+            let deadline = fds_in
+                .iter()
+                .filter_map(|p| match table.state.get(&p.fd) {
+                    Some(FdState::Pending(h)) => Some(h.deadline),
+                    _ => None,
+                })
+                .min();
+            (pending, queued, deadline)
         };
         let tunnels: Vec<Option<i32>> = {
             let table = fds::lock();
@@ -582,6 +593,37 @@ pub unsafe extern "C" fn ppoll(
     )
 }
 
+/// Bit `fd` of a select set (an array of 64-bit words, as glibc lays out fd_set).
+///
+/// # Safety
+/// `set` must cover at least `fd + 1` bits.
+unsafe fn bit(set: *mut fd_set, fd: c_int) -> bool {
+    let words = set.cast::<u64>();
+    // SAFETY: within the caller's set.
+    unsafe { *words.add(fd as usize / 64) & (1u64 << (fd % 64)) != 0 }
+}
+
+/// Sets bit `fd` of a select set.
+///
+/// # Safety
+/// As `bit`.
+unsafe fn set_bit(set: *mut fd_set, fd: c_int) {
+    let words = set.cast::<u64>();
+    // SAFETY: within the caller's set.
+    unsafe { *words.add(fd as usize / 64) |= 1u64 << (fd % 64) };
+}
+
+/// Clears the first `n` bits of a select set (the words holding them: what select itself
+/// may write), never the whole FD_SETSIZE a program's smaller set would not hold.
+///
+/// # Safety
+/// `set` must cover at least `n` bits, rounded up to a word.
+unsafe fn clear_bits(set: *mut fd_set, n: c_int) {
+    let words = (n.max(0) as usize).div_ceil(64);
+    // SAFETY: within the caller's set.
+    unsafe { std::ptr::write_bytes(set.cast::<u64>(), 0, words) };
+}
+
 /// select as poll: the sets become a poll list and back.
 ///
 /// # Safety
@@ -594,10 +636,12 @@ unsafe fn select_driving(
     until: Option<Instant>,
     wait: impl Fn(&mut [pollfd], c_int) -> c_int,
 ) -> c_int {
-    let n = nfds.clamp(0, libc::FD_SETSIZE as c_int);
+    let n = nfds.max(0);
     let mut list = Vec::new();
-    // SAFETY: FD_ISSET on the program's sets for descriptors below nfds.
-    let isset = |set: *mut fd_set, fd: c_int| !set.is_null() && unsafe { libc::FD_ISSET(fd, set) };
+    let isset = |set: *mut fd_set, fd: c_int| {
+        // SAFETY: the program's set covers at least its first `nfds` bits.
+        !set.is_null() && unsafe { bit(set, fd) }
+    };
     for fd in 0..n {
         let mut events = 0;
         if isset(r, fd) {
@@ -623,31 +667,31 @@ unsafe fn select_driving(
     }
     for set in [r, w, e] {
         if !set.is_null() {
-            // SAFETY: the program's set.
-            unsafe { libc::FD_ZERO(set) };
+            // SAFETY: only the program's first `nfds` bits (its set may be no larger).
+            unsafe { clear_bits(set, n) };
         }
     }
     let mut count = 0;
     for p in &list {
         let bad = p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
-        // SAFETY: FD_SET on the program's sets for a descriptor it listed.
+        // SAFETY: bits of the program's sets for a descriptor below nfds it listed.
         unsafe {
             if !r.is_null()
                 && p.events & libc::POLLIN != 0
                 && (p.revents & libc::POLLIN != 0 || bad)
             {
-                libc::FD_SET(p.fd, r);
+                set_bit(r, p.fd);
                 count += 1;
             }
             if !w.is_null()
                 && p.events & libc::POLLOUT != 0
                 && (p.revents & libc::POLLOUT != 0 || bad)
             {
-                libc::FD_SET(p.fd, w);
+                set_bit(w, p.fd);
                 count += 1;
             }
             if !e.is_null() && p.events & libc::POLLPRI != 0 && p.revents & libc::POLLPRI != 0 {
-                libc::FD_SET(p.fd, e);
+                set_bit(e, p.fd);
                 count += 1;
             }
         }
@@ -982,7 +1026,7 @@ pub unsafe extern "C" fn getsockopt(
             // SAFETY: the program's buffer, at least as long as it says.
             unsafe {
                 if (*len as usize) >= std::mem::size_of::<c_int>() {
-                    *(value as *mut c_int) = error;
+                    std::ptr::write_unaligned(value as *mut c_int, error);
                     *len = std::mem::size_of::<c_int>() as socklen_t;
                 }
             }
@@ -1026,7 +1070,7 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
 }
 
 fn forget(fd: c_int) {
-    if crate::plan::loaded().is_some() {
+    if crate::plan::loaded().is_some() && !fds::held_here() {
         fds::lock().forget(fd);
     }
 }
@@ -1043,7 +1087,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 /// A duplicate `new` of `old`: a copy of a socket connected through a proxy says the same
 /// peer.
 fn duplicated(old: c_int, new: c_int) {
-    if new < 0 || old == new {
+    if new < 0 || old == new || fds::held_here() {
         return;
     }
     let _ = catch_unwind(|| {
@@ -1496,10 +1540,15 @@ fn udp_send(fd: c_int, dest: Option<SocketAddr>, payload: &[u8], flags: c_int) -
                 return Some(-1);
             }
         };
-        (framed, a.relay, a.tunnel.is_some().then_some(a.control))
+        let tunnel = a.tunnel.is_some().then(|| (a.control, a.io.clone()));
+        (framed, a.relay, tunnel)
     };
-    if let Some(control) = tunnel {
-        return Some(match send_all(control, &framed) {
+    if let Some((control, io)) = tunnel {
+        // SAFETY: fcntl on the program's descriptor.
+        let nonblocking = flags & libc::MSG_DONTWAIT != 0
+            || unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
+        let _one_frame_at_a_time = io.lock().unwrap_or_else(|p| p.into_inner());
+        return Some(match send_frame(control, &framed, nonblocking) {
             Ok(()) => payload.len() as isize,
             Err(e) => {
                 set_errno(e);
@@ -1539,6 +1588,8 @@ fn udp_recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Option<(isize, Option<So
         return Some(tunnel_recv(fd, control, buf, flags));
     }
     let real_recvfrom = next_fn!(c"recvfrom", RecvfromFn);
+    // Room for the header in front of what the program asked for; the kernel tells the
+    // datagram's whole length (MSG_TRUNC) when it is longer.
     let mut datagram = vec![0u8; buf.len() + 300];
     loop {
         // SAFETY: all-zero storage for the source address.
@@ -1550,7 +1601,7 @@ fn udp_recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Option<(isize, Option<So
                 fd,
                 datagram.as_mut_ptr().cast(),
                 datagram.len(),
-                flags & !libc::MSG_TRUNC,
+                flags | libc::MSG_TRUNC,
                 (&mut storage as *mut libc::sockaddr_storage).cast(),
                 &mut len,
             )
@@ -1558,30 +1609,46 @@ fn udp_recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Option<(isize, Option<So
         if n < 0 {
             return Some((n, None, false));
         }
-        let n = n as usize;
+        let full = n as usize;
+        let n = full.min(datagram.len());
         // SAFETY: filled for `len` bytes.
         let from =
             unsafe { read_sockaddr((&storage as *const libc::sockaddr_storage).cast(), len) };
         let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-        let (source, payload) = if from.map(canon) == Some(canon(relay)) {
+        let (source, payload, whole) = if from.map(canon) == Some(canon(relay)) {
             let unwrapped = match fds::lock().state.get(&fd) {
                 Some(FdState::Udp(a)) => a.unwrap(&datagram[..n]),
                 _ => None,
             };
             match unwrapped {
-                Some((source, at)) => (Some(source), &datagram[at..n]),
-                // A datagram the relay should not have sent: dropped, as the kernel would.
-                None if flags & libc::MSG_PEEK != 0 => return Some((-1, None, false)),
-                None => continue,
+                Some((source, at)) => (Some(source), &datagram[at..n], full - at),
+                // A datagram the relay should not have sent: dropped, as the kernel would
+                // (a peek takes it out first, or every peek would find it again).
+                None => {
+                    if flags & libc::MSG_PEEK != 0 {
+                        // SAFETY: a valid buffer; the datagram is discarded.
+                        unsafe {
+                            real_recvfrom(
+                                fd,
+                                datagram.as_mut_ptr().cast(),
+                                datagram.len(),
+                                libc::MSG_DONTWAIT,
+                                std::ptr::null_mut(),
+                                std::ptr::null_mut(),
+                            )
+                        };
+                    }
+                    continue;
+                }
             }
         } else {
-            (from, &datagram[..n])
+            (from, &datagram[..n], full)
         };
         let copied = payload.len().min(buf.len());
         buf[..copied].copy_from_slice(&payload[..copied]);
-        let truncated = payload.len() > buf.len();
+        let truncated = whole > buf.len();
         let ret = if flags & libc::MSG_TRUNC != 0 {
-            payload.len()
+            whole
         } else {
             copied
         };
@@ -1589,30 +1656,44 @@ fn udp_recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Option<(isize, Option<So
     }
 }
 
-/// Writes all of `data` to the shim's connection `fd`, waiting (boundedly) when it is full.
-fn send_all(fd: c_int, mut data: &[u8]) -> Result<(), c_int> {
+/// Writes one whole tunnel frame to the shim's connection `fd`. When the connection is full
+/// a non-blocking socket gets EAGAIN before anything is written; once part of a frame is
+/// written the rest follows, waiting if need be, and a connection that takes nothing for
+/// 30 s is shut down (a half frame would corrupt every frame after it).
+fn send_frame(fd: c_int, frame: &[u8], nonblocking: bool) -> Result<(), c_int> {
+    let mut data = frame;
     while !data.is_empty() {
-        // SAFETY: the unsent part of `data`.
-        let n = unsafe { (real().send)(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            match errno() {
-                libc::EINTR => continue,
-                libc::EAGAIN => {
-                    let mut p = pollfd {
-                        fd,
-                        events: libc::POLLOUT,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd.
-                    if unsafe { (real().poll)(&mut p, 1, 10_000) } == 0 {
-                        return Err(libc::ETIMEDOUT);
-                    }
-                    continue;
-                }
-                e => return Err(e),
-            }
+        // SAFETY: the unsent part of the frame.
+        let n = unsafe {
+            (real().send)(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            data = &data[n as usize..];
+            continue;
         }
-        data = &data[n as usize..];
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN if nonblocking && data.len() == frame.len() => return Err(libc::EAGAIN),
+            libc::EAGAIN => {
+                let mut p = pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                if unsafe { (real().poll)(&mut p, 1, 30_000) } == 0 {
+                    // SAFETY: the shim's own connection.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                    return Err(libc::EPIPE);
+                }
+            }
+            e => return Err(e),
+        }
     }
     Ok(())
 }
@@ -1628,8 +1709,9 @@ fn tunnel_recv(
     let nonblocking = flags & libc::MSG_DONTWAIT != 0
         || unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
     let peek = flags & libc::MSG_PEEK != 0;
+    let real_recvfrom = next_fn!(c"recvfrom", RecvfromFn);
     loop {
-        {
+        let io = {
             let mut table = fds::lock();
             let Some(FdState::Udp(a)) = table.state.get_mut(&fd) else {
                 set_errno(libc::EBADF);
@@ -1651,7 +1733,37 @@ fn tunnel_recv(
                 }
                 None => {}
             }
+            a.io.clone()
+        };
+        // Datagrams sent to the socket itself (from destinations it reaches directly).
+        // SAFETY: all-zero storage for the source; the program's buffer.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut slen = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+        // SAFETY: valid buffers of their lengths.
+        let direct = unsafe {
+            real_recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                (flags | libc::MSG_DONTWAIT) & !libc::MSG_TRUNC | libc::MSG_TRUNC,
+                (&mut storage as *mut libc::sockaddr_storage).cast(),
+                &mut slen,
+            )
+        };
+        if direct >= 0 {
+            // SAFETY: filled for `slen` bytes.
+            let source =
+                unsafe { read_sockaddr((&storage as *const libc::sockaddr_storage).cast(), slen) };
+            let full = direct as usize;
+            let ret = if flags & libc::MSG_TRUNC != 0 {
+                full
+            } else {
+                full.min(buf.len())
+            };
+            return (ret as isize, source, full > buf.len());
         }
+        // One reader at a time on the tunnel: frames are appended in the order they came.
+        let reader = io.lock().unwrap_or_else(|p| p.into_inner());
         let mut chunk = vec![0u8; 65_536 + 300];
         // SAFETY: a buffer of its own length.
         let n = unsafe {
@@ -1679,13 +1791,22 @@ fn tunnel_recv(
                 set_errno(libc::EAGAIN);
                 return (-1, None, false);
             }
-            let mut p = pollfd {
-                fd: control,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { (real().poll)(&mut p, 1, -1) };
+            drop(reader);
+            // Either may bring the next datagram.
+            let mut p = [
+                pollfd {
+                    fd: control,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds.
+            unsafe { (real().poll)(p.as_mut_ptr(), 2, -1) };
             continue;
         }
         if let Some(FdState::Udp(a)) = fds::lock().state.get_mut(&fd) {
@@ -2380,4 +2501,98 @@ pub unsafe extern "C" fn gethostbyname2(name: *const c_char, family: c_int) -> *
     }
     // SAFETY: the program's arguments.
     unsafe { real_fn(name, family) }
+}
+
+// ---------------------------------------------------------------------------------------
+// _FORTIFY_SOURCE entry points: a program built with it calls these when the compiler knows
+// a buffer's size, and the C library's versions go to its internal functions, past the
+// hooks. Each checks the size as the C library's does (a buffer overflow aborts), then takes
+// the hook.
+
+fn chk(len: usize, size: usize) {
+    if len > size {
+        say("buffer overflow detected");
+        std::process::abort();
+    }
+}
+
+/// # Safety
+/// As __poll_chk.
+#[no_mangle]
+pub unsafe extern "C" fn __poll_chk(
+    fds_ptr: *mut pollfd,
+    nfds: nfds_t,
+    timeout: c_int,
+    fdslen: usize,
+) -> c_int {
+    chk(
+        (nfds as usize).saturating_mul(std::mem::size_of::<pollfd>()),
+        fdslen,
+    );
+    // SAFETY: as poll.
+    unsafe { poll(fds_ptr, nfds, timeout) }
+}
+
+/// # Safety
+/// As __ppoll_chk.
+#[no_mangle]
+pub unsafe extern "C" fn __ppoll_chk(
+    fds_ptr: *mut pollfd,
+    nfds: nfds_t,
+    tmo: *const timespec,
+    sigmask: *const sigset_t,
+    fdslen: usize,
+) -> c_int {
+    chk(
+        (nfds as usize).saturating_mul(std::mem::size_of::<pollfd>()),
+        fdslen,
+    );
+    // SAFETY: as ppoll.
+    unsafe { ppoll(fds_ptr, nfds, tmo, sigmask) }
+}
+
+/// # Safety
+/// As __recv_chk.
+#[no_mangle]
+pub unsafe extern "C" fn __recv_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    len: usize,
+    buflen: usize,
+    flags: c_int,
+) -> isize {
+    chk(len, buflen);
+    // SAFETY: as recv.
+    unsafe { recv(fd, buf, len, flags) }
+}
+
+/// # Safety
+/// As __recvfrom_chk.
+#[no_mangle]
+pub unsafe extern "C" fn __recvfrom_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    len: usize,
+    buflen: usize,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> isize {
+    chk(len, buflen);
+    // SAFETY: as recvfrom.
+    unsafe { recvfrom(fd, buf, len, flags, addr, alen) }
+}
+
+/// # Safety
+/// As __read_chk.
+#[no_mangle]
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    len: usize,
+    buflen: usize,
+) -> isize {
+    chk(len, buflen);
+    // SAFETY: as read.
+    unsafe { read(fd, buf, len) }
 }

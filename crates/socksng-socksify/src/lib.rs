@@ -35,6 +35,7 @@ mod udp;
 /// (and before it starts threads), so that every hook finds it ready and none has to load it
 /// in the middle of the program's own calls.
 extern "C" fn load_at_start() {
+    fds::install_fork_handlers();
     let _ = std::panic::catch_unwind(plan::plan);
 }
 

@@ -26,7 +26,8 @@ pub(crate) struct Listening {
     server: &'static Server,
     family: i32,
     timeout: Duration,
-    /// Set once the control connection is gone: the errno accept reports.
+    /// Set once the control connection is gone: the errno accept reports (EINVAL, as for a
+    /// socket that is not listening: ECONNABORTED would tell event loops to try again).
     closed: Option<i32>,
     /// Against a plain SOCKS5 server, RFC 1928 BIND instead: one connection, announced by
     /// the second reply on the control connection.
@@ -348,14 +349,14 @@ impl Listening {
                 "the proxy {} closed the listener",
                 self.server.describe()
             ));
-            return Err(libc::ECONNABORTED);
+            return Err(libc::EINVAL);
         }
         if let Err(e) = self
             .machine
             .handle_input(&buf[..n as usize], Instant::now())
         {
             crate::sys::say(&format!("listener control connection: {e}"));
-            return Err(libc::ECONNABORTED);
+            return Err(libc::EINVAL);
         }
         while let Some(event) = self.machine.poll_event() {
             match event {
@@ -367,7 +368,7 @@ impl Listening {
                 ClientListenerEvent::Expired(token) => self.notices.retain(|(t, _)| *t != token),
                 ClientListenerEvent::Closing(code) => {
                     crate::sys::say(&format!("the proxy closed the listener: {code}"));
-                    self.closed = Some(libc::ECONNABORTED);
+                    self.closed = Some(libc::EINVAL);
                 }
                 ClientListenerEvent::Listening(_) => {}
             }

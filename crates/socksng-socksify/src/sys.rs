@@ -36,7 +36,8 @@ pub(crate) unsafe fn read_sockaddr(addr: *const sockaddr, len: socklen_t) -> Opt
         return None;
     }
     // SAFETY: the family field is within any sockaddr the caller passes.
-    let family = c_int::from(unsafe { (*addr).sa_family });
+    let family =
+        c_int::from(unsafe { std::ptr::read_unaligned(std::ptr::addr_of!((*addr).sa_family)) });
     match family {
         libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
             // SAFETY: long enough for a sockaddr_in; read unaligned to be safe.

@@ -32,9 +32,20 @@ pub(crate) struct Association {
     pub tunnel: Option<Vec<u8>>,
     /// The default destination of a connected socket, as the program gave it.
     pub peer: Option<SocketAddr>,
-    /// Placeholders sent to, by port: the source a reply from that port is given.
-    placeholders: HashMap<u16, SocketAddr>,
+    /// Placeholders sent to, by name: the source a reply naming that name is given.
+    by_name: HashMap<String, SocketAddr>,
+    /// Placeholders sent to, by port: a reply from an address the program never sent to,
+    /// from a port only one placeholder uses, is given that placeholder (the proxy
+    /// resolved its name).
+    placeholders: HashMap<u16, Vec<SocketAddr>>,
+    /// Addresses the program sent to itself: their replies keep their source.
+    sent_to: std::collections::HashSet<SocketAddr>,
+    /// Serialises a tunnel's use, so frames of two threads never interleave.
+    pub io: std::sync::Arc<std::sync::Mutex<()>>,
 }
+
+/// Bounds the memory of what a socket sent to (a program spraying many destinations).
+const SENT_TO_MAX: usize = 4096;
 
 impl Association {
     /// A UDP-TUNNEL through `server`, or UDP ASSOCIATE where it does not speak SOCKS-NG.
@@ -66,7 +77,10 @@ impl Association {
             relay: SocketAddr::from(([0, 0, 0, 0], 0)),
             tunnel: Some(Vec::new()),
             peer: None,
+            by_name: HashMap::new(),
             placeholders: HashMap::new(),
+            sent_to: Default::default(),
+            io: Default::default(),
         })
     }
 
@@ -111,7 +125,10 @@ impl Association {
             relay,
             tunnel: None,
             peer: None,
+            by_name: HashMap::new(),
             placeholders: HashMap::new(),
+            sent_to: Default::default(),
+            io: Default::default(),
         })
     }
 
@@ -126,10 +143,22 @@ impl Association {
     pub(crate) fn wrap(&mut self, dest: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, i32> {
         let address = match crate::names::name_of(dest.ip()) {
             Some(name) => {
-                self.placeholders.insert(dest.port(), dest);
-                Address::domain(&name, dest.port()).unwrap_or_else(|_| Address::ip(dest))
+                let on_port = self.placeholders.entry(dest.port()).or_default();
+                if !on_port.contains(&dest) {
+                    on_port.push(dest);
+                }
+                let address =
+                    Address::domain(&name, dest.port()).unwrap_or_else(|_| Address::ip(dest));
+                self.by_name.insert(name, dest);
+                address
             }
-            None => Address::ip(dest),
+            None => {
+                if self.sent_to.len() >= SENT_TO_MAX {
+                    self.sent_to.clear();
+                }
+                self.sent_to.insert(dest);
+                Address::ip(dest)
+            }
         };
         let mut out = Vec::with_capacity(payload.len() + 24);
         if self.tunnel.is_some() {
@@ -144,17 +173,24 @@ impl Association {
 
     /// The source the program should see for a datagram from `address`.
     fn source_of(&self, address: &Address) -> Option<SocketAddr> {
-        let source = match &address.host {
-            Host::Ip(ip) => SocketAddr::new(*ip, address.port),
-            Host::Domain(_) => self.placeholders.get(&address.port).copied()?,
-        };
+        // A connected socket hears from its peer only; the kernel would say the same.
         if let Some(peer) = self.peer {
             return Some(peer);
         }
-        Some(match self.placeholders.get(&source.port()) {
-            Some(p) if crate::names::name_of(source.ip()).is_none() => *p,
-            _ => source,
-        })
+        let ip = match &address.host {
+            Host::Domain(name) => return self.by_name.get(name.as_str()).copied(),
+            Host::Ip(ip) => *ip,
+        };
+        let source = SocketAddr::new(ip, address.port);
+        if self.sent_to.contains(&source) {
+            return Some(source);
+        }
+        Some(
+            match self.placeholders.get(&source.port()).map(Vec::as_slice) {
+                Some([only]) => *only,
+                _ => source,
+            },
+        )
     }
 
     /// Whether a whole tunnel frame waits in the shim (the program's socket is readable).
