@@ -6,6 +6,7 @@
 //! normal answer to a partial message; `Invalid` means the peer broke the protocol.
 
 mod addr;
+pub mod discovery;
 pub mod ng;
 mod socks4;
 mod socks5;

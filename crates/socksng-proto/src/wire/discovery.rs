@@ -1,0 +1,245 @@
+//! The discovery option of draft section 10: the proxies a network announces through DHCP,
+//! as an ordered list of proxy URLs. DHCPv4 carries it in a site-specific option (a code from
+//! 224 to 254 that the network chooses, 224 by default), as NVT ASCII text: the URLs in order
+//! of preference, separated by one space. An option longer than 255 bytes is split into
+//! several instances of the same code, concatenated in order by the receiver (RFC 3396). A
+//! trailing NUL is stripped (RFC 2132 section 2). DHCPv6 carries the same text in the
+//! Vendor-specific Information option (17) under an enterprise number the network chooses,
+//! as sub-option 1.
+//!
+//! Also here: the options of a DHCPv4 message (for lease files that keep the whole message,
+//! and DHCPINFORM answers).
+
+use super::DecodeError;
+
+/// The DHCPv4 option code used when the network says nothing else.
+pub const DEFAULT_DHCP_CODE: u8 = 224;
+/// The sub-option of the DHCPv6 Vendor-specific Information option that carries the list.
+pub const DHCPV6_SUBOPTION: u16 = 1;
+/// The DHCPv6 Vendor-specific Information option (RFC 8415 section 21.17).
+pub const OPTION_VENDOR_OPTS: u16 = 17;
+
+/// Whether `code` is one of the site-specific DHCPv4 codes (RFC 3942 section 3.2).
+pub fn is_site_specific(code: u8) -> bool {
+    (224..=254).contains(&code)
+}
+
+/// The option text for `urls`: in order, separated by one space. Fails when a URL is empty,
+/// holds a space or a byte outside printable ASCII.
+pub fn encode_list(urls: &[&str]) -> Result<String, DecodeError> {
+    for url in urls {
+        if url.is_empty() || !url.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(DecodeError::Invalid(
+                "a proxy URL must be printable ASCII without spaces",
+            ));
+        }
+    }
+    Ok(urls.join(" "))
+}
+
+/// The URLs of an option's text, in order. A trailing NUL is stripped; empty entries (two
+/// spaces) are skipped; text that is not printable ASCII is refused.
+pub fn decode_list(data: &[u8]) -> Result<Vec<String>, DecodeError> {
+    let data = data.strip_suffix(&[0]).unwrap_or(data);
+    if !data
+        .iter()
+        .all(|&b| b == b' ' || (0x21..=0x7e).contains(&b))
+    {
+        return Err(DecodeError::Invalid(
+            "the proxy list is not printable ASCII",
+        ));
+    }
+    Ok(data
+        .split(|&b| b == b' ')
+        .filter(|u| !u.is_empty())
+        .map(|u| String::from_utf8_lossy(u).into_owned())
+        .collect())
+}
+
+/// The DHCPv4 option instances (code, length, data) that carry `text`: as many as its length
+/// needs, 255 bytes each at most.
+pub fn encode_dhcpv4(code: u8, text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 2 * (text.len() / 255 + 1));
+    for chunk in text.as_bytes().chunks(255) {
+        out.push(code);
+        out.push(chunk.len() as u8);
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+/// The DHCPv6 Vendor-specific Information option carrying `text` under `enterprise`:
+/// `OPTION(2) LEN(2) ENTERPRISE(4) SUBOPT(2) SUBLEN(2) text`. Fails for text too long for a
+/// DHCPv6 option.
+pub fn encode_dhcpv6(enterprise: u32, text: &str) -> Result<Vec<u8>, DecodeError> {
+    let sub_len = u16::try_from(text.len())
+        .ok()
+        .filter(|l| usize::from(*l) + 8 <= usize::from(u16::MAX))
+        .ok_or(DecodeError::Invalid(
+            "proxy list too long for a DHCPv6 option",
+        ))?;
+    let mut out = Vec::with_capacity(text.len() + 12);
+    out.extend_from_slice(&OPTION_VENDOR_OPTS.to_be_bytes());
+    out.extend_from_slice(&(sub_len + 8).to_be_bytes());
+    out.extend_from_slice(&enterprise.to_be_bytes());
+    out.extend_from_slice(&DHCPV6_SUBOPTION.to_be_bytes());
+    out.extend_from_slice(&sub_len.to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    Ok(out)
+}
+
+/// The proxy list in the data of a DHCPv6 Vendor-specific Information option (without its
+/// own code and length), if it is `enterprise`'s and holds the sub-option.
+pub fn decode_dhcpv6_vendor(
+    data: &[u8],
+    enterprise: u32,
+) -> Result<Option<Vec<String>>, DecodeError> {
+    let Some((en, mut rest)) = data.split_first_chunk::<4>() else {
+        return Err(DecodeError::Incomplete);
+    };
+    if u32::from_be_bytes(*en) != enterprise {
+        return Ok(None);
+    }
+    while !rest.is_empty() {
+        let Some((head, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(DecodeError::Incomplete);
+        };
+        let code = u16::from_be_bytes([head[0], head[1]]);
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let value = tail.get(..len).ok_or(DecodeError::Incomplete)?;
+        if code == DHCPV6_SUBOPTION {
+            return decode_list(value).map(Some);
+        }
+        rest = &tail[len..];
+    }
+    Ok(None)
+}
+
+/// The magic cookie that starts the options of a DHCPv4 message (RFC 2131 section 3).
+const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
+/// Where the magic cookie sits in a DHCPv4 message (after the fixed BOOTP fields).
+const OPTIONS_AT: usize = 236;
+
+/// The data of option `code` in a whole DHCPv4 message, its instances concatenated in order
+/// (RFC 3396); `None` when the message does not carry it. The `file` and `sname` fields are
+/// searched too when option 52 says they are overloaded with options.
+pub fn dhcpv4_option(message: &[u8], code: u8) -> Result<Option<Vec<u8>>, DecodeError> {
+    if message.get(OPTIONS_AT..OPTIONS_AT + 4) != Some(&MAGIC_COOKIE[..]) {
+        return Err(DecodeError::Invalid("not a DHCP message (no magic cookie)"));
+    }
+    let mut found: Option<Vec<u8>> = None;
+    let mut overload = 0u8;
+    scan_options(&message[OPTIONS_AT + 4..], code, &mut found, &mut overload)?;
+    // RFC 2131 section 4.1: the file field (108..236) first, then sname (44..108).
+    if overload & 1 != 0 {
+        scan_options(&message[108..236], code, &mut found, &mut 0)?;
+    }
+    if overload & 2 != 0 {
+        scan_options(&message[44..108], code, &mut found, &mut 0)?;
+    }
+    Ok(found)
+}
+
+fn scan_options(
+    mut area: &[u8],
+    code: u8,
+    found: &mut Option<Vec<u8>>,
+    overload: &mut u8,
+) -> Result<(), DecodeError> {
+    while let Some((&c, rest)) = area.split_first() {
+        match c {
+            0 => area = rest,     // Pad.
+            255 => return Ok(()), // End.
+            _ => {
+                let (&len, rest) = rest.split_first().ok_or(DecodeError::Incomplete)?;
+                let value = rest
+                    .get(..usize::from(len))
+                    .ok_or(DecodeError::Incomplete)?;
+                if c == code {
+                    found.get_or_insert_with(Vec::new).extend_from_slice(value);
+                } else if c == 52 && len == 1 {
+                    *overload = value[0];
+                }
+                area = &rest[usize::from(len)..];
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appendix A, "dhcpv4-option": two proxies under code 224.
+    #[test]
+    fn the_draft_vectors() {
+        let text = encode_list(&["socks5s://gw.example:1443", "socks5h://192.0.2.1:1080"]).unwrap();
+        assert_eq!(text, "socks5s://gw.example:1443 socks5h://192.0.2.1:1080");
+        let v4 = encode_dhcpv4(224, &text);
+        assert_eq!(&v4[..2], &[0xe0, 50]);
+        assert_eq!(&v4[2..], text.as_bytes());
+        let v6 = encode_dhcpv6(32473, &text).unwrap();
+        assert_eq!(
+            &v6[..12],
+            &[0x00, 0x11, 0x00, 58, 0x00, 0x00, 0x7e, 0xd9, 0x00, 0x01, 0x00, 50]
+        );
+        assert_eq!(
+            decode_dhcpv6_vendor(&v6[4..], 32473).unwrap().unwrap(),
+            ["socks5s://gw.example:1443", "socks5h://192.0.2.1:1080"]
+        );
+        assert_eq!(decode_dhcpv6_vendor(&v6[4..], 1).unwrap(), None);
+    }
+
+    #[test]
+    fn lists_decode_as_receivers_must() {
+        assert_eq!(decode_list(b"a://x b://y\0").unwrap(), ["a://x", "b://y"]);
+        assert_eq!(decode_list(b"  a://x  ").unwrap(), ["a://x"]);
+        assert!(decode_list(b"a://x\tb").is_err());
+        assert!(decode_list("a://é".as_bytes()).is_err());
+        assert!(encode_list(&["a b"]).is_err());
+        assert!(encode_list(&[""]).is_err());
+    }
+
+    fn message(options: &[u8]) -> Vec<u8> {
+        let mut m = vec![0u8; OPTIONS_AT];
+        m.extend_from_slice(&MAGIC_COOKIE);
+        m.extend_from_slice(options);
+        m
+    }
+
+    #[test]
+    fn long_lists_split_and_rejoin() {
+        let urls: Vec<String> = (0..30)
+            .map(|i| format!("socks5h://proxy{i}.example:1080"))
+            .collect();
+        let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let text = encode_list(&refs).unwrap();
+        assert!(text.len() > 255);
+        let mut opts = vec![53, 1, 5];
+        opts.extend(encode_dhcpv4(230, &text));
+        opts.push(255);
+        let got = dhcpv4_option(&message(&opts), 230).unwrap().unwrap();
+        assert_eq!(decode_list(&got).unwrap(), urls);
+        assert_eq!(dhcpv4_option(&message(&opts), 231).unwrap(), None);
+    }
+
+    #[test]
+    fn messages_are_checked() {
+        assert!(dhcpv4_option(&[0u8; 100], 224).is_err());
+        assert!(matches!(
+            dhcpv4_option(&message(&[224, 10, b'a']), 224),
+            Err(DecodeError::Incomplete)
+        ));
+        // Overloaded file field.
+        let mut m = message(&[52, 1, 1, 255]);
+        m[108..108 + 9].copy_from_slice(&[224, 6, b'a', b':', b'/', b'/', b'x', b'y', 255]);
+        assert_eq!(dhcpv4_option(&m, 224).unwrap().unwrap(), b"a://xy");
+    }
+
+    #[test]
+    fn site_specific_codes() {
+        assert!(is_site_specific(224) && is_site_specific(254));
+        assert!(!is_site_specific(223) && !is_site_specific(255));
+    }
+}
