@@ -613,6 +613,30 @@ pub static DEFAULT_CLASS: std::sync::LazyLock<ClassConfig> =
         dscp: None,
     });
 
+/// `[discovery]`: how this server is announced to the network (draft section 10).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// The proxy URLs announced, in order of preference (socks5h://, socks5s://); empty: one
+    /// per listen address (socks5h) and per TLS listen address (socks5s).
+    pub urls: Vec<String>,
+    /// The DHCPv4 site-specific option code (224 to 254) the network uses.
+    pub dhcp_code: u8,
+    /// The enterprise number of the DHCPv6 Vendor-specific Information option; the default
+    /// is the number reserved for documentation (RFC 5612): set the site's own.
+    pub dhcpv6_enterprise: u32,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            urls: Vec::new(),
+            dhcp_code: socksng_proto::wire::discovery::DEFAULT_DHCP_CODE,
+            dhcpv6_enterprise: 32473,
+        }
+    }
+}
+
 /// `[reload]`: what a reload (SIGHUP) does to sessions already running.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -754,6 +778,8 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// `[uplink]`.
     pub uplink: UplinkConfig,
+    /// `[discovery]`.
+    pub discovery: DiscoveryConfig,
     /// `[[classes]]`.
     pub classes: Vec<ClassConfig>,
     /// `[groups]`: group name to member user names. Rules and port grants name a group as
@@ -794,6 +820,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             reload: ReloadConfig::default(),
             uplink: UplinkConfig::default(),
+            discovery: DiscoveryConfig::default(),
             classes: Vec::new(),
             base_dir: PathBuf::from("."),
         }
@@ -898,6 +925,22 @@ impl Config {
             if class.dscp.is_some_and(|d| d > 63) {
                 return invalid(format!("class {:?}: `dscp` is 0 to 63", class.name));
             }
+        }
+        if !socksng_proto::wire::discovery::is_site_specific(self.discovery.dhcp_code) {
+            return invalid(format!(
+                "`discovery.dhcp_code` {} is not a site-specific DHCP option code (224 to 254)",
+                self.discovery.dhcp_code
+            ));
+        }
+        if let Err(e) = socksng_proto::wire::discovery::encode_list(
+            &self
+                .discovery
+                .urls
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ) {
+            return invalid(format!("`discovery.urls`: {e}"));
         }
         if self.audit.file.is_some() && self.audit.syslog {
             return invalid("`audit`: give `file` or `syslog = true`, not both".into());

@@ -18,6 +18,7 @@ mod admission;
 pub mod audit;
 pub mod config;
 pub mod dial;
+pub mod discovery;
 pub mod host;
 pub mod outcome;
 pub mod policy;

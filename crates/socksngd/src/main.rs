@@ -53,6 +53,17 @@ enum Cmd {
         #[arg(long, value_name = "HOST:PORT")]
         proxy: Option<String>,
     },
+    /// Print how to announce this server to the network (draft section 10): with --dhcp the
+    /// DHCPv4 and DHCPv6 option carrying its proxy URLs, ready to paste into dnsmasq, ISC Kea
+    /// and ISC dhcpd; without it, the URLs, one per line.
+    Announce {
+        /// The DHCP option for dnsmasq, Kea and dhcpd.
+        #[arg(long)]
+        dhcp: bool,
+        /// The URLs to announce instead of `discovery.urls` (or the listen addresses).
+        #[arg(long = "url", value_name = "URL")]
+        urls: Vec<String>,
+    },
     /// List the running sessions of the server the configuration names, over its `[admin]`
     /// control socket: id, user, client, command, target, bytes and age.
     Sessions {
@@ -137,6 +148,24 @@ fn main() -> Result<()> {
             print!("{answer}");
             if answer.starts_with("error") || answer.starts_with("refused") {
                 bail!("{}", answer.trim());
+            }
+            Ok(())
+        }
+        Cmd::Announce { dhcp, urls } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let urls = if urls.is_empty() {
+                socksng_server::discovery::urls(&cfg)
+            } else {
+                urls
+            };
+            if dhcp {
+                let text = socksng_server::discovery::dhcp_snippets(&cfg, &urls)
+                    .map_err(anyhow::Error::msg)?;
+                print!("{text}");
+            } else {
+                for u in &urls {
+                    println!("{u}");
+                }
             }
             Ok(())
         }
