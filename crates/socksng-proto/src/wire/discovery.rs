@@ -171,24 +171,41 @@ fn scan_options(
 mod tests {
     use super::*;
 
-    /// Appendix A, "dhcpv4-option": two proxies under code 224.
+    const DRAFT: &str = include_str!("../../../../docs/draft-socksng.md");
+
+    /// The `option NAME HEX` lines of the draft's Appendix A.2.
+    fn draft_vector(name: &str) -> Vec<u8> {
+        let line = DRAFT
+            .lines()
+            .filter_map(|l| l.strip_prefix("option "))
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("vector {name} missing from the draft"));
+        line.split_whitespace()
+            .skip(1)
+            .map(|h| u8::from_str_radix(h, 16).expect("hex byte"))
+            .collect()
+    }
+
+    /// Appendix A.2: two proxies under DHCPv4 code 224 and DHCPv6 enterprise 32473.
     #[test]
     fn the_draft_vectors() {
         let text = encode_list(&["socks5s://gw.example:1443", "socks5h://192.0.2.1:1080"]).unwrap();
-        assert_eq!(text, "socks5s://gw.example:1443 socks5h://192.0.2.1:1080");
-        let v4 = encode_dhcpv4(224, &text);
-        assert_eq!(&v4[..2], &[0xe0, 50]);
-        assert_eq!(&v4[2..], text.as_bytes());
-        let v6 = encode_dhcpv6(32473, &text).unwrap();
         assert_eq!(
-            &v6[..12],
-            &[0x00, 0x11, 0x00, 58, 0x00, 0x00, 0x7e, 0xd9, 0x00, 0x01, 0x00, 50]
+            encode_dhcpv4(224, &text),
+            draft_vector("dhcpv4-two-proxies")
         );
+        let v6 = draft_vector("dhcpv6-two-proxies");
+        assert_eq!(encode_dhcpv6(32473, &text).unwrap(), v6);
         assert_eq!(
             decode_dhcpv6_vendor(&v6[4..], 32473).unwrap().unwrap(),
             ["socks5s://gw.example:1443", "socks5h://192.0.2.1:1080"]
         );
         assert_eq!(decode_dhcpv6_vendor(&v6[4..], 1).unwrap(), None);
+        let v4 = draft_vector("dhcpv4-two-proxies");
+        assert_eq!(
+            decode_list(&v4[2..]).unwrap(),
+            decode_list(text.as_bytes()).unwrap()
+        );
     }
 
     #[test]
