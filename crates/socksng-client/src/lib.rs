@@ -50,6 +50,7 @@
 //! ```
 
 pub mod config;
+pub mod discover;
 pub mod forward;
 mod listen;
 pub mod route;

@@ -216,6 +216,23 @@ enum Cmd {
         )]
         program: Vec<String>,
     },
+    /// Find the proxies the network announces (draft section 10) and ask each what it serves.
+    ///
+    /// Reads the DHCP option (a site-specific code, 224 unless --dhcp-code says otherwise)
+    /// from the host's DHCP client leases (dhclient, dhcpcd, systemd-networkd) or the
+    /// --lease-file given. URLs with credentials are dropped: a network is not trusted with
+    /// them. Learned proxies only inform; configured routes are not changed.
+    Discover {
+        /// A lease file to read (repeatable); default: the DHCP clients' usual places.
+        #[arg(long = "lease-file", value_name = "FILE")]
+        lease_files: Vec<PathBuf>,
+        /// The DHCP option code the network uses.
+        #[arg(long, default_value_t = 224, value_name = "CODE")]
+        dhcp_code: u8,
+        /// One JSON object per proxy found: url, source, and what it serves.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -780,6 +797,11 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Info { server, json } => info(&cli, server.as_deref(), *json).await,
+        Cmd::Discover {
+            lease_files,
+            dhcp_code,
+            json,
+        } => discover(lease_files, *dhcp_code, *json).await,
         Cmd::Exec { program } => exec(&cli, program).await,
         Cmd::Routes { json, lookup } => routes(&cli, *json, lookup).await,
     }
@@ -1044,6 +1066,78 @@ fn ranges_json(caps: &Capabilities) -> serde_json::Value {
         })
         .collect();
     serde_json::Value::Array(ranges)
+}
+
+/// `socksng discover`: the proxies the leases announce, each asked for its capabilities.
+async fn discover(lease_files: &[PathBuf], code: u8, json: bool) -> Result<()> {
+    use socksng_client::discover;
+    if !discover::is_site_specific(code) {
+        return Err(anyhow!(LocalError::Usage(format!(
+            "--dhcp-code {code}: site-specific codes are 224 to 254"
+        ))));
+    }
+    let files = if lease_files.is_empty() {
+        discover::default_lease_files()
+    } else {
+        lease_files.to_vec()
+    };
+    let mut found: Vec<discover::Announced> = Vec::new();
+    for f in &files {
+        match discover::from_lease_file(f, code) {
+            Ok(list) => {
+                for a in list {
+                    if !found.iter().any(|x| x.url == a.url) {
+                        found.push(a);
+                    }
+                }
+            }
+            Err(e) if !lease_files.is_empty() => return Err(e.into()),
+            Err(_) => {} // another program's file in a shared directory
+        }
+    }
+    if found.is_empty() && !json {
+        say!(
+            "no proxy announced (read {} lease file(s), option {code})",
+            files.len()
+        );
+    }
+    for a in found {
+        let source = a.source.display().to_string();
+        let asked = match ProxyUrl::parse(&a.url) {
+            Ok(url) => in_time(Client::new(url).capabilities()).await,
+            Err(e) => Err(e),
+        };
+        match (asked, json) {
+            (Ok(caps), true) => say!(
+                "{}",
+                serde_json::json!({
+                    "url": a.url, "source": source, "protocol": "socks-ng",
+                    "ranges": ranges_json(&caps),
+                })
+            ),
+            (Ok(caps), false) => say!(
+                "{:<40} from {source}: SOCKS-NG, {} range(s)",
+                a.url,
+                caps.ranges.len()
+            ),
+            (Err(ClientError::NotSupported(_)), true) => say!(
+                "{}",
+                serde_json::json!({"url": a.url, "source": source, "protocol": "socks5", "ranges": null})
+            ),
+            (Err(ClientError::NotSupported(_)), false) => {
+                say!(
+                    "{:<40} from {source}: plain SOCKS5 (announces no ranges)",
+                    a.url
+                )
+            }
+            (Err(e), true) => say!(
+                "{}",
+                serde_json::json!({"url": a.url, "source": source, "error": e.to_string()})
+            ),
+            (Err(e), false) => say!("{:<40} from {source}: {e}", a.url),
+        }
+    }
+    Ok(())
 }
 
 async fn info(cli: &Cli, server: Option<&str>, json: bool) -> Result<()> {

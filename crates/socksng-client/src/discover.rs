@@ -1,0 +1,214 @@
+//! Proxies the network announces (draft section 10), as the host's DHCP client recorded
+//! them: the lease files of ISC dhclient (text, `option unknown-224 ...;`), dhcpcd (the whole
+//! DHCP message) and systemd-networkd (`OPTION_224=hex`). The option's bytes are read by
+//! socksng-proto's discovery codec. URLs with credentials are dropped: a network cannot be
+//! trusted with them (draft section 10.4).
+
+use crate::ClientError;
+pub use socksng_proto::wire::discovery::is_site_specific;
+use socksng_proto::wire::discovery::{decode_list, dhcpv4_option};
+use std::path::{Path, PathBuf};
+
+/// A proxy the network announced, and where it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    /// The proxy URL.
+    pub url: String,
+    /// The file it came from.
+    pub source: PathBuf,
+}
+
+/// Where DHCP clients keep their leases on Linux.
+pub fn default_lease_files() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for (dir, suffix) in [
+        ("/var/lib/dhcp", ".leases"),
+        ("/var/lib/dhclient", ".leases"),
+        ("/var/lib/dhcpcd", ".lease"),
+        ("/var/db/dhcpcd", ".lease"),
+        ("/run/systemd/netif/leases", ""),
+    ] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.to_string_lossy().ends_with(suffix))
+                .collect();
+            files.sort();
+            out.extend(files);
+        }
+    }
+    out
+}
+
+/// The proxies a lease file records under DHCPv4 option `code`, in order.
+pub fn from_lease_file(path: &Path, code: u8) -> Result<Vec<Announced>, ClientError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
+    let data = lease_option(&bytes, code)
+        .map_err(|why| ClientError::Config(format!("{}: {why}", path.display())))?;
+    let Some(data) = data else {
+        return Ok(Vec::new());
+    };
+    let urls = decode_list(&data)
+        .map_err(|e| ClientError::Config(format!("{}: option {code}: {e}", path.display())))?;
+    Ok(urls
+        .into_iter()
+        .filter(|u| !carries_credentials(u))
+        .map(|url| Announced {
+            url,
+            source: path.to_path_buf(),
+        })
+        .collect())
+}
+
+/// Whether a URL holds a user (a network must not hand out, or be handed, credentials).
+fn carries_credentials(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.contains('@')
+}
+
+/// The option's data in any of the lease formats; `None` when the lease lacks it.
+fn lease_option(bytes: &[u8], code: u8) -> Result<Option<Vec<u8>>, String> {
+    // dhcpcd: the DHCP message itself.
+    if bytes.len() > 240 && bytes[236..240] == [99, 130, 83, 99] {
+        return dhcpv4_option(bytes, code).map_err(|e| e.to_string());
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "neither a DHCP message nor text")?;
+    // systemd-networkd: KEY=VALUE lines, private options as OPTION_<code>=<hex>.
+    let key = format!("OPTION_{code}=");
+    if let Some(hex) = text.lines().rev().find_map(|l| l.trim().strip_prefix(&key)) {
+        return parse_hex(hex, "").map(Some);
+    }
+    // ISC dhclient: lease blocks, the newest last; an unknown option as
+    // `option unknown-224 "text";` or as colon-separated hex.
+    let name = format!("unknown-{code}");
+    let mut newest = None;
+    for line in text.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("option ") else {
+            continue;
+        };
+        let Some((opt, value)) = rest.split_once(char::is_whitespace) else {
+            continue;
+        };
+        if opt != name && opt != "socksng-proxies" {
+            continue;
+        }
+        let value = value.trim().trim_end_matches(';').trim();
+        newest = Some(
+            match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                Some(quoted) => unescape(quoted),
+                None => parse_hex(value, ":")?,
+            },
+        );
+    }
+    Ok(newest)
+}
+
+fn parse_hex(text: &str, sep: &str) -> Result<Vec<u8>, String> {
+    let digits: String = if sep.is_empty() {
+        text.trim().to_string()
+    } else {
+        text.split(sep)
+            .map(|p| format!("{:0>2}", p.trim()))
+            .collect()
+    };
+    if digits.len() % 2 != 0 {
+        return Err(format!("odd hex {text:?}"));
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| format!("bad hex {text:?}")))
+        .collect()
+}
+
+/// dhclient's quoting: backslash escapes and octal `\NNN`.
+fn unescape(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 1 < bytes.len() {
+            let octal = bytes
+                .get(i + 1..i + 4)
+                .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+            if let Some(d) = octal {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            } else {
+                out.push(bytes[i + 1]);
+                i += 2;
+            }
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socksng_proto::wire::discovery::encode_dhcpv4;
+
+    const LIST: &str = "socks5s://gw.example:1443 socks5h://192.0.2.1:1080";
+
+    fn urls(bytes: &[u8], code: u8) -> Vec<String> {
+        decode_list(&lease_option(bytes, code).unwrap().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn dhclient_leases_in_text_and_hex_the_newest_wins() {
+        let hex: Vec<String> = LIST.bytes().map(|b| format!("{b:x}")).collect();
+        let leases = format!(
+            "lease {{\n  interface \"eth0\";\n  option unknown-224 \"socks5h://198.51.100.1:1080\";\n}}\n\
+             lease {{\n  interface \"eth0\";\n  option unknown-224 {};\n  renew 4 2026/11/30 01:00:00;\n}}\n",
+            hex.join(":")
+        );
+        assert_eq!(
+            urls(leases.as_bytes(), 224),
+            ["socks5s://gw.example:1443", "socks5h://192.0.2.1:1080"]
+        );
+        let quoted = "lease {\n  option unknown-230 \"socks5h://10.0.0.1:1080\\040socks5h://10.0.0.2:1080\";\n}\n";
+        assert_eq!(
+            urls(quoted.as_bytes(), 230),
+            ["socks5h://10.0.0.1:1080", "socks5h://10.0.0.2:1080"]
+        );
+        assert_eq!(lease_option(quoted.as_bytes(), 224).unwrap(), None);
+    }
+
+    #[test]
+    fn networkd_and_dhcpcd_leases() {
+        let hex: String = LIST.bytes().map(|b| format!("{b:02x}")).collect();
+        let networkd = format!("ADDRESS=192.0.2.77\nOPTION_224={hex}\n");
+        assert_eq!(urls(networkd.as_bytes(), 224).len(), 2);
+        let mut message = vec![0u8; 236];
+        message.extend_from_slice(&[99, 130, 83, 99, 53, 1, 5]);
+        message.extend(encode_dhcpv4(224, LIST));
+        message.push(255);
+        assert_eq!(
+            urls(&message, 224),
+            ["socks5s://gw.example:1443", "socks5h://192.0.2.1:1080"]
+        );
+    }
+
+    #[test]
+    fn credentials_from_the_network_are_dropped() {
+        assert!(carries_credentials("socks5h://user:pw@gw:1080"));
+        assert!(!carries_credentials("socks5h://gw:1080"));
+        let dir = std::env::temp_dir().join(format!("socksng-lease-{}", std::process::id()));
+        std::fs::write(
+            &dir,
+            "lease {\n option unknown-224 \"socks5h://a:b@gw:1080 socks5h://gw:1081\";\n}\n",
+        )
+        .unwrap();
+        let found = from_lease_file(&dir, 224).unwrap();
+        let _ = std::fs::remove_file(&dir);
+        assert_eq!(
+            found.iter().map(|a| a.url.as_str()).collect::<Vec<_>>(),
+            ["socks5h://gw:1081"]
+        );
+    }
+}
