@@ -1,0 +1,122 @@
+"""Discovery through DHCP (draft section 10), with real programs in network namespaces the test
+makes: dnsmasq serves leases carrying the option exactly as `socksngd announce --dhcp` prints it
+for dnsmasq; ISC dhclient takes a lease in a second namespace (its script replaced, so it
+changes nothing outside the lease file); `socksng discover` reads the lease, finds the proxy and
+what it serves, and a connection through the proxy found reaches a target behind it."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from interop_support import (
+    SOCKSNGD,
+    STARTUP_TIMEOUT,
+    need,
+    proxy_config,
+    run,
+    sh,
+    to_toml,
+    topology,
+)
+
+SOCKSNG = Path(os.environ.get("SOCKSNG") or SOCKSNGD.with_name("socksng"))
+SERVER_IP, CLIENT_RANGE = "10.77.6.1", ("10.77.6.50", "10.77.6.60")
+
+
+@pytest.fixture(scope="module")
+def lan():
+    def build(t):
+        t.server = t.ns("s")
+        t.client = t.ns("c")
+        # The client's end gets no address: DHCP gives it one.
+        t.link("d", t.server, SERVER_IP, t.client, "10.77.6.254")
+        sh("ip", "-n", t.client, "addr", "flush", "dev", f"std{'b'}{t.pid}")
+        t.etc(t.client, {})
+        t.etc(t.server, {})
+        t.http_port, _ = t.service(t.server, "behind-the-proxy", "127.0.0.1")
+
+    yield from topology("dsc", build)
+
+
+def test_dhcp_lease_announces_the_proxy_and_discover_uses_it(lan, start_proxy, children,
+                                                              tmp_path):
+    dnsmasq, dhclient = need("dnsmasq", "dhclient")
+    proxy = start_proxy(proxy_config(listen=[f"{SERVER_IP}:0"], clients=["10.77.6.0/24"]),
+                        name="lan-proxy", netns=lan.server)
+    url = f"socks5h://{SERVER_IP}:{proxy.port}"
+
+    # The DHCP server's configuration is what socksngd announce prints for dnsmasq.
+    announce_cfg = tmp_path / "announce.toml"
+    announce_cfg.write_text(to_toml({"listen": [f"{SERVER_IP}:{proxy.port}"],
+                                     "access": {"clients": ["10.77.6.0/24"]},
+                                     "auth": {"methods": ["password"], "users_file": "u"}}))
+    r = run([SOCKSNGD, "--config", announce_cfg, "announce", "--dhcp"])
+    assert r.returncode == 0, r.stderr
+    option = next(l for l in r.stdout.decode().splitlines()
+                  if l.startswith("dhcp-option-force=224,"))
+    assert url in option, option
+    conf = tmp_path / "dnsmasq.conf"
+    conf.write_text(
+        "port=0\nbind-interfaces\n"
+        f"interface=std{'a'}{lan.pid}\n"
+        f"dhcp-range={CLIENT_RANGE[0]},{CLIENT_RANGE[1]},1h\n"
+        f"dhcp-leasefile={tmp_path / 'dnsmasq.leases'}\n"
+        f"{option}\n"
+    )
+    server = children("dnsmasq", ["ip", "netns", "exec", lan.server, dnsmasq, "-k",
+                                  "--log-facility=-", "--log-dhcp", "--user=root",
+                                  f"--pid-file={tmp_path / 'dnsmasq.pid'}", "-C", conf])
+    server.log.wait_for(lambda l: "DHCP, IP range" in l or None, timeout=STARTUP_TIMEOUT,
+                        what="dnsmasq's DHCP line")
+
+    leases = tmp_path / "dhclient.leases"
+    r = run(["ip", "netns", "exec", lan.client, dhclient, "-1", "-lf", leases,
+             "-pf", tmp_path / "dhclient.pid", "-sf", "/bin/true", f"std{'b'}{lan.pid}"],
+            timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    text = leases.read_text()
+    assert "option unknown-224" in text, text
+    # dhclient's script is /bin/true: the test puts the leased address on the link itself.
+    address = re.search(r"fixed-address ([0-9.]+);", text).group(1)
+    sh("ip", "-n", lan.client, "addr", "add", f"{address}/24", "dev", f"std{'b'}{lan.pid}")
+
+    r = run([SOCKSNG, "discover", "--lease-file", leases, "--json"], netns=lan.client)
+    assert r.returncode == 0, r.stderr.decode()
+    found = [json.loads(l) for l in r.stdout.decode().splitlines() if l]
+    assert [f["url"] for f in found] == [url], found
+    assert found[0]["source"] == str(leases) and found[0]["protocol"] == "socks-ng", found
+    assert found[0]["ranges"], found
+
+    # A connection through the proxy found reaches the target behind it.
+    r = run(["curl", "-q", "-sS", "--max-time", "15", "--socks5-hostname",
+             found[0]["url"].split("://", 1)[1], f"http://127.0.0.1:{lan.http_port}/"],
+            netns=lan.client)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith("behind-the-proxy client 127.0.0.1"), r.stdout
+    proxy.wait_session(command="connect", outcome_kind="completed")
+
+
+def test_discover_reads_all_lease_formats(tmp_path):
+    """The three DHCP clients' lease formats, written as they write them."""
+    listed = "socks5s://gw.example:1443 socks5h://192.0.2.1:1080"
+    hexed = listed.encode().hex()
+    dhclient = tmp_path / "dhclient.leases"
+    dhclient.write_text('lease {\n  option unknown-230 %s;\n}\n'
+                        % ":".join(f"{b:x}" for b in listed.encode()))
+    networkd = tmp_path / "3"
+    networkd.write_text(f"ADDRESS=192.0.2.77\nOPTION_230={hexed}\n")
+    message = bytearray(236) + bytes([99, 130, 83, 99, 53, 1, 5, 230, len(listed)]) \
+        + listed.encode() + bytes([255])
+    dhcpcd = tmp_path / "eth0.lease"
+    dhcpcd.write_bytes(bytes(message))
+    for f in (dhclient, networkd, dhcpcd):
+        r = run([SOCKSNG, "discover", "--dhcp-code", "230", "--lease-file", f, "--json"])
+        assert r.returncode == 0, r.stderr.decode()
+        urls = [json.loads(l)["url"] for l in r.stdout.decode().splitlines() if l]
+        assert urls == listed.split(), (f, urls)
+    # A code outside the site-specific range is a usage error.
+    r = run([SOCKSNG, "discover", "--dhcp-code", "12", "--lease-file", dhclient])
+    assert r.returncode == 2, r
