@@ -120,3 +120,68 @@ def test_discover_reads_all_lease_formats(tmp_path):
     # A code outside the site-specific range is a usage error.
     r = run([SOCKSNG, "discover", "--dhcp-code", "12", "--lease-file", dhclient])
     assert r.returncode == 2, r
+
+
+# The PAC functions browsers provide (Netscape's set, the parts the file uses), then the file,
+# then one verdict per URL given on the command line, as JSON.
+PAC_HARNESS = r"""
+const fs = require("fs");
+function ip4(a) { return a.split(".").reduce((n, o) => n * 256 + Number(o), 0); }
+function isInNet(host, pattern, mask) {
+  if (!/^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$/.test(host)) return false;  // no lookups here
+  const m = ip4(mask);
+  return (ip4(host) & m) >>> 0 === (ip4(pattern) & m) >>> 0;
+}
+function dnsDomainIs(host, domain) { return host.length >= domain.length && host.endsWith(domain); }
+function dnsResolve(host) { throw new Error("the PAC file resolved " + host); }
+eval(fs.readFileSync(process.argv[1], "utf8"));
+const out = {};
+for (const url of process.argv.slice(2)) {
+  const host = url.replace(/^[a-z]+:\/\/(\[[^\]]*\]|[^\/:]*).*$/i, "$1");
+  out[url] = FindProxyForURL(url, host);
+}
+console.log(JSON.stringify(out));
+"""
+
+
+def test_pac_and_pvd_over_http(start_proxy, tmp_path):
+    (node,) = need("node")
+    cfg = proxy_config(extra={
+        "ng": {"served": [{"to": ["10.0.0.0/8"], "domains": ["corp.example"]},
+                          {"to": ["172.16.0.0/12"], "ports": ["443"]}]},
+        "discovery": {"http": "127.0.0.1:0", "pvd_identifier": "proxy.corp.example"},
+    })
+    p = start_proxy(cfg, name="announcing")
+    line = p.log.wait_for(lambda l: "serving /.well-known/pvd" in l and l, what="the HTTP line")
+    base = "http://" + re.search(r"http=(\S+)", line).group(1)
+
+    pac = tmp_path / "proxy.pac"
+    r = run(["curl", "-q", "-sS", "--fail", "--max-time", "10", "-o", pac, base + "/proxy.pac"])
+    assert r.returncode == 0, r.stderr
+    urls = ["http://10.1.2.3/", "http://192.0.2.9/", "http://intranet.corp.example/x",
+            "https://172.16.5.5/", "http://172.16.5.5:8080/", "http://example.com/"]
+    r = run([node, "-e", PAC_HARNESS, pac, *urls])
+    assert r.returncode == 0, r.stderr.decode()
+    verdicts = json.loads(r.stdout)
+    via = f"SOCKS5 {p.hostport}; SOCKS {p.hostport}"
+    assert verdicts == {
+        "http://10.1.2.3/": via,
+        "http://192.0.2.9/": "DIRECT",
+        "http://intranet.corp.example/x": via,
+        "https://172.16.5.5/": via,           # the range is served on port 443 only
+        "http://172.16.5.5:8080/": "DIRECT",
+        "http://example.com/": "DIRECT",
+    }, verdicts
+
+    r = run(["curl", "-q", "-sS", "--fail", "--max-time", "10", base + "/.well-known/pvd"])
+    assert r.returncode == 0, r.stderr
+    pvd = json.loads(r.stdout)
+    assert pvd["identifier"] == "proxy.corp.example"
+    assert pvd["expires"].endswith("Z") and isinstance(pvd["prefixes"], list)
+    assert pvd["proxies"] == [{"protocol": "socks5", "proxy": p.hostport,
+                               "identifier": "socksng"}], pvd
+    assert {"subnets": ["10.0.0.0/8"], "domains": ["corp.example"], "proxies": ["socksng"]} \
+        in pvd["proxy-match"], pvd
+    r = run(["curl", "-q", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+             base + "/nothing"])
+    assert r.stdout == b"404", r.stdout

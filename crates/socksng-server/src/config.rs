@@ -625,6 +625,11 @@ pub struct DiscoveryConfig {
     /// The enterprise number of the DHCPv6 Vendor-specific Information option; the default
     /// is the number reserved for documentation (RFC 5612): set the site's own.
     pub dhcpv6_enterprise: u32,
+    /// Where `GET /.well-known/pvd` (provisioning-domain JSON) and `GET /proxy.pac` (a PAC
+    /// file) are served; absent: nowhere.
+    pub http: Option<SocketAddr>,
+    /// The PvD identifier (an FQDN) of `/.well-known/pvd`; default: the proxy's host.
+    pub pvd_identifier: Option<String>,
 }
 
 impl Default for DiscoveryConfig {
@@ -633,6 +638,8 @@ impl Default for DiscoveryConfig {
             urls: Vec::new(),
             dhcp_code: socksng_proto::wire::discovery::DEFAULT_DHCP_CODE,
             dhcpv6_enterprise: 32473,
+            http: None,
+            pvd_identifier: None,
         }
     }
 }

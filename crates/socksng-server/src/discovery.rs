@@ -1,7 +1,9 @@
 //! How this server is announced to the network (draft section 10): the proxy URLs it
-//! announces, and the DHCP option that carries them as configuration text for the DHCP
-//! servers networks run (dnsmasq, ISC Kea, ISC dhcpd), for DHCPv4 and DHCPv6. The bytes come
-//! from socksng-proto's discovery codec.
+//! announces; the DHCP option that carries them as configuration text for the DHCP servers
+//! networks run (dnsmasq, ISC Kea, ISC dhcpd), for DHCPv4 and DHCPv6 (the bytes come from
+//! socksng-proto's discovery codec); and, for systems that read them, the same servers and
+//! ranges as provisioning-domain JSON (RFC 8801 with the proxy-config draft's `proxies` and
+//! `proxy-match`) and as a PAC file, served over HTTP on `[discovery] http`.
 
 use crate::config::Config;
 use socksng_proto::wire::discovery::{encode_dhcpv6, encode_list, OPTION_VENDOR_OPTS};
@@ -88,6 +90,216 @@ pub fn dhcp_snippets(cfg: &Config, urls: &[String]) -> Result<String, String> {
         "option dhcp-parameter-request-list = concat(option dhcp-parameter-request-list, {code:02x});"
     );
     Ok(out)
+}
+
+/// The `host:port` clients reach the proxy at: the first announced URL's authority.
+pub fn proxy_hostport(cfg: &Config) -> Option<String> {
+    let url = urls(cfg).into_iter().next()?;
+    let rest = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, r)| r)
+        .to_string();
+    Some(rest.split('/').next().unwrap_or(&rest).to_string())
+}
+
+/// The provisioning-domain JSON (RFC 8801): `identifier` (the configured one, else the
+/// proxy's host), `expires` an hour on, the IPv6 `prefixes` served, and the proxy-config
+/// draft's `proxies` and `proxy-match` (one rule per served range).
+pub fn pvd_json(cfg: &Config, proxy: &str) -> String {
+    let ranges = crate::ng::served_ranges(cfg, None);
+    let identifier = cfg.discovery.pvd_identifier.clone().unwrap_or_else(|| {
+        let host = proxy.rsplit_once(':').map_or(proxy, |(h, _)| h);
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
+    });
+    let expires = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let prefixes: Vec<String> = ranges
+        .iter()
+        .flat_map(|r| r.prefixes.iter())
+        .filter(|(ip, _)| ip.is_ipv6())
+        .map(|(ip, len)| format!("{ip}/{len}"))
+        .collect();
+    let matches: Vec<serde_json::Value> = ranges
+        .iter()
+        .map(|r| {
+            let mut rule = serde_json::Map::new();
+            if !r.prefixes.is_empty() {
+                let subnets: Vec<String> = r
+                    .prefixes
+                    .iter()
+                    .map(|(ip, len)| format!("{ip}/{len}"))
+                    .collect();
+                rule.insert("subnets".into(), subnets.into());
+            }
+            if !r.domains.is_empty() {
+                rule.insert("domains".into(), r.domains.clone().into());
+            }
+            if !r.ports.is_empty() {
+                let ports: Vec<String> = r
+                    .ports
+                    .iter()
+                    .map(|(lo, hi)| {
+                        if lo == hi {
+                            lo.to_string()
+                        } else {
+                            format!("{lo}-{hi}")
+                        }
+                    })
+                    .collect();
+                rule.insert("ports".into(), ports.into());
+            }
+            rule.insert("proxies".into(), serde_json::json!(["socksng"]));
+            serde_json::Value::Object(rule)
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "identifier": identifier,
+        "expires": humantime::format_rfc3339_seconds(expires).to_string(),
+        "prefixes": prefixes,
+        "proxies": [ { "protocol": "socks5", "proxy": proxy, "identifier": "socksng" } ],
+        "proxy-match": matches,
+    });
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// A PAC file (proxy auto-config) sending the served ranges to the proxy and everything else
+/// DIRECT. Addresses are matched only when the host is an address literal, names only by
+/// the served domains: a PAC file that resolved names to test them would send DNS queries
+/// for every host from the client.
+pub fn pac(cfg: &Config, proxy: &str) -> String {
+    let ranges = crate::ng::served_ranges(cfg, None);
+    let js = |s: &str| serde_json::Value::from(s).to_string();
+    let mut tests = Vec::new();
+    for r in &ranges {
+        let mut alternatives = Vec::new();
+        for (ip, len) in &r.prefixes {
+            match ip {
+                std::net::IpAddr::V4(v4) => {
+                    let mask = if *len == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - u32::from(*len))
+                    };
+                    let mask = std::net::Ipv4Addr::from(mask);
+                    alternatives.push(format!(
+                        "(v4 && isInNet(host, {}, {}))",
+                        js(&v4.to_string()),
+                        js(&mask.to_string())
+                    ));
+                }
+                std::net::IpAddr::V6(_) => alternatives.push(format!(
+                    "(v6 && typeof isInNetEx == \"function\" && isInNetEx(host, {}))",
+                    js(&format!("{ip}/{len}"))
+                )),
+            }
+        }
+        for d in &r.domains {
+            alternatives.push(format!(
+                "(host == {0} || dnsDomainIs(host, {1}))",
+                js(d),
+                js(&format!(".{d}"))
+            ));
+        }
+        if alternatives.is_empty() {
+            continue;
+        }
+        let mut test = format!("({})", alternatives.join(" || "));
+        if !r.ports.is_empty() {
+            let ports: Vec<String> = r
+                .ports
+                .iter()
+                .map(|(lo, hi)| format!("(port >= {lo} && port <= {hi})"))
+                .collect();
+            test = format!("({test} && ({}))", ports.join(" || "));
+        }
+        tests.push(test);
+    }
+    let condition = if tests.is_empty() {
+        "false".to_string()
+    } else {
+        tests.join(" ||\n        ")
+    };
+    format!(
+        "// Generated by socksngd from the ranges it serves (socksngd announce; /proxy.pac).\n\
+         function FindProxyForURL(url, host) {{\n\
+         \x20   var v4 = /^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$/.test(host);\n\
+         \x20   var v6 = host.indexOf(\":\") >= 0;\n\
+         \x20   var m = url.match(/^([a-z]+):\\/\\/(\\[[^\\]]*\\]|[^\\/:]*)(:([0-9]+))?/i);\n\
+         \x20   var port = m && m[4] ? parseInt(m[4], 10) : (m && m[1].toLowerCase() == \"https\" ? 443 : 80);\n\
+         \x20   if ({condition})\n\
+         \x20       return {};\n\
+         \x20   return \"DIRECT\";\n\
+         }}\n",
+        js(&format!("SOCKS5 {proxy}; SOCKS {proxy}"))
+    )
+}
+
+/// Answers `GET /.well-known/pvd` (PvD JSON), `GET /proxy.pac` and `GET /wpad.dat` (PAC)
+/// on `[discovery] http` until `stop` fires, naming `proxy` (host:port); one request per
+/// connection.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    cfg: std::sync::Arc<Config>,
+    proxy: String,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let Ok((mut stream, _)) = accepted else {
+            continue;
+        };
+        let (cfg, proxy) = (cfg.clone(), proxy.clone());
+        tokio::spawn(async move {
+            let mut request = Vec::with_capacity(512);
+            let mut buf = [0u8; 512];
+            let read = async {
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+            };
+            if tokio::time::timeout(std::time::Duration::from_secs(10), read)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let line = String::from_utf8_lossy(&request);
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let (status, kind, body) = match (line.starts_with("GET "), path) {
+                (true, "/.well-known/pvd") => {
+                    ("200 OK", "application/pvd+json", pvd_json(&cfg, &proxy))
+                }
+                (true, "/proxy.pac" | "/wpad.dat") => (
+                    "200 OK",
+                    "application/x-ns-proxy-autoconfig",
+                    pac(&cfg, &proxy),
+                ),
+                (true, _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+                (false, _) => (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "GET only\n".to_string(),
+                ),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
 }
 
 #[cfg(test)]

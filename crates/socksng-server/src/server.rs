@@ -62,6 +62,8 @@ pub struct Server {
     current: Arc<Current>,
     listeners: Vec<(TcpListener, Intake)>,
     metrics: Option<TcpListener>,
+    /// `[discovery] http`: PvD JSON and the PAC file.
+    discovery: Option<TcpListener>,
     admin: Option<(tokio::net::UnixListener, std::path::PathBuf)>,
 }
 
@@ -207,12 +209,13 @@ fn refusal(
 /// The settings a reload cannot change, by name, where `new` differs from `old`.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let (o, n) = (&old.limits, &new.limits);
-    let checks: [(&'static str, bool); 12] = [
+    let checks: [(&'static str, bool); 13] = [
         ("listen", old.listen != new.listen),
         ("tls", old.tls != new.tls),
         ("workers", old.workers != new.workers),
         ("metrics.listen", old.metrics.listen != new.metrics.listen),
         ("admin.socket", old.admin.socket != new.admin.socket),
+        ("discovery.http", old.discovery.http != new.discovery.http),
         ("audit", old.audit != new.audit),
         (
             "limits.max_sessions",
@@ -307,6 +310,13 @@ impl Server {
             ),
             None => None,
         };
+        let discovery = match cfg.discovery.http {
+            Some(addr) => Some(
+                listen_socket(addr, Duration::ZERO)
+                    .map_err(|source| ServerError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let admin = match &cfg.admin.socket {
             Some(path) => {
                 let path = cfg.path(path);
@@ -329,6 +339,7 @@ impl Server {
             current: Arc::new(Current::new(shared)),
             listeners,
             metrics,
+            discovery,
             admin,
         })
     }
@@ -390,6 +401,26 @@ impl Server {
             }
             accept_loops.push(tokio::spawn(crate::metrics::serve(
                 listener,
+                shutdown.clone(),
+            )));
+        }
+        if let Some(listener) = self.discovery {
+            if let Ok(a) = listener.local_addr() {
+                tracing::info!(http = %a, "serving /.well-known/pvd and /proxy.pac");
+            }
+            // The configured URLs, else where the first listener really is (port 0 bound).
+            let bound = self
+                .listeners
+                .first()
+                .and_then(|(l, _)| l.local_addr().ok());
+            let proxy = match (shared.cfg.discovery.urls.is_empty(), bound) {
+                (true, Some(a)) => a.to_string(),
+                _ => crate::discovery::proxy_hostport(&shared.cfg).unwrap_or_default(),
+            };
+            accept_loops.push(tokio::spawn(crate::discovery::serve(
+                listener,
+                shared.cfg.clone(),
+                proxy,
                 shutdown.clone(),
             )));
         }

@@ -55,11 +55,18 @@ enum Cmd {
     },
     /// Print how to announce this server to the network (draft section 10): with --dhcp the
     /// DHCPv4 and DHCPv6 option carrying its proxy URLs, ready to paste into dnsmasq, ISC Kea
-    /// and ISC dhcpd; without it, the URLs, one per line.
+    /// and ISC dhcpd; with --pac a proxy auto-config file; with --pvd provisioning-domain
+    /// JSON; without any, the URLs, one per line.
     Announce {
         /// The DHCP option for dnsmasq, Kea and dhcpd.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["pac", "pvd"])]
         dhcp: bool,
+        /// A PAC file (proxy auto-config): the served ranges to the proxy, the rest DIRECT.
+        #[arg(long, conflicts_with = "pvd")]
+        pac: bool,
+        /// Provisioning-domain JSON (RFC 8801) with the proxy-config draft's keys.
+        #[arg(long)]
+        pvd: bool,
         /// The URLs to announce instead of `discovery.urls` (or the listen addresses).
         #[arg(long = "url", value_name = "URL")]
         urls: Vec<String>,
@@ -151,17 +158,34 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Announce { dhcp, urls } => {
+        Cmd::Announce {
+            dhcp,
+            pac,
+            pvd,
+            urls,
+        } => {
             let cfg = load_config(cli.config.as_deref())?;
             let urls = if urls.is_empty() {
                 socksng_server::discovery::urls(&cfg)
             } else {
                 urls
             };
+            let proxy = urls
+                .first()
+                .map(|u| {
+                    u.split_once("://")
+                        .map_or(u.as_str(), |(_, r)| r)
+                        .to_string()
+                })
+                .unwrap_or_default();
             if dhcp {
                 let text = socksng_server::discovery::dhcp_snippets(&cfg, &urls)
                     .map_err(anyhow::Error::msg)?;
                 print!("{text}");
+            } else if pac {
+                print!("{}", socksng_server::discovery::pac(&cfg, &proxy));
+            } else if pvd {
+                print!("{}", socksng_server::discovery::pvd_json(&cfg, &proxy));
             } else {
                 for u in &urls {
                     println!("{u}");
