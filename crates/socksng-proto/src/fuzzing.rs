@@ -306,3 +306,32 @@ pub fn listener_control(data: &[u8]) {
         while client.poll_event().is_some() {}
     }
 }
+
+/// The discovery option's decoders (draft section 10) over arbitrary bytes: as a list, as a
+/// whole DHCPv4 message, as a DHCPv6 vendor option. A list that decodes re-encodes to the
+/// same URLs; a DHCPv4 option split and rejoined is the text again.
+pub fn discovery(data: &[u8]) {
+    use crate::wire::discovery::{
+        decode_dhcpv6_vendor, decode_list, dhcpv4_option, encode_dhcpv4, encode_list,
+    };
+    if let Ok(urls) = decode_list(data) {
+        let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let text = encode_list(&refs).expect("decoded URLs encode");
+        assert_eq!(decode_list(text.as_bytes()).expect("re-decodes"), urls);
+        let mut message = vec![0u8; 236];
+        message.extend_from_slice(&[99, 130, 83, 99]);
+        message.extend(encode_dhcpv4(224, &text));
+        message.push(255);
+        let joined = dhcpv4_option(&message, 224)
+            .expect("own message")
+            .unwrap_or_default();
+        assert_eq!(joined, text.as_bytes());
+    }
+    if let Some((&code, rest)) = data.split_first() {
+        let _ = dhcpv4_option(rest, code);
+    }
+    if data.len() >= 4 {
+        let enterprise = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+        let _ = decode_dhcpv6_vendor(data, enterprise);
+    }
+}

@@ -37,3 +37,8 @@ fn client_handshake_corpus() {
 fn listener_control_corpus() {
     assert!(replay("listener_control", socksng_proto::fuzzing::listener_control) >= 8);
 }
+
+#[test]
+fn discovery_corpus() {
+    assert!(replay("discovery", socksng_proto::fuzzing::discovery) >= 5);
+}
