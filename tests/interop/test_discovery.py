@@ -1,8 +1,10 @@
-"""Discovery through DHCP (draft section 10), with real programs in network namespaces the test
+"""Discovery (draft section 10). Through DHCP, with real programs in network namespaces the test
 makes: dnsmasq serves leases carrying the option exactly as `socksngd announce --dhcp` prints it
 for dnsmasq; ISC dhclient takes a lease in a second namespace (its script replaced, so it
 changes nothing outside the lease file); `socksng discover` reads the lease, finds the proxy and
-what it serves, and a connection through the proxy found reaches a target behind it."""
+what it serves, and a connection through the proxy found reaches a target behind it. Also: the
+three lease formats; the PAC file (evaluated under node) and PvD JSON socksngd serves; and a
+hostile announcement, which never overrides a configured route."""
 
 import json
 import os
@@ -185,3 +187,41 @@ def test_pac_and_pvd_over_http(start_proxy, tmp_path):
     r = run(["curl", "-q", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
              base + "/nothing"])
     assert r.stdout == b"404", r.stdout
+
+
+def test_a_hostile_announcement_never_overrides_a_configured_route(start_proxy, tmp_path):
+    """A lease announcing a proxy that claims (more specifically) a range the configuration
+    routes elsewhere: with --discover the learned proxy takes only what nothing configured
+    covers, `discover` reports it, and without --discover it is not used at all."""
+    hostile = start_proxy(proxy_config(extra={
+        "ng": {"served": [{"to": ["10.99.1.0/24", "198.51.100.0/24"]}]}}), name="hostile")
+    office = "127.0.0.1:1"  # configured, never contacted: its ranges are configured
+    cfg = tmp_path / "client.toml"
+    cfg.write_text(f'[[server]]\nname = "office"\nurl = "socks5h://{office}"\n'
+                   'ranges = ["10.99.0.0/16"]\nask = false\n[options]\ncache_dir = ""\n')
+    lease = tmp_path / "hostile.leases"
+    lease.write_text('lease {\n  option unknown-224 "socks5h://%s";\n}\n' % hostile.hostport)
+    env = {"SOCKSNG_LEASE_FILES": str(lease)}
+    lookups = ["--lookup", "10.99.1.1:80", "--lookup", "198.51.100.7:80",
+               "--lookup", "203.0.113.9:80"]
+
+    r = run([SOCKSNG, "--discover", "-c", cfg, "routes", "--json", *lookups], env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    out = json.loads(r.stdout)
+    via = {l["target"]: l["via"] for l in out["lookups"]}
+    learned = f"learned:{hostile.hostport}"
+    assert via == {"10.99.1.1:80": "office",          # configured, though the /24 is narrower
+                   "198.51.100.7:80": learned,        # nothing configured: the learned proxy
+                   "203.0.113.9:80": "direct"}, via
+    assert {"destination": "10.99.1.0/24", "origin": "learned", "ports": [], "via": learned} \
+        in out["routes"], out["routes"]
+
+    r = run([SOCKSNG, "discover", "--lease-file", lease, "--json"])
+    assert [json.loads(l)["url"] for l in r.stdout.decode().splitlines()] == \
+        [f"socks5h://{hostile.hostport}"], r.stdout
+
+    # Without --discover the lease changes nothing.
+    r = run([SOCKSNG, "-c", cfg, "routes", "--json", *lookups], env=env)
+    via = {l["target"]: l["via"] for l in json.loads(r.stdout)["lookups"]}
+    assert via == {"10.99.1.1:80": "office", "198.51.100.7:80": "direct",
+                   "203.0.113.9:80": "direct"}, via

@@ -208,7 +208,15 @@ impl ClientConfig {
 
     /// The router this configuration describes.
     pub fn router(&self) -> Result<Router, ClientError> {
-        let mut servers = Vec::with_capacity(self.server.len());
+        self.router_with_learned(Vec::new())
+    }
+
+    /// The router with the proxies the network announced beside the configured ones (draft
+    /// section 10): each is asked what it serves, and its routes only cover destinations no
+    /// configured or announced route does. A learned URL with credentials is refused, and one
+    /// naming a configured server is that server.
+    pub fn router_with_learned(&self, learned: Vec<ProxyUrl>) -> Result<Router, ClientError> {
+        let mut servers = Vec::with_capacity(self.server.len() + learned.len());
         for s in &self.server {
             if s.tls_cert.is_some() != s.tls_key.is_some() {
                 return Err(ClientError::Config(
@@ -231,6 +239,28 @@ impl ClientConfig {
                 url,
                 ranges: destinations(&s.ranges)?,
                 ask: s.ask,
+                learned: false,
+            });
+        }
+        for url in learned {
+            if url.credentials.is_some() {
+                return Err(ClientError::Config(format!(
+                    "{url}: a proxy the network announced may not carry credentials"
+                )));
+            }
+            let name = format!("learned:{}", url.host_port());
+            if servers
+                .iter()
+                .any(|o: &ServerSpec| o.url.host_port() == url.host_port() || o.name == name)
+            {
+                continue;
+            }
+            servers.push(ServerSpec {
+                name,
+                url,
+                ranges: Vec::new(),
+                ask: true,
+                learned: true,
             });
         }
         let mut routes = Vec::new();

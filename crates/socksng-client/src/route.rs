@@ -121,6 +121,9 @@ pub enum Origin {
     Configured,
     /// The server's CAPABILITIES reply.
     Announced,
+    /// The CAPABILITIES reply of a server the network announced (DHCP, draft section 10):
+    /// such a route never wins over a configured or announced one, however specific.
+    Learned,
 }
 
 /// One entry of the table.
@@ -241,7 +244,13 @@ impl RouteTable {
             if !matches(&r.destination) || !r.port_matches(port) || !usable(r.via) {
                 continue;
             }
-            let key = |r: &Route| (r.destination.specificity(), !r.ports.is_empty());
+            let key = |r: &Route| {
+                (
+                    r.origin != Origin::Learned,
+                    r.destination.specificity(),
+                    !r.ports.is_empty(),
+                )
+            };
             if best.is_none_or(|b| key(r) > key(b)) {
                 best = Some(r);
             }
@@ -311,6 +320,7 @@ impl fmt::Display for RouteTable {
             let origin = match r.origin {
                 Origin::Configured => "configured",
                 Origin::Announced => "announced",
+                Origin::Learned => "learned",
             };
             writeln!(
                 f,
@@ -339,6 +349,8 @@ pub struct ServerSpec {
     pub ranges: Vec<Destination>,
     /// Whether to ask it for its served ranges (SOCKS-NG CAPABILITIES).
     pub ask: bool,
+    /// The network announced it (DHCP): its routes are `Origin::Learned`.
+    pub learned: bool,
 }
 
 /// Timers and the range cache of the router.
@@ -511,6 +523,7 @@ impl Router {
                 url,
                 ranges: Vec::new(),
                 ask: false,
+                learned: false,
             };
             return Router::new(vec![spec], Vec::new(), RouterOptions::default());
         }
@@ -531,6 +544,7 @@ impl Router {
                 url,
                 ranges: everything(),
                 ask: false,
+                learned: false,
             }],
             direct,
             RouterOptions::default(),
@@ -561,7 +575,12 @@ impl Router {
         for (i, s) in self.inner.servers.iter().enumerate() {
             let state = s.state.lock().expect("state lock");
             for range in &state.status.announced {
-                routes.extend(Route::from_served(range, Via::Server(i), Origin::Announced));
+                let origin = if s.spec.learned {
+                    Origin::Learned
+                } else {
+                    Origin::Announced
+                };
+                routes.extend(Route::from_served(range, Via::Server(i), origin));
             }
         }
         let names = self
@@ -1087,5 +1106,30 @@ mod tests {
             Route::from_served(&ServedRange::default(), Via::Server(0), Origin::Announced)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_learned_route_never_wins_over_a_configured_one() {
+        let route = |d: &str, via, origin| Route {
+            destination: Destination::parse(d).unwrap(),
+            ports: Vec::new(),
+            via,
+            origin,
+        };
+        let table = RouteTable::new(
+            vec![
+                route("10.99.0.0/16", Via::Server(0), Origin::Configured),
+                route("10.99.1.0/24", Via::Server(1), Origin::Learned),
+                route("0.0.0.0/0", Via::Server(1), Origin::Learned),
+            ],
+            vec!["office".into(), "learned".into()],
+        );
+        let via = |ip: &str| {
+            table
+                .for_ip(ip.parse().unwrap(), 80, &|_| true)
+                .map(|r| r.via)
+        };
+        assert_eq!(via("10.99.1.1"), Some(Via::Server(0)));
+        assert_eq!(via("192.0.2.1"), Some(Via::Server(1)));
     }
 }

@@ -290,6 +290,7 @@ async fn router_fails_over_takes_servers_out_and_refreshes() {
                     .map(|r| Destination::parse(r).unwrap())
                     .collect(),
                 ask,
+                learned: false,
             };
             // refresh = 0: every decision asks the servers again.
             let router = Router::new(
@@ -373,6 +374,7 @@ async fn connections_do_not_wait_for_a_refresh() {
             url: ProxyUrl::parse(&format!("socks5h://{addr}")).unwrap(),
             ranges: Vec::new(),
             ask: true,
+            learned: false,
         };
         let options = RouterOptions {
             refresh: Duration::ZERO,

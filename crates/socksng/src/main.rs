@@ -78,6 +78,11 @@ struct Cli {
     /// Say on standard error which way each connection went.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Also route through the proxies the network announces (DHCP leases, as `discover`
+    /// reads them; $SOCKSNG_LEASE_FILES, colon-separated, instead of the usual places):
+    /// they only take destinations no configured route covers.
+    #[arg(long, global = true)]
+    discover: bool,
     /// The proxy's username (for --proxy or ALL_PROXY); the password from $SOCKSNG_PASSWORD,
     /// a netrc file or a prompt. USER:PASSWORD also works, but shows in ps.
     #[arg(short = 'U', long, global = true, value_name = "USER")]
@@ -519,10 +524,15 @@ fn router(cli: &Cli) -> Result<Router> {
     if let Some(url) = &cli.proxy {
         return single_proxy(cli, url);
     }
+    let learned = if cli.discover {
+        learned_proxies(cli)
+    } else {
+        Vec::new()
+    };
     if let Some(path) = cli.config.clone().or_else(ClientConfig::default_path) {
         // The load error names the file; what the file says gets the name added.
         let router = ClientConfig::load(&path)?
-            .router()
+            .router_with_learned(learned)
             .with_context(|| format!("client config {}", path.display()))?;
         // Not asked yet: a server whose ranges come from its answer is not judged here.
         for name in unused_servers(&router, false) {
@@ -534,6 +544,9 @@ fn router(cli: &Cli) -> Result<Router> {
     }
     if let Some(url) = socksng_client::env_all_proxy() {
         return single_proxy(cli, &url);
+    }
+    if !learned.is_empty() {
+        return Ok(ClientConfig::default().router_with_learned(learned)?);
     }
     Err(anyhow!(LocalError::Config(
         "no proxy configured: give --proxy URL, a client config file (--config, \
@@ -1066,6 +1079,32 @@ fn ranges_json(caps: &Capabilities) -> serde_json::Value {
         })
         .collect();
     serde_json::Value::Array(ranges)
+}
+
+/// The proxies the network announced (for --discover): from $SOCKSNG_LEASE_FILES or the DHCP
+/// clients' usual places, option $SOCKSNG_DHCP_CODE (224 unless set).
+fn learned_proxies(cli: &Cli) -> Vec<ProxyUrl> {
+    use socksng_client::discover;
+    let code = std::env::var("SOCKSNG_DHCP_CODE")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(224);
+    let files: Vec<PathBuf> = match std::env::var_os("SOCKSNG_LEASE_FILES") {
+        Some(list) => std::env::split_paths(&list).collect(),
+        None => discover::default_lease_files(),
+    };
+    let mut out: Vec<ProxyUrl> = Vec::new();
+    for f in files {
+        for a in discover::from_lease_file(&f, code).unwrap_or_default() {
+            match ProxyUrl::parse(&a.url) {
+                Ok(u) if !out.contains(&u) => out.push(u),
+                Ok(_) => {}
+                Err(e) if cli.verbose => eprintln!("socksng: {}: {}: {e}", f.display(), a.url),
+                Err(_) => {}
+            }
+        }
+    }
+    out
 }
 
 /// `socksng discover`: the proxies the leases announce, each asked for its capabilities.
