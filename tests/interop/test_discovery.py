@@ -225,3 +225,48 @@ def test_a_hostile_announcement_never_overrides_a_configured_route(start_proxy, 
     via = {l["target"]: l["via"] for l in json.loads(r.stdout)["lookups"]}
     assert via == {"10.99.1.1:80": "office", "198.51.100.7:80": "direct",
                    "203.0.113.9:80": "direct"}, via
+
+
+@pytest.fixture(scope="module")
+def mdns_link():
+    def build(t):
+        t.a = t.ns("a")
+        t.b = t.ns("b")
+        t.br = t.ns("r")
+        # Two hosts on one bridged link (a bridge in a namespace of its own).
+        sh("ip", "-n", t.br, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", t.br, "link", "set", "br0", "up")
+        for code, ns, ip in (("a", t.a, "10.77.8.1"), ("b", t.b, "10.77.8.2")):
+            end_ns, end_br = f"sm{code}n{t.pid}", f"sm{code}r{t.pid}"
+            sh("ip", "link", "add", end_ns, "netns", ns, "type", "veth", "peer", "name",
+               end_br, "netns", t.br)
+            t.links.append(end_ns)
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", end_ns)
+            sh("ip", "-n", ns, "link", "set", end_ns, "up", "multicast", "on")
+            sh("ip", "-n", t.br, "link", "set", end_br, "master", "br0")
+            sh("ip", "-n", t.br, "link", "set", end_br, "up")
+        t.etc(t.a, {})
+        t.etc(t.b, {})
+        t.http_port, _ = t.service(t.a, "found-by-mdns", "127.0.0.1")
+
+    yield from topology("mdn", build)
+
+
+def test_mdns_announcement_found_across_a_bridge(mdns_link, start_proxy):
+    proxy = start_proxy(proxy_config(listen=["10.77.8.1:0"], clients=["10.77.8.0/24"],
+                                     extra={"discovery": {"mdns": True,
+                                                          "mdns_name": "test proxy"}}),
+                        name="mdns-proxy", netns=mdns_link.a)
+    proxy.log.wait_for(lambda l: "announcing by mDNS" in l or None, what="the mDNS line")
+    r = run([SOCKSNG, "discover", "--mdns", "--mdns-wait", "5", "--lease-file", "/dev/null",
+             "--json"], netns=mdns_link.b)
+    assert r.returncode == 0, r.stderr.decode()
+    found = [json.loads(l) for l in r.stdout.decode().splitlines() if l]
+    url = f"socks5h://10.77.8.1:{proxy.port}"
+    assert [f["url"] for f in found] == [url], (found, r.stderr)
+    assert found[0]["source"].startswith("mDNS test proxy._socksng._tcp.local"), found
+    assert found[0]["protocol"] == "socks-ng" and found[0]["ranges"], found
+    r = run(["curl", "-q", "-sS", "--max-time", "15", "--socks5-hostname",
+             f"10.77.8.1:{proxy.port}", f"http://127.0.0.1:{mdns_link.http_port}/"],
+            netns=mdns_link.b)
+    assert r.stdout.decode().startswith("found-by-mdns client 127.0.0.1"), r

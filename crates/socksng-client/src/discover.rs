@@ -14,8 +14,55 @@ use std::path::{Path, PathBuf};
 pub struct Announced {
     /// The proxy URL.
     pub url: String,
-    /// The file it came from.
-    pub source: PathBuf,
+    /// Where it came from: the lease file, or `mDNS <instance>`.
+    pub source: String,
+}
+
+/// The DNS-SD service type socksng servers announce (draft section 10.5).
+pub const MDNS_SERVICE: &str = "_socksng._tcp.local.";
+
+/// socksng servers announcing themselves by DNS-SD over mDNS on the links of this host,
+/// browsed for `wait`. A server's URL is its TXT `url` (when it holds no credentials), else
+/// `socks5h://` (or `socks5s://` with TXT `tls=1`) to its first address and port.
+#[cfg(feature = "mdns")]
+pub fn browse_mdns(wait: std::time::Duration) -> Result<Vec<Announced>, ClientError> {
+    use mdns_sd::{ServiceDaemon, ServiceEvent};
+    let daemon = ServiceDaemon::new().map_err(|e| ClientError::Config(format!("mDNS: {e}")))?;
+    let events = daemon
+        .browse(MDNS_SERVICE)
+        .map_err(|e| ClientError::Config(format!("mDNS: {e}")))?;
+    let deadline = std::time::Instant::now() + wait;
+    let mut found: Vec<Announced> = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let Ok(event) = events.recv_timeout(left) else {
+            break;
+        };
+        let ServiceEvent::ServiceResolved(info) = event else {
+            continue;
+        };
+        let url = match info.get_property_val_str("url") {
+            Some(u) if !carries_credentials(u) => u.to_string(),
+            _ => {
+                let Some(ip) = info.get_addresses_v4().into_iter().next() else {
+                    continue;
+                };
+                let scheme = if info.get_property_val_str("tls") == Some("1") {
+                    "socks5s"
+                } else {
+                    "socks5h"
+                };
+                format!("{scheme}://{ip}:{}", info.get_port())
+            }
+        };
+        if !found.iter().any(|a| a.url == url) {
+            found.push(Announced {
+                url,
+                source: format!("mDNS {}", info.get_fullname()),
+            });
+        }
+    }
+    let _ = daemon.shutdown();
+    Ok(found)
 }
 
 /// Where DHCP clients keep their leases on Linux.
@@ -56,7 +103,7 @@ pub fn from_lease_file(path: &Path, code: u8) -> Result<Vec<Announced>, ClientEr
         .filter(|u| !carries_credentials(u))
         .map(|url| Announced {
             url,
-            source: path.to_path_buf(),
+            source: path.display().to_string(),
         })
         .collect())
 }

@@ -630,6 +630,11 @@ pub struct DiscoveryConfig {
     pub http: Option<SocketAddr>,
     /// The PvD identifier (an FQDN) of `/.well-known/pvd`; default: the proxy's host.
     pub pvd_identifier: Option<String>,
+    /// Announce the server by DNS-SD over mDNS (`_socksng._tcp`, draft section 10.5) on the
+    /// links of its listen addresses (a build with the `mdns` feature).
+    pub mdns: bool,
+    /// The DNS-SD instance name; default: "socksng on HOSTNAME".
+    pub mdns_name: Option<String>,
 }
 
 impl Default for DiscoveryConfig {
@@ -640,6 +645,8 @@ impl Default for DiscoveryConfig {
             dhcpv6_enterprise: 32473,
             http: None,
             pvd_identifier: None,
+            mdns: false,
+            mdns_name: None,
         }
     }
 }
@@ -932,6 +939,9 @@ impl Config {
             if class.dscp.is_some_and(|d| d > 63) {
                 return invalid(format!("class {:?}: `dscp` is 0 to 63", class.name));
             }
+        }
+        if self.discovery.mdns && !cfg!(feature = "mdns") {
+            return invalid("`discovery.mdns`: this build has no mDNS (the `mdns` feature)".into());
         }
         if !socksng_proto::wire::discovery::is_site_specific(self.discovery.dhcp_code) {
             return invalid(format!(

@@ -302,6 +302,94 @@ pub(crate) async fn serve(
     }
 }
 
+/// The DNS-SD service type (draft section 10.5).
+pub const MDNS_SERVICE: &str = "_socksng._tcp.local.";
+
+/// The server's DNS-SD announcement over mDNS while it runs: one instance per listen address
+/// that is not unspecified or loopback, with TXT `rev` (the SOCKS-NG revision), `tls` (1 when
+/// it takes SOCKS over TLS), `auth` (none or password) and `url`. Dropping it withdraws them.
+#[cfg(feature = "mdns")]
+pub(crate) struct MdnsAnnouncement {
+    daemon: mdns_sd::ServiceDaemon,
+    names: Vec<String>,
+}
+
+#[cfg(feature = "mdns")]
+impl MdnsAnnouncement {
+    pub(crate) fn start(cfg: &Config, listening: &[std::net::SocketAddr]) -> Result<Self, String> {
+        let daemon = mdns_sd::ServiceDaemon::new().map_err(|e| e.to_string())?;
+        let host = hostname();
+        let instance = cfg
+            .discovery
+            .mdns_name
+            .clone()
+            .unwrap_or_else(|| format!("socksng on {host}"));
+        let tls = if cfg.tls.is_some() { "1" } else { "0" };
+        let auth = if cfg.accepts_password() && !cfg.accepts_no_auth() {
+            "password"
+        } else {
+            "none"
+        };
+        let mut names = Vec::new();
+        for (i, addr) in listening
+            .iter()
+            .filter(|a| !a.ip().is_unspecified() && !a.ip().is_loopback())
+            .enumerate()
+        {
+            let name = if i == 0 {
+                instance.clone()
+            } else {
+                format!("{instance} ({})", i + 1)
+            };
+            let url = format!("socks5h://{addr}");
+            let props = [
+                ("rev", "1"),
+                ("tls", tls),
+                ("auth", auth),
+                ("url", url.as_str()),
+            ];
+            let info = mdns_sd::ServiceInfo::new(
+                MDNS_SERVICE,
+                &name,
+                &format!("{host}.local."),
+                addr.ip(),
+                addr.port(),
+                &props[..],
+            )
+            .map_err(|e| e.to_string())?;
+            names.push(info.get_fullname().to_string());
+            daemon.register(info).map_err(|e| e.to_string())?;
+        }
+        if names.is_empty() {
+            return Err("no listen address other than unspecified or loopback to announce".into());
+        }
+        Ok(MdnsAnnouncement { daemon, names })
+    }
+}
+
+#[cfg(feature = "mdns")]
+impl Drop for MdnsAnnouncement {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = self.daemon.unregister(name);
+        }
+        let _ = self.daemon.shutdown();
+    }
+}
+
+/// This host's name, for the mDNS host record.
+#[cfg(feature = "mdns")]
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into our buffer.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if r == 0 && !h.is_empty() => h.split('.').next().unwrap_or(h).to_string(),
+        _ => "socksng".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

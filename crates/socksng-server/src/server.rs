@@ -424,6 +424,29 @@ impl Server {
                 shutdown.clone(),
             )));
         }
+        #[cfg(feature = "mdns")]
+        let _mdns = if shared.cfg.discovery.mdns {
+            let bound: Vec<SocketAddr> = self
+                .listeners
+                .iter()
+                .filter_map(|(l, _)| l.local_addr().ok())
+                .collect();
+            match crate::discovery::MdnsAnnouncement::start(&shared.cfg, &bound) {
+                Ok(a) => {
+                    tracing::info!(
+                        service = crate::discovery::MDNS_SERVICE,
+                        "announcing by mDNS"
+                    );
+                    Some(a)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot announce by mDNS");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         for (listener, intake) in self.listeners {
             if let Ok(a) = listener.local_addr() {
                 let tls = match intake {

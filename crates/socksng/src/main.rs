@@ -237,6 +237,12 @@ enum Cmd {
         /// One JSON object per proxy found: url, source, and what it serves.
         #[arg(long)]
         json: bool,
+        /// Also browse DNS-SD over mDNS (_socksng._tcp) on this host's links.
+        #[arg(long)]
+        mdns: bool,
+        /// How long to browse mDNS, seconds.
+        #[arg(long, default_value_t = 3.0, value_name = "SECS")]
+        mdns_wait: f64,
     },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -814,7 +820,19 @@ async fn run(cli: Cli) -> Result<()> {
             lease_files,
             dhcp_code,
             json,
-        } => discover(lease_files, *dhcp_code, *json).await,
+            mdns,
+            mdns_wait,
+        } => {
+            let mdns = if *mdns {
+                let wait = Duration::try_from_secs_f64(*mdns_wait)
+                    .map_err(|e| LocalError::Usage(format!("--mdns-wait: {e}")))?
+                    .min(Duration::from_secs(300));
+                Some(wait)
+            } else {
+                None
+            };
+            discover(lease_files, *dhcp_code, *json, mdns).await
+        }
         Cmd::Exec { program } => exec(&cli, program).await,
         Cmd::Routes { json, lookup } => routes(&cli, *json, lookup).await,
     }
@@ -1108,7 +1126,12 @@ fn learned_proxies(cli: &Cli) -> Vec<ProxyUrl> {
 }
 
 /// `socksng discover`: the proxies the leases announce, each asked for its capabilities.
-async fn discover(lease_files: &[PathBuf], code: u8, json: bool) -> Result<()> {
+async fn discover(
+    lease_files: &[PathBuf],
+    code: u8,
+    json: bool,
+    mdns: Option<Duration>,
+) -> Result<()> {
     use socksng_client::discover;
     if !discover::is_site_specific(code) {
         return Err(anyhow!(LocalError::Usage(format!(
@@ -1134,6 +1157,16 @@ async fn discover(lease_files: &[PathBuf], code: u8, json: bool) -> Result<()> {
             Err(_) => {} // another program's file in a shared directory
         }
     }
+    if let Some(wait) = mdns {
+        let browsed = tokio::task::spawn_blocking(move || discover::browse_mdns(wait))
+            .await
+            .map_err(|e| anyhow!(e))??;
+        for a in browsed {
+            if !found.iter().any(|x| x.url == a.url) {
+                found.push(a);
+            }
+        }
+    }
     if found.is_empty() && !json {
         say!(
             "no proxy announced (read {} lease file(s), option {code})",
@@ -1141,7 +1174,7 @@ async fn discover(lease_files: &[PathBuf], code: u8, json: bool) -> Result<()> {
         );
     }
     for a in found {
-        let source = a.source.display().to_string();
+        let source = a.source.clone();
         let asked = match ProxyUrl::parse(&a.url) {
             Ok(url) => in_time(Client::new(url).capabilities()).await,
             Err(e) => Err(e),
