@@ -92,6 +92,14 @@ def test_dhcp_lease_announces_the_proxy_and_discover_uses_it(lan, start_proxy, c
     assert found[0]["source"] == str(leases) and found[0]["protocol"] == "socks-ng", found
     assert found[0]["ranges"], found
 
+    # Asking the DHCP server directly (DHCPINFORM) finds the same proxy.
+    r = run([SOCKSNG, "discover", "--inform", f"std{'b'}{lan.pid}", "--lease-file", "/dev/null",
+             "--json"], netns=lan.client)
+    assert r.returncode == 0, r.stderr.decode()
+    informed = [json.loads(l) for l in r.stdout.decode().splitlines() if l]
+    assert [f["url"] for f in informed] == [url], informed
+    assert informed[0]["source"] == f"DHCPINFORM on std{'b'}{lan.pid} from {SERVER_IP}", informed
+
     # A connection through the proxy found reaches the target behind it.
     r = run(["curl", "-q", "-sS", "--max-time", "15", "--socks5-hostname",
              found[0]["url"].split("://", 1)[1], f"http://127.0.0.1:{lan.http_port}/"],

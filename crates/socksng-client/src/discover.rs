@@ -18,6 +18,124 @@ pub struct Announced {
     pub source: String,
 }
 
+/// Asks the network's DHCP servers directly: a DHCPINFORM (RFC 2131 section 3.4) broadcast on
+/// `interface` (which must have an IPv4 address) for option `code`, the answers read for
+/// `wait`. Needs the DHCP client port (68): root, or CAP_NET_BIND_SERVICE.
+pub fn inform(
+    interface: &str,
+    code: u8,
+    wait: std::time::Duration,
+) -> Result<Vec<Announced>, ClientError> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use socksng_proto::wire::discovery::{dhcpinform, is_ack_for};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    let io = |what: &str, e: std::io::Error| {
+        ClientError::Config(format!("DHCPINFORM on {interface}: {what}: {e}"))
+    };
+    let mac_text = std::fs::read_to_string(format!("/sys/class/net/{interface}/address"))
+        .map_err(|e| io("its hardware address", e))?;
+    let mut mac = [0u8; 6];
+    for (i, part) in mac_text.trim().split(':').take(6).enumerate() {
+        mac[i] = u8::from_str_radix(part, 16).unwrap_or(0);
+    }
+    let address = interface_ipv4(interface).ok_or_else(|| {
+        ClientError::Config(format!("DHCPINFORM on {interface}: it has no IPv4 address"))
+    })?;
+    let socket =
+        Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| io("socket", e))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| io("SO_REUSEADDR", e))?;
+    socket
+        .set_broadcast(true)
+        .map_err(|e| io("SO_BROADCAST", e))?;
+    socket
+        .bind_device(Some(interface.as_bytes()))
+        .map_err(|e| io("SO_BINDTODEVICE", e))?;
+    socket
+        .bind(&SockAddr::from(SocketAddrV4::new(
+            Ipv4Addr::UNSPECIFIED,
+            68,
+        )))
+        .map_err(|e| io("binding port 68", e))?;
+    let xid = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let message = dhcpinform(xid, mac, address, code);
+    socket
+        .send_to(
+            &message,
+            &SockAddr::from(SocketAddrV4::new(Ipv4Addr::BROADCAST, 67)),
+        )
+        .map_err(|e| io("sending", e))?;
+    let deadline = std::time::Instant::now() + wait;
+    let mut found: Vec<Announced> = Vec::new();
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        socket
+            .set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))))
+            .map_err(|e| io("timeout", e))?;
+        let Ok((n, from)) = socket.recv_from(&mut buf) else {
+            break;
+        };
+        // SAFETY: recv_from initialised the first `n` bytes.
+        let reply: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        if !is_ack_for(&reply, xid) {
+            continue;
+        }
+        let Ok(Some(data)) = dhcpv4_option(&reply, code) else {
+            continue;
+        };
+        let server = from
+            .as_socket()
+            .map_or_else(String::new, |a| a.ip().to_string());
+        for url in decode_list(&data).unwrap_or_default() {
+            if !carries_credentials(&url) && !found.iter().any(|a| a.url == url) {
+                found.push(Announced {
+                    url,
+                    source: format!("DHCPINFORM on {interface} from {server}"),
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The first IPv4 address of `interface`.
+fn interface_ipv4(interface: &str) -> Option<std::net::Ipv4Addr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut p = list;
+    while !p.is_null() {
+        // SAFETY: a node of the list getifaddrs made.
+        let ifa = unsafe { &*p };
+        // SAFETY: ifa_name is a NUL-terminated string.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        if name.to_bytes() == interface.as_bytes() && !ifa.ifa_addr.is_null() {
+            // SAFETY: a non-null address of the family it says.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                found = Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                break;
+            }
+        }
+        p = ifa.ifa_next;
+    }
+    // SAFETY: the list getifaddrs made.
+    unsafe { libc::freeifaddrs(list) };
+    found
+}
+
 /// The DNS-SD service type socksng servers announce (draft section 10.5).
 pub const MDNS_SERVICE: &str = "_socksng._tcp.local.";
 

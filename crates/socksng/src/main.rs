@@ -240,9 +240,12 @@ enum Cmd {
         /// Also browse DNS-SD over mDNS (_socksng._tcp) on this host's links.
         #[arg(long)]
         mdns: bool,
-        /// How long to browse mDNS, seconds.
+        /// How long to browse mDNS (and wait for DHCPINFORM answers), seconds.
         #[arg(long, default_value_t = 3.0, value_name = "SECS")]
         mdns_wait: f64,
+        /// Also ask the DHCP servers on this interface directly (DHCPINFORM; needs port 68).
+        #[arg(long, value_name = "INTERFACE")]
+        inform: Option<String>,
     },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -822,16 +825,16 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             mdns,
             mdns_wait,
+            inform,
         } => {
-            let mdns = if *mdns {
-                let wait = Duration::try_from_secs_f64(*mdns_wait)
-                    .map_err(|e| LocalError::Usage(format!("--mdns-wait: {e}")))?
-                    .min(Duration::from_secs(300));
-                Some(wait)
-            } else {
-                None
+            let wait = Duration::try_from_secs_f64(*mdns_wait)
+                .map_err(|e| LocalError::Usage(format!("--mdns-wait: {e}")))?
+                .min(Duration::from_secs(300));
+            let ways = Ways {
+                mdns: mdns.then_some(wait),
+                inform: inform.clone().map(|i| (i, wait)),
             };
-            discover(lease_files, *dhcp_code, *json, mdns).await
+            discover(lease_files, *dhcp_code, *json, ways).await
         }
         Cmd::Exec { program } => exec(&cli, program).await,
         Cmd::Routes { json, lookup } => routes(&cli, *json, lookup).await,
@@ -1126,12 +1129,13 @@ fn learned_proxies(cli: &Cli) -> Vec<ProxyUrl> {
 }
 
 /// `socksng discover`: the proxies the leases announce, each asked for its capabilities.
-async fn discover(
-    lease_files: &[PathBuf],
-    code: u8,
-    json: bool,
+/// The ways `discover` looks besides the lease files, with how long each waits.
+struct Ways {
     mdns: Option<Duration>,
-) -> Result<()> {
+    inform: Option<(String, Duration)>,
+}
+
+async fn discover(lease_files: &[PathBuf], code: u8, json: bool, ways: Ways) -> Result<()> {
     use socksng_client::discover;
     if !discover::is_site_specific(code) {
         return Err(anyhow!(LocalError::Usage(format!(
@@ -1157,14 +1161,24 @@ async fn discover(
             Err(_) => {} // another program's file in a shared directory
         }
     }
-    if let Some(wait) = mdns {
-        let browsed = tokio::task::spawn_blocking(move || discover::browse_mdns(wait))
-            .await
-            .map_err(|e| anyhow!(e))??;
-        for a in browsed {
-            if !found.iter().any(|x| x.url == a.url) {
-                found.push(a);
-            }
+    let mut more = Vec::new();
+    if let Some(wait) = ways.mdns {
+        more.extend(
+            tokio::task::spawn_blocking(move || discover::browse_mdns(wait))
+                .await
+                .map_err(|e| anyhow!(e))??,
+        );
+    }
+    if let Some((interface, wait)) = ways.inform {
+        more.extend(
+            tokio::task::spawn_blocking(move || discover::inform(&interface, code, wait))
+                .await
+                .map_err(|e| anyhow!(e))??,
+        );
+    }
+    for a in more {
+        if !found.iter().any(|x| x.url == a.url) {
+            found.push(a);
         }
     }
     if found.is_empty() && !json {

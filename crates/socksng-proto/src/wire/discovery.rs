@@ -140,6 +140,31 @@ pub fn dhcpv4_option(message: &[u8], code: u8) -> Result<Option<Vec<u8>>, Decode
     Ok(found)
 }
 
+/// A DHCPINFORM (RFC 2131 section 3.4) from a host that already has `address`, asking for
+/// option `code`: BOOTREQUEST, Ethernet `mac`, transaction `xid`, `ciaddr` set (the answer
+/// comes unicast to it), the message type and a parameter request list naming `code`.
+pub fn dhcpinform(xid: u32, mac: [u8; 6], address: std::net::Ipv4Addr, code: u8) -> Vec<u8> {
+    let mut m = vec![0u8; OPTIONS_AT];
+    m[0] = 1; // BOOTREQUEST
+    m[1] = 1; // Ethernet
+    m[2] = 6; // hardware address length
+    m[4..8].copy_from_slice(&xid.to_be_bytes());
+    m[12..16].copy_from_slice(&address.octets());
+    m[28..34].copy_from_slice(&mac);
+    m.extend_from_slice(&MAGIC_COOKIE);
+    m.extend_from_slice(&[53, 1, 8]); // DHCPINFORM
+    m.extend_from_slice(&[55, 1, code]);
+    m.push(255);
+    m
+}
+
+/// Whether `message` is a DHCPACK (a BOOTREPLY of message type 5) to transaction `xid`.
+pub fn is_ack_for(message: &[u8], xid: u32) -> bool {
+    message.first() == Some(&2)
+        && message.get(4..8) == Some(&xid.to_be_bytes()[..])
+        && matches!(dhcpv4_option(message, 53), Ok(Some(t)) if t == [5])
+}
+
 fn scan_options(
     mut area: &[u8],
     code: u8,
@@ -252,6 +277,27 @@ mod tests {
         let mut m = message(&[52, 1, 1, 255]);
         m[108..108 + 9].copy_from_slice(&[224, 6, b'a', b':', b'/', b'/', b'x', b'y', 255]);
         assert_eq!(dhcpv4_option(&m, 224).unwrap().unwrap(), b"a://xy");
+    }
+
+    #[test]
+    fn dhcpinform_and_its_ack() {
+        let m = dhcpinform(
+            0x1234_5678,
+            [2, 0, 0, 0, 0, 1],
+            "10.0.0.5".parse().unwrap(),
+            224,
+        );
+        assert_eq!(&m[..3], &[1, 1, 6]);
+        assert_eq!(&m[12..16], &[10, 0, 0, 5]);
+        assert_eq!(dhcpv4_option(&m, 53).unwrap().unwrap(), [8]);
+        assert_eq!(dhcpv4_option(&m, 55).unwrap().unwrap(), [224]);
+        assert!(!is_ack_for(&m, 0x1234_5678)); // a request, not a reply
+        let mut ack = m[..OPTIONS_AT + 4].to_vec();
+        ack[0] = 2;
+        ack.extend_from_slice(&[53, 1, 5, 224, 4, b'a', b':', b'/', b'/', 255]);
+        assert!(is_ack_for(&ack, 0x1234_5678));
+        assert!(!is_ack_for(&ack, 1));
+        assert_eq!(dhcpv4_option(&ack, 224).unwrap().unwrap(), b"a://");
     }
 
     #[test]
