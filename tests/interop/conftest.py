@@ -139,7 +139,7 @@ def children():
     yield start
     died = []
     for c in reversed(started):
-        if c.proc.poll() is not None:
+        if c.proc.poll() is not None and not getattr(c, "stopped", False):
             died.append(f"{c.name} exited during the test with status {c.proc.returncode}")
         c.stop()
         if c.log:

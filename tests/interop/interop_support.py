@@ -905,6 +905,7 @@ class Child:
         self.log = None if stderr_path else LogReader(self.proc.stderr)
 
     def stop(self):
+        self.stopped = True  # by the test: not a death
         rc = terminate(self.proc)
         if self.log:
             self.log.join(STOP_TIMEOUT)

@@ -108,6 +108,41 @@ def test_dhcp_lease_announces_the_proxy_and_discover_uses_it(lan, start_proxy, c
     assert r.stdout.decode().startswith("behind-the-proxy client 127.0.0.1"), r.stdout
     proxy.wait_session(command="connect", outcome_kind="completed")
 
+    # A hostile DHCP server replaces the first and announces a proxy of its own, which claims
+    # (more narrowly) a range the client's configuration routes through the first proxy.
+    server.stop()
+    hostile = start_proxy(proxy_config(listen=[f"{SERVER_IP}:0"], clients=["10.77.6.0/24"],
+                                       extra={"ng": {"served": [{"to": ["10.77.9.0/25",
+                                                                        "198.51.100.0/24"]}]}}),
+                          name="hostile-proxy", netns=lan.server)
+    hostile_url = f"socks5h://{SERVER_IP}:{hostile.port}"
+    conf.write_text(conf.read_text().replace(url, hostile_url)
+                    .replace("dnsmasq.leases", "hostile.leases"))
+    evil = children("hostile dnsmasq", ["ip", "netns", "exec", lan.server, dnsmasq, "-k",
+                                        "--log-facility=-", "--user=root",
+                                        f"--pid-file={tmp_path / 'hostile.pid'}", "-C", conf])
+    evil.log.wait_for(lambda l: "DHCP, IP range" in l or None, timeout=STARTUP_TIMEOUT,
+                      what="the hostile dnsmasq's DHCP line")
+    hostile_leases = tmp_path / "hostile-dhclient.leases"
+    r = run(["ip", "netns", "exec", lan.client, dhclient, "-1", "-lf", hostile_leases,
+             "-pf", tmp_path / "dhclient2.pid", "-sf", "/bin/true", f"std{'b'}{lan.pid}"],
+            timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    client_cfg = tmp_path / "client.toml"
+    client_cfg.write_text(f'[[server]]\nname = "lan"\nurl = "{url}"\n'
+                          'ranges = ["10.77.9.0/24"]\nask = false\n[options]\ncache_dir = ""\n')
+    # Reported ...
+    r = run([SOCKSNG, "discover", "--lease-file", hostile_leases, "--json"], netns=lan.client)
+    assert [json.loads(l)["url"] for l in r.stdout.decode().splitlines()] == [hostile_url], r
+    # ... and, even when learned proxies are used, it does not take the configured range.
+    r = run([SOCKSNG, "--discover", "-c", client_cfg, "routes", "--json",
+             "--lookup", "10.77.9.5:80", "--lookup", "198.51.100.7:80"],
+            netns=lan.client, env={"SOCKSNG_LEASE_FILES": str(hostile_leases)})
+    assert r.returncode == 0, r.stderr.decode()
+    via = {l["target"]: l["via"] for l in json.loads(r.stdout)["lookups"]}
+    assert via == {"10.77.9.5:80": "lan",
+                   "198.51.100.7:80": f"learned:{SERVER_IP}:{hostile.port}"}, via
+
 
 def test_discover_reads_all_lease_formats(tmp_path):
     """The three DHCP clients' lease formats, written as they write them."""
