@@ -230,6 +230,14 @@ def test_pac_and_pvd_over_http(start_proxy, tmp_path):
     r = run(["curl", "-q", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
              base + "/nothing"])
     assert r.stdout == b"404", r.stdout
+    # The client reads the same JSON and asks the proxy it names what it serves.
+    r = run([SOCKSNG, "discover", "--pvd", base, "--lease-file", "/dev/null", "--json"])
+    assert r.returncode == 0, r.stderr.decode()
+    found = [json.loads(l) for l in r.stdout.decode().splitlines() if l]
+    assert [(f["url"], f["source"]) for f in found] == \
+        [(f"socks5h://{p.hostport}", "PvD proxy.corp.example")], found
+    served = [p for r in found[0]["ranges"] for p in r["prefixes"]]
+    assert "10.0.0.0/8" in served and "172.16.0.0/12" in served, found
 
 
 def test_a_hostile_announcement_never_overrides_a_configured_route(start_proxy, tmp_path):

@@ -136,6 +136,78 @@ fn interface_ipv4(interface: &str) -> Option<std::net::Ipv4Addr> {
     found
 }
 
+/// The proxies a provisioning domain's JSON names (RFC 8801 with the proxy-config draft's
+/// `proxies`; draft section 10.6): `url` is `http://HOST[:PORT][/PATH]`, the path
+/// `/.well-known/pvd` when none is given. Only SOCKS5 entries are taken, as `socks5h://`.
+pub fn fetch_pvd(url: &str, timeout: std::time::Duration) -> Result<Vec<Announced>, ClientError> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let bad = |why: String| ClientError::Config(format!("PvD {url}: {why}"));
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("only http:// is fetched here".into()))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/.well-known/pvd"),
+    };
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("no address".into()))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| bad(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| bad(e.to_string()))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/pvd+json\r\n\r\n"
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let mut response = Vec::new();
+    stream
+        .take(1 << 20)
+        .read_to_end(&mut response)
+        .map_err(|e| bad(e.to_string()))?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no HTTP header".into()))?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    if !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+        return Err(bad(head.lines().next().unwrap_or("").to_string()));
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&response[split + 4..]).map_err(|e| bad(e.to_string()))?;
+    let mut found = Vec::new();
+    for p in doc["proxies"].as_array().into_iter().flatten() {
+        if p["protocol"].as_str() != Some("socks5") {
+            continue;
+        }
+        let Some(proxy) = p["proxy"].as_str() else {
+            continue;
+        };
+        let url = format!("socks5h://{proxy}");
+        if !carries_credentials(&url) && !found.iter().any(|a: &Announced| a.url == url) {
+            found.push(Announced {
+                url,
+                source: format!("PvD {}", doc["identifier"].as_str().unwrap_or(authority)),
+            });
+        }
+    }
+    Ok(found)
+}
+
 /// The DNS-SD service type socksng servers announce (draft section 10.5).
 pub const MDNS_SERVICE: &str = "_socksng._tcp.local.";
 

@@ -246,6 +246,10 @@ enum Cmd {
         /// Also ask the DHCP servers on this interface directly (DHCPINFORM; needs port 68).
         #[arg(long, value_name = "INTERFACE")]
         inform: Option<String>,
+        /// Also read a provisioning domain's JSON (http://HOST[:PORT][/PATH], the path
+        /// /.well-known/pvd by default); repeatable.
+        #[arg(long = "pvd", value_name = "URL")]
+        pvds: Vec<String>,
     },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -826,6 +830,7 @@ async fn run(cli: Cli) -> Result<()> {
             mdns,
             mdns_wait,
             inform,
+            pvds,
         } => {
             let wait = Duration::try_from_secs_f64(*mdns_wait)
                 .map_err(|e| LocalError::Usage(format!("--mdns-wait: {e}")))?
@@ -833,6 +838,7 @@ async fn run(cli: Cli) -> Result<()> {
             let ways = Ways {
                 mdns: mdns.then_some(wait),
                 inform: inform.clone().map(|i| (i, wait)),
+                pvds: pvds.clone(),
             };
             discover(lease_files, *dhcp_code, *json, ways).await
         }
@@ -1133,6 +1139,7 @@ fn learned_proxies(cli: &Cli) -> Vec<ProxyUrl> {
 struct Ways {
     mdns: Option<Duration>,
     inform: Option<(String, Duration)>,
+    pvds: Vec<String>,
 }
 
 async fn discover(lease_files: &[PathBuf], code: u8, json: bool, ways: Ways) -> Result<()> {
@@ -1172,6 +1179,13 @@ async fn discover(lease_files: &[PathBuf], code: u8, json: bool, ways: Ways) -> 
     if let Some((interface, wait)) = ways.inform {
         more.extend(
             tokio::task::spawn_blocking(move || discover::inform(&interface, code, wait))
+                .await
+                .map_err(|e| anyhow!(e))??,
+        );
+    }
+    for pvd in ways.pvds {
+        more.extend(
+            tokio::task::spawn_blocking(move || discover::fetch_pvd(&pvd, Duration::from_secs(10)))
                 .await
                 .map_err(|e| anyhow!(e))??,
         );
