@@ -184,7 +184,7 @@ pub fn fetch_pvd(url: &str, timeout: std::time::Duration) -> Result<Vec<Announce
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| bad("no HTTP header".into()))?;
     let head = String::from_utf8_lossy(&response[..split]);
-    if !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if head.split_whitespace().nth(1) != Some("200") {
         return Err(bad(head.lines().next().unwrap_or("").to_string()));
     }
     let doc: serde_json::Value =
