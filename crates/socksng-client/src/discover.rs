@@ -255,6 +255,15 @@ pub fn browse_mdns(wait: std::time::Duration) -> Result<Vec<Announced>, ClientEr
     Ok(found)
 }
 
+/// An announced URL as a proxy URL: a `socks5s` URL may carry its server's key pin as
+/// `?pin=sha256//BASE64` (draft section 10.1), which is then checked besides the certificate.
+pub fn proxy_url(announced: &str) -> Result<crate::ProxyUrl, ClientError> {
+    match announced.split_once("?pin=") {
+        Some((base, pin)) => crate::ProxyUrl::parse(base)?.with_tls_options(None, Some(pin), None),
+        None => crate::ProxyUrl::parse(announced),
+    }
+}
+
 /// Where DHCP clients keep their leases on Linux.
 pub fn default_lease_files() -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -429,6 +438,17 @@ mod tests {
             urls(&message, 224),
             ["socks5s://gw.example:1443", "socks5h://192.0.2.1:1080"]
         );
+    }
+
+    #[test]
+    fn an_announced_pin_is_kept() {
+        let pin = "sha256//AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let url = proxy_url(&format!("socks5s://gw.example:1443?pin={pin}")).unwrap();
+        let tls = url.tls.expect("socks5s");
+        assert_eq!(tls.pin_sha256.unwrap()[1], 1);
+        assert!(proxy_url(&format!("socks5h://gw:1080?pin={pin}")).is_err());
+        assert!(proxy_url("socks5s://gw:1443?pin=md5//x").is_err());
+        assert!(proxy_url("socks5h://gw:1080").unwrap().tls.is_none());
     }
 
     #[test]

@@ -1123,7 +1123,7 @@ fn learned_proxies(cli: &Cli) -> Vec<ProxyUrl> {
     let mut out: Vec<ProxyUrl> = Vec::new();
     for f in files {
         for a in discover::from_lease_file(&f, code).unwrap_or_default() {
-            match ProxyUrl::parse(&a.url) {
+            match discover::proxy_url(&a.url) {
                 Ok(u) if !out.contains(&u) => out.push(u),
                 Ok(_) => {}
                 Err(e) if cli.verbose => eprintln!("socksng: {}: {}: {e}", f.display(), a.url),
@@ -1203,7 +1203,7 @@ async fn discover(lease_files: &[PathBuf], code: u8, json: bool, ways: Ways) -> 
     }
     for a in found {
         let source = a.source.clone();
-        let asked = match ProxyUrl::parse(&a.url) {
+        let asked = match discover::proxy_url(&a.url) {
             Ok(url) => in_time(Client::new(url).capabilities()).await,
             Err(e) => Err(e),
         };
