@@ -3,8 +3,8 @@ makes: dnsmasq serves leases carrying the option exactly as `socksngd announce -
 for dnsmasq; ISC dhclient takes a lease in a second namespace (its script replaced, so it
 changes nothing outside the lease file); `socksng discover` reads the lease, finds the proxy and
 what it serves, and a connection through the proxy found reaches a target behind it. Also: the
-three lease formats; the PAC file (evaluated under node) and PvD JSON socksngd serves; and a
-hostile announcement, which never overrides a configured route."""
+three lease formats; the PAC file (evaluated under node) and PvD JSON socksngd serves, over
+HTTP and HTTPS; and a hostile announcement, which never overrides a configured route."""
 
 import json
 import os
@@ -16,6 +16,7 @@ import pytest
 from interop_support import (
     SOCKSNGD,
     STARTUP_TIMEOUT,
+    Pki,
     need,
     proxy_config,
     run,
@@ -238,6 +239,58 @@ def test_pac_and_pvd_over_http(start_proxy, tmp_path):
         [(f"socks5h://{p.hostport}", "PvD proxy.corp.example")], found
     served = [p for r in found[0]["ranges"] for p in r["prefixes"]]
     assert "10.0.0.0/8" in served and "172.16.0.0/12" in served, found
+    # With --discover --discover-pvd the same proxy enters the route table, as learned.
+    r = run([SOCKSNG, "--discover", "--discover-pvd", base, "routes", "--json",
+             "--lookup", "10.1.2.3:80", "--lookup", "192.0.2.9:80"],
+            env={"SOCKSNG_LEASE_FILES": "/dev/null"})
+    assert r.returncode == 0, r.stderr.decode()
+    via = {l["target"]: l["via"] for l in json.loads(r.stdout)["lookups"]}
+    assert via == {"10.1.2.3:80": f"learned:{p.hostport}", "192.0.2.9:80": "direct"}, via
+
+
+def test_pvd_over_https_by_pvd_id(start_proxy, tmp_path):
+    """RFC 8801 fetches the PvD document over HTTPS from its PvD ID: with [tls], the discovery
+    port answers HTTPS too (curl checks it), and `discover --pvd ID` checks the certificate and
+    that the document names the ID it was fetched by."""
+    pki = Pki(tmp_path)
+    ca = pki.ca("pvd-ca")
+    leaf = pki.leaf(ca, "pvd", dns=["localhost"], ips=["127.0.0.1"])
+    cfg = proxy_config(extra={
+        "tls": {"cert": str(leaf.pem), "key": str(leaf.key)},
+        "ng": {"served": [{"to": ["10.0.0.0/8"]}]},
+        "discovery": {"http": "127.0.0.1:0", "pvd_identifier": "localhost"},
+    })
+    p = start_proxy(cfg, name="pvd-https")
+    line = p.log.wait_for(lambda l: "serving /.well-known/pvd" in l and l, what="the HTTP line")
+    port = re.search(r"http=\S+:(\d+)", line).group(1)
+
+    r = run(["curl", "-q", "-sS", "--fail", "--max-time", "10", "--cacert", ca.pem,
+             f"https://localhost:{port}/.well-known/pvd"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["identifier"] == "localhost"
+    r = run(["curl", "-q", "-sS", "--fail", "--max-time", "10",
+             f"http://127.0.0.1:{port}/.well-known/pvd"])
+    assert r.returncode == 0 and json.loads(r.stdout)["identifier"] == "localhost", r.stderr
+
+    def discover(pvd, *more):
+        return run([SOCKSNG, "discover", "--pvd", pvd, "--lease-file", "/dev/null", "--json",
+                    *more])
+
+    r = discover(f"localhost:{port}", "--proxy-cacert", ca.pem)
+    assert r.returncode == 0, r.stderr.decode()
+    found = [json.loads(l) for l in r.stdout.decode().splitlines() if l]
+    assert [(f["url"], f["source"]) for f in found] == \
+        [(f"socks5h://{p.hostport}", "PvD localhost")], found
+    assert "10.0.0.0/8" in [x for r in found[0]["ranges"] for x in r["prefixes"]], found
+    # The same by an https:// URL.
+    r = discover(f"https://127.0.0.1:{port}/.well-known/pvd", "--proxy-cacert", ca.pem)
+    assert r.returncode == 0, r.stderr.decode()
+    # A certificate the client does not trust (the system's CAs do not know ours).
+    r = discover(f"localhost:{port}")
+    assert r.returncode != 0 and b"certificate" in r.stderr.lower(), r.stderr
+    # Fetched by a PvD ID the document does not name.
+    r = discover(f"127.0.0.1:{port}", "--proxy-cacert", ca.pem)
+    assert r.returncode != 0 and b"not the PvD ID" in r.stderr, r.stderr
 
 
 def test_a_hostile_announcement_never_overrides_a_configured_route(start_proxy, tmp_path):

@@ -50,6 +50,8 @@ from interop_support import (
     PASSWORD,
     PROC_TIMEOUT,
     SOCKSNGD,
+    Cert,
+    Pki,
     USER,
     clean_env,
     curl,
@@ -76,82 +78,6 @@ RELOADED = "TLS certificate and key reloaded"
 
 # --------------------------------------------------------------------------------------------
 # Certificates
-
-
-CA_CNF = """\
-[req]
-prompt = no
-distinguished_name = dn
-[dn]
-CN = {cn}
-[v3_ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-"""
-
-LEAF_CNF = """\
-[req]
-prompt = no
-distinguished_name = dn
-[dn]
-CN = {cn}
-[v3_leaf]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-subjectAltName = {san}
-"""
-
-
-class Cert:
-    def __init__(self, pem, key):
-        self.pem, self.key = pem, key
-
-
-class Pki:
-    """A throwaway CA hierarchy made with the openssl CLI (EC P-256, two days)."""
-
-    def __init__(self, directory):
-        self.dir = Path(directory)
-        self.serial = 1
-
-    def _openssl(self, *args):
-        r = subprocess.run(
-            ["openssl", *map(str, args)], capture_output=True, timeout=PROC_TIMEOUT, env=clean_env()
-        )
-        assert r.returncode == 0, f"openssl {args[0]}: {r.stderr.decode(errors='replace')}"
-
-    def ca(self, name):
-        cnf = self.dir / f"{name}.cnf"
-        cnf.write_text(CA_CNF.format(cn=f"socksng test {name}"))
-        cert = Cert(self.dir / f"{name}.pem", self.dir / f"{name}.key")
-        self._openssl(
-            "req", "-x509", "-new", "-config", cnf, "-extensions", "v3_ca",
-            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", cert.key, "-out", cert.pem, "-days", "2",
-        )
-        return cert
-
-    def leaf(self, ca, name, dns=(), ips=()):
-        san = ", ".join([f"DNS:{d}" for d in dns] + [f"IP:{i}" for i in ips])
-        cnf = self.dir / f"{name}.cnf"
-        cnf.write_text(LEAF_CNF.format(cn=(list(dns) or list(ips))[0], san=san))
-        csr = self.dir / f"{name}.csr"
-        cert = Cert(self.dir / f"{name}.pem", self.dir / f"{name}.key")
-        self._openssl(
-            "req", "-new", "-config", cnf, "-newkey", "ec", "-pkeyopt",
-            "ec_paramgen_curve:P-256", "-nodes", "-keyout", cert.key, "-out", csr,
-        )
-        self.serial += 1
-        self._openssl(
-            "x509", "-req", "-in", csr, "-CA", ca.pem, "-CAkey", ca.key,
-            "-set_serial", self.serial, "-days", "2", "-extfile", cnf, "-extensions", "v3_leaf",
-            "-out", cert.pem,
-        )
-        return cert
 
 
 @pytest.fixture(scope="module")

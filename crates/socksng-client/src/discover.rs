@@ -137,48 +137,67 @@ fn interface_ipv4(interface: &str) -> Option<std::net::Ipv4Addr> {
 }
 
 /// The proxies a provisioning domain's JSON names (RFC 8801 with the proxy-config draft's
-/// `proxies`; draft section 10.6): `url` is `http://HOST[:PORT][/PATH]`, the path
-/// `/.well-known/pvd` when none is given. Only SOCKS5 entries are taken, as `socks5h://`.
-pub fn fetch_pvd(url: &str, timeout: std::time::Duration) -> Result<Vec<Announced>, ClientError> {
+/// `proxies`; draft section 10.6). `url` is a PvD ID (an FQDN: the document is then
+/// `https://ID/.well-known/pvd`, as RFC 8801 section 4.1 fetches it), or an `https://` or
+/// `http://` URL (the path `/.well-known/pvd` when none is given). Over HTTPS the server's
+/// certificate is checked as `tls` says, and a document fetched by PvD ID must name that ID.
+/// Only SOCKS5 entries are taken, as `socks5h://`.
+pub fn fetch_pvd(
+    url: &str,
+    tls: &crate::TlsSettings,
+    timeout: std::time::Duration,
+) -> Result<Vec<Announced>, ClientError> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let bad = |why: String| ClientError::Config(format!("PvD {url}: {why}"));
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| bad("only http:// is fetched here".into()))?;
+    let (secure, rest, by_id) = if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest, false)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest, false)
+    } else if !url.contains("://") && !url.contains('/') {
+        (true, url, true)
+    } else {
+        return Err(bad("expected a PvD ID, https:// or http://".into()));
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/.well-known/pvd"),
     };
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !authority.ends_with(']')
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let addr = with_port
+    let (host, port) = split_authority(authority, if secure { 443 } else { 80 })
+        .ok_or_else(|| bad(format!("bad host {authority:?}")))?;
+    let addr = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| bad(e.to_string()))?
         .next()
         .ok_or_else(|| bad("no address".into()))?;
-    let mut stream =
+    let tcp =
         std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| bad(e.to_string()))?;
-    stream
-        .set_read_timeout(Some(timeout))
+    tcp.set_read_timeout(Some(timeout))
+        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
         .map_err(|e| bad(e.to_string()))?;
+    let mut stream: Box<dyn ReadWrite> = if secure {
+        let config = crate::transport::client_config(tls, b"http/1.1")?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| bad(e.to_string()))?;
+        let conn = rustls::ClientConnection::new(config, name).map_err(|e| bad(e.to_string()))?;
+        Box::new(rustls::StreamOwned::new(conn, tcp))
+    } else {
+        Box::new(tcp)
+    };
     write!(
         stream,
         "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/pvd+json\r\n\r\n"
     )
     .map_err(|e| bad(e.to_string()))?;
     let mut response = Vec::new();
-    stream
-        .take(1 << 20)
-        .read_to_end(&mut response)
-        .map_err(|e| bad(e.to_string()))?;
+    // A server closing without close_notify after a complete HTTP/1.0 answer is common; what
+    // arrived is judged by its header and JSON.
+    let read = stream.take(1 << 20).read_to_end(&mut response);
+    if let Err(e) = read {
+        if response.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
+            return Err(bad(e.to_string()));
+        }
+    }
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -187,21 +206,94 @@ pub fn fetch_pvd(url: &str, timeout: std::time::Duration) -> Result<Vec<Announce
     if head.split_whitespace().nth(1) != Some("200") {
         return Err(bad(head.lines().next().unwrap_or("").to_string()));
     }
-    let doc: serde_json::Value =
-        serde_json::from_slice(&response[split + 4..]).map_err(|e| bad(e.to_string()))?;
-    let mut found = Vec::new();
-    for p in doc["proxies"].as_array().into_iter().flatten() {
+    pvd_proxies(
+        &response[split + 4..],
+        by_id.then_some(host.as_str()),
+        std::time::SystemTime::now(),
+    )
+    .map_err(bad)
+}
+
+/// Both directions of a PvD fetch, plain or TLS.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// `host[:port]` or `[v6][:port]` as a host (brackets removed) and a port.
+fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, p)) if !host.contains(':') => Some((host.to_string(), p.parse().ok()?)),
+        Some(_) => None,
+        None if authority.is_empty() => None,
+        None => Some((authority.to_string(), default_port)),
+    }
+}
+
+/// The most `proxies` entries read from one document (the proxy-config draft asks clients to
+/// cap them).
+const PVD_MAX_PROXIES: usize = 32;
+
+/// The keys of a `proxies` entry this client understands; an entry whose `mandatory` names
+/// any other key is skipped, as the proxy-config draft requires.
+const PVD_KNOWN_KEYS: &[&str] = &["protocol", "proxy", "identifier", "alpn", "mandatory"];
+
+/// The SOCKS5 proxies of a PvD JSON document. `expected_id`: the PvD ID it was fetched by,
+/// which its `identifier` must equal (RFC 8801 section 4.1); a document past its `expires`
+/// is refused.
+fn pvd_proxies(
+    body: &[u8],
+    expected_id: Option<&str>,
+    now: std::time::SystemTime,
+) -> Result<Vec<Announced>, String> {
+    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let identifier = doc["identifier"]
+        .as_str()
+        .ok_or("no \"identifier\"")?
+        .trim_end_matches('.');
+    if let Some(id) = expected_id {
+        if !identifier.eq_ignore_ascii_case(id.trim_end_matches('.')) {
+            return Err(format!("it names {identifier:?}, not the PvD ID {id:?}"));
+        }
+    }
+    let expires = doc["expires"].as_str().ok_or("no \"expires\"")?;
+    let expires = humantime::parse_rfc3339_weak(expires)
+        .map_err(|e| format!("\"expires\" {expires:?}: {e}"))?;
+    if expires <= now {
+        return Err(format!(
+            "expired at {}",
+            humantime::format_rfc3339_seconds(expires)
+        ));
+    }
+    let mut found: Vec<Announced> = Vec::new();
+    let entries = doc["proxies"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    for p in entries.iter().take(PVD_MAX_PROXIES) {
         if p["protocol"].as_str() != Some("socks5") {
+            continue;
+        }
+        let unknown_mandatory = p["mandatory"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|k| !k.as_str().is_some_and(|k| PVD_KNOWN_KEYS.contains(&k)));
+        if unknown_mandatory {
             continue;
         }
         let Some(proxy) = p["proxy"].as_str() else {
             continue;
         };
         let url = format!("socks5h://{proxy}");
-        if !carries_credentials(&url) && !found.iter().any(|a: &Announced| a.url == url) {
+        if !carries_credentials(&url) && !found.iter().any(|a| a.url == url) {
             found.push(Announced {
                 url,
-                source: format!("PvD {}", doc["identifier"].as_str().unwrap_or(authority)),
+                source: format!("PvD {identifier}"),
             });
         }
     }
@@ -400,6 +492,70 @@ mod tests {
     use socksng_proto::wire::discovery::encode_dhcpv4;
 
     const LIST: &str = "socks5s://gw.example:1443 socks5h://192.0.2.1:1080";
+
+    fn pvd(extra: &str) -> String {
+        format!(
+            r#"{{"identifier":"proxy.example.","expires":"2030-01-01T00:00:00Z","prefixes":[],{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn pvd_documents_give_their_socks5_proxies_only() {
+        let now = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let doc = pvd(r#""proxies":[
+                {"protocol":"http","proxy":"h.example:8080"},
+                {"protocol":"socks5","proxy":"s.example:1080","identifier":"a"},
+                {"protocol":"socks5","proxy":"s.example:1080"},
+                {"protocol":"socks5","proxy":"u:p@cred.example:1080"},
+                {"protocol":"socks5","proxy":"m.example:1080","mandatory":["socksng_udp"]},
+                {"protocol":"socks5","proxy":"k.example:1080","mandatory":["alpn"]},
+                {"protocol":"socks5"}]"#);
+        let found = pvd_proxies(doc.as_bytes(), Some("Proxy.Example"), now).unwrap();
+        let urls: Vec<&str> = found.iter().map(|a| a.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            ["socks5h://s.example:1080", "socks5h://k.example:1080"]
+        );
+        assert_eq!(found[0].source, "PvD proxy.example");
+        // Fetched by another PvD ID: refused, as RFC 8801 section 4.1 requires.
+        let e = pvd_proxies(doc.as_bytes(), Some("other.example"), now).unwrap_err();
+        assert!(e.contains("not the PvD ID"), "{e}");
+        // Past its expiry: refused.
+        let later = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000);
+        assert!(pvd_proxies(doc.as_bytes(), None, later)
+            .unwrap_err()
+            .contains("expired"));
+        // Missing required keys, or not JSON.
+        assert!(pvd_proxies(br#"{"expires":"2030-01-01T00:00:00Z"}"#, None, now).is_err());
+        assert!(pvd_proxies(br#"{"identifier":"x"}"#, None, now).is_err());
+        assert!(pvd_proxies(b"\xff{", None, now).is_err());
+    }
+
+    #[test]
+    fn pvd_documents_are_capped() {
+        let now = std::time::UNIX_EPOCH;
+        let entries: Vec<String> = (0..100)
+            .map(|i| format!(r#"{{"protocol":"socks5","proxy":"p{i}.example:1080"}}"#))
+            .collect();
+        let doc = pvd(&format!(r#""proxies":[{}]"#, entries.join(",")));
+        assert_eq!(
+            pvd_proxies(doc.as_bytes(), None, now).unwrap().len(),
+            PVD_MAX_PROXIES
+        );
+    }
+
+    #[test]
+    fn authorities_split_into_host_and_port() {
+        let s = |a| split_authority(a, 443);
+        assert_eq!(s("pvd.example"), Some(("pvd.example".into(), 443)));
+        assert_eq!(s("pvd.example:8443"), Some(("pvd.example".into(), 8443)));
+        assert_eq!(s("[2001:db8::1]"), Some(("2001:db8::1".into(), 443)));
+        assert_eq!(s("[2001:db8::1]:80"), Some(("2001:db8::1".into(), 80)));
+        assert_eq!(s("2001:db8::1"), None);
+        assert_eq!(s("pvd.example:x"), None);
+        assert_eq!(s("[::1]x"), None);
+        assert_eq!(s(""), None);
+    }
 
     fn urls(bytes: &[u8], code: u8) -> Vec<String> {
         decode_list(&lease_option(bytes, code).unwrap().unwrap()).unwrap()

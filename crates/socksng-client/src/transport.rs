@@ -137,6 +137,16 @@ fn config_error(what: &str, e: impl std::fmt::Display) -> ClientError {
 
 /// A TLS connector for `settings`.
 pub(crate) fn connector(settings: &TlsSettings) -> Result<tokio_rustls::TlsConnector, ClientError> {
+    Ok(tokio_rustls::TlsConnector::from(client_config(
+        settings, ALPN_SOCKS,
+    )?))
+}
+
+/// A rustls client configuration checking servers as `settings` says, offering `alpn`.
+pub(crate) fn client_config(
+    settings: &TlsSettings,
+    alpn: &[u8],
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     match &settings.ca_file {
@@ -192,8 +202,8 @@ pub(crate) fn connector(settings: &TlsSettings) -> Result<tokio_rustls::TlsConne
         }
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![ALPN_SOCKS.to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The TLS failure in `e` in words that name the check that failed.

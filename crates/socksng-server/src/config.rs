@@ -626,7 +626,7 @@ pub struct DiscoveryConfig {
     /// is the number reserved for documentation (RFC 5612): set the site's own.
     pub dhcpv6_enterprise: u32,
     /// Where `GET /.well-known/pvd` (provisioning-domain JSON) and `GET /proxy.pac` (a PAC
-    /// file) are served; absent: nowhere.
+    /// file) are served, over HTTP and, with `[tls]`, HTTPS on the same port; absent: nowhere.
     pub http: Option<SocketAddr>,
     /// The PvD identifier (an FQDN) of `/.well-known/pvd`; default: the proxy's host.
     pub pvd_identifier: Option<String>,

@@ -239,67 +239,79 @@ pub fn pac(cfg: &Config, proxy: &str) -> String {
 
 /// Answers `GET /.well-known/pvd` (PvD JSON), `GET /proxy.pac` and `GET /wpad.dat` (PAC)
 /// on `[discovery] http` until `stop` fires, naming `proxy` (host:port); one request per
-/// connection.
+/// connection. With `[tls]`, a connection opening with a TLS record is HTTPS (RFC 8801 fetches
+/// the PvD document over HTTPS only).
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     cfg: std::sync::Arc<Config>,
+    tls: Option<std::sync::Arc<crate::tls::TlsService>>,
     proxy: String,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => r,
         };
-        let Ok((mut stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             continue;
         };
-        let (cfg, proxy) = (cfg.clone(), proxy.clone());
+        let (cfg, proxy, tls) = (cfg.clone(), proxy.clone(), tls.clone());
         tokio::spawn(async move {
-            let mut request = Vec::with_capacity(512);
-            let mut buf = [0u8; 512];
-            let read = async {
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
+            let answer = async {
+                let mut first = [0u8; 1];
+                let opens_tls = matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16);
+                match tls {
+                    Some(tls) if opens_tls => match tls.accept_https(stream).await {
+                        Ok(tls) => answer_one(tls, &cfg, &proxy).await,
+                        Err(e) => tracing::debug!(%peer, "discovery HTTPS handshake: {e}"),
+                    },
+                    _ => answer_one(stream, &cfg, &proxy).await,
                 }
             };
-            if tokio::time::timeout(std::time::Duration::from_secs(10), read)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let line = String::from_utf8_lossy(&request);
-            let path = line.split_whitespace().nth(1).unwrap_or("");
-            let (status, kind, body) = match (line.starts_with("GET "), path) {
-                (true, "/.well-known/pvd") => {
-                    ("200 OK", "application/pvd+json", pvd_json(&cfg, &proxy))
-                }
-                (true, "/proxy.pac" | "/wpad.dat") => (
-                    "200 OK",
-                    "application/x-ns-proxy-autoconfig",
-                    pac(&cfg, &proxy),
-                ),
-                (true, _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-                (false, _) => (
-                    "405 Method Not Allowed",
-                    "text/plain",
-                    "GET only\n".to_string(),
-                ),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            // One bound for the whole exchange, handshake included.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), answer).await;
         });
     }
+}
+
+/// Reads one HTTP request from `stream` and answers it.
+async fn answer_one<S>(mut stream: S, cfg: &Config, proxy: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&request);
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, kind, body) = match (line.starts_with("GET "), path) {
+        (true, "/.well-known/pvd") => ("200 OK", "application/pvd+json", pvd_json(cfg, proxy)),
+        (true, "/proxy.pac" | "/wpad.dat") => (
+            "200 OK",
+            "application/x-ns-proxy-autoconfig",
+            pac(cfg, proxy),
+        ),
+        (true, _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        (false, _) => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// The DNS-SD service type (draft section 10.5).

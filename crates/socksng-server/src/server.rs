@@ -420,6 +420,7 @@ impl Server {
             accept_loops.push(tokio::spawn(crate::discovery::serve(
                 listener,
                 shared.cfg.clone(),
+                shared.tls.clone(),
                 proxy,
                 shutdown.clone(),
             )));

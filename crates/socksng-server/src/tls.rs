@@ -102,6 +102,9 @@ impl ResolvesServerCert for CertStore {
 /// SOCKS over TLS, ready to accept connections.
 pub(crate) struct TlsService {
     acceptor: tokio_rustls::TlsAcceptor,
+    /// HTTPS on the discovery port (`/.well-known/pvd`, draft section 10.6): the same
+    /// certificate, ALPN http/1.1, no client certificates.
+    https: tokio_rustls::TlsAcceptor,
     store: Arc<CertStore>,
     cert: PathBuf,
     key: PathBuf,
@@ -130,7 +133,7 @@ impl TlsService {
                         .map_err(|e| file_error("client CA file", &path, e))?;
                 }
                 let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
                 let verifier = if cfg.require_client_cert {
                     verifier
                 } else {
@@ -142,6 +145,12 @@ impl TlsService {
                 builder.with_client_cert_verifier(verifier)
             }
         };
+        let mut https = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Settings(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(store.clone());
+        https.alpn_protocols = vec![b"http/1.1".to_vec()];
         let mut config = builder.with_cert_resolver(store.clone());
         config.alpn_protocols = vec![b"socks".to_vec()];
         // Stateless resumption: a returning client skips the key exchange and the
@@ -150,6 +159,7 @@ impl TlsService {
             rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Settings(e.to_string()))?;
         Ok(TlsService {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            https: tokio_rustls::TlsAcceptor::from(Arc::new(https)),
             store,
             cert,
             key,
@@ -167,6 +177,11 @@ impl TlsService {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
+    }
+
+    /// Runs the server side of an HTTPS handshake on the discovery port.
+    pub(crate) async fn accept_https(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+        self.https.accept(tcp).await
     }
 
     /// Runs the server side of the TLS handshake; the client's certificate user comes with

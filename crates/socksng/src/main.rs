@@ -83,6 +83,13 @@ struct Cli {
     /// they only take destinations no configured route covers.
     #[arg(long, global = true)]
     discover: bool,
+    /// With --discover, also take the servers DNS-SD announces over mDNS (browsed for 3 s).
+    #[arg(long, global = true, requires = "discover")]
+    discover_mdns: bool,
+    /// With --discover, also take the SOCKS5 proxies of this provisioning domain's JSON (a
+    /// PvD ID, or an https:// or http:// URL, as `discover --pvd`); repeatable.
+    #[arg(long, global = true, value_name = "ID|URL", requires = "discover")]
+    discover_pvd: Vec<String>,
     /// The proxy's username (for --proxy or ALL_PROXY); the password from $SOCKSNG_PASSWORD,
     /// a netrc file or a prompt. USER:PASSWORD also works, but shows in ps.
     #[arg(short = 'U', long, global = true, value_name = "USER")]
@@ -97,8 +104,8 @@ struct Cli {
     /// NO_PROXY.
     #[arg(long, global = true, value_name = "LIST")]
     noproxy: Option<String>,
-    /// SOCKS over TLS (socks5s://): trust the CA certificates in this PEM file, not the
-    /// system's.
+    /// SOCKS over TLS (socks5s://), and HTTPS provisioning domains: trust the CA
+    /// certificates in this PEM file, not the system's.
     #[arg(long, global = true, value_name = "FILE")]
     proxy_cacert: Option<PathBuf>,
     /// SOCKS over TLS: accept only this server key (sha256//BASE64, as curl).
@@ -246,9 +253,11 @@ enum Cmd {
         /// Also ask the DHCP servers on this interface directly (DHCPINFORM; needs port 68).
         #[arg(long, value_name = "INTERFACE")]
         inform: Option<String>,
-        /// Also read a provisioning domain's JSON (http://HOST[:PORT][/PATH], the path
-        /// /.well-known/pvd by default); repeatable.
-        #[arg(long = "pvd", value_name = "URL")]
+        /// Also read a provisioning domain's JSON: a PvD ID (fetched from
+        /// https://ID/.well-known/pvd, and it must name that ID) or an https:// or http://
+        /// URL (the path /.well-known/pvd by default); repeatable. HTTPS servers are checked
+        /// against the system's CAs, or --proxy-cacert's.
+        #[arg(long = "pvd", value_name = "ID|URL")]
         pvds: Vec<String>,
     },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
@@ -839,6 +848,7 @@ async fn run(cli: Cli) -> Result<()> {
                 mdns: mdns.then_some(wait),
                 inform: inform.clone().map(|i| (i, wait)),
                 pvds: pvds.clone(),
+                tls: pvd_tls(&cli),
             };
             discover(lease_files, *dhcp_code, *json, ways).await
         }
@@ -1109,7 +1119,8 @@ fn ranges_json(caps: &Capabilities) -> serde_json::Value {
 }
 
 /// The proxies the network announced (for --discover): from $SOCKSNG_LEASE_FILES or the DHCP
-/// clients' usual places, option $SOCKSNG_DHCP_CODE (224 unless set).
+/// clients' usual places, option $SOCKSNG_DHCP_CODE (224 unless set); with --discover-mdns
+/// and --discover-pvd, DNS-SD and provisioning domains too.
 fn learned_proxies(cli: &Cli) -> Vec<ProxyUrl> {
     use socksng_client::discover;
     let code = std::env::var("SOCKSNG_DHCP_CODE")
@@ -1120,15 +1131,33 @@ fn learned_proxies(cli: &Cli) -> Vec<ProxyUrl> {
         Some(list) => std::env::split_paths(&list).collect(),
         None => discover::default_lease_files(),
     };
-    let mut out: Vec<ProxyUrl> = Vec::new();
+    let mut announced: Vec<(String, discover::Announced)> = Vec::new();
     for f in files {
         for a in discover::from_lease_file(&f, code).unwrap_or_default() {
-            match discover::proxy_url(&a.url) {
-                Ok(u) if !out.contains(&u) => out.push(u),
-                Ok(_) => {}
-                Err(e) if cli.verbose => eprintln!("socksng: {}: {}: {e}", f.display(), a.url),
-                Err(_) => {}
-            }
+            announced.push((f.display().to_string(), a));
+        }
+    }
+    if cli.discover_mdns {
+        match discover::browse_mdns(Duration::from_secs(3)) {
+            Ok(found) => announced.extend(found.into_iter().map(|a| ("mDNS".to_string(), a))),
+            Err(e) if cli.verbose => eprintln!("socksng: {e}"),
+            Err(_) => {}
+        }
+    }
+    for pvd in &cli.discover_pvd {
+        match discover::fetch_pvd(pvd, &pvd_tls(cli), Duration::from_secs(10)) {
+            Ok(found) => announced.extend(found.into_iter().map(|a| (pvd.clone(), a))),
+            // Asked for by name, so a failure is worth saying even without -v.
+            Err(e) => eprintln!("socksng: {pvd}: {e}"),
+        }
+    }
+    let mut out: Vec<ProxyUrl> = Vec::new();
+    for (f, a) in announced {
+        match discover::proxy_url(&a.url) {
+            Ok(u) if !out.contains(&u) => out.push(u),
+            Ok(_) => {}
+            Err(e) if cli.verbose => eprintln!("socksng: {f}: {}: {e}", a.url),
+            Err(_) => {}
         }
     }
     out
@@ -1140,6 +1169,15 @@ struct Ways {
     mdns: Option<Duration>,
     inform: Option<(String, Duration)>,
     pvds: Vec<String>,
+    tls: socksng_client::TlsSettings,
+}
+
+/// How HTTPS servers of provisioning domains are checked: as SOCKS over TLS servers are.
+fn pvd_tls(cli: &Cli) -> socksng_client::TlsSettings {
+    socksng_client::TlsSettings {
+        ca_file: cli.proxy_cacert.clone(),
+        ..Default::default()
+    }
 }
 
 async fn discover(lease_files: &[PathBuf], code: u8, json: bool, ways: Ways) -> Result<()> {
@@ -1184,10 +1222,13 @@ async fn discover(lease_files: &[PathBuf], code: u8, json: bool, ways: Ways) -> 
         );
     }
     for pvd in ways.pvds {
+        let tls = ways.tls.clone();
         more.extend(
-            tokio::task::spawn_blocking(move || discover::fetch_pvd(&pvd, Duration::from_secs(10)))
-                .await
-                .map_err(|e| anyhow!(e))??,
+            tokio::task::spawn_blocking(move || {
+                discover::fetch_pvd(&pvd, &tls, Duration::from_secs(10))
+            })
+            .await
+            .map_err(|e| anyhow!(e))??,
         );
     }
     for a in more {
