@@ -576,3 +576,31 @@ def test_a_config_file_server_asked_for_its_ranges(net, edge, tmp_path):
     assert r.stdout.decode().startswith(f"target client {P_T_IP} "), r.stdout
     assert b"not known yet" not in r.stderr, r.stderr
 
+
+
+def test_exec_discover_routes_by_the_proxy_a_lease_announces(net, edge, tmp_path):
+    """`socksng --discover exec`: the proxy a DHCP lease announces enters the shim's route
+    table as it enters the launcher's (asked for its ranges), and a configured route still
+    wins over it (draft section 10.4)."""
+    lease = tmp_path / "dhclient.leases"
+    lease.write_text('lease {\n  option unknown-224 "%s";\n}\n' % edge.url)
+    env = {"SOCKSNG_LEASE_FILES": str(lease), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    url = f"http://{T_IP}:{net.http_port}/"
+    program = ["exec", "--", "curl", "-q", "-sS", "--max-time", "15", url]
+    # Nothing configured and no --discover: nothing to route by.
+    r = run([SOCKSNG, *program], netns=net.client, env=env)
+    assert r.returncode != 0 and b"no proxy configured" in r.stderr, r.stderr
+    # With --discover the learned proxy carries what it serves.
+    r = run([SOCKSNG, "--discover", *program], netns=net.client, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith(f"target client {P_T_IP} "), r.stdout
+    edge.wait_session(command="connect", target=f"{T_IP}:{net.http_port}",
+                      outcome_kind="completed")
+    # A configured route (here: direct, which this network routes) keeps its destinations
+    # from the learned proxy: the target sees the client's own address.
+    cfg = tmp_path / "client.toml"
+    cfg.write_text(f'[[route]]\nto = ["{T_IP}/32"]\nvia = "direct"\n')
+    r = run([SOCKSNG, "--discover", "-c", cfg, *program], netns=net.client, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith(f"target client {C_IP} "), r.stdout

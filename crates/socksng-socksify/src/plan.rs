@@ -1,6 +1,7 @@
 //! Where the shim sends what: the client configuration as the `socksng` command reads it
 //! (`SOCKSNG_PROXY`, which `socksng exec --proxy` sets; else the client configuration file;
-//! else ALL_PROXY / NO_PROXY), the route table it builds (configured routes, servers'
+//! else ALL_PROXY / NO_PROXY; and the proxies `socksng exec --discover` learned, in
+//! `SOCKSNG_LEARNED`), the route table it builds (configured routes, servers'
 //! `ranges`, and the ranges servers announced as cached by earlier processes), and each proxy's
 //! addresses. Loopback is always direct; what no route names is direct.
 
@@ -78,10 +79,15 @@ fn load() -> Result<Option<Plan>, String> {
     } else {
         ClientConfig::from_env().map_err(|e| format!("ALL_PROXY: {e}"))?
     };
-    let Some(cfg) = cfg else {
-        return Ok(None);
+    let learned = learned();
+    let cfg = match cfg {
+        Some(cfg) => cfg,
+        None if !learned.is_empty() => ClientConfig::default(),
+        None => return Ok(None),
     };
-    let router = cfg.router().map_err(|e| e.to_string())?;
+    let router = cfg
+        .router_with_learned(learned)
+        .map_err(|e| e.to_string())?;
     for (spec, status) in router.servers() {
         if spec.ask && spec.ranges.is_empty() && status.announced.is_empty() {
             crate::sys::say(&format!(
@@ -104,6 +110,22 @@ fn load() -> Result<Option<Plan>, String> {
         servers,
         connect_timeout: cfg.options.connect_timeout,
     }))
+}
+
+/// The proxies the network announced, as `socksng exec --discover` found them
+/// (`SOCKSNG_LEARNED`: the announced URLs, space-separated). They take only destinations no
+/// configured route covers (draft section 10.4); one that cannot be read is said and skipped.
+fn learned() -> Vec<ProxyUrl> {
+    let list = std::env::var("SOCKSNG_LEARNED").unwrap_or_default();
+    list.split_ascii_whitespace()
+        .filter_map(|text| match socksng_client::discover::proxy_url(text) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                crate::sys::say(&format!("SOCKSNG_LEARNED: {e}"));
+                None
+            }
+        })
+        .collect()
 }
 
 /// Names that always mean this host.

@@ -413,7 +413,12 @@ fn parse_local(text: &str) -> Result<SocketAddr> {
 async fn exec(cli: &Cli, program: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt;
     // The configuration is checked here, where its errors can be reported well.
-    let router = router(cli)?;
+    let learned = if cli.discover && cli.proxy.is_none() {
+        learned_proxies(cli)
+    } else {
+        Vec::new()
+    };
+    let router = router_with(cli, learned.iter().map(|(_, url)| url.clone()).collect())?;
     // The shim routes by the ranges servers announced as cached on disk: ask them now, so the
     // program starts with what they serve (a server that does not answer is left to the
     // cache, or to the shim's warning).
@@ -443,6 +448,14 @@ async fn exec(cli: &Cli, program: &[String]) -> Result<()> {
         }
     } else if let Some(path) = &cli.config {
         command.env("SOCKSNG_CLIENT_CONFIG", std::path::absolute(path)?);
+    }
+    // The proxies the network announced, for the shim to add as this process did; only when
+    // the route table took them (not beside ALL_PROXY, as `router_with` decides).
+    if router.servers().iter().any(|(spec, _)| spec.learned) {
+        let list: Vec<&str> = learned.iter().map(|(text, _)| text.as_str()).collect();
+        command.env("SOCKSNG_LEARNED", list.join(" "));
+    } else {
+        command.env_remove("SOCKSNG_LEARNED");
     }
     if let Some(path) = find_program(name) {
         if is_static(&path) {
@@ -543,14 +556,19 @@ fn single_proxy(cli: &Cli, url: &str) -> Result<Router> {
 }
 
 fn router(cli: &Cli) -> Result<Router> {
-    if let Some(url) = &cli.proxy {
-        return single_proxy(cli, url);
-    }
-    let learned = if cli.discover {
+    let learned = if cli.discover && cli.proxy.is_none() {
         learned_proxies(cli)
     } else {
         Vec::new()
     };
+    router_with(cli, learned.into_iter().map(|(_, url)| url).collect())
+}
+
+/// The router of `router`, with `learned` as the proxies the network announced.
+fn router_with(cli: &Cli, learned: Vec<ProxyUrl>) -> Result<Router> {
+    if let Some(url) = &cli.proxy {
+        return single_proxy(cli, url);
+    }
     if let Some(path) = cli.config.clone().or_else(ClientConfig::default_path) {
         // The load error names the file; what the file says gets the name added.
         let router = ClientConfig::load(&path)?
@@ -1121,7 +1139,8 @@ fn ranges_json(caps: &Capabilities) -> serde_json::Value {
 /// The proxies the network announced (for --discover): from $SOCKSNG_LEASE_FILES or the DHCP
 /// clients' usual places, option $SOCKSNG_DHCP_CODE (224 unless set); with --discover-mdns
 /// and --discover-pvd, DNS-SD and provisioning domains too.
-fn learned_proxies(cli: &Cli) -> Vec<ProxyUrl> {
+/// Each as announced (with its `?pin=`, the form the shim reads) and as a proxy URL.
+fn learned_proxies(cli: &Cli) -> Vec<(String, ProxyUrl)> {
     use socksng_client::discover;
     let code = std::env::var("SOCKSNG_DHCP_CODE")
         .ok()
@@ -1151,10 +1170,10 @@ fn learned_proxies(cli: &Cli) -> Vec<ProxyUrl> {
             Err(e) => eprintln!("socksng: {pvd}: {e}"),
         }
     }
-    let mut out: Vec<ProxyUrl> = Vec::new();
+    let mut out: Vec<(String, ProxyUrl)> = Vec::new();
     for (f, a) in announced {
         match discover::proxy_url(&a.url) {
-            Ok(u) if !out.contains(&u) => out.push(u),
+            Ok(u) if !out.iter().any(|(_, o)| *o == u) => out.push((a.url, u)),
             Ok(_) => {}
             Err(e) if cli.verbose => eprintln!("socksng: {f}: {}: {e}", a.url),
             Err(_) => {}
