@@ -6,6 +6,8 @@ what it serves, and a connection through the proxy found reaches a target behind
 three lease formats; the PAC file (evaluated under node) and PvD JSON socksngd serves, over
 HTTP and HTTPS; and a hostile announcement, which never overrides a configured route."""
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -291,6 +293,57 @@ def test_pvd_over_https_by_pvd_id(start_proxy, tmp_path):
     # Fetched by a PvD ID the document does not name.
     r = discover(f"127.0.0.1:{port}", "--proxy-cacert", ca.pem)
     assert r.returncode != 0 and b"not the PvD ID" in r.stderr, r.stderr
+
+
+def spki_pin(cert_pem):
+    """curl's pin form (sha256//BASE64 of the SubjectPublicKeyInfo) of a certificate."""
+    pub = run(["openssl", "x509", "-in", cert_pem, "-noout", "-pubkey"])
+    der = run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub.stdout)
+    assert pub.returncode == 0 and der.returncode == 0, (pub.stderr, der.stderr)
+    return "sha256//" + base64.b64encode(hashlib.sha256(der.stdout).digest()).decode()
+
+
+def test_an_announced_pin_is_checked_besides_the_certificate(start_proxy, tmp_path):
+    """A lease announcing `socks5s://...?pin=` (draft 10.1): `discover` and `--discover` use
+    the proxy only when its key matches the pin and its certificate is valid."""
+    pki = Pki(tmp_path)
+    ca = pki.ca("pin-ca")
+    leaf = pki.leaf(ca, "pinned", dns=["localhost"], ips=["127.0.0.1"])
+    other = pki.leaf(ca, "other", dns=["localhost"], ips=["127.0.0.1"])
+    p = start_proxy(proxy_config(extra={
+        "tls": {"cert": str(leaf.pem), "key": str(leaf.key)},
+        "ng": {"served": [{"to": ["10.0.0.0/8"]}]},
+    }), name="pinned")
+    base = f"socks5s://{p.hostport}"
+
+    def discover(pin, *more):
+        lease = tmp_path / "pin.leases"
+        lease.write_text('lease {\n  option unknown-224 "%s?pin=%s";\n}\n' % (base, pin))
+        r = run([SOCKSNG, "discover", "--lease-file", lease, "--json", *more])
+        assert r.returncode == 0, r.stderr.decode()
+        (found,) = [json.loads(l) for l in r.stdout.decode().splitlines() if l]
+        return found
+
+    good, bad = spki_pin(leaf.pem), spki_pin(other.pem)
+    found = discover(good, "--proxy-cacert", ca.pem)
+    assert found["protocol"] == "socks-ng", found
+    assert "10.0.0.0/8" in [x for r in found["ranges"] for x in r["prefixes"]], found
+    found = discover(bad, "--proxy-cacert", ca.pem)
+    assert "pin mismatch" in found.get("error", ""), found
+    # The pin adds to the certificate check, it does not replace it.
+    found = discover(good)
+    assert "unknown CA" in found.get("error", ""), found
+
+    # The same proxy, learned with --discover, takes the range it serves.
+    lease = tmp_path / "route.leases"
+    lease.write_text('lease {\n  option unknown-224 "%s?pin=%s";\n}\n' % (base, good))
+    r = run([SOCKSNG, "--discover", "--proxy-cacert", ca.pem, "routes", "--json",
+             "--lookup", "10.1.2.3:80"],
+            env={"SOCKSNG_LEASE_FILES": str(lease), "XDG_CACHE_HOME": str(tmp_path / "c"),
+                 "XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+    assert r.returncode == 0, r.stderr.decode()
+    via = {l["target"]: l["via"] for l in json.loads(r.stdout)["lookups"]}
+    assert via == {"10.1.2.3:80": f"learned:{p.hostport}"}, via
 
 
 def test_a_hostile_announcement_never_overrides_a_configured_route(start_proxy, tmp_path):

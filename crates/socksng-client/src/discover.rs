@@ -303,6 +303,9 @@ fn pvd_proxies(
 /// The DNS-SD service type socksng servers announce (draft section 10.5).
 pub const MDNS_SERVICE: &str = "_socksng._tcp.local.";
 
+/// The most instances one browse takes: any host on the link may announce (draft 10.4).
+const MDNS_MAX_INSTANCES: usize = 32;
+
 /// socksng servers announcing themselves by DNS-SD over mDNS on the links of this host,
 /// browsed for `wait`. A server's URL is its TXT `url` (when it holds no credentials), else
 /// `socks5h://` (or `socks5s://` with TXT `tls=1`) to its first address and port.
@@ -316,6 +319,9 @@ pub fn browse_mdns(wait: std::time::Duration) -> Result<Vec<Announced>, ClientEr
     let deadline = std::time::Instant::now() + wait;
     let mut found: Vec<Announced> = Vec::new();
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        if found.len() == MDNS_MAX_INSTANCES {
+            break;
+        }
         let Ok(event) = events.recv_timeout(left) else {
             break;
         };

@@ -866,9 +866,8 @@ async fn run(cli: Cli) -> Result<()> {
                 mdns: mdns.then_some(wait),
                 inform: inform.clone().map(|i| (i, wait)),
                 pvds: pvds.clone(),
-                tls: pvd_tls(&cli),
             };
-            discover(lease_files, *dhcp_code, *json, ways).await
+            discover(&cli, lease_files, *dhcp_code, *json, ways).await
         }
         Cmd::Exec { program } => exec(&cli, program).await,
         Cmd::Routes { json, lookup } => routes(&cli, *json, lookup).await,
@@ -1172,7 +1171,7 @@ fn learned_proxies(cli: &Cli) -> Vec<(String, ProxyUrl)> {
     }
     let mut out: Vec<(String, ProxyUrl)> = Vec::new();
     for (f, a) in announced {
-        match discover::proxy_url(&a.url) {
+        match learned_url(cli, &a.url) {
             Ok(u) if !out.iter().any(|(_, o)| *o == u) => out.push((a.url, u)),
             Ok(_) => {}
             Err(e) if cli.verbose => eprintln!("socksng: {f}: {}: {e}", a.url),
@@ -1182,13 +1181,22 @@ fn learned_proxies(cli: &Cli) -> Vec<(String, ProxyUrl)> {
     out
 }
 
+/// An announced URL as a proxy URL (its `?pin=` kept), a `socks5s` one checked against
+/// --proxy-cacert's CAs when given.
+fn learned_url(cli: &Cli, announced: &str) -> std::result::Result<ProxyUrl, ClientError> {
+    let url = socksng_client::discover::proxy_url(announced)?;
+    match &cli.proxy_cacert {
+        Some(ca) if url.tls.is_some() => url.with_tls_options(Some(ca.clone()), None, None),
+        _ => Ok(url),
+    }
+}
+
 /// `socksng discover`: the proxies the leases announce, each asked for its capabilities.
 /// The ways `discover` looks besides the lease files, with how long each waits.
 struct Ways {
     mdns: Option<Duration>,
     inform: Option<(String, Duration)>,
     pvds: Vec<String>,
-    tls: socksng_client::TlsSettings,
 }
 
 /// How HTTPS servers of provisioning domains are checked: as SOCKS over TLS servers are.
@@ -1199,7 +1207,13 @@ fn pvd_tls(cli: &Cli) -> socksng_client::TlsSettings {
     }
 }
 
-async fn discover(lease_files: &[PathBuf], code: u8, json: bool, ways: Ways) -> Result<()> {
+async fn discover(
+    cli: &Cli,
+    lease_files: &[PathBuf],
+    code: u8,
+    json: bool,
+    ways: Ways,
+) -> Result<()> {
     use socksng_client::discover;
     if !discover::is_site_specific(code) {
         return Err(anyhow!(LocalError::Usage(format!(
@@ -1241,7 +1255,7 @@ async fn discover(lease_files: &[PathBuf], code: u8, json: bool, ways: Ways) -> 
         );
     }
     for pvd in ways.pvds {
-        let tls = ways.tls.clone();
+        let tls = pvd_tls(cli);
         more.extend(
             tokio::task::spawn_blocking(move || {
                 discover::fetch_pvd(&pvd, &tls, Duration::from_secs(10))
@@ -1263,7 +1277,7 @@ async fn discover(lease_files: &[PathBuf], code: u8, json: bool, ways: Ways) -> 
     }
     for a in found {
         let source = a.source.clone();
-        let asked = match discover::proxy_url(&a.url) {
+        let asked = match learned_url(cli, &a.url) {
             Ok(url) => in_time(Client::new(url).capabilities()).await,
             Err(e) => Err(e),
         };
