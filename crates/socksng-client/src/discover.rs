@@ -1,13 +1,34 @@
 //! Proxies the network announces (draft section 10), as the host's DHCP client recorded
-//! them: the lease files of ISC dhclient (text, `option unknown-224 ...;`), dhcpcd (the whole
-//! DHCP message) and systemd-networkd (`OPTION_224=hex`). The option's bytes are read by
-//! socksng-proto's discovery codec. URLs with credentials are dropped: a network cannot be
-//! trusted with them (draft section 10.4).
+//! them: the lease files of ISC dhclient (text: `option unknown-224 ...;` for DHCPv4,
+//! `option dhcp6.vendor-opts ...;` for DHCPv6), dhcpcd (the whole DHCPv4 or DHCPv6 message)
+//! and systemd-networkd (`OPTION_224=hex`); asked by DHCPINFORM; browsed by DNS-SD; read from
+//! provisioning domains. The option's bytes are read by socksng-proto's discovery codec. URLs
+//! with credentials are dropped: a network cannot be trusted with them (draft section 10.4).
 
 use crate::ClientError;
 pub use socksng_proto::wire::discovery::is_site_specific;
-use socksng_proto::wire::discovery::{decode_list, dhcpv4_option};
+use socksng_proto::wire::discovery::{
+    decode_dhcpv6_vendor, decode_list, dhcpv4_option, dhcpv6_vendor_list,
+};
 use std::path::{Path, PathBuf};
+
+/// The DHCP options that carry the proxy list on this network (draft sections 10.2, 10.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DhcpOptions {
+    /// The DHCPv4 site-specific option code.
+    pub code: u8,
+    /// The enterprise number of the DHCPv6 Vendor-specific Information option.
+    pub enterprise: u32,
+}
+
+impl Default for DhcpOptions {
+    fn default() -> Self {
+        DhcpOptions {
+            code: socksng_proto::wire::discovery::DEFAULT_DHCP_CODE,
+            enterprise: socksng_proto::wire::discovery::DEFAULT_DHCPV6_ENTERPRISE,
+        }
+    }
+}
 
 /// A proxy the network announced, and where it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,11 +376,25 @@ pub fn browse_mdns(wait: std::time::Duration) -> Result<Vec<Announced>, ClientEr
 
 /// An announced URL as a proxy URL: a `socks5s` URL may carry its server's key pin as
 /// `?pin=sha256//BASE64` (draft section 10.1), which is then checked besides the certificate.
+/// Refused: a URL with a byte outside printable ASCII or a space (draft 10.1, whichever way
+/// it was announced), and one carrying credentials (draft 10.4).
 pub fn proxy_url(announced: &str) -> Result<crate::ProxyUrl, ClientError> {
-    match announced.split_once("?pin=") {
+    if announced.is_empty() || !announced.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ClientError::Config(format!(
+            "{:?}: an announced URL is printable ASCII without spaces",
+            crate::url::redact(announced)
+        )));
+    }
+    let url = match announced.split_once("?pin=") {
         Some((base, pin)) => crate::ProxyUrl::parse(base)?.with_tls_options(None, Some(pin), None),
         None => crate::ProxyUrl::parse(announced),
+    }?;
+    if url.credentials.is_some() {
+        return Err(ClientError::Config(format!(
+            "{url}: a proxy the network announced may not carry credentials"
+        )));
     }
+    Ok(url)
 }
 
 /// Where DHCP clients keep their leases on Linux.
@@ -369,7 +404,9 @@ pub fn default_lease_files() -> Vec<PathBuf> {
         ("/var/lib/dhcp", ".leases"),
         ("/var/lib/dhclient", ".leases"),
         ("/var/lib/dhcpcd", ".lease"),
+        ("/var/lib/dhcpcd", ".lease6"),
         ("/var/db/dhcpcd", ".lease"),
+        ("/var/db/dhcpcd", ".lease6"),
         ("/run/systemd/netif/leases", ""),
     ] {
         if let Ok(entries) = std::fs::read_dir(dir) {
@@ -384,25 +421,23 @@ pub fn default_lease_files() -> Vec<PathBuf> {
     out
 }
 
-/// The proxies a lease file records under DHCPv4 option `code`, in order.
-pub fn from_lease_file(path: &Path, code: u8) -> Result<Vec<Announced>, ClientError> {
+/// The proxies a DHCP lease file announces, DHCPv4's first, then DHCPv6's.
+pub fn from_lease_file(path: &Path, options: DhcpOptions) -> Result<Vec<Announced>, ClientError> {
     let bytes =
         std::fs::read(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
-    let data = lease_option(&bytes, code)
+    let written = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let urls = lease_urls(&bytes, options, std::time::SystemTime::now(), written)
         .map_err(|why| ClientError::Config(format!("{}: {why}", path.display())))?;
-    let Some(data) = data else {
-        return Ok(Vec::new());
-    };
-    let urls = decode_list(&data)
-        .map_err(|e| ClientError::Config(format!("{}: option {code}: {e}", path.display())))?;
-    Ok(urls
-        .into_iter()
-        .filter(|u| !carries_credentials(u))
-        .map(|url| Announced {
-            url,
-            source: path.display().to_string(),
-        })
-        .collect())
+    let mut found: Vec<Announced> = Vec::new();
+    for url in urls {
+        if !carries_credentials(&url) && !found.iter().any(|a| a.url == url) {
+            found.push(Announced {
+                url,
+                source: path.display().to_string(),
+            });
+        }
+    }
+    Ok(found)
 }
 
 /// Whether a URL holds a user (a network must not hand out, or be handed, credentials).
@@ -412,45 +447,167 @@ fn carries_credentials(url: &str) -> bool {
     authority.contains('@')
 }
 
-/// The option's data in any of the lease formats; `None` when the lease lacks it.
-fn lease_option(bytes: &[u8], code: u8) -> Result<Option<Vec<u8>>, String> {
-    // dhcpcd: the DHCP message itself.
-    if bytes.len() > 240 && bytes[236..240] == [99, 130, 83, 99] {
-        return dhcpv4_option(bytes, code).map_err(|e| e.to_string());
+/// The URLs a lease file holds in any of the formats, DHCPv4's first; an expired lease holds
+/// none. `now` and `written` (the file's modification time) judge expiry.
+fn lease_urls(
+    bytes: &[u8],
+    options: DhcpOptions,
+    now: std::time::SystemTime,
+    written: Option<std::time::SystemTime>,
+) -> Result<Vec<String>, String> {
+    // dhcpcd, DHCPv4: the whole message, written when the lease was taken.
+    if bytes.get(236..240) == Some(&[99, 130, 83, 99][..]) {
+        let lease_secs = dhcpv4_option(bytes, 51)
+            .ok()
+            .flatten()
+            .and_then(|t| <[u8; 4]>::try_from(t.as_slice()).ok())
+            .map(u32::from_be_bytes);
+        if let (Some(secs), Some(written)) = (lease_secs, written) {
+            // 0xffffffff is an infinite lease (RFC 2132 section 9.2).
+            if secs != u32::MAX && written + std::time::Duration::from_secs(secs.into()) < now {
+                return Ok(Vec::new());
+            }
+        }
+        return match dhcpv4_option(bytes, options.code).map_err(|e| e.to_string())? {
+            Some(data) => decode_list(&data).map_err(|e| format!("option {}: {e}", options.code)),
+            None => Ok(Vec::new()),
+        };
+    }
+    // dhcpcd, DHCPv6: the whole Reply (message type 7).
+    if bytes.first() == Some(&7) {
+        return Ok(dhcpv6_vendor_list(bytes, options.enterprise)
+            .map_err(|e| format!("DHCPv6 vendor option: {e}"))?
+            .unwrap_or_default());
     }
     let text = std::str::from_utf8(bytes).map_err(|_| "neither a DHCP message nor text")?;
-    // systemd-networkd: KEY=VALUE lines, private options as OPTION_<code>=<hex>.
-    let key = format!("OPTION_{code}=");
+    // systemd-networkd: KEY=VALUE lines, private options as OPTION_<code>=<hex>; the file
+    // goes when the lease does.
+    let key = format!("OPTION_{}=", options.code);
     if let Some(hex) = text.lines().rev().find_map(|l| l.trim().strip_prefix(&key)) {
-        return parse_hex(hex, "").map(Some);
+        let data = parse_hex(hex, "")?;
+        return decode_list(&data).map_err(|e| format!("option {}: {e}", options.code));
     }
-    // ISC dhclient: lease blocks, the newest last; an unknown option as
-    // `option unknown-224 "text";` or as colon-separated hex.
-    let name = format!("unknown-{code}");
-    let mut newest = None;
+    dhclient_urls(text, options, now)
+}
+
+/// One `lease {}` or `lease6 {}` block of a dhclient lease file.
+#[derive(Default)]
+struct LeaseBlock {
+    v6: bool,
+    interface: String,
+    data: Option<Vec<u8>>,
+    expired: bool,
+}
+
+/// ISC dhclient's lease file: blocks appended as leases come, so the last block of an
+/// interface (per family) is its current lease; an earlier network's option is not used
+/// once a newer lease lacks it, nor is an expired lease's. DHCPv4 carries the list as
+/// `option unknown-224 "text";` (or colon-separated hex), DHCPv6 as
+/// `option dhcp6.vendor-opts HEX;`.
+fn dhclient_urls(
+    text: &str,
+    options: DhcpOptions,
+    now: std::time::SystemTime,
+) -> Result<Vec<String>, String> {
+    let v4_name = format!("unknown-{}", options.code);
+    let mut blocks: Vec<LeaseBlock> = Vec::new();
+    let mut current: Option<LeaseBlock> = None;
+    let mut depth = 0usize;
     for line in text.lines() {
         let line = line.trim();
-        let Some(rest) = line.strip_prefix("option ") else {
-            continue;
-        };
-        let Some((opt, value)) = rest.split_once(char::is_whitespace) else {
-            continue;
-        };
-        if opt != name && opt != "socksng-proxies" {
+        if current.is_none() {
+            if line.starts_with("lease {") || line.starts_with("lease6 {") {
+                current = Some(LeaseBlock {
+                    v6: line.starts_with("lease6"),
+                    ..LeaseBlock::default()
+                });
+                depth = 1;
+            }
             continue;
         }
-        let value = value.trim().trim_end_matches(';').trim();
-        newest = Some(
-            match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-                Some(quoted) => unescape(quoted),
-                None => parse_hex(value, ":")?,
-            },
+        let Some(block) = current.as_mut() else {
+            continue;
+        };
+        if depth == 1 {
+            if let Some(rest) = line.strip_prefix("interface ") {
+                block.interface = rest.trim_end_matches(';').trim().trim_matches('"').into();
+            } else if let Some(rest) = line.strip_prefix("expire ") {
+                block.expired = dhclient_time(rest).is_some_and(|t| t < now);
+            } else if let Some(rest) = line.strip_prefix("option ") {
+                if let Some((name, value)) = rest.split_once(char::is_whitespace) {
+                    let value = value.trim().trim_end_matches(';').trim();
+                    let ours = if block.v6 {
+                        name == "dhcp6.vendor-opts"
+                    } else {
+                        name == v4_name || name == "socksng-proxies"
+                    };
+                    if ours {
+                        block.data = Some(
+                            match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                                Some(quoted) => unescape(quoted),
+                                None => parse_hex(value, ":")?,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        depth += line.matches('{').count();
+        depth = depth.saturating_sub(line.matches('}').count());
+        if depth == 0 {
+            blocks.extend(current.take());
+        }
+    }
+    let mut urls: Vec<String> = Vec::new();
+    for v6 in [false, true] {
+        let mut seen: Vec<&str> = Vec::new();
+        // Newest first: the last block of each interface decides.
+        for block in blocks.iter().rev().filter(|b| b.v6 == v6) {
+            if seen.contains(&block.interface.as_str()) {
+                continue;
+            }
+            seen.push(&block.interface);
+            let (Some(data), false) = (&block.data, block.expired) else {
+                continue;
+            };
+            let list = if v6 {
+                decode_dhcpv6_vendor(data, options.enterprise)
+                    .map_err(|e| format!("DHCPv6 vendor option: {e}"))?
+                    .unwrap_or_default()
+            } else {
+                decode_list(data).map_err(|e| format!("option {}: {e}", options.code))?
+            };
+            for url in list {
+                if !urls.contains(&url) {
+                    urls.push(url);
+                }
+            }
+        }
+    }
+    Ok(urls)
+}
+
+/// A dhclient lease time: `W YYYY/MM/DD HH:MM:SS` (UTC), `epoch N` or `never` (none).
+fn dhclient_time(text: &str) -> Option<std::time::SystemTime> {
+    let text = text
+        .split('#')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_end_matches(';')
+        .trim();
+    if let Some(secs) = text.strip_prefix("epoch ") {
+        return Some(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.trim().parse().ok()?),
         );
     }
-    Ok(newest)
+    let (_, date_time) = text.split_once(' ')?;
+    let (date, time) = date_time.trim().split_once(' ')?;
+    humantime::parse_rfc3339(&format!("{}T{}Z", date.replace('/', "-"), time.trim())).ok()
 }
 
 fn parse_hex(text: &str, sep: &str) -> Result<Vec<u8>, String> {
+    let bad = || format!("bad hex {text:?}");
     let digits: String = if sep.is_empty() {
         text.trim().to_string()
     } else {
@@ -458,16 +615,17 @@ fn parse_hex(text: &str, sep: &str) -> Result<Vec<u8>, String> {
             .map(|p| format!("{:0>2}", p.trim()))
             .collect()
     };
-    if digits.len() % 2 != 0 {
-        return Err(format!("odd hex {text:?}"));
+    if digits.len() % 2 != 0 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
     }
     (0..digits.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| format!("bad hex {text:?}")))
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| bad()))
         .collect()
 }
 
-/// dhclient's quoting: backslash escapes and octal `\NNN`.
+/// dhclient's quoting: backslash escapes and octal `\NNN` (at most `\377`; a larger one is
+/// taken as the characters it is).
 fn unescape(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
     let bytes = text.as_bytes();
@@ -476,9 +634,11 @@ fn unescape(text: &str) -> Vec<u8> {
         if bytes[i] == b'\\' && i + 1 < bytes.len() {
             let octal = bytes
                 .get(i + 1..i + 4)
-                .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-            if let Some(d) = octal {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+                .map(|d| d.iter().fold(0u16, |n, c| n * 8 + u16::from(c - b'0')))
+                .and_then(|n| u8::try_from(n).ok());
+            if let Some(byte) = octal {
+                out.push(byte);
                 i += 4;
             } else {
                 out.push(bytes[i + 1]);
@@ -564,7 +724,94 @@ mod tests {
     }
 
     fn urls(bytes: &[u8], code: u8) -> Vec<String> {
-        decode_list(&lease_option(bytes, code).unwrap().unwrap()).unwrap()
+        let options = DhcpOptions {
+            code,
+            ..DhcpOptions::default()
+        };
+        lease_urls(bytes, options, std::time::SystemTime::now(), None).unwrap()
+    }
+
+    /// The lease dhclient -6 wrote for a dnsmasq announcing `socksng-proxies` under enterprise
+    /// 32473 (`socksngd announce --dhcp`'s line), as it wrote it.
+    const DHCLIENT6: &str = "default-duid \"\\000\\001\\000\\0012\\237\";\nlease6 {\n  interface \"v6b\";\n  ia-na e4:97:1b:39 {\n    starts 1796003718;\n    iaaddr fd00:77::1f4 {\n      max-life 3600;\n    }\n  }\n  option dhcp6.vendor-opts 0:0:7e:d9:0:1:0:18:73:6f:63:6b:73:35:68:3a:2f:2f:31:30:2e:37:37:2e:36:2e:31:3a:31:30:38:30;\n  option dhcp6.status-code success \"success\";\n  option vsio.unknown-32473 0:1:0:18:73:6f:63:6b:73:35:68:3a:2f:2f:31:30:2e:37:37:2e:36:2e:31:3a:31:30:38:30;\n}\n";
+
+    #[test]
+    fn dhcpv6_leases_of_dhclient_and_dhcpcd() {
+        assert_eq!(
+            urls(DHCLIENT6.as_bytes(), 224),
+            ["socks5h://10.77.6.1:1080"]
+        );
+        let other = DhcpOptions {
+            enterprise: 1,
+            ..DhcpOptions::default()
+        };
+        let now = std::time::SystemTime::now();
+        assert!(lease_urls(DHCLIENT6.as_bytes(), other, now, None)
+            .unwrap()
+            .is_empty());
+        // dhcpcd keeps the Reply itself.
+        let mut reply = vec![7, 1, 2, 3, 0, 2, 0, 1, 0xee];
+        reply.extend(
+            socksng_proto::wire::discovery::encode_dhcpv6(32473, "socks5h://[2001:db8::1]:1080")
+                .unwrap(),
+        );
+        assert_eq!(urls(&reply, 224), ["socks5h://[2001:db8::1]:1080"]);
+        assert!(lease_urls(&reply[..reply.len() - 3], DhcpOptions::default(), now, None).is_err());
+    }
+
+    #[test]
+    fn only_the_current_unexpired_lease_of_each_interface_counts() {
+        let now = humantime::parse_rfc3339("2026-11-30T12:00:00Z").unwrap();
+        let at =
+            |text: &str| lease_urls(text.as_bytes(), DhcpOptions::default(), now, None).unwrap();
+        let office = "lease {\n  interface \"wlan0\";\n  option unknown-224 \"socks5h://office:1080\";\n  expire 3 2026/12/02 00:00:00;\n}\n";
+        let cafe = "lease {\n  interface \"wlan0\";\n  expire 3 2026/12/02 00:00:00;\n}\n";
+        let wired = "lease {\n  interface \"eth0\";\n  option unknown-224 \"socks5h://wired:1080\";\n  expire epoch 1796169600; # Wed Dec 2 2026\n}\n";
+        assert_eq!(at(office), ["socks5h://office:1080"]);
+        // A newer lease on the same interface without the option: the office proxy is gone.
+        assert!(at(&format!("{office}{cafe}")).is_empty());
+        // Another interface's lease stays.
+        assert_eq!(
+            at(&format!("{office}{wired}{cafe}")),
+            ["socks5h://wired:1080"]
+        );
+        // Expired, by date or by epoch.
+        let old = office.replace("2026/12/02", "2026/11/29");
+        assert!(at(&old).is_empty());
+        assert!(at(&wired.replace("1796169600", "1795000000")).is_empty());
+        assert_eq!(
+            at(&office.replace("expire 3 2026/12/02 00:00:00", "expire never")).len(),
+            1
+        );
+        // dhcpcd's message: expired when its lease time has passed since it was written.
+        let mut message = vec![0u8; 236];
+        message.extend_from_slice(&[99, 130, 83, 99, 53, 1, 5, 51, 4, 0, 0, 0x0e, 0x10]);
+        message.extend(encode_dhcpv4(224, "socks5h://gw:1080"));
+        message.push(255);
+        let written = |secs_ago| Some(now - std::time::Duration::from_secs(secs_ago));
+        let o = DhcpOptions::default();
+        assert_eq!(lease_urls(&message, o, now, written(60)).unwrap().len(), 1);
+        assert!(lease_urls(&message, o, now, written(7200))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn malformed_lease_text_is_an_error_not_a_panic() {
+        for bad in [
+            "OPTION_224=a\u{e9}b\n",
+            "lease {\n option unknown-224 a\u{e9}b;\n}\n",
+        ] {
+            assert!(lease_urls(
+                bad.as_bytes(),
+                DhcpOptions::default(),
+                std::time::UNIX_EPOCH,
+                None
+            )
+            .is_err());
+        }
+        assert_eq!(unescape("\\777\\101"), b"777A");
+        assert_eq!(unescape("\\377"), [255]);
     }
 
     #[test]
@@ -584,7 +831,7 @@ mod tests {
             urls(quoted.as_bytes(), 230),
             ["socks5h://10.0.0.1:1080", "socks5h://10.0.0.2:1080"]
         );
-        assert_eq!(lease_option(quoted.as_bytes(), 224).unwrap(), None);
+        assert!(urls(quoted.as_bytes(), 224).is_empty());
     }
 
     #[test]
@@ -611,6 +858,11 @@ mod tests {
         assert!(proxy_url(&format!("socks5h://gw:1080?pin={pin}")).is_err());
         assert!(proxy_url("socks5s://gw:1443?pin=md5//x").is_err());
         assert!(proxy_url("socks5h://gw:1080").unwrap().tls.is_none());
+        // Whatever the source (an mDNS TXT, a PvD document), one URL is one URL.
+        assert!(proxy_url("socks5h://x socks5h://u:p@evil:1").is_err());
+        assert!(proxy_url("socks5h://u:p@evil:1").is_err());
+        assert!(proxy_url("socks5h://gw\u{e9}:1").is_err());
+        assert!(proxy_url("").is_err());
     }
 
     #[test]
@@ -623,7 +875,7 @@ mod tests {
             "lease {\n option unknown-224 \"socks5h://a:b@gw:1080 socks5h://gw:1081\";\n}\n",
         )
         .unwrap();
-        let found = from_lease_file(&dir, 224).unwrap();
+        let found = from_lease_file(&dir, DhcpOptions::default()).unwrap();
         let _ = std::fs::remove_file(&dir);
         assert_eq!(
             found.iter().map(|a| a.url.as_str()).collect::<Vec<_>>(),

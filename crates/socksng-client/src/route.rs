@@ -463,11 +463,17 @@ impl Router {
     pub fn new(servers: Vec<ServerSpec>, routes: Vec<Route>, options: RouterOptions) -> Router {
         let mut configured = routes;
         for (i, s) in servers.iter().enumerate() {
+            // A learned server's ranges are the network's word, whoever wrote them down.
+            let origin = if s.learned {
+                Origin::Learned
+            } else {
+                Origin::Configured
+            };
             configured.extend(s.ranges.iter().map(|d| Route {
                 destination: d.clone(),
                 ports: Vec::new(),
                 via: Via::Server(i),
-                origin: Origin::Configured,
+                origin,
             }));
         }
         let servers: Vec<ServerEntry> = servers
@@ -727,7 +733,8 @@ impl Router {
     ///
     /// When the best route's server is out of the table, another server's route may take
     /// over, but never a direct one: traffic meant for a proxy does not silently leave
-    /// without it. That is an [`ClientError::Unavailable`] error instead.
+    /// without it. That is an [`ClientError::Unavailable`] error instead. Nor does a learned
+    /// server take over a configured route.
     pub async fn decide(&self, target: &Address) -> Result<(Via, Address), ClientError> {
         self.keep_fresh().await;
         let table = self.table();
@@ -765,7 +772,13 @@ impl Router {
         if self.usable(best.via) {
             return Ok(Some(best.via));
         }
-        let servers_up = |v: Via| v != Via::Direct && self.usable(v);
+        // A configured route's traffic never falls to a proxy the network announced: else a
+        // hostile network would only have to make the configured one fail (draft 10.4).
+        let may_take_over = |v: Via| match v {
+            Via::Server(i) => best.origin == Origin::Learned || !self.inner.servers[i].spec.learned,
+            Via::Direct => false,
+        };
+        let servers_up = |v: Via| may_take_over(v) && self.usable(v);
         match lookup(&servers_up) {
             Some(r) => Ok(Some(r.via)),
             None => {

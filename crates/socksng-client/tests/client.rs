@@ -334,6 +334,34 @@ async fn router_fails_over_takes_servers_out_and_refreshes() {
             let routed = with_gateway.connect(in_gone.clone()).await.unwrap();
             assert_eq!(routed.via_name, "gw");
             assert_eq!(routed.skipped.len(), 1, "{:?}", routed.skipped);
+            // ... unless the network announced it: a learned proxy never takes a configured
+            // route's traffic, even when the configured server fails (draft 10.4).
+            let learned_gateway = Router::new(
+                vec![
+                    spec("gone", nowhere, &["127.0.2.0/24"], false),
+                    ServerSpec {
+                        learned: true,
+                        ..spec("learned:gw", a.addr, &["0.0.0.0/0"], false)
+                    },
+                ],
+                Vec::new(),
+                RouterOptions::default(),
+            );
+            let err = learned_gateway.connect(in_gone.clone()).await.unwrap_err();
+            assert!(
+                matches!(&err, ClientError::Proxy { name, .. } if name == "gone"),
+                "{err}"
+            );
+            assert!(matches!(
+                learned_gateway.decide(&in_gone).await,
+                Err(ClientError::Unavailable(_))
+            ));
+            // What nothing configured covers still goes to it.
+            let elsewhere = Address::ip(echo_server("127.0.4.1:0").await);
+            assert_eq!(
+                learned_gateway.decide(&elsewhere).await.unwrap().0,
+                Via::Server(1)
+            );
             // Server a stops: the next refresh finds it down; its last ranges stay, unusable.
             // (Connections start refreshes in the background; this one is awaited to see it.)
             a.stop().await;

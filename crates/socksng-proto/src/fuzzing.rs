@@ -312,7 +312,8 @@ pub fn listener_control(data: &[u8]) {
 /// same URLs; a DHCPv4 option split and rejoined is the text again.
 pub fn discovery(data: &[u8]) {
     use crate::wire::discovery::{
-        decode_dhcpv6_vendor, decode_list, dhcpv4_option, encode_dhcpv4, encode_list,
+        decode_dhcpv6_vendor, decode_list, dhcpv4_option, dhcpv6_vendor_list, encode_dhcpv4,
+        encode_list, DEFAULT_DHCPV6_ENTERPRISE,
     };
     if let Ok(urls) = decode_list(data) {
         let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
@@ -333,5 +334,7 @@ pub fn discovery(data: &[u8]) {
     if data.len() >= 4 {
         let enterprise = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
         let _ = decode_dhcpv6_vendor(data, enterprise);
+        let _ = dhcpv6_vendor_list(data, enterprise);
+        let _ = dhcpv6_vendor_list(data, DEFAULT_DHCPV6_ENTERPRISE);
     }
 }

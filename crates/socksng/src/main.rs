@@ -241,6 +241,9 @@ enum Cmd {
         /// The DHCP option code the network uses.
         #[arg(long, default_value_t = 224, value_name = "CODE")]
         dhcp_code: u8,
+        /// The DHCPv6 vendor option's enterprise number the network uses.
+        #[arg(long, default_value_t = 32473, value_name = "NUMBER")]
+        dhcpv6_enterprise: u32,
         /// One JSON object per proxy found: url, source, and what it serves.
         #[arg(long)]
         json: bool,
@@ -853,6 +856,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Discover {
             lease_files,
             dhcp_code,
+            dhcpv6_enterprise,
             json,
             mdns,
             mdns_wait,
@@ -867,7 +871,11 @@ async fn run(cli: Cli) -> Result<()> {
                 inform: inform.clone().map(|i| (i, wait)),
                 pvds: pvds.clone(),
             };
-            discover(&cli, lease_files, *dhcp_code, *json, ways).await
+            let options = socksng_client::discover::DhcpOptions {
+                code: *dhcp_code,
+                enterprise: *dhcpv6_enterprise,
+            };
+            discover(&cli, lease_files, options, *json, ways).await
         }
         Cmd::Exec { program } => exec(&cli, program).await,
         Cmd::Routes { json, lookup } => routes(&cli, *json, lookup).await,
@@ -1136,22 +1144,27 @@ fn ranges_json(caps: &Capabilities) -> serde_json::Value {
 }
 
 /// The proxies the network announced (for --discover): from $SOCKSNG_LEASE_FILES or the DHCP
-/// clients' usual places, option $SOCKSNG_DHCP_CODE (224 unless set); with --discover-mdns
+/// clients' usual places, option $SOCKSNG_DHCP_CODE (224 unless set) and the DHCPv6 vendor
+/// option of enterprise $SOCKSNG_DHCPV6_ENTERPRISE (32473 unless set); with --discover-mdns
 /// and --discover-pvd, DNS-SD and provisioning domains too.
 /// Each as announced (with its `?pin=`, the form the shim reads) and as a proxy URL.
 fn learned_proxies(cli: &Cli) -> Vec<(String, ProxyUrl)> {
     use socksng_client::discover;
-    let code = std::env::var("SOCKSNG_DHCP_CODE")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(224);
+    let defaults = discover::DhcpOptions::default();
+    let env_number = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    let options = discover::DhcpOptions {
+        code: env_number("SOCKSNG_DHCP_CODE")
+            .and_then(|c: u32| u8::try_from(c).ok())
+            .unwrap_or(defaults.code),
+        enterprise: env_number("SOCKSNG_DHCPV6_ENTERPRISE").unwrap_or(defaults.enterprise),
+    };
     let files: Vec<PathBuf> = match std::env::var_os("SOCKSNG_LEASE_FILES") {
         Some(list) => std::env::split_paths(&list).collect(),
         None => discover::default_lease_files(),
     };
     let mut announced: Vec<(String, discover::Announced)> = Vec::new();
     for f in files {
-        for a in discover::from_lease_file(&f, code).unwrap_or_default() {
+        for a in discover::from_lease_file(&f, options).unwrap_or_default() {
             announced.push((f.display().to_string(), a));
         }
     }
@@ -1210,11 +1223,12 @@ fn pvd_tls(cli: &Cli) -> socksng_client::TlsSettings {
 async fn discover(
     cli: &Cli,
     lease_files: &[PathBuf],
-    code: u8,
+    options: socksng_client::discover::DhcpOptions,
     json: bool,
     ways: Ways,
 ) -> Result<()> {
     use socksng_client::discover;
+    let code = options.code;
     if !discover::is_site_specific(code) {
         return Err(anyhow!(LocalError::Usage(format!(
             "--dhcp-code {code}: site-specific codes are 224 to 254"
@@ -1227,7 +1241,7 @@ async fn discover(
     };
     let mut found: Vec<discover::Announced> = Vec::new();
     for f in &files {
-        match discover::from_lease_file(f, code) {
+        match discover::from_lease_file(f, options) {
             Ok(list) => {
                 for a in list {
                     if !found.iter().any(|x| x.url == a.url) {

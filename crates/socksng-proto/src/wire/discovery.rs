@@ -7,8 +7,8 @@
 //! Vendor-specific Information option (17) under an enterprise number the network chooses,
 //! as sub-option 1.
 //!
-//! Also here: the options of a DHCPv4 message (for lease files that keep the whole message,
-//! and DHCPINFORM answers).
+//! Also here: the options of a DHCPv4 or DHCPv6 message (for lease files that keep the whole
+//! message, and DHCPINFORM answers).
 
 use super::DecodeError;
 
@@ -18,6 +18,9 @@ pub const DEFAULT_DHCP_CODE: u8 = 224;
 pub const DHCPV6_SUBOPTION: u16 = 1;
 /// The DHCPv6 Vendor-specific Information option (RFC 8415 section 21.17).
 pub const OPTION_VENDOR_OPTS: u16 = 17;
+/// The DHCPv6 enterprise number used when the network says nothing else: the one RFC 5612
+/// reserves for documentation, which a site replaces with its own.
+pub const DEFAULT_DHCPV6_ENTERPRISE: u32 = 32473;
 
 /// Whether `code` is one of the site-specific DHCPv4 codes (RFC 3942 section 3.2).
 pub fn is_site_specific(code: u8) -> bool {
@@ -117,6 +120,32 @@ pub fn decode_dhcpv6_vendor(
 
 /// The magic cookie that starts the options of a DHCPv4 message (RFC 2131 section 3).
 const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
+/// The proxy list in a whole DHCPv6 message (RFC 8415 section 8: a message type, a 3-byte
+/// transaction id, then options) from the Vendor-specific Information option of
+/// `enterprise`; a message may carry one such option per enterprise. `None` when none is
+/// `enterprise`'s or holds the sub-option.
+pub fn dhcpv6_vendor_list(
+    message: &[u8],
+    enterprise: u32,
+) -> Result<Option<Vec<String>>, DecodeError> {
+    let mut rest = message.get(4..).ok_or(DecodeError::Incomplete)?;
+    while !rest.is_empty() {
+        let Some((head, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(DecodeError::Incomplete);
+        };
+        let code = u16::from_be_bytes([head[0], head[1]]);
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let value = tail.get(..len).ok_or(DecodeError::Incomplete)?;
+        if code == OPTION_VENDOR_OPTS {
+            if let Some(list) = decode_dhcpv6_vendor(value, enterprise)? {
+                return Ok(Some(list));
+            }
+        }
+        rest = &tail[len..];
+    }
+    Ok(None)
+}
+
 /// Where the magic cookie sits in a DHCPv4 message (after the fixed BOOTP fields).
 const OPTIONS_AT: usize = 236;
 
@@ -209,6 +238,37 @@ mod tests {
             .skip(1)
             .map(|h| u8::from_str_radix(h, 16).expect("hex byte"))
             .collect()
+    }
+
+    #[test]
+    fn dhcpv6_messages_are_searched_for_the_enterprise() {
+        let text = "socks5h://[2001:db8::1]:1080";
+        let ours = encode_dhcpv6(DEFAULT_DHCPV6_ENTERPRISE, text).unwrap();
+        let theirs = encode_dhcpv6(9, "socks5h://other:1").unwrap();
+        // A Reply (7), transaction 0xabcdef, a client id, another enterprise's option, ours.
+        let mut m = vec![7, 0xab, 0xcd, 0xef, 0, 1, 0, 2, 0xaa, 0xbb];
+        m.extend_from_slice(&theirs);
+        m.extend_from_slice(&ours);
+        assert_eq!(
+            dhcpv6_vendor_list(&m, DEFAULT_DHCPV6_ENTERPRISE).unwrap(),
+            Some(vec![text.to_string()])
+        );
+        assert_eq!(
+            dhcpv6_vendor_list(&m, 9).unwrap(),
+            Some(vec!["socks5h://other:1".to_string()])
+        );
+        assert_eq!(dhcpv6_vendor_list(&m, 1).unwrap(), None);
+        assert_eq!(dhcpv6_vendor_list(&m[..4], 1).unwrap(), None);
+        // Truncated anywhere: an error, never a panic.
+        // Truncated: at an option boundary nothing is found, anywhere else it is an error.
+        for cut in 0..m.len() {
+            let r = dhcpv6_vendor_list(&m[..cut], DEFAULT_DHCPV6_ENTERPRISE);
+            if [4, 10, 10 + theirs.len()].contains(&cut) {
+                assert_eq!(r.unwrap(), None, "cut {cut}");
+            } else {
+                assert!(r.is_err(), "cut {cut}");
+            }
+        }
     }
 
     /// Appendix A.2: two proxies under DHCPv4 code 224 and DHCPv6 enterprise 32473.
