@@ -196,7 +196,8 @@ def test_pac_and_pvd_over_http(start_proxy, tmp_path):
     (node,) = need("node")
     cfg = proxy_config(extra={
         "ng": {"served": [{"to": ["10.0.0.0/8"], "domains": ["corp.example"]},
-                          {"to": ["172.16.0.0/12"], "ports": ["443"]}]},
+                          {"to": ["172.16.0.0/12"], "ports": ["443"]},
+                          {"ports": ["8443"]}]},  # draft 4.4: every destination on 8443
         "discovery": {"http": "127.0.0.1:0", "pvd_identifier": "proxy.corp.example"},
     })
     p = start_proxy(cfg, name="announcing")
@@ -207,7 +208,9 @@ def test_pac_and_pvd_over_http(start_proxy, tmp_path):
     r = run(["curl", "-q", "-sS", "--fail", "--max-time", "10", "-o", pac, base + "/proxy.pac"])
     assert r.returncode == 0, r.stderr
     urls = ["http://10.1.2.3/", "http://192.0.2.9/", "http://intranet.corp.example/x",
-            "https://172.16.5.5/", "http://172.16.5.5:8080/", "http://example.com/"]
+            "https://172.16.5.5/", "http://172.16.5.5:8080/", "http://example.com/",
+            "http://Intranet.Corp.Example./x", "http://evilcorp.example/", "wss://172.16.5.5/",
+            "http://example.com:8443/", "https://[2001:db8::1]:8443/"]
     r = run([node, "-e", PAC_HARNESS, pac, *urls])
     assert r.returncode == 0, r.stderr.decode()
     verdicts = json.loads(r.stdout)
@@ -219,6 +222,11 @@ def test_pac_and_pvd_over_http(start_proxy, tmp_path):
         "https://172.16.5.5/": via,           # the range is served on port 443 only
         "http://172.16.5.5:8080/": "DIRECT",
         "http://example.com/": "DIRECT",
+        "http://Intranet.Corp.Example./x": via,  # names compare without case or final dot
+        "http://evilcorp.example/": "DIRECT",
+        "wss://172.16.5.5/": via,               # wss is port 443 too
+        "http://example.com:8443/": via,        # the ports-only range
+        "https://[2001:db8::1]:8443/": via,
     }, verdicts
 
     r = run(["curl", "-q", "-sS", "--fail", "--max-time", "10", base + "/.well-known/pvd"])

@@ -8,6 +8,7 @@ Each reload is confirmed by its log line ("configuration reloaded: new sessions 
 """
 
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -23,6 +24,7 @@ from interop_support import (
     exchange,
     proxy_config,
     read_jsonl,
+    run,
     recv_exact,
     sha256,
     socks5_login,
@@ -304,3 +306,26 @@ def test_recheck_ends_refused_sessions_keeps_allowed(start_proxy, tmp_path, echo
         print(client, r["side"], r["detail"])
     assert records[b_client]["outcome"] == "completed", records[b_client]
     assert records[b_client]["bytes_up"] == 2000, records[b_client]
+
+
+def test_discovery_documents_follow_a_reload(start_proxy):
+    """/proxy.pac and /.well-known/pvd are built from the configuration in force: a reload
+    that changes the served ranges changes them, with the HTTP listener kept."""
+    def cfg(served):
+        return proxy_config(extra={"ng": {"served": [{"to": [served]}]},
+                                   "discovery": {"http": "127.0.0.1:0"}})
+
+    p = start_proxy(cfg("10.0.0.0/8"))
+    line = p.log.wait_for(lambda l: "serving /.well-known/pvd" in l and l, what="the HTTP line")
+    base = "http://" + re.search(r"http=(\S+)", line).group(1)
+
+    def fetch(path):
+        r = run(["curl", "-q", "-sS", "--fail", "--max-time", "10", base + path])
+        assert r.returncode == 0, r.stderr
+        return r.stdout.decode()
+
+    assert '"10.0.0.0"' in fetch("/proxy.pac")
+    expect_reload(p, to_toml(cfg("172.16.0.0/12")), RELOADED)
+    pac, pvd = fetch("/proxy.pac"), fetch("/.well-known/pvd")
+    assert '"172.16.0.0"' in pac and '"10.0.0.0"' not in pac, pac
+    assert "172.16.0.0/12" in pvd and "10.0.0.0/8" not in pvd, pvd

@@ -92,7 +92,7 @@ pub fn inform(
         .map_err(|e| io("sending", e))?;
     let deadline = std::time::Instant::now() + wait;
     let mut found: Vec<Announced> = Vec::new();
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
         socket
             .set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))))
@@ -168,7 +168,7 @@ pub fn fetch_pvd(
     tls: &crate::TlsSettings,
     timeout: std::time::Duration,
 ) -> Result<Vec<Announced>, ClientError> {
-    use std::io::{Read, Write};
+    use std::io::{ErrorKind, Read, Write};
     use std::net::ToSocketAddrs;
     let bad = |why: String| ClientError::Config(format!("PvD {url}: {why}"));
     let (secure, rest, by_id) = if let Some(rest) = url.strip_prefix("https://") {
@@ -191,11 +191,22 @@ pub fn fetch_pvd(
         .map_err(|e| bad(e.to_string()))?
         .next()
         .ok_or_else(|| bad("no address".into()))?;
+    // One deadline for the whole exchange: a server trickling bytes cannot hold it longer.
+    let deadline = std::time::Instant::now() + timeout;
     let tcp =
         std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| bad(e.to_string()))?;
-    tcp.set_read_timeout(Some(timeout))
-        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
-        .map_err(|e| bad(e.to_string()))?;
+    let clock = tcp.try_clone().map_err(|e| bad(e.to_string()))?;
+    let time_left = || {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| bad("timed out".into()))?;
+        clock
+            .set_read_timeout(Some(left))
+            .and_then(|()| clock.set_write_timeout(Some(left)))
+            .map_err(|e| bad(e.to_string()))
+    };
+    time_left()?;
     let mut stream: Box<dyn ReadWrite> = if secure {
         let config = crate::transport::client_config(tls, b"http/1.1")?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
@@ -211,12 +222,22 @@ pub fn fetch_pvd(
     )
     .map_err(|e| bad(e.to_string()))?;
     let mut response = Vec::new();
-    // A server closing without close_notify after a complete HTTP/1.0 answer is common; what
-    // arrived is judged by its header and JSON.
-    let read = stream.take(1 << 20).read_to_end(&mut response);
-    if let Err(e) = read {
-        if response.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
-            return Err(bad(e.to_string()));
+    let mut chunk = [0u8; 4096];
+    loop {
+        time_left()?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            // A server closing without close_notify after a complete HTTP/1.0 answer is
+            // common; what arrived is judged by its header and JSON.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof && !response.is_empty() => break,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(bad("timed out".into()))
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        if response.len() > PVD_MAX_BYTES {
+            return Err(bad(format!("longer than {PVD_MAX_BYTES} bytes")));
         }
     }
     let split = response
@@ -257,6 +278,9 @@ fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> 
         None => Some((authority.to_string(), default_port)),
     }
 }
+
+/// The longest PvD answer read (headers included).
+const PVD_MAX_BYTES: usize = 64 * 1024;
 
 /// The most `proxies` entries read from one document (the proxy-config draft asks clients to
 /// cap them).
@@ -325,6 +349,7 @@ fn pvd_proxies(
 pub const MDNS_SERVICE: &str = "_socksng._tcp.local.";
 
 /// The most instances one browse takes: any host on the link may announce (draft 10.4).
+#[cfg(feature = "mdns")]
 const MDNS_MAX_INSTANCES: usize = 32;
 
 /// socksng servers announcing themselves by DNS-SD over mDNS on the links of this host,
@@ -695,6 +720,43 @@ mod tests {
         assert!(pvd_proxies(br#"{"expires":"2030-01-01T00:00:00Z"}"#, None, now).is_err());
         assert!(pvd_proxies(br#"{"identifier":"x"}"#, None, now).is_err());
         assert!(pvd_proxies(b"\xff{", None, now).is_err());
+    }
+
+    #[test]
+    fn a_trickling_or_endless_pvd_server_is_given_up_on() {
+        use std::io::Write;
+        let serve = |trickle: bool| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/", l.local_addr().unwrap());
+            let server = std::thread::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
+                // Bounded either way: 50 bytes 100 ms apart, or 1 MiB at once.
+                for _ in 0..50 {
+                    let chunk: &[u8] = if trickle { b" " } else { &[b' '; 1 << 20] };
+                    if s.write_all(chunk).is_err() {
+                        break;
+                    }
+                    if trickle {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    } else {
+                        break;
+                    }
+                }
+            });
+            let e = fetch_pvd(
+                &url,
+                &crate::TlsSettings::default(),
+                std::time::Duration::from_millis(500),
+            )
+            .unwrap_err();
+            server.join().unwrap();
+            e.to_string()
+        };
+        let slow = serve(true);
+        assert!(slow.contains("timed out"), "{slow}");
+        let long = serve(false);
+        assert!(long.contains("longer than 65536 bytes"), "{long}");
     }
 
     #[test]

@@ -8,21 +8,77 @@
 use crate::config::Config;
 use socksng_proto::wire::discovery::{encode_dhcpv6, encode_list, OPTION_VENDOR_OPTS};
 use std::fmt::Write;
+use std::net::SocketAddr;
 
-/// The URLs this server announces, in order: `discovery.urls`, else one `socks5h://` per
-/// listen address and one `socks5s://` per TLS-only listen address (unspecified addresses
-/// are left out: a client cannot reach them).
+/// A listening address and what it takes, for announcing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// It takes plain SOCKS.
+    pub plain: bool,
+    /// It takes SOCKS over TLS.
+    pub tls: bool,
+}
+
+impl Endpoint {
+    /// Its URL: `socks5h://` when it takes plain SOCKS, else `socks5s://`.
+    fn url(&self) -> String {
+        let scheme = if self.plain { "socks5h" } else { "socks5s" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
+/// The listen addresses of a configuration as endpoints (before binding: port 0 stays 0).
+pub fn endpoints(cfg: &Config) -> Vec<Endpoint> {
+    let tls_too = cfg.tls.as_ref().is_some_and(|t| t.on_plain_listeners);
+    let plain = cfg.listen.iter().map(|&addr| Endpoint {
+        addr,
+        plain: true,
+        tls: tls_too,
+    });
+    let tls_only = cfg
+        .tls
+        .iter()
+        .flat_map(|t| t.listen.iter())
+        .map(|&addr| Endpoint {
+            addr,
+            plain: false,
+            tls: true,
+        });
+    plain.chain(tls_only).collect()
+}
+
+/// The URLs this server announces, in order: `discovery.urls`, else one per listen address
+/// (`socks5h://`, or `socks5s://` for a TLS-only one; unspecified addresses are left out: a
+/// client cannot reach them).
 pub fn urls(cfg: &Config) -> Vec<String> {
+    urls_for(cfg, &endpoints(cfg))
+}
+
+/// As [`urls`], for the endpoints really bound.
+pub(crate) fn urls_for(cfg: &Config, endpoints: &[Endpoint]) -> Vec<String> {
     if !cfg.discovery.urls.is_empty() {
         return cfg.discovery.urls.clone();
     }
-    let tls_only = cfg.tls.iter().flat_map(|t| t.listen.iter());
-    let plain = cfg.listen.iter().map(|a| ("socks5h", a));
-    plain
-        .chain(tls_only.map(|a| ("socks5s", a)))
-        .filter(|(_, a)| !a.ip().is_unspecified())
-        .map(|(scheme, a)| format!("{scheme}://{a}"))
+    endpoints
+        .iter()
+        .filter(|e| !e.addr.ip().is_unspecified())
+        .map(Endpoint::url)
         .collect()
+}
+
+/// The `host:port` a PAC file or PvD document names (both speak plain SOCKS5 only): the
+/// first announced `socks5h://` or `socks5://` URL's authority.
+pub fn plain_proxy(urls: &[String]) -> Option<String> {
+    urls.iter().find_map(|u| {
+        let (scheme, rest) = u.split_once("://")?;
+        if !matches!(scheme, "socks5h" | "socks5") {
+            return None;
+        }
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        Some(rest[..end].to_string()).filter(|a| !a.is_empty())
+    })
 }
 
 fn hex(bytes: &[u8], sep: &str) -> String {
@@ -92,16 +148,6 @@ pub fn dhcp_snippets(cfg: &Config, urls: &[String]) -> Result<String, String> {
     Ok(out)
 }
 
-/// The `host:port` clients reach the proxy at: the first announced URL's authority.
-pub fn proxy_hostport(cfg: &Config) -> Option<String> {
-    let url = urls(cfg).into_iter().next()?;
-    let rest = url
-        .split_once("://")
-        .map_or(url.as_str(), |(_, r)| r)
-        .to_string();
-    Some(rest.split('/').next().unwrap_or(&rest).to_string())
-}
-
 /// The provisioning-domain JSON (RFC 8801): `identifier` (the configured one, else the
 /// proxy's host), `expires` an hour on, the IPv6 `prefixes` served, and the proxy-config
 /// draft's `proxies` and `proxy-match` (one rule per served range).
@@ -165,18 +211,34 @@ pub fn pvd_json(cfg: &Config, proxy: &str) -> String {
     text
 }
 
+/// A JavaScript string literal of `s` (JSON's, with the two line separators JSON leaves
+/// bare escaped too, which JavaScript engines before ES2019 reject in strings).
+fn js(s: &str) -> String {
+    serde_json::Value::from(s)
+        .to_string()
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+}
+
 /// A PAC file (proxy auto-config) sending the served ranges to the proxy and everything else
 /// DIRECT. Addresses are matched only when the host is an address literal, names only by
 /// the served domains: a PAC file that resolved names to test them would send DNS queries
-/// for every host from the client.
+/// for every host from the client. A range of every address (a /0) or of ports alone
+/// (draft 4.4: every destination on them) takes names too, as a gateway does. Names are
+/// compared without case and without a trailing dot.
 pub fn pac(cfg: &Config, proxy: &str) -> String {
     let ranges = crate::ng::served_ranges(cfg, None);
-    let js = |s: &str| serde_json::Value::from(s).to_string();
     let mut tests = Vec::new();
     for r in &ranges {
         let mut alternatives = Vec::new();
+        if r.prefixes.is_empty() && r.domains.is_empty() {
+            alternatives.push("true".to_string());
+        } else if r.prefixes.iter().any(|(_, len)| *len == 0) {
+            alternatives.push("(!v4 && !v6)".to_string());
+        }
         for (ip, len) in &r.prefixes {
             match ip {
+                std::net::IpAddr::V6(_) if *len == 0 => alternatives.push("v6".to_string()),
                 std::net::IpAddr::V4(v4) => {
                     let mask = if *len == 0 {
                         0
@@ -197,9 +259,10 @@ pub fn pac(cfg: &Config, proxy: &str) -> String {
             }
         }
         for d in &r.domains {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
             alternatives.push(format!(
                 "(host == {0} || dnsDomainIs(host, {1}))",
-                js(d),
+                js(&d),
                 js(&format!(".{d}"))
             ));
         }
@@ -225,10 +288,12 @@ pub fn pac(cfg: &Config, proxy: &str) -> String {
     format!(
         "// Generated by socksngd from the ranges it serves (socksngd announce; /proxy.pac).\n\
          function FindProxyForURL(url, host) {{\n\
+         \x20   host = host.toLowerCase().replace(/^\\[(.*)\\]$/, \"$1\").replace(/\\.$/, \"\");\n\
          \x20   var v4 = /^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$/.test(host);\n\
          \x20   var v6 = host.indexOf(\":\") >= 0;\n\
          \x20   var m = url.match(/^([a-z]+):\\/\\/(\\[[^\\]]*\\]|[^\\/:]*)(:([0-9]+))?/i);\n\
-         \x20   var port = m && m[4] ? parseInt(m[4], 10) : (m && m[1].toLowerCase() == \"https\" ? 443 : 80);\n\
+         \x20   var scheme = m ? m[1].toLowerCase() : \"\";\n\
+         \x20   var port = m && m[4] ? parseInt(m[4], 10) : (scheme == \"https\" || scheme == \"wss\" ? 443 : 80);\n\
          \x20   if ({condition})\n\
          \x20       return {};\n\
          \x20   return \"DIRECT\";\n\
@@ -238,80 +303,64 @@ pub fn pac(cfg: &Config, proxy: &str) -> String {
 }
 
 /// Answers `GET /.well-known/pvd` (PvD JSON), `GET /proxy.pac` and `GET /wpad.dat` (PAC)
-/// on `[discovery] http` until `stop` fires, naming `proxy` (host:port); one request per
-/// connection. With `[tls]`, a connection opening with a TLS record is HTTPS (RFC 8801 fetches
-/// the PvD document over HTTPS only).
+/// on `[discovery] http` until `stop` fires, from the configuration in force (a reload
+/// changes them) and the `endpoints` bound. With `[tls]`, a connection opening with a TLS
+/// record is HTTPS (RFC 8801 fetches the PvD document over HTTPS only).
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
-    cfg: std::sync::Arc<Config>,
-    tls: Option<std::sync::Arc<crate::tls::TlsService>>,
-    proxy: String,
+    current: std::sync::Arc<crate::shared::Current>,
+    endpoints: Vec<Endpoint>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let Ok((stream, peer)) = accepted else {
-            continue;
-        };
-        let (cfg, proxy, tls) = (cfg.clone(), proxy.clone(), tls.clone());
-        tokio::spawn(async move {
-            let answer = async {
-                let mut first = [0u8; 1];
-                let opens_tls = matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16);
-                match tls {
-                    Some(tls) if opens_tls => match tls.accept_https(stream).await {
-                        Ok(tls) => answer_one(tls, &cfg, &proxy).await,
-                        Err(e) => tracing::debug!(%peer, "discovery HTTPS handshake: {e}"),
-                    },
-                    _ => answer_one(stream, &cfg, &proxy).await,
-                }
-            };
-            // One bound for the whole exchange, handshake included.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), answer).await;
-        });
-    }
+    use crate::small_http::answer_one;
+    let endpoints = std::sync::Arc::new(endpoints);
+    crate::small_http::serve(listener, stop, move |stream| {
+        let shared = current.get();
+        let endpoints = endpoints.clone();
+        async move {
+            let local = stream.local_addr().ok();
+            let peer = stream.peer_addr().ok();
+            let tls = shared.tls.clone();
+            let respond = move |_: &str, path: &str| document(&shared.cfg, &endpoints, local, path);
+            let mut first = [0u8; 1];
+            let opens_tls = matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16);
+            match tls {
+                Some(tls) if opens_tls => match tls.accept_https(stream).await {
+                    Ok(tls) => answer_one(tls, respond).await,
+                    Err(e) => tracing::debug!(?peer, "discovery HTTPS handshake: {e}"),
+                },
+                _ => answer_one(stream, respond).await,
+            }
+        }
+    })
+    .await
 }
 
-/// Reads one HTTP request from `stream` and answers it.
-async fn answer_one<S>(mut stream: S, cfg: &Config, proxy: &str)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut request = Vec::with_capacity(512);
-    let mut buf = [0u8; 512];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => request.extend_from_slice(&buf[..n]),
-        }
+/// The document at `path`, naming the proxy as announced; with only unspecified listen
+/// addresses, as the address this client reached the HTTP server at (`local`).
+fn document(
+    cfg: &Config,
+    endpoints: &[Endpoint],
+    local: Option<SocketAddr>,
+    path: &str,
+) -> crate::small_http::Answer {
+    use crate::small_http::Answer;
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    if !matches!(path, "/.well-known/pvd" | "/proxy.pac" | "/wpad.dat") {
+        return Answer::not_found("not found: /.well-known/pvd, /proxy.pac, /wpad.dat\n");
     }
-    let line = String::from_utf8_lossy(&request);
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, kind, body) = match (line.starts_with("GET "), path) {
-        (true, "/.well-known/pvd") => ("200 OK", "application/pvd+json", pvd_json(cfg, proxy)),
-        (true, "/proxy.pac" | "/wpad.dat") => (
-            "200 OK",
-            "application/x-ns-proxy-autoconfig",
-            pac(cfg, proxy),
-        ),
-        (true, _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        (false, _) => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        ),
+    let proxy = plain_proxy(&urls_for(cfg, endpoints)).or_else(|| {
+        let port = endpoints.iter().find(|e| e.plain)?.addr.port();
+        Some(SocketAddr::new(local?.ip().to_canonical(), port).to_string())
+    });
+    let Some(proxy) = proxy else {
+        return Answer::not_found("no plain SOCKS5 address to announce\n");
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    if path == "/.well-known/pvd" {
+        Answer::ok("application/pvd+json", pvd_json(cfg, &proxy))
+    } else {
+        Answer::ok("application/x-ns-proxy-autoconfig", pac(cfg, &proxy))
+    }
 }
 
 /// The DNS-SD service type (draft section 10.5).
@@ -328,7 +377,7 @@ pub(crate) struct MdnsAnnouncement {
 
 #[cfg(feature = "mdns")]
 impl MdnsAnnouncement {
-    pub(crate) fn start(cfg: &Config, listening: &[std::net::SocketAddr]) -> Result<Self, String> {
+    pub(crate) fn start(cfg: &Config, listening: &[Endpoint]) -> Result<Self, String> {
         let daemon = mdns_sd::ServiceDaemon::new().map_err(|e| e.to_string())?;
         let host = hostname();
         let instance = cfg
@@ -336,24 +385,25 @@ impl MdnsAnnouncement {
             .mdns_name
             .clone()
             .unwrap_or_else(|| format!("socksng on {host}"));
-        let tls = if cfg.tls.is_some() { "1" } else { "0" };
         let auth = if cfg.accepts_password() && !cfg.accepts_no_auth() {
             "password"
         } else {
             "none"
         };
         let mut names = Vec::new();
-        for (i, addr) in listening
+        for (i, endpoint) in listening
             .iter()
-            .filter(|a| !a.ip().is_unspecified() && !a.ip().is_loopback())
+            .filter(|e| !e.addr.ip().is_unspecified() && !e.addr.ip().is_loopback())
             .enumerate()
         {
+            let addr = endpoint.addr;
+            let tls = if endpoint.tls { "1" } else { "0" };
             let name = if i == 0 {
                 instance.clone()
             } else {
                 format!("{instance} ({})", i + 1)
             };
-            let url = format!("socks5h://{addr}");
+            let url = endpoint.url();
             let props = [
                 ("rev", "1"),
                 ("tls", tls),
@@ -435,6 +485,65 @@ mod tests {
             text.contains("dhcp-option-force=option6:17,00:00:7e:d9:00:01:00:32:73:6f"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn pac_and_pvd_name_a_plain_proxy_the_client_can_reach() {
+        let u = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            plain_proxy(&u(&[
+                "socks5s://gw:1443?pin=sha256//AAAA",
+                "socks5h://192.0.2.1:1080/"
+            ])),
+            Some("192.0.2.1:1080".into())
+        );
+        assert_eq!(plain_proxy(&u(&["socks5s://gw:1443"])), None);
+        // A TLS-only listener is announced as socks5s, and a shared one as socks5h.
+        let e = |addr: &str, plain, tls| Endpoint {
+            addr: addr.parse().unwrap(),
+            plain,
+            tls,
+        };
+        let cfg = Config::default();
+        let bound = [
+            e("0.0.0.0:1080", true, true),
+            e("192.0.2.1:1443", false, true),
+        ];
+        assert_eq!(urls_for(&cfg, &bound), ["socks5s://192.0.2.1:1443"]);
+        // Only an unspecified plain listener: the address the HTTP client reached.
+        let local = Some("192.0.2.7:8081".parse().unwrap());
+        let pac = document(&cfg, &bound, local, "/proxy.pac?x=1");
+        assert_eq!(pac.status, "200 OK");
+        assert!(pac.body.contains("SOCKS5 192.0.2.7:1080;"), "{}", pac.body);
+        let pvd = document(&cfg, &bound, local, "/.well-known/pvd");
+        assert!(pvd.body.contains("\"192.0.2.7:1080\""), "{}", pvd.body);
+        assert_eq!(
+            document(&cfg, &bound, local, "/etc").status,
+            "404 Not Found"
+        );
+        assert_eq!(
+            document(&cfg, &bound[1..], local, "/proxy.pac").status,
+            "404 Not Found"
+        );
+    }
+
+    #[test]
+    fn pac_files_take_gateways_and_port_only_ranges_for_names_too() {
+        let cfg = |served: &str| {
+            Config::from_toml(
+                &format!("[ng]\nserved = [{served}]\n"),
+                std::path::Path::new("."),
+            )
+            .unwrap()
+        };
+        let gateway = pac(&cfg("{ to = [\"0.0.0.0/0\", \"::/0\"] }"), "p:1");
+        assert!(gateway.contains("(!v4 && !v6)"), "{gateway}");
+        let ports = pac(&cfg("{ ports = [\"443\"] }"), "p:1");
+        assert!(
+            ports.contains("(true) && ((port >= 443 && port <= 443))"),
+            "{ports}"
+        );
+        assert_eq!(js("a\u{2028}b"), "\"a\\u2028b\"");
     }
 
     #[test]

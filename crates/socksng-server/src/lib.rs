@@ -38,6 +38,7 @@ mod server;
 mod session;
 mod shaping;
 mod shared;
+mod small_http;
 mod stream;
 mod tls;
 mod tokens;

@@ -18,7 +18,6 @@ mod enabled {
     use prometheus_client::registry::Registry;
     use std::sync::OnceLock;
     use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio_util::sync::CancellationToken;
 
@@ -190,58 +189,23 @@ mod enabled {
         }
     }
 
-    /// The longest request the endpoint reads.
-    const MAX_REQUEST: usize = 8 * 1024;
-    /// How long a scrape may take to send its request.
-    const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
     /// Serves `GET /metrics` on `listener` until `stop` fires; anything else gets 404. One
     /// request per connection (the response closes it), as scrapers expect of a small exporter.
     pub(crate) async fn serve(listener: TcpListener, stop: CancellationToken) {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = listener.accept() => r,
-            };
-            let Ok((mut stream, _)) = accepted else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut request = Vec::with_capacity(512);
-                let mut chunk = [0u8; 1024];
-                let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n")
-                        && request.len() < MAX_REQUEST
-                    {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return false,
-                            Ok(n) => request.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    true
-                })
-                .await;
-                if !matches!(read, Ok(true)) {
-                    return;
-                }
-                let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
-                let wanted =
-                    line.starts_with(b"GET /metrics ") || line.starts_with(b"GET /metrics?");
-                let (status, body) = if wanted {
-                    ("200 OK", metrics().render())
+        use crate::small_http::{answer_one, Answer};
+        crate::small_http::serve(listener, stop, |stream| {
+            answer_one(stream, |_, path| {
+                if path == "/metrics" || path.starts_with("/metrics?") {
+                    Answer::ok(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        metrics().render(),
+                    )
                 } else {
-                    ("404 Not Found", "not found: GET /metrics\n".to_owned())
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(body.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
+                    Answer::not_found("not found: GET /metrics\n")
+                }
+            })
+        })
+        .await
     }
 }
 

@@ -408,30 +408,16 @@ impl Server {
             if let Ok(a) = listener.local_addr() {
                 tracing::info!(http = %a, "serving /.well-known/pvd and /proxy.pac");
             }
-            // The configured URLs, else where the first listener really is (port 0 bound).
-            let bound = self
-                .listeners
-                .first()
-                .and_then(|(l, _)| l.local_addr().ok());
-            let proxy = match (shared.cfg.discovery.urls.is_empty(), bound) {
-                (true, Some(a)) => a.to_string(),
-                _ => crate::discovery::proxy_hostport(&shared.cfg).unwrap_or_default(),
-            };
             accept_loops.push(tokio::spawn(crate::discovery::serve(
                 listener,
-                shared.cfg.clone(),
-                shared.tls.clone(),
-                proxy,
+                self.current.clone(),
+                bound_endpoints(&self.listeners),
                 shutdown.clone(),
             )));
         }
         #[cfg(feature = "mdns")]
         let _mdns = if shared.cfg.discovery.mdns {
-            let bound: Vec<SocketAddr> = self
-                .listeners
-                .iter()
-                .filter_map(|(l, _)| l.local_addr().ok())
-                .collect();
+            let bound = bound_endpoints(&self.listeners);
             match crate::discovery::MdnsAnnouncement::start(&shared.cfg, &bound) {
                 Ok(a) => {
                     tracing::info!(
@@ -519,6 +505,20 @@ impl Server {
 pub struct RunSummary {
     /// Sessions still open at the end of the grace period, cut with a reset.
     pub sessions_cut: usize,
+}
+
+/// The listeners as really bound (port 0 resolved), for announcing them.
+fn bound_endpoints(listeners: &[(TcpListener, Intake)]) -> Vec<crate::discovery::Endpoint> {
+    listeners
+        .iter()
+        .filter_map(|(l, intake)| {
+            Some(crate::discovery::Endpoint {
+                addr: l.local_addr().ok()?,
+                plain: *intake != Intake::Tls,
+                tls: *intake != Intake::Plain,
+            })
+        })
+        .collect()
 }
 
 fn is_address_unavailable(e: &io::Error) -> bool {

@@ -170,22 +170,22 @@ fn main() -> Result<()> {
             } else {
                 urls
             };
-            let proxy = urls
-                .first()
-                .map(|u| {
-                    u.split_once("://")
-                        .map_or(u.as_str(), |(_, r)| r)
-                        .to_string()
+            // PAC files and PvD documents can only name a plain SOCKS5 proxy.
+            let proxy = || {
+                socksng_server::discovery::plain_proxy(&urls).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no plain SOCKS5 URL to announce (socks5h:// with a specified address)"
+                    )
                 })
-                .unwrap_or_default();
+            };
             if dhcp {
                 let text = socksng_server::discovery::dhcp_snippets(&cfg, &urls)
                     .map_err(anyhow::Error::msg)?;
                 print!("{text}");
             } else if pac {
-                print!("{}", socksng_server::discovery::pac(&cfg, &proxy));
+                print!("{}", socksng_server::discovery::pac(&cfg, &proxy()?));
             } else if pvd {
-                print!("{}", socksng_server::discovery::pvd_json(&cfg, &proxy));
+                print!("{}", socksng_server::discovery::pvd_json(&cfg, &proxy()?));
             } else {
                 for u in &urls {
                     println!("{u}");

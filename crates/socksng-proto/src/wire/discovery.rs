@@ -171,7 +171,9 @@ pub fn dhcpv4_option(message: &[u8], code: u8) -> Result<Option<Vec<u8>>, Decode
 
 /// A DHCPINFORM (RFC 2131 section 3.4) from a host that already has `address`, asking for
 /// option `code`: BOOTREQUEST, Ethernet `mac`, transaction `xid`, `ciaddr` set (the answer
-/// comes unicast to it), the message type and a parameter request list naming `code`.
+/// comes unicast to it), the message type, a parameter request list naming `code` and a
+/// maximum message size of 1500 (option 57, so that a long list is not cut to 576 bytes),
+/// padded to the 300 bytes BOOTP relays and old servers expect.
 pub fn dhcpinform(xid: u32, mac: [u8; 6], address: std::net::Ipv4Addr, code: u8) -> Vec<u8> {
     let mut m = vec![0u8; OPTIONS_AT];
     m[0] = 1; // BOOTREQUEST
@@ -183,7 +185,9 @@ pub fn dhcpinform(xid: u32, mac: [u8; 6], address: std::net::Ipv4Addr, code: u8)
     m.extend_from_slice(&MAGIC_COOKIE);
     m.extend_from_slice(&[53, 1, 8]); // DHCPINFORM
     m.extend_from_slice(&[55, 1, code]);
+    m.extend_from_slice(&[57, 2, 0x05, 0xdc]);
     m.push(255);
+    m.resize(m.len().max(300), 0);
     m
 }
 
@@ -351,6 +355,8 @@ mod tests {
         assert_eq!(&m[12..16], &[10, 0, 0, 5]);
         assert_eq!(dhcpv4_option(&m, 53).unwrap().unwrap(), [8]);
         assert_eq!(dhcpv4_option(&m, 55).unwrap().unwrap(), [224]);
+        assert_eq!(dhcpv4_option(&m, 57).unwrap().unwrap(), [0x05, 0xdc]);
+        assert_eq!(m.len(), 300);
         assert!(!is_ack_for(&m, 0x1234_5678)); // a request, not a reply
         let mut ack = m[..OPTIONS_AT + 4].to_vec();
         ack[0] = 2;
