@@ -147,6 +147,82 @@ def test_dhcp_lease_announces_the_proxy_and_discover_uses_it(lan, start_proxy, c
                    "198.51.100.7:80": f"learned:{SERVER_IP}:{hostile.port}"}, via
 
 
+SERVER6, SERVER6_RANGE = "fd00:77:6::1", ("fd00:77:6::100", "fd00:77:6::1ff")
+
+
+@pytest.fixture(scope="module")
+def lan6():
+    """An IPv6-only link: the DHCPv6 server (and proxy) in one namespace, the client in the
+    other; duplicate address detection is off, so addresses are usable at once."""
+    def build(t):
+        t.server = t.ns("s")
+        t.client = t.ns("c")
+        for ns in (t.server, t.client):
+            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+               "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
+        t.link("v", t.server, SERVER6, t.client, "fd00:77:6::2", prefix=64)
+        t.etc(t.client, {})
+        t.etc(t.server, {})
+        t.http_port, _ = t.service(t.server, "behind-the-v6-proxy", "127.0.0.1")
+
+    yield from topology("ds6", build)
+
+
+def test_dhcpv6_lease_announces_the_proxy(lan6, start_proxy, children, tmp_path):
+    """DHCPv6 (draft 10.3): dnsmasq sends the vendor option exactly as `socksngd announce
+    --dhcp` prints it; ISC dhclient -6 takes the lease; `socksng discover` reads it, and a
+    client on an IPv6-only link reaches an IPv4 service through the proxy found."""
+    dnsmasq, dhclient = need("dnsmasq", "dhclient")
+    proxy = start_proxy(proxy_config(listen=[f"[{SERVER6}]:0"], clients=["fd00:77:6::/64"]),
+                        name="v6-proxy", netns=lan6.server)
+    url = f"socks5h://[{SERVER6}]:{proxy.port}"
+    announce_cfg = tmp_path / "announce.toml"
+    announce_cfg.write_text(to_toml({"listen": [f"[{SERVER6}]:{proxy.port}"],
+                                     "discovery": {"dhcpv6_enterprise": 64000}}))
+    r = run([SOCKSNGD, "--config", announce_cfg, "announce", "--dhcp"])
+    assert r.returncode == 0, r.stderr
+    option = next(l for l in r.stdout.decode().splitlines()
+                  if l.startswith("dhcp-option-force=option6:17,"))
+    conf = tmp_path / "dnsmasq6.conf"
+    conf.write_text(
+        "port=0\nbind-interfaces\n"
+        f"interface=st{'v'}a{lan6.pid}\n"
+        f"dhcp-range={SERVER6_RANGE[0]},{SERVER6_RANGE[1]},64,1h\n"
+        f"dhcp-leasefile={tmp_path / 'dnsmasq6.leases'}\n"
+        f"{option}\n"
+    )
+    server = children("dnsmasq -6", ["ip", "netns", "exec", lan6.server, dnsmasq, "-k",
+                                     "--log-facility=-", "--log-dhcp", "--user=root",
+                                     f"--pid-file={tmp_path / 'dnsmasq6.pid'}", "-C", conf])
+    server.log.wait_for(lambda l: "DHCPv6, IP range" in l or None, timeout=STARTUP_TIMEOUT,
+                        what="dnsmasq's DHCPv6 line")
+    leases = tmp_path / "dhclient6.leases"
+    r = run(["ip", "netns", "exec", lan6.client, dhclient, "-6", "-1", "-lf", leases,
+             "-pf", tmp_path / "dhclient6.pid", "-sf", "/bin/true", f"st{'v'}b{lan6.pid}"],
+            timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "option dhcp6.vendor-opts" in leases.read_text(), leases.read_text()
+
+    # The network's enterprise number must be the one the client looks for.
+    r = run([SOCKSNG, "discover", "--lease-file", leases, "--json"], netns=lan6.client)
+    assert r.returncode == 0 and r.stdout == b"", (r.stdout, r.stderr)
+    r = run([SOCKSNG, "discover", "--lease-file", leases, "--dhcpv6-enterprise", "64000",
+             "--json"], netns=lan6.client)
+    assert r.returncode == 0, r.stderr.decode()
+    found = [json.loads(l) for l in r.stdout.decode().splitlines() if l]
+    assert [(f["url"], f["protocol"]) for f in found] == [(url, "socks-ng")], found
+
+    # With --discover, a client on the IPv6-only link reaches an IPv4 service through it.
+    r = run([SOCKSNG, "--discover", "connect", f"127.0.0.1:{lan6.http_port}"],
+            input=b"GET / HTTP/1.0\r\n\r\n", netns=lan6.client,
+            env={"SOCKSNG_LEASE_FILES": str(leases), "SOCKSNG_DHCPV6_ENTERPRISE": "64000",
+                 "XDG_CACHE_HOME": str(tmp_path / "cache"),
+                 "XDG_CONFIG_HOME": str(tmp_path / "config")})
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"behind-the-v6-proxy" in r.stdout, r.stdout
+    proxy.wait_session(command="connect", outcome_kind="completed")
+
+
 def test_discover_reads_all_lease_formats(tmp_path):
     """The three DHCP clients' lease formats, written as they write them."""
     listed = "socks5s://gw.example:1443 socks5h://192.0.2.1:1080"

@@ -446,7 +446,8 @@ pub fn default_lease_files() -> Vec<PathBuf> {
     out
 }
 
-/// The proxies a DHCP lease file announces, DHCPv4's first, then DHCPv6's.
+/// The proxies a DHCP lease file announces (draft 10.2, 10.3), DHCPv4's first, then
+/// DHCPv6's; only each interface's current, unexpired lease counts.
 pub fn from_lease_file(path: &Path, options: DhcpOptions) -> Result<Vec<Announced>, ClientError> {
     let bytes =
         std::fs::read(path).map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
