@@ -309,8 +309,8 @@ fn pvd_proxies(
         }
     }
     let expires = doc["expires"].as_str().ok_or("no \"expires\"")?;
-    let expires = humantime::parse_rfc3339_weak(expires)
-        .map_err(|e| format!("\"expires\" {expires:?}: {e}"))?;
+    let expires =
+        rfc3339(expires).ok_or_else(|| format!("\"expires\" {expires:?}: not an RFC 3339 time"))?;
     if expires <= now {
         return Err(format!(
             "expired at {}",
@@ -613,6 +613,37 @@ fn dhclient_urls(
     Ok(urls)
 }
 
+/// An RFC 3339 time, in UTC (`Z`) or with a numeric offset (`+02:00`), which humantime
+/// alone does not take.
+fn rfc3339(text: &str) -> Option<std::time::SystemTime> {
+    let text = text.trim();
+    if text.ends_with(['Z', 'z']) {
+        return humantime::parse_rfc3339_weak(text).ok();
+    }
+    let at = text.len().checked_sub(6)?;
+    let (base, offset) = (text.get(..at)?, text.get(at..)?.as_bytes());
+    let sign = match offset[0] {
+        b'+' => 1i64,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits = |a: u8, b: u8| -> Option<i64> {
+        (a.is_ascii_digit() && b.is_ascii_digit()).then(|| i64::from((a - b'0') * 10 + (b - b'0')))
+    };
+    let (hours, minutes) = (digits(offset[1], offset[2])?, digits(offset[4], offset[5])?);
+    if offset[3] != b':' || hours > 23 || minutes > 59 {
+        return None;
+    }
+    let local = humantime::parse_rfc3339_weak(&format!("{base}Z")).ok()?;
+    let shift = std::time::Duration::from_secs(((hours * 60 + minutes) * 60).unsigned_abs());
+    // Local time minus its offset is UTC.
+    if sign > 0 {
+        local.checked_sub(shift)
+    } else {
+        local.checked_add(shift)
+    }
+}
+
 /// A dhclient lease time: `W YYYY/MM/DD HH:MM:SS` (UTC), `epoch N` or `never` (none).
 fn dhclient_time(text: &str) -> Option<std::time::SystemTime> {
     let text = text
@@ -758,6 +789,28 @@ mod tests {
         assert!(slow.contains("timed out"), "{slow}");
         let long = serve(false);
         assert!(long.contains("longer than 65536 bytes"), "{long}");
+    }
+
+    #[test]
+    fn expiry_times_with_offsets() {
+        let utc = rfc3339("2030-01-01T10:00:00Z").unwrap();
+        assert_eq!(rfc3339("2030-01-01T12:00:00+02:00"), Some(utc));
+        assert_eq!(rfc3339("2030-01-01T04:30:00-05:30"), Some(utc));
+        assert_eq!(
+            rfc3339("2030-01-01T10:00:00.5Z").map(|t| t > utc),
+            Some(true)
+        );
+        for bad in [
+            "2030-01-01T10:00:00",
+            "2030-01-01T10:00:00+2:00",
+            "x",
+            "",
+            "+00:00",
+            "2030-01-01T10:00:00+24:00",
+            "2030-01-01T10:00:00\u{e9}0:00",
+        ] {
+            assert_eq!(rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]

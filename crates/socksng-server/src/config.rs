@@ -630,6 +630,9 @@ pub struct DiscoveryConfig {
     pub http: Option<SocketAddr>,
     /// The PvD identifier (an FQDN) of `/.well-known/pvd`; default: the proxy's host.
     pub pvd_identifier: Option<String>,
+    /// The IPv6 prefixes of the network this PvD describes (RFC 8801 `prefixes`: those its
+    /// Router Advertisements carry); empty for a proxy's own PvD.
+    pub pvd_prefixes: Vec<ipnet::Ipv6Net>,
     /// Announce the server by DNS-SD over mDNS (`_socksng._tcp`, draft section 10.5) on the
     /// links of its listen addresses (a build with the `mdns` feature).
     pub mdns: bool,
@@ -645,6 +648,7 @@ impl Default for DiscoveryConfig {
             dhcpv6_enterprise: 32473,
             http: None,
             pvd_identifier: None,
+            pvd_prefixes: Vec::new(),
             mdns: false,
             mdns_name: None,
         }

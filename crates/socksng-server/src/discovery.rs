@@ -149,8 +149,8 @@ pub fn dhcp_snippets(cfg: &Config, urls: &[String]) -> Result<String, String> {
 }
 
 /// The provisioning-domain JSON (RFC 8801): `identifier` (the configured one, else the
-/// proxy's host), `expires` an hour on, the IPv6 `prefixes` served, and the proxy-config
-/// draft's `proxies` and `proxy-match` (one rule per served range).
+/// proxy's host), `expires` an hour on, the configured `prefixes` of the network, and the
+/// proxy-config draft's `proxies` and `proxy-match` (one rule per served range).
 pub fn pvd_json(cfg: &Config, proxy: &str) -> String {
     let ranges = crate::ng::served_ranges(cfg, None);
     let identifier = cfg.discovery.pvd_identifier.clone().unwrap_or_else(|| {
@@ -160,11 +160,12 @@ pub fn pvd_json(cfg: &Config, proxy: &str) -> String {
             .to_string()
     });
     let expires = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    let prefixes: Vec<String> = ranges
+    // RFC 8801's `prefixes` are the network's own (its RAs'), not where the proxy reaches.
+    let prefixes: Vec<String> = cfg
+        .discovery
+        .pvd_prefixes
         .iter()
-        .flat_map(|r| r.prefixes.iter())
-        .filter(|(ip, _)| ip.is_ipv6())
-        .map(|(ip, len)| format!("{ip}/{len}"))
+        .map(ToString::to_string)
         .collect();
     let matches: Vec<serde_json::Value> = ranges
         .iter()
