@@ -8,7 +8,7 @@
 use crate::ClientError;
 pub use socksng_proto::wire::discovery::is_site_specific;
 use socksng_proto::wire::discovery::{
-    decode_dhcpv6_vendor, decode_list, dhcpv4_option, dhcpv6_vendor_list,
+    decode_dhcpv6_vendor, decode_list, dhcpv4_option, dhcpv6_valid_lifetime, dhcpv6_vendor_list,
 };
 use std::path::{Path, PathBuf};
 
@@ -195,18 +195,8 @@ pub fn fetch_pvd(
     let deadline = std::time::Instant::now() + timeout;
     let tcp =
         std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| bad(e.to_string()))?;
-    let clock = tcp.try_clone().map_err(|e| bad(e.to_string()))?;
-    let time_left = || {
-        let left = deadline
-            .checked_duration_since(std::time::Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| bad("timed out".into()))?;
-        clock
-            .set_read_timeout(Some(left))
-            .and_then(|()| clock.set_write_timeout(Some(left)))
-            .map_err(|e| bad(e.to_string()))
-    };
-    time_left()?;
+    // TLS reads and writes the socket many times within one call: each system call is bound.
+    let tcp = Deadlined { tcp, deadline };
     let mut stream: Box<dyn ReadWrite> = if secure {
         let config = crate::transport::client_config(tls, b"http/1.1")?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
@@ -216,24 +206,29 @@ pub fn fetch_pvd(
     } else {
         Box::new(tcp)
     };
+    let timed_out =
+        |e: &std::io::Error| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
     write!(
         stream,
         "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/pvd+json\r\n\r\n"
     )
-    .map_err(|e| bad(e.to_string()))?;
+    .map_err(|e| {
+        bad(if timed_out(&e) {
+            "timed out".into()
+        } else {
+            e.to_string()
+        })
+    })?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        time_left()?;
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => response.extend_from_slice(&chunk[..n]),
             // A server closing without close_notify after a complete HTTP/1.0 answer is
             // common; what arrived is judged by its header and JSON.
             Err(e) if e.kind() == ErrorKind::UnexpectedEof && !response.is_empty() => break,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err(bad("timed out".into()))
-            }
+            Err(e) if timed_out(&e) => return Err(bad("timed out".into())),
             Err(e) => return Err(bad(e.to_string())),
         }
         if response.len() > PVD_MAX_BYTES {
@@ -254,6 +249,42 @@ pub fn fetch_pvd(
         std::time::SystemTime::now(),
     )
     .map_err(bad)
+}
+
+/// A TCP stream each of whose reads and writes waits at most until `deadline`.
+struct Deadlined {
+    tcp: std::net::TcpStream,
+    deadline: std::time::Instant,
+}
+
+impl Deadlined {
+    fn arm(&self) -> std::io::Result<()> {
+        let left = self
+            .deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(std::io::ErrorKind::TimedOut)?;
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.set_write_timeout(Some(left))
+    }
+}
+
+impl std::io::Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.tcp.read(buf)
+    }
+}
+
+impl std::io::Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
 }
 
 /// Both directions of a PvD fetch, plain or TLS.
@@ -481,6 +512,14 @@ fn lease_urls(
     now: std::time::SystemTime,
     written: Option<std::time::SystemTime>,
 ) -> Result<Vec<String>, String> {
+    // A lease of `secs` seconds written at `written` (0xffffffff: infinite, RFC 2132 9.2
+    // and RFC 8415 7.7); an end past what the clock can hold never comes.
+    let ended = |secs: Option<u32>| match (secs, written) {
+        (Some(secs), Some(written)) if secs != u32::MAX => written
+            .checked_add(std::time::Duration::from_secs(secs.into()))
+            .is_some_and(|end| end < now),
+        _ => false,
+    };
     // dhcpcd, DHCPv4: the whole message, written when the lease was taken.
     if bytes.get(236..240) == Some(&[99, 130, 83, 99][..]) {
         let lease_secs = dhcpv4_option(bytes, 51)
@@ -488,11 +527,8 @@ fn lease_urls(
             .flatten()
             .and_then(|t| <[u8; 4]>::try_from(t.as_slice()).ok())
             .map(u32::from_be_bytes);
-        if let (Some(secs), Some(written)) = (lease_secs, written) {
-            // 0xffffffff is an infinite lease (RFC 2132 section 9.2).
-            if secs != u32::MAX && written + std::time::Duration::from_secs(secs.into()) < now {
-                return Ok(Vec::new());
-            }
+        if ended(lease_secs) {
+            return Ok(Vec::new());
         }
         return match dhcpv4_option(bytes, options.code).map_err(|e| e.to_string())? {
             Some(data) => decode_list(&data).map_err(|e| format!("option {}: {e}", options.code)),
@@ -501,6 +537,9 @@ fn lease_urls(
     }
     // dhcpcd, DHCPv6: the whole Reply (message type 7).
     if bytes.first() == Some(&7) {
+        if ended(dhcpv6_valid_lifetime(bytes)) {
+            return Ok(Vec::new());
+        }
         return Ok(dhcpv6_vendor_list(bytes, options.enterprise)
             .map_err(|e| format!("DHCPv6 vendor option: {e}"))?
             .unwrap_or_default());
@@ -521,15 +560,40 @@ fn lease_urls(
 struct LeaseBlock {
     v6: bool,
     interface: String,
-    data: Option<Vec<u8>>,
-    expired: bool,
+    data: Option<Result<Vec<u8>, String>>,
+    /// When it ends: `expire` (DHCPv4), or the latest `starts` + `max-life` of its
+    /// addresses and prefixes (DHCPv6); `None` when it does not say.
+    until: Option<std::time::SystemTime>,
+    /// DHCPv6: the `starts` of the identity association being read.
+    ia_starts: Option<u64>,
+}
+
+/// The `{` and `}` of a dhclient lease line that are structure: outside quoted strings
+/// (which keep what the network sent, braces included) and before a comment.
+fn braces(line: &str) -> (usize, usize) {
+    let (mut open, mut close, mut quoted, mut escaped) = (0, 0, false, false);
+    for c in line.chars() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (true, false, '"') => quoted = false,
+            (true, false, _) => {}
+            (false, _, '"') => quoted = true,
+            (false, _, '#') => break,
+            (false, _, '{') => open += 1,
+            (false, _, '}') => close += 1,
+            (false, _, _) => {}
+        }
+    }
+    (open, close)
 }
 
 /// ISC dhclient's lease file: blocks appended as leases come, so the last block of an
 /// interface (per family) is its current lease; an earlier network's option is not used
 /// once a newer lease lacks it, nor is an expired lease's. DHCPv4 carries the list as
 /// `option unknown-224 "text";` (or colon-separated hex), DHCPv6 as
-/// `option dhcp6.vendor-opts HEX;`.
+/// `option dhcp6.vendor-opts HEX;`. A block that cannot be read (or is cut off, as while
+/// dhclient appends it) announces nothing, and hides its interface's older blocks.
 fn dhclient_urls(
     text: &str,
     options: DhcpOptions,
@@ -541,50 +605,78 @@ fn dhclient_urls(
     let mut depth = 0usize;
     for line in text.lines() {
         let line = line.trim();
-        if current.is_none() {
+        let (open, close) = braces(line);
+        let Some(block) = current.as_mut() else {
             if line.starts_with("lease {") || line.starts_with("lease6 {") {
                 current = Some(LeaseBlock {
                     v6: line.starts_with("lease6"),
                     ..LeaseBlock::default()
                 });
-                depth = 1;
+                depth = open.saturating_sub(close);
             }
             continue;
-        }
-        let Some(block) = current.as_mut() else {
-            continue;
         };
-        if depth == 1 {
-            if let Some(rest) = line.strip_prefix("interface ") {
-                block.interface = rest.trim_end_matches(';').trim().trim_matches('"').into();
-            } else if let Some(rest) = line.strip_prefix("expire ") {
-                block.expired = dhclient_time(rest).is_some_and(|t| t < now);
-            } else if let Some(rest) = line.strip_prefix("option ") {
-                if let Some((name, value)) = rest.split_once(char::is_whitespace) {
-                    let value = value.trim().trim_end_matches(';').trim();
-                    let ours = if block.v6 {
-                        name == "dhcp6.vendor-opts"
-                    } else {
-                        name == v4_name || name == "socksng-proxies"
-                    };
-                    if ours {
-                        block.data = Some(
-                            match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-                                Some(quoted) => unescape(quoted),
-                                None => parse_hex(value, ":")?,
-                            },
-                        );
+        let field = |name: &str| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .map(|rest| rest.trim().trim_end_matches(';').trim())
+        };
+        match depth {
+            1 => {
+                if let Some(name) = field("interface") {
+                    block.interface = name.trim_matches('"').into();
+                } else if let Some(when) = field("expire") {
+                    block.until = dhclient_time(when);
+                } else if let Some(rest) = field("option") {
+                    if let Some((name, value)) = rest.split_once(char::is_whitespace) {
+                        let ours = if block.v6 {
+                            name == "dhcp6.vendor-opts"
+                        } else {
+                            name == v4_name || name == "socksng-proxies"
+                        };
+                        if ours {
+                            let value = value.trim();
+                            block.data = Some(
+                                match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                                    Some(quoted) => Ok(unescape(quoted)),
+                                    None => parse_hex(value, ":"),
+                                },
+                            );
+                        }
                     }
                 }
             }
+            // DHCPv6: `starts` of an ia-na / ia-pd, `max-life` of its addresses or prefixes.
+            2 if block.v6 => {
+                if let Some(secs) = field("starts") {
+                    block.ia_starts = secs.parse().ok();
+                }
+            }
+            3 if block.v6 => {
+                let end = field("max-life")
+                    .and_then(|secs| secs.parse::<u64>().ok())
+                    .zip(block.ia_starts)
+                    .and_then(|(life, starts)| starts.checked_add(life))
+                    .and_then(|end| {
+                        std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(end))
+                    });
+                if end.is_some() {
+                    block.until = block.until.max(end);
+                }
+            }
+            _ => {}
         }
-        depth += line.matches('{').count();
-        depth = depth.saturating_sub(line.matches('}').count());
+        depth = (depth + open).saturating_sub(close);
         if depth == 0 {
             blocks.extend(current.take());
         }
     }
+    if let Some(mut cut_off) = current.take() {
+        cut_off.data = None;
+        blocks.push(cut_off);
+    }
     let mut urls: Vec<String> = Vec::new();
+    let mut failed: Option<String> = None;
     for v6 in [false, true] {
         let mut seen: Vec<&str> = Vec::new();
         // Newest first: the last block of each interface decides.
@@ -593,32 +685,46 @@ fn dhclient_urls(
                 continue;
             }
             seen.push(&block.interface);
-            let (Some(data), false) = (&block.data, block.expired) else {
+            if block.until.is_some_and(|t| t < now) {
                 continue;
+            }
+            let list = match &block.data {
+                None => continue,
+                Some(Err(e)) => Err(e.clone()),
+                Some(Ok(data)) if v6 => decode_dhcpv6_vendor(data, options.enterprise)
+                    .map(Option::unwrap_or_default)
+                    .map_err(|e| format!("DHCPv6 vendor option: {e}")),
+                Some(Ok(data)) => {
+                    decode_list(data).map_err(|e| format!("option {}: {e}", options.code))
+                }
             };
-            let list = if v6 {
-                decode_dhcpv6_vendor(data, options.enterprise)
-                    .map_err(|e| format!("DHCPv6 vendor option: {e}"))?
-                    .unwrap_or_default()
-            } else {
-                decode_list(data).map_err(|e| format!("option {}: {e}", options.code))?
-            };
-            for url in list {
-                if !urls.contains(&url) {
-                    urls.push(url);
+            match list {
+                Ok(list) => {
+                    for url in list {
+                        if !urls.contains(&url) {
+                            urls.push(url);
+                        }
+                    }
+                }
+                // One interface's bad lease does not hide another's good one.
+                Err(e) => {
+                    failed.get_or_insert(format!("interface {:?}: {e}", block.interface));
                 }
             }
         }
     }
-    Ok(urls)
+    match failed {
+        Some(e) if urls.is_empty() => Err(e),
+        _ => Ok(urls),
+    }
 }
 
 /// An RFC 3339 time, in UTC (`Z`) or with a numeric offset (`+02:00`), which humantime
-/// alone does not take.
+/// alone does not take; `t` and `z` may be lower case (RFC 3339 section 5.6).
 fn rfc3339(text: &str) -> Option<std::time::SystemTime> {
-    let text = text.trim();
-    if text.ends_with(['Z', 'z']) {
-        return humantime::parse_rfc3339_weak(text).ok();
+    let text = text.trim().to_ascii_uppercase();
+    if text.ends_with('Z') {
+        return humantime::parse_rfc3339_weak(&text).ok();
     }
     let at = text.len().checked_sub(6)?;
     let (base, offset) = (text.get(..at)?, text.get(at..)?.as_bytes());
@@ -654,9 +760,8 @@ fn dhclient_time(text: &str) -> Option<std::time::SystemTime> {
         .trim_end_matches(';')
         .trim();
     if let Some(secs) = text.strip_prefix("epoch ") {
-        return Some(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.trim().parse().ok()?),
-        );
+        let secs = secs.trim().parse().ok()?;
+        return std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs));
     }
     let (_, date_time) = text.split_once(' ')?;
     let (date, time) = date_time.trim().split_once(' ')?;
@@ -757,23 +862,35 @@ mod tests {
     #[test]
     fn a_trickling_or_endless_pvd_server_is_given_up_on() {
         use std::io::Write;
-        let serve = |trickle: bool| {
+        enum Server {
+            Trickle,
+            Endless,
+            /// A TLS record header announcing 16 KiB, then one byte at a time: rustls reads
+            /// many times within one call, each bound by the same deadline.
+            TlsTrickle,
+        }
+        let serve = |how: Server| {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let url = format!("http://{}/", l.local_addr().unwrap());
+            let tls = matches!(how, Server::TlsTrickle);
+            let scheme = if tls { "https" } else { "http" };
+            let url = format!("{scheme}://{}/", l.local_addr().unwrap());
             let server = std::thread::spawn(move || {
                 let (mut s, _) = l.accept().unwrap();
-                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
-                // Bounded either way: 50 bytes 100 ms apart, or 1 MiB at once.
+                let head: &[u8] = match how {
+                    Server::TlsTrickle => &[0x16, 0x03, 0x03, 0x40, 0x00],
+                    _ => b"HTTP/1.0 200 OK\r\n\r\n",
+                };
+                let _ = s.write_all(head);
+                if matches!(how, Server::Endless) {
+                    let _ = s.write_all(&[b' '; 1 << 20]);
+                    return;
+                }
+                // Bounded: at most 50 bytes, 100 ms apart.
                 for _ in 0..50 {
-                    let chunk: &[u8] = if trickle { b" " } else { &[b' '; 1 << 20] };
-                    if s.write_all(chunk).is_err() {
+                    if s.write_all(b" ").is_err() {
                         break;
                     }
-                    if trickle {
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                    } else {
-                        break;
-                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
                 }
             });
             let e = fetch_pvd(
@@ -785,10 +902,12 @@ mod tests {
             server.join().unwrap();
             e.to_string()
         };
-        let slow = serve(true);
+        let slow = serve(Server::Trickle);
         assert!(slow.contains("timed out"), "{slow}");
-        let long = serve(false);
+        let long = serve(Server::Endless);
         assert!(long.contains("longer than 65536 bytes"), "{long}");
+        let slow_tls = serve(Server::TlsTrickle);
+        assert!(slow_tls.contains("timed out"), "{slow_tls}");
     }
 
     #[test]
@@ -796,6 +915,7 @@ mod tests {
         let utc = rfc3339("2030-01-01T10:00:00Z").unwrap();
         assert_eq!(rfc3339("2030-01-01T12:00:00+02:00"), Some(utc));
         assert_eq!(rfc3339("2030-01-01T04:30:00-05:30"), Some(utc));
+        assert_eq!(rfc3339("2030-01-01t10:00:00z"), Some(utc));
         assert_eq!(
             rfc3339("2030-01-01T10:00:00.5Z").map(|t| t > utc),
             Some(true)
@@ -853,15 +973,16 @@ mod tests {
 
     #[test]
     fn dhcpv6_leases_of_dhclient_and_dhcpcd() {
+        // A minute after the lease started (it lasts an hour).
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_003_778);
         assert_eq!(
-            urls(DHCLIENT6.as_bytes(), 224),
+            lease_urls(DHCLIENT6.as_bytes(), DhcpOptions::default(), now, None).unwrap(),
             ["socks5h://10.77.6.1:1080"]
         );
         let other = DhcpOptions {
             enterprise: 1,
             ..DhcpOptions::default()
         };
-        let now = std::time::SystemTime::now();
         assert!(lease_urls(DHCLIENT6.as_bytes(), other, now, None)
             .unwrap()
             .is_empty());
@@ -873,6 +994,21 @@ mod tests {
         );
         assert_eq!(urls(&reply, 224), ["socks5h://[2001:db8::1]:1080"]);
         assert!(lease_urls(&reply[..reply.len() - 3], DhcpOptions::default(), now, None).is_err());
+        // With an address valid for an hour (IA_NA, IAADDR): over once that hour has passed
+        // since dhcpcd wrote the file.
+        let mut iaaddr = vec![0, 5, 0, 24];
+        iaaddr.extend_from_slice(&[0u8; 16]);
+        iaaddr.extend_from_slice(&[0, 0, 0x0e, 0x10, 0, 0, 0x0e, 0x10]);
+        let mut ia_na = vec![0, 3, 0, 12 + 28];
+        ia_na.extend_from_slice(&[0u8; 12]);
+        ia_na.extend(iaaddr);
+        reply.extend(ia_na);
+        let written = |ago| Some(now - std::time::Duration::from_secs(ago));
+        let o = DhcpOptions::default();
+        assert_eq!(lease_urls(&reply, o, now, written(60)).unwrap().len(), 1);
+        assert!(lease_urls(&reply, o, now, written(7200))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -910,6 +1046,42 @@ mod tests {
         assert!(lease_urls(&message, o, now, written(7200))
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn braces_in_values_cut_off_blocks_and_bad_interfaces() {
+        let now = humantime::parse_rfc3339("2026-11-30T12:00:00Z").unwrap();
+        let at = |text: &str| lease_urls(text.as_bytes(), DhcpOptions::default(), now, None);
+        let office = "lease {\n  interface \"wlan0\";\n  option unknown-224 \"socks5h://office:1080\";\n  expire 3 2026/12/02 00:00:00;\n}\n";
+        // A network's text with braces and a '#' in it is a value, not structure.
+        let braces = "lease {\n  interface \"wlan0\";\n  option domain-name \"a{b\\\"}#c\";\n  expire 3 2026/11/29 00:00:00;\n}\n";
+        assert!(
+            at(&format!("{office}{braces}")).unwrap().is_empty(),
+            "expired, newest"
+        );
+        let open_brace = "lease {\n  interface \"wlan0\";\n  option unknown-225 \"{\";\n}\n";
+        assert!(at(&format!("{office}{open_brace}")).unwrap().is_empty());
+        // A block cut off (dhclient appending) hides its interface's older ones.
+        let cut = "lease {\n  interface \"wlan0\";\n  option unknown-224 \"socks5h://new:1\";\n";
+        assert!(at(&format!("{office}{cut}")).unwrap().is_empty());
+        // One interface's bad option does not hide another's good one; alone, it is an error.
+        let bad = "lease {\n  interface \"eth1\";\n  option unknown-224 1:2:3;\n}\n";
+        assert_eq!(
+            at(&format!("{office}{bad}")).unwrap(),
+            ["socks5h://office:1080"]
+        );
+        assert!(at(bad).unwrap_err().contains("eth1"));
+        // An expiry past what the clock can hold never comes, and never panics.
+        let far = office.replace(
+            "expire 3 2026/12/02 00:00:00",
+            "expire epoch 18446744073709551615",
+        );
+        assert_eq!(at(&far).unwrap().len(), 1);
+        // DHCPv6: starts + max-life of the addresses.
+        let v6 = |starts: u64| DHCLIENT6.replace("starts 1796003718", &format!("starts {starts}"));
+        let now_secs = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(at(&v6(now_secs - 60)).unwrap().len(), 1);
+        assert!(at(&v6(now_secs - 7200)).unwrap().is_empty());
     }
 
     #[test]

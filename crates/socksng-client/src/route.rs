@@ -279,6 +279,14 @@ impl RouteTable {
         .filter(|r| r.via != Via::Direct)
     }
 
+    /// Whether a route not learned from the network names a range of addresses (not all).
+    pub fn has_configured_ranges(&self) -> bool {
+        self.routes.iter().any(|r| {
+            r.origin != Origin::Learned
+                && matches!(r.destination, Destination::Net(n) if n.prefix_len() > 0)
+        })
+    }
+
     /// The most specific usable route naming a suffix of `name`, if any.
     pub fn for_name(&self, name: &str, port: u16, usable: &dyn Fn(Via) -> bool) -> Option<&Route> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -746,9 +754,15 @@ impl Router {
                     return Ok((via, target.clone()));
                 }
                 // A gateway gets the name unresolved, so no query leaks here; that is what
-                // socks5h:// and ALL_PROXY users expect.
+                // socks5h:// and ALL_PROXY users expect. Not a gateway the network announced
+                // while configured ranges exist: the name may be in one of them, and only
+                // its address can tell (draft 10.4).
                 if let Some(via) = self.pick(&table, |u| table.gateway(port, u))? {
-                    return Ok((via, target.clone()));
+                    let learned =
+                        matches!(via, Via::Server(i) if self.inner.servers[i].spec.learned);
+                    if !(learned && table.has_configured_ranges()) {
+                        return Ok((via, target.clone()));
+                    }
                 }
                 // Split routing: only the address tells whether a private range's server
                 // serves this name. Direct connections use every address; a proxy gets the

@@ -356,6 +356,21 @@ async fn router_fails_over_takes_servers_out_and_refreshes() {
                 learned_gateway.decide(&in_gone).await,
                 Err(ClientError::Unavailable(_))
             ));
+            // Nor does it get a name whose address is in a configured range: the name is
+            // resolved here (localhost, from /etc/hosts) and routed by its address.
+            let by_name = Router::new(
+                vec![
+                    spec("office", nowhere, &["127.0.0.0/8", "::1/128"], false),
+                    ServerSpec {
+                        learned: true,
+                        ..spec("learned:gw", a.addr, &["0.0.0.0/0", "::/0"], false)
+                    },
+                ],
+                Vec::new(),
+                RouterOptions::default(),
+            );
+            let localhost = Address::domain("localhost", 80).unwrap();
+            assert_eq!(by_name.decide(&localhost).await.unwrap().0, Via::Server(0));
             // What nothing configured covers still goes to it.
             let elsewhere = Address::ip(echo_server("127.0.4.1:0").await);
             assert_eq!(

@@ -336,5 +336,6 @@ pub fn discovery(data: &[u8]) {
         let _ = decode_dhcpv6_vendor(data, enterprise);
         let _ = dhcpv6_vendor_list(data, enterprise);
         let _ = dhcpv6_vendor_list(data, DEFAULT_DHCPV6_ENTERPRISE);
+        let _ = crate::wire::discovery::dhcpv6_valid_lifetime(data);
     }
 }

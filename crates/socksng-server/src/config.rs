@@ -963,6 +963,19 @@ impl Config {
         ) {
             return invalid(format!("`discovery.urls`: {e}"));
         }
+        // Announcements go to whoever asks (draft 10.4): never a login.
+        if let Some(i) = self.discovery.urls.iter().position(|u| {
+            let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
+            rest.split(['/', '?', '#'])
+                .next()
+                .unwrap_or(rest)
+                .contains('@')
+        }) {
+            return invalid(format!(
+                "`discovery.urls`: URL {} carries credentials (user@); announced URLs must not",
+                i + 1
+            ));
+        }
         if self.audit.file.is_some() && self.audit.syslog {
             return invalid("`audit`: give `file` or `syslog = true`, not both".into());
         }

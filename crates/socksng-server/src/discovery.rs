@@ -49,21 +49,22 @@ pub fn endpoints(cfg: &Config) -> Vec<Endpoint> {
     plain.chain(tls_only).collect()
 }
 
-/// The URLs this server announces, in order: `discovery.urls`, else one per listen address
-/// (`socks5h://`, or `socks5s://` for a TLS-only one; unspecified addresses are left out: a
-/// client cannot reach them).
+/// The URLs this server announces to the network, in order: `discovery.urls`, else one per
+/// listen address (`socks5h://`, or `socks5s://` for a TLS-only one; unspecified and
+/// loopback addresses are left out: no other host can reach them).
 pub fn urls(cfg: &Config) -> Vec<String> {
-    urls_for(cfg, &endpoints(cfg))
+    urls_for(cfg, &endpoints(cfg), false)
 }
 
-/// As [`urls`], for the endpoints really bound.
-pub(crate) fn urls_for(cfg: &Config, endpoints: &[Endpoint]) -> Vec<String> {
+/// As [`urls`], for the endpoints really bound; loopback ones too when `loopback_ok` (for a
+/// client on this host).
+pub(crate) fn urls_for(cfg: &Config, endpoints: &[Endpoint], loopback_ok: bool) -> Vec<String> {
     if !cfg.discovery.urls.is_empty() {
         return cfg.discovery.urls.clone();
     }
     endpoints
         .iter()
-        .filter(|e| !e.addr.ip().is_unspecified())
+        .filter(|e| !e.addr.ip().is_unspecified() && (loopback_ok || !e.addr.ip().is_loopback()))
         .map(Endpoint::url)
         .collect()
 }
@@ -233,7 +234,10 @@ pub fn pac(cfg: &Config, proxy: &str) -> String {
     for r in &ranges {
         let mut alternatives = Vec::new();
         if r.prefixes.is_empty() && r.domains.is_empty() {
-            alternatives.push("true".to_string());
+            // Ports alone serve every destination on them; nothing at all serves nothing.
+            if !r.ports.is_empty() {
+                alternatives.push("true".to_string());
+            }
         } else if r.prefixes.iter().any(|(_, len)| *len == 0) {
             alternatives.push("(!v4 && !v6)".to_string());
         }
@@ -350,9 +354,15 @@ fn document(
     if !matches!(path, "/.well-known/pvd" | "/proxy.pac" | "/wpad.dat") {
         return Answer::not_found("not found: /.well-known/pvd, /proxy.pac, /wpad.dat\n");
     }
-    let proxy = plain_proxy(&urls_for(cfg, endpoints)).or_else(|| {
-        let port = endpoints.iter().find(|e| e.plain)?.addr.port();
-        Some(SocketAddr::new(local?.ip().to_canonical(), port).to_string())
+    let local = local.map(|a| a.ip().to_canonical());
+    let loopback_ok = local.is_some_and(|ip| ip.is_loopback());
+    let proxy = plain_proxy(&urls_for(cfg, endpoints, loopback_ok)).or_else(|| {
+        // An unspecified listener of the client's family takes it where it reached us.
+        let ip = local?;
+        let e = endpoints.iter().find(|e| {
+            e.plain && e.addr.ip().is_unspecified() && e.addr.is_ipv4() == ip.is_ipv4()
+        })?;
+        Some(SocketAddr::new(ip, e.addr.port()).to_string())
     });
     let Some(proxy) = proxy else {
         return Answer::not_found("no plain SOCKS5 address to announce\n");
@@ -510,7 +520,30 @@ mod tests {
             e("0.0.0.0:1080", true, true),
             e("192.0.2.1:1443", false, true),
         ];
-        assert_eq!(urls_for(&cfg, &bound), ["socks5s://192.0.2.1:1443"]);
+        assert_eq!(urls_for(&cfg, &bound, false), ["socks5s://192.0.2.1:1443"]);
+        // Loopback is announced only to a client on this host.
+        let looped = [
+            e("127.0.0.1:1080", true, false),
+            e("[::]:1081", true, false),
+        ];
+        assert!(urls_for(&cfg, &looped, false).is_empty());
+        let here = Some("127.0.0.1:8081".parse().unwrap());
+        let pac = document(&cfg, &looped, here, "/proxy.pac").body;
+        assert!(pac.contains("SOCKS5 127.0.0.1:1080;"), "{pac}");
+        // Elsewhere: the unspecified listener of the client's family, at the address it used.
+        let v6 = Some("[2001:db8::7]:8081".parse().unwrap());
+        let pac = document(&cfg, &looped, v6, "/proxy.pac").body;
+        assert!(pac.contains("SOCKS5 [2001:db8::7]:1081;"), "{pac}");
+        assert_eq!(
+            document(
+                &cfg,
+                &looped,
+                Some("192.0.2.7:8081".parse().unwrap()),
+                "/proxy.pac"
+            )
+            .status,
+            "404 Not Found"
+        );
         // Only an unspecified plain listener: the address the HTTP client reached.
         let local = Some("192.0.2.7:8081".parse().unwrap());
         let pac = document(&cfg, &bound, local, "/proxy.pac?x=1");
@@ -552,5 +585,7 @@ mod tests {
         let bad = |t: &str| Config::from_toml(t, std::path::Path::new(".")).is_err();
         assert!(bad("[discovery]\ndhcp_code = 100\n"));
         assert!(bad("[discovery]\nurls = [\"socks5h://a b\"]\n"));
+        assert!(bad("[discovery]\nurls = [\"socks5h://u:p@gw:1080\"]\n"));
+        assert!(!bad("[discovery]\nurls = [\"socks5h://gw:1080/@x\"]\n"));
     }
 }

@@ -146,6 +146,39 @@ pub fn dhcpv6_vendor_list(
     Ok(None)
 }
 
+/// The longest valid lifetime (seconds) of the addresses and prefixes a whole DHCPv6 message
+/// leases (IA_NA's IAADDR, IA_PD's IAPREFIX; RFC 8415 sections 21.4, 21.6, 21.21, 21.22);
+/// `None` when it leases none. `u32::MAX` means infinite.
+pub fn dhcpv6_valid_lifetime(message: &[u8]) -> Option<u32> {
+    /// The options in `area`, as (code, data); stops at the first that does not fit.
+    fn options(mut area: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+        std::iter::from_fn(move || {
+            let (head, tail) = area.split_first_chunk::<4>()?;
+            let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+            let data = tail.get(..len)?;
+            area = &tail[len..];
+            Some((u16::from_be_bytes([head[0], head[1]]), data))
+        })
+    }
+    let be32 = |b: &[u8]| Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?));
+    let mut longest = None;
+    for (code, ia) in options(message.get(4..)?) {
+        // IA_NA (3) and IA_PD (25): IAID, T1, T2, then their own options.
+        if code != 3 && code != 25 {
+            continue;
+        }
+        for (sub, data) in options(ia.get(12..).unwrap_or(&[])) {
+            let valid = match sub {
+                5 => data.get(20..).and_then(be32), // IAADDR: address, preferred, valid
+                26 => data.get(4..).and_then(be32), // IAPREFIX: preferred, valid, ...
+                _ => None,
+            };
+            longest = longest.max(valid);
+        }
+    }
+    longest
+}
+
 /// Where the magic cookie sits in a DHCPv4 message (after the fixed BOOTP fields).
 const OPTIONS_AT: usize = 236;
 
@@ -272,6 +305,34 @@ mod tests {
             } else {
                 assert!(r.is_err(), "cut {cut}");
             }
+        }
+    }
+
+    #[test]
+    fn dhcpv6_lifetimes() {
+        let opt = |code: u16, data: &[u8]| {
+            let mut o = code.to_be_bytes().to_vec();
+            o.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            o.extend_from_slice(data);
+            o
+        };
+        let mut iaaddr = vec![0u8; 16];
+        iaaddr.extend_from_slice(&[0, 0, 0x0e, 0x10, 0, 0, 0x1c, 0x20]); // 3600, 7200
+        let mut ia_na = vec![0u8; 12];
+        ia_na.extend(opt(5, &iaaddr));
+        let mut iaprefix = vec![0, 0, 0, 1, 0, 0, 0x2a, 0x30, 56]; // 1, 10800, /56
+        iaprefix.extend_from_slice(&[0u8; 16]);
+        let mut ia_pd = vec![0u8; 12];
+        ia_pd.extend(opt(26, &iaprefix));
+        let mut m = vec![7, 1, 2, 3];
+        m.extend(opt(1, &[0xaa]));
+        m.extend(opt(3, &ia_na));
+        assert_eq!(dhcpv6_valid_lifetime(&m), Some(7200));
+        m.extend(opt(25, &ia_pd));
+        assert_eq!(dhcpv6_valid_lifetime(&m), Some(10800));
+        assert_eq!(dhcpv6_valid_lifetime(&m[..4]), None);
+        for cut in 0..m.len() {
+            let _ = dhcpv6_valid_lifetime(&m[..cut]);
         }
     }
 
