@@ -212,6 +212,16 @@ def test_dhcpv6_lease_announces_the_proxy(lan6, start_proxy, children, tmp_path)
     found = [json.loads(l) for l in r.stdout.decode().splitlines() if l]
     assert [(f["url"], f["protocol"]) for f in found] == [(url, "socks-ng")], found
 
+    # Asking the DHCPv6 server directly (an Information-Request) finds the same proxy; the
+    # link has no IPv4 address, so there is no DHCPINFORM, and that is no error.
+    r = run([SOCKSNG, "discover", "--inform", f"st{'v'}b{lan6.pid}", "--dhcpv6-enterprise",
+             "64000", "--lease-file", "/dev/null", "--json"], netns=lan6.client)
+    assert r.returncode == 0, r.stderr.decode()
+    informed = [json.loads(l) for l in r.stdout.decode().splitlines() if l]
+    assert [f["url"] for f in informed] == [url], informed
+    assert informed[0]["source"].startswith(
+        f"DHCPv6 Information-Request on st{'v'}b{lan6.pid} from fe80::"), informed
+
     # With --discover, a client on the IPv6-only link reaches an IPv4 service through it.
     r = run([SOCKSNG, "--discover", "connect", f"127.0.0.1:{lan6.http_port}"],
             input=b"GET / HTTP/1.0\r\n\r\n", netns=lan6.client,

@@ -47,48 +47,108 @@ pub fn inform(
     code: u8,
     wait: std::time::Duration,
 ) -> Result<Vec<Announced>, ClientError> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     use socksng_proto::wire::discovery::{dhcpinform, is_ack_for};
     use std::net::{Ipv4Addr, SocketAddrV4};
-    let io = |what: &str, e: std::io::Error| {
-        ClientError::Config(format!("DHCPINFORM on {interface}: {what}: {e}"))
-    };
-    let mac_text = std::fs::read_to_string(format!("/sys/class/net/{interface}/address"))
-        .map_err(|e| io("its hardware address", e))?;
+    let what = format!("DHCPINFORM on {interface}");
+    let address = interface_ipv4(interface)
+        .ok_or_else(|| ClientError::Config(format!("{what}: it has no IPv4 address")))?;
+    let xid = u32::from_be_bytes(transaction_id());
+    let message = dhcpinform(xid, hardware_address(interface, &what)?, address, code);
+    let to = std::net::SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 67));
+    let from = std::net::SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+    exchange(&what, interface, from, to, &message, wait, |reply| {
+        if !is_ack_for(reply, xid) {
+            return None;
+        }
+        decode_list(&dhcpv4_option(reply, code).ok()??).ok()
+    })
+}
+
+/// The DHCPv6 counterpart of [`inform`]: an Information-Request (RFC 8415 section 18.2.6)
+/// sent to All_DHCP_Relay_Agents_and_Servers on `interface`, asking for the
+/// Vendor-specific Information option; the list is read from the Replies of `enterprise`'s.
+/// Needs the DHCPv6 client port (546).
+pub fn inform6(
+    interface: &str,
+    enterprise: u32,
+    wait: std::time::Duration,
+) -> Result<Vec<Announced>, ClientError> {
+    use socksng_proto::wire::discovery::{dhcpv6_information_request, is_dhcpv6_reply_for};
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    let what = format!("DHCPv6 Information-Request on {interface}");
+    let name = std::ffi::CString::new(interface)
+        .map_err(|_| ClientError::Config(format!("{what}: a bad interface name")))?;
+    // SAFETY: a NUL-terminated name; if_nametoindex only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(ClientError::Config(format!("{what}: no such interface")));
+    }
+    let xid = transaction_id();
+    let xid = [xid[1], xid[2], xid[3]];
+    let message = dhcpv6_information_request(xid, hardware_address(interface, &what)?);
+    let servers = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
+    let to = std::net::SocketAddr::V6(SocketAddrV6::new(servers, 547, 0, index));
+    let from = std::net::SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 546, 0, 0));
+    exchange(&what, interface, from, to, &message, wait, |reply| {
+        if !is_dhcpv6_reply_for(reply, xid) {
+            return None;
+        }
+        dhcpv6_vendor_list(reply, enterprise).ok()?
+    })
+}
+
+/// A transaction id that differs between runs and processes.
+fn transaction_id() -> [u8; 4] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id().rotate_left(16)).to_be_bytes()
+}
+
+/// An interface's Ethernet address, from sysfs.
+fn hardware_address(interface: &str, what: &str) -> Result<[u8; 6], ClientError> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{interface}/address"))
+        .map_err(|e| ClientError::Config(format!("{what}: its hardware address: {e}")))?;
     let mut mac = [0u8; 6];
-    for (i, part) in mac_text.trim().split(':').take(6).enumerate() {
+    for (i, part) in text.trim().split(':').take(6).enumerate() {
         mac[i] = u8::from_str_radix(part, 16).unwrap_or(0);
     }
-    let address = interface_ipv4(interface).ok_or_else(|| {
-        ClientError::Config(format!("DHCPINFORM on {interface}: it has no IPv4 address"))
-    })?;
-    let socket =
-        Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| io("socket", e))?;
+    Ok(mac)
+}
+
+/// Sends `message` from `from` to `to` on `interface` and reads the answers for `wait`;
+/// `read` turns an answer into the URLs it carries (`None` for someone else's answer).
+fn exchange(
+    what: &str,
+    interface: &str,
+    from: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+    message: &[u8],
+    wait: std::time::Duration,
+    read: impl Fn(&[u8]) -> Option<Vec<String>>,
+) -> Result<Vec<Announced>, ClientError> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let io = |step: &str, e: std::io::Error| ClientError::Config(format!("{what}: {step}: {e}"));
+    let socket = Socket::new(Domain::for_address(from), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| io("socket", e))?;
     socket
         .set_reuse_address(true)
         .map_err(|e| io("SO_REUSEADDR", e))?;
-    socket
-        .set_broadcast(true)
-        .map_err(|e| io("SO_BROADCAST", e))?;
+    if from.is_ipv4() {
+        socket
+            .set_broadcast(true)
+            .map_err(|e| io("SO_BROADCAST", e))?;
+    } else {
+        socket.set_only_v6(true).map_err(|e| io("IPV6_V6ONLY", e))?;
+    }
     socket
         .bind_device(Some(interface.as_bytes()))
         .map_err(|e| io("SO_BINDTODEVICE", e))?;
     socket
-        .bind(&SockAddr::from(SocketAddrV4::new(
-            Ipv4Addr::UNSPECIFIED,
-            68,
-        )))
-        .map_err(|e| io("binding port 68", e))?;
-    let xid = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        ^ std::process::id();
-    let message = dhcpinform(xid, mac, address, code);
+        .bind(&SockAddr::from(from))
+        .map_err(|e| io(&format!("binding port {}", from.port()), e))?;
     socket
-        .send_to(
-            &message,
-            &SockAddr::from(SocketAddrV4::new(Ipv4Addr::BROADCAST, 67)),
-        )
+        .send_to(message, &SockAddr::from(to))
         .map_err(|e| io("sending", e))?;
     let deadline = std::time::Instant::now() + wait;
     let mut found: Vec<Announced> = Vec::new();
@@ -97,7 +157,7 @@ pub fn inform(
         socket
             .set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))))
             .map_err(|e| io("timeout", e))?;
-        let Ok((n, from)) = socket.recv_from(&mut buf) else {
+        let Ok((n, sender)) = socket.recv_from(&mut buf) else {
             break;
         };
         // SAFETY: recv_from initialised the first `n` bytes.
@@ -105,20 +165,17 @@ pub fn inform(
             .iter()
             .map(|b| unsafe { b.assume_init() })
             .collect();
-        if !is_ack_for(&reply, xid) {
-            continue;
-        }
-        let Ok(Some(data)) = dhcpv4_option(&reply, code) else {
+        let Some(urls) = read(&reply) else {
             continue;
         };
-        let server = from
+        let server = sender
             .as_socket()
             .map_or_else(String::new, |a| a.ip().to_string());
-        for url in decode_list(&data).unwrap_or_default() {
+        for url in urls {
             if !carries_credentials(&url) && !found.iter().any(|a| a.url == url) {
                 found.push(Announced {
                     url,
-                    source: format!("DHCPINFORM on {interface} from {server}"),
+                    source: format!("{what} from {server}"),
                 });
             }
         }

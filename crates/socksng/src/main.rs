@@ -253,7 +253,8 @@ enum Cmd {
         /// How long to browse mDNS (and wait for DHCPINFORM answers), seconds.
         #[arg(long, default_value_t = 3.0, value_name = "SECS")]
         mdns_wait: f64,
-        /// Also ask the DHCP servers on this interface directly (DHCPINFORM; needs port 68).
+        /// Also ask the DHCP servers on this interface directly: DHCPINFORM when it has an
+        /// IPv4 address, a DHCPv6 Information-Request too (needs ports 68 and 546).
         #[arg(long, value_name = "INTERFACE")]
         inform: Option<String>,
         /// Also read a provisioning domain's JSON: a PvD ID (fetched from
@@ -1262,11 +1263,28 @@ async fn discover(
         );
     }
     if let Some((interface, wait)) = ways.inform {
-        more.extend(
+        // Both families at once; one that cannot ask (no IPv4 address, say) is not an error
+        // while the other can.
+        let v4 = {
+            let interface = interface.clone();
             tokio::task::spawn_blocking(move || discover::inform(&interface, code, wait))
-                .await
-                .map_err(|e| anyhow!(e))??,
-        );
+        };
+        let enterprise = options.enterprise;
+        let v6 =
+            tokio::task::spawn_blocking(move || discover::inform6(&interface, enterprise, wait));
+        let (v4, v6) = (v4.await?, v6.await?);
+        match (v4, v6) {
+            (Err(e4), Err(e6)) => return Err(anyhow!("{e4}; {e6}")),
+            (a, b) => {
+                for answer in [a, b] {
+                    match answer {
+                        Ok(found) => more.extend(found),
+                        Err(e) if cli.verbose => eprintln!("socksng: {e}"),
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
     }
     for pvd in ways.pvds {
         let tls = pvd_tls(cli);

@@ -146,6 +146,27 @@ pub fn dhcpv6_vendor_list(
     Ok(None)
 }
 
+/// A DHCPv6 Information-Request (RFC 8415 section 18.2.6): transaction `xid`, a Client
+/// Identifier (DUID-LL of Ethernet address `mac`), an Option Request for the Vendor-specific
+/// Information option, and an Elapsed Time of zero.
+pub fn dhcpv6_information_request(xid: [u8; 3], mac: [u8; 6]) -> Vec<u8> {
+    let mut m = vec![11, xid[0], xid[1], xid[2]];
+    // OPTION_CLIENTID (1): DUID-LL (3), hardware type Ethernet (1), the address.
+    m.extend_from_slice(&[0, 1, 0, 10, 0, 3, 0, 1]);
+    m.extend_from_slice(&mac);
+    // OPTION_ORO (6): OPTION_VENDOR_OPTS.
+    m.extend_from_slice(&[0, 6, 0, 2]);
+    m.extend_from_slice(&OPTION_VENDOR_OPTS.to_be_bytes());
+    // OPTION_ELAPSED_TIME (8): 0.
+    m.extend_from_slice(&[0, 8, 0, 2, 0, 0]);
+    m
+}
+
+/// Whether `message` is a DHCPv6 Reply (7) to transaction `xid`.
+pub fn is_dhcpv6_reply_for(message: &[u8], xid: [u8; 3]) -> bool {
+    message.first() == Some(&7) && message.get(1..4) == Some(&xid[..])
+}
+
 /// The longest valid lifetime (seconds) of the addresses and prefixes a whole DHCPv6 message
 /// leases (IA_NA's IAADDR, IA_PD's IAPREFIX; RFC 8415 sections 21.4, 21.6, 21.21, 21.22);
 /// `None` when it leases none. `u32::MAX` means infinite.
@@ -306,6 +327,26 @@ mod tests {
                 assert!(r.is_err(), "cut {cut}");
             }
         }
+    }
+
+    #[test]
+    fn dhcpv6_information_request_and_its_reply() {
+        let m = dhcpv6_information_request([1, 2, 3], [2, 0, 0, 0, 0, 9]);
+        assert_eq!(
+            m,
+            [
+                11, 1, 2, 3, 0, 1, 0, 10, 0, 3, 0, 1, 2, 0, 0, 0, 0, 9, 0, 6, 0, 2, 0, 17, 0, 8, 0,
+                2, 0, 0
+            ]
+        );
+        assert!(!is_dhcpv6_reply_for(&m, [1, 2, 3]));
+        let mut reply = vec![7, 1, 2, 3];
+        reply.extend(
+            encode_dhcpv6(DEFAULT_DHCPV6_ENTERPRISE, "socks5h://[2001:db8::1]:1080").unwrap(),
+        );
+        assert!(is_dhcpv6_reply_for(&reply, [1, 2, 3]));
+        assert!(!is_dhcpv6_reply_for(&reply, [1, 2, 4]));
+        assert!(!is_dhcpv6_reply_for(&reply[..3], [1, 2, 3]));
     }
 
     #[test]
