@@ -463,7 +463,8 @@ pub fn browse_mdns(wait: std::time::Duration) -> Result<Vec<Announced>, ClientEr
             continue;
         };
         let url = match info.get_property_val_str("url") {
-            Some(u) if !carries_credentials(u) => u.to_string(),
+            // A `url` that is not one clean URL without credentials is ignored (draft 10.5).
+            Some(u) if proxy_url(u).is_ok() => u.to_string(),
             _ => {
                 let Some(ip) = info.get_addresses_v4().into_iter().next() else {
                     continue;
