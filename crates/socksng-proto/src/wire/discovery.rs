@@ -97,25 +97,44 @@ pub fn decode_dhcpv6_vendor(
     data: &[u8],
     enterprise: u32,
 ) -> Result<Option<Vec<String>>, DecodeError> {
-    let Some((en, mut rest)) = data.split_first_chunk::<4>() else {
+    let Some((en, rest)) = data.split_first_chunk::<4>() else {
         return Err(DecodeError::Incomplete);
     };
     if u32::from_be_bytes(*en) != enterprise {
         return Ok(None);
     }
-    while !rest.is_empty() {
-        let Some((head, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(DecodeError::Incomplete);
-        };
-        let code = u16::from_be_bytes([head[0], head[1]]);
-        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-        let value = tail.get(..len).ok_or(DecodeError::Incomplete)?;
+    for option in dhcpv6_options(rest) {
+        let (code, value) = option?;
         if code == DHCPV6_SUBOPTION {
             return decode_list(value).map(Some);
         }
-        rest = &tail[len..];
     }
     Ok(None)
+}
+
+/// The DHCPv6 options in `area` (code and length in 16 bits each, RFC 8415 section 21.1) as
+/// (code, data), in order; one that does not fit is an error, and the last item.
+fn dhcpv6_options(mut area: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), DecodeError>> {
+    std::iter::from_fn(move || {
+        if area.is_empty() {
+            return None;
+        }
+        let option = area.split_first_chunk::<4>().and_then(|(head, tail)| {
+            let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+            let data = tail.get(..len)?;
+            Some((u16::from_be_bytes([head[0], head[1]]), data, &tail[len..]))
+        });
+        match option {
+            Some((code, data, rest)) => {
+                area = rest;
+                Some(Ok((code, data)))
+            }
+            None => {
+                area = &[];
+                Some(Err(DecodeError::Incomplete))
+            }
+        }
+    })
 }
 
 /// The magic cookie that starts the options of a DHCPv4 message (RFC 2131 section 3).
@@ -128,20 +147,13 @@ pub fn dhcpv6_vendor_list(
     message: &[u8],
     enterprise: u32,
 ) -> Result<Option<Vec<String>>, DecodeError> {
-    let mut rest = message.get(4..).ok_or(DecodeError::Incomplete)?;
-    while !rest.is_empty() {
-        let Some((head, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(DecodeError::Incomplete);
-        };
-        let code = u16::from_be_bytes([head[0], head[1]]);
-        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-        let value = tail.get(..len).ok_or(DecodeError::Incomplete)?;
+    for option in dhcpv6_options(message.get(4..).ok_or(DecodeError::Incomplete)?) {
+        let (code, value) = option?;
         if code == OPTION_VENDOR_OPTS {
             if let Some(list) = decode_dhcpv6_vendor(value, enterprise)? {
                 return Ok(Some(list));
             }
         }
-        rest = &tail[len..];
     }
     Ok(None)
 }
@@ -171,18 +183,10 @@ pub fn is_dhcpv6_reply_for(message: &[u8], xid: [u8; 3]) -> bool {
 /// leases (IA_NA's IAADDR, IA_PD's IAPREFIX; RFC 8415 sections 21.4, 21.6, 21.21, 21.22);
 /// `None` when it leases none. `u32::MAX` means infinite.
 pub fn dhcpv6_valid_lifetime(message: &[u8]) -> Option<u32> {
-    /// The options in `area`, as (code, data); stops at the first that does not fit.
-    fn options(mut area: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-        std::iter::from_fn(move || {
-            let (head, tail) = area.split_first_chunk::<4>()?;
-            let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-            let data = tail.get(..len)?;
-            area = &tail[len..];
-            Some((u16::from_be_bytes([head[0], head[1]]), data))
-        })
-    }
     let be32 = |b: &[u8]| Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?));
     let mut longest = None;
+    // What is read before an option that does not fit still counts.
+    let options = |area| dhcpv6_options(area).map_while(Result::ok);
     for (code, ia) in options(message.get(4..)?) {
         // IA_NA (3) and IA_PD (25): IAID, T1, T2, then their own options.
         if code != 3 && code != 25 {
