@@ -381,6 +381,32 @@ mod tests {
         }
     }
 
+    /// Appendix A.2: asking for the option, by DHCPINFORM and by Information-Request, and a
+    /// Reply with two enterprises' vendor options.
+    #[test]
+    fn the_draft_request_vectors() {
+        let inform = dhcpinform(
+            0x1234_5678,
+            [2, 0, 0, 0, 0, 1],
+            "10.0.0.5".parse().unwrap(),
+            224,
+        );
+        let options = draft_vector("dhcpinform-options");
+        assert_eq!(&inform[OPTIONS_AT..OPTIONS_AT + options.len()], options);
+        assert!(inform[OPTIONS_AT + options.len()..].iter().all(|&b| b == 0));
+        assert_eq!(inform.len(), 300);
+        assert_eq!(
+            dhcpv6_information_request([0x12, 0x34, 0x56], [2, 0, 0, 0, 0, 1]),
+            draft_vector("dhcpv6-info-request")
+        );
+        let reply = draft_vector("dhcpv6-reply");
+        assert!(is_dhcpv6_reply_for(&reply, [0x12, 0x34, 0x56]));
+        assert_eq!(
+            dhcpv6_vendor_list(&reply, DEFAULT_DHCPV6_ENTERPRISE).unwrap(),
+            Some(vec!["socks5h://[2001:db8::1]:1080".to_string()])
+        );
+    }
+
     /// Appendix A.2: two proxies under DHCPv4 code 224 and DHCPv6 enterprise 32473.
     #[test]
     fn the_draft_vectors() {
