@@ -128,7 +128,7 @@ impl Default for Timeouts {
 pub struct Limits {
     /// Concurrent sessions past authentication, in total.
     pub max_sessions: usize,
-    /// Concurrent sessions per authenticated user.
+    /// Concurrent sessions per user (an anonymous client: per address); 0 for no limit.
     pub max_sessions_per_user: usize,
     /// Concurrent sessions past authentication per client address.
     pub max_sessions_per_address: usize,
@@ -346,7 +346,7 @@ pub struct NgConfig {
     /// How long an accept token waits to be claimed.
     #[serde(with = "humantime_serde")]
     pub token_lifetime: Duration,
-    /// Listeners one user may hold at once.
+    /// Listeners one user (an anonymous client: one address) may hold at once.
     pub max_listeners_per_user: usize,
     /// Bytes queued towards a UDP-TUNNEL client before datagrams are dropped.
     pub udp_tunnel_queue: usize,
@@ -582,7 +582,8 @@ pub struct ClassConfig {
     pub up: Option<Rate>,
     /// Each user's limit target-to-client, over all their sessions.
     pub down: Option<Rate>,
-    /// Each user's sessions at once (instead of `limits.max_sessions_per_user`).
+    /// Each user's sessions at once (instead of `limits.max_sessions_per_user`). Here and
+    /// below, an anonymous client counts as one user per address, as for its rates.
     pub max_sessions: Option<usize>,
     /// Each user's SOCKS-NG listeners at once (instead of `ng.max_listeners_per_user`).
     pub max_listeners: Option<usize>,

@@ -263,7 +263,8 @@ pub(crate) async fn listen(
         .class_of(user.as_deref())
         .max_listeners
         .unwrap_or(shared.cfg.ng.max_listeners_per_user);
-    let Some(slot) = shared.listeners.open_listener(user.as_deref(), max) else {
+    let holder = crate::shared::Holder::of(user.as_deref(), conn.peer.ip());
+    let Some(slot) = shared.listeners.open_listener(holder, max) else {
         let why = format!("{max} listeners already open");
         return conn.refuse(log, rep::LIMIT_REACHED, why).await;
     };

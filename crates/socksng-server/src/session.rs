@@ -415,7 +415,8 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
     let limit = class
         .max_sessions
         .unwrap_or(shared.cfg.limits.max_sessions_per_user);
-    let Some(_slot) = shared.user_slot(Held::Sessions, conn.user.as_deref(), limit) else {
+    let holder = crate::shared::Holder::of(conn.user.as_deref(), conn.peer.ip());
+    let Some(_slot) = shared.user_slot(Held::Sessions, holder, limit) else {
         let why = "per-user session limit reached";
         return conn.refuse(log, ReplyCode::NOT_ALLOWED, why).await;
     };

@@ -21,7 +21,7 @@ pub(crate) struct Shared {
     pub handshake_config: HandshakeConfig,
     /// Upstream servers and the routes to them.
     pub upstreams: crate::upstream::Upstreams,
-    per_user: Arc<Mutex<HashMap<(Held, String), usize>>>,
+    per_user: Arc<Mutex<HashMap<(Held, Holder), usize>>>,
     /// Rate limits and the shared uplink.
     pub shaper: Arc<crate::shaping::Shaper>,
     /// Argon2 takes ~19 MiB and tens of milliseconds per check; a flood of bad logins must
@@ -69,9 +69,27 @@ pub(crate) enum Held {
 }
 
 /// Holds one of a user's places (a session, a UDP relay) until dropped.
+/// Who a per-user limit counts against: the user logged in, or for an anonymous client its
+/// address (as shaping accounts it), so that a class taking anonymous clients limits each
+/// of them rather than none or all together.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Holder {
+    User(String),
+    Address(std::net::IpAddr),
+}
+
+impl Holder {
+    pub(crate) fn of(user: Option<&str>, peer: std::net::IpAddr) -> Holder {
+        match user {
+            Some(u) => Holder::User(u.to_owned()),
+            None => Holder::Address(crate::policy::canonical(peer)),
+        }
+    }
+}
+
 pub(crate) struct UserSlot {
-    per_user: Arc<Mutex<HashMap<(Held, String), usize>>>,
-    key: Option<(Held, String)>,
+    per_user: Arc<Mutex<HashMap<(Held, Holder), usize>>>,
+    key: Option<(Held, Holder)>,
 }
 
 impl Drop for UserSlot {
@@ -208,22 +226,17 @@ impl Shared {
         self.passwords.check(db, client, name, password).await
     }
 
-    /// Takes one of `user`'s places of `held` (at most `limit`, 0 for no limit); `None` when
-    /// the user is at the limit. Anonymous clients are held by the per-address limits.
-    pub(crate) fn user_slot(
-        &self,
-        held: Held,
-        user: Option<&str>,
-        limit: usize,
-    ) -> Option<UserSlot> {
+    /// Takes one of `holder`'s places of `held` (at most `limit`, 0 for no limit); `None`
+    /// when it is at the limit.
+    pub(crate) fn user_slot(&self, held: Held, holder: Holder, limit: usize) -> Option<UserSlot> {
         let per_user = self.per_user.clone();
-        let Some(user) = user.filter(|_| limit > 0) else {
+        if limit == 0 {
             return Some(UserSlot {
                 per_user,
                 key: None,
             });
-        };
-        let key = (held, user.to_owned());
+        }
+        let key = (held, holder);
         let mut map = per_user.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(key.clone()).or_insert(0);
         if *n >= limit {

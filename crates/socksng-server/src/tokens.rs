@@ -56,7 +56,7 @@ pub(crate) struct Pending {
 #[derive(Default)]
 pub(crate) struct Registry {
     pending: Mutex<HashMap<Token, Pending>>,
-    listeners: Mutex<HashMap<Option<String>, usize>>,
+    listeners: Mutex<HashMap<crate::shared::Holder, usize>>,
     next_id: AtomicU64,
 }
 
@@ -94,26 +94,30 @@ impl Registry {
 
     /// Takes one of `user`'s listener places (at most `max`); `None` at the limit. The place
     /// is given back when the returned slot is dropped, on every path.
-    pub(crate) fn open_listener(&self, user: Option<&str>, max: usize) -> Option<ListenerSlot<'_>> {
+    pub(crate) fn open_listener(
+        &self,
+        holder: crate::shared::Holder,
+        max: usize,
+    ) -> Option<ListenerSlot<'_>> {
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        let n = listeners.entry(user.map(str::to_owned)).or_insert(0);
+        let n = listeners.entry(holder.clone()).or_insert(0);
         if *n >= max {
             return None;
         }
         *n += 1;
         Some(ListenerSlot {
             registry: self,
-            user: user.map(str::to_owned),
+            holder,
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
         })
     }
 
-    fn close_listener(&self, user: &Option<String>) {
+    fn close_listener(&self, holder: &crate::shared::Holder) {
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = listeners.get_mut(user) {
+        if let Some(n) = listeners.get_mut(holder) {
             *n -= 1;
             if *n == 0 {
-                listeners.remove(user);
+                listeners.remove(holder);
             }
         }
     }
@@ -122,14 +126,14 @@ impl Registry {
 /// One of a user's listener places, with the listener's id; given back on drop.
 pub(crate) struct ListenerSlot<'a> {
     registry: &'a Registry,
-    user: Option<String>,
+    holder: crate::shared::Holder,
     /// Tells this listener's tokens from others'.
     pub id: u64,
 }
 
 impl Drop for ListenerSlot<'_> {
     fn drop(&mut self) {
-        self.registry.close_listener(&self.user);
+        self.registry.close_listener(&self.holder);
     }
 }
 

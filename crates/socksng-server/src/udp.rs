@@ -121,12 +121,13 @@ impl UdpOutside {
     async fn open(
         shared: Arc<Shared>,
         user: Option<String>,
+        holder: crate::shared::Holder,
         hops: u8,
         outgoing: crate::dial::Outgoing,
     ) -> Result<(Self, Option<String>), SessionOutcome> {
         let class = shared.cfg.class_of(user.as_deref());
         let limit = class.max_udp.unwrap_or(0);
-        let Some(slot) = shared.user_slot(crate::shared::Held::Udp, user.as_deref(), limit) else {
+        let Some(slot) = shared.user_slot(crate::shared::Held::Udp, holder, limit) else {
             let why = format!(
                 "per-user UDP limit ({limit}) of class {} reached",
                 class.name
@@ -357,7 +358,16 @@ impl UdpOutside {
 async fn open_outside(conn: &mut Handshaken, log: &mut SessionLog) -> Option<UdpOutside> {
     let hops = conn.hs.hops().saturating_add(1);
     let outgoing = conn.outgoing.clone();
-    match UdpOutside::open(conn.shared.clone(), conn.user.clone(), hops, outgoing).await {
+    let holder = crate::shared::Holder::of(conn.user.as_deref(), conn.peer.ip());
+    match UdpOutside::open(
+        conn.shared.clone(),
+        conn.user.clone(),
+        holder,
+        hops,
+        outgoing,
+    )
+    .await
+    {
         Ok((outside, via)) => {
             log.via = via;
             Some(outside)

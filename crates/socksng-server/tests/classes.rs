@@ -6,6 +6,7 @@
 
 mod common;
 use common::*;
+use socksng_proto::Address;
 use socksng_testkit::socks::{open, Conn, Credentials, Route};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -224,4 +225,37 @@ async fn class_session_limits_refuse_with_not_allowed() {
     drop(held);
     srv.stop().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_anonymous_class_limits_each_client_address() {
+    // A class without `users` takes anonymous clients; its limits count per client address,
+    // as its rates do (each address is one anonymous "user").
+    let cfg =
+        format!("[[classes]]\nname = \"guests\"\nmax_sessions = 2\nmax_udp = 1\n{ALLOW_LOOPBACK}");
+    let srv = start(&cfg).await;
+    let target = echo_server("127.0.0.1:0").await;
+    let udp_client = Address::ip("127.0.0.1:9".parse().unwrap());
+    // One UDP association (a session too); a second is refused by the UDP limit.
+    let (_ctl, _relay) = udp_associate(srv.addr, udp_client.clone()).await;
+    let mut second = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let r = request(&mut second, 3, &udp_client).await;
+    assert_ne!(
+        r.code,
+        socksng_proto::ReplyCode::SUCCEEDED,
+        "a second UDP association"
+    );
+    drop(second);
+    // Sessions: the association holds one of two; one CONNECT fits, the next does not.
+    let (_held, r) = socks_connect(srv.addr, &Address::ip(target)).await;
+    assert_eq!(r.code, socksng_proto::ReplyCode::SUCCEEDED);
+    let (_refused, r) = socks_connect(srv.addr, &Address::ip(target)).await;
+    assert_eq!(r.code, socksng_proto::ReplyCode::NOT_ALLOWED);
+    // Another address is another anonymous client, with places of its own.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = other.connect(srv.addr).await.unwrap();
+    let r = request(&mut s, 1, &Address::ip(target)).await;
+    assert_eq!(r.code, socksng_proto::ReplyCode::SUCCEEDED);
+    srv.stop().await;
 }
