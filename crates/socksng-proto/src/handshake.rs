@@ -95,7 +95,7 @@ enum State {
     AuthPending,
     AwaitRequest,
     RequestPending { socks4: bool, bind: bool },
-    BindPending,
+    BindPending { socks4: bool },
     Done,
     Failed,
 }
@@ -162,7 +162,9 @@ impl ServerHandshake {
     pub fn code_as_sent(&self, code: ReplyCode) -> ReplyCode {
         let valid_for_ng = matches!(code.0, 0x00..=0x08 | 0x0A..=0x0D | 0x0F);
         match self.state {
-            State::RequestPending { socks4: true, .. } => code,
+            State::RequestPending { socks4: true, .. } | State::BindPending { socks4: true } => {
+                code
+            }
             _ if code.0 > 0x08 && !ng_selected(self.method) => ReplyCode::GENERAL_FAILURE,
             _ if !valid_for_ng => ReplyCode::GENERAL_FAILURE,
             _ => code,
@@ -200,7 +202,7 @@ impl ServerHandshake {
                 State::AwaitAuth => self.on_auth(rest),
                 State::AwaitNgHello => self.on_ng_hello(rest, out),
                 State::AwaitRequest => self.on_request(rest, out),
-                State::AuthPending | State::RequestPending { .. } | State::BindPending => {
+                State::AuthPending | State::RequestPending { .. } | State::BindPending { .. } => {
                     return None
                 }
                 State::Done | State::Failed => {
@@ -252,13 +254,16 @@ impl ServerHandshake {
     ) -> Result<(), HandshakeError> {
         let ok = code == ReplyCode::SUCCEEDED;
         match self.state {
-            State::RequestPending { socks4: true, .. } => {
-                let bound = match (&bound.host, ok) {
-                    (Host::Ip(IpAddr::V4(v4)), true) => SocketAddrV4::new(*v4, bound.port),
-                    _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            State::RequestPending { socks4: true, bind } => {
+                socks4_reply(ok, bound, out);
+                self.state = match (ok, bind) {
+                    (true, true) => State::BindPending { socks4: true },
+                    (true, false) => State::Done,
+                    (false, _) => State::Failed,
                 };
-                let code = if ok { SOCKS4_GRANTED } else { SOCKS4_REJECTED };
-                Socks4Reply { code, bound }.encode(out);
+            }
+            State::BindPending { socks4: true } => {
+                socks4_reply(ok, bound, out);
                 self.state = if ok { State::Done } else { State::Failed };
             }
             State::RequestPending {
@@ -272,12 +277,12 @@ impl ServerHandshake {
                 }
                 .encode(out);
                 self.state = match (ok, bind) {
-                    (true, true) => State::BindPending,
+                    (true, true) => State::BindPending { socks4: false },
                     (true, false) => State::Done,
                     (false, _) => State::Failed,
                 };
             }
-            State::BindPending => {
+            State::BindPending { socks4: false } => {
                 Reply {
                     code,
                     bound: bound.clone(),
@@ -495,16 +500,24 @@ impl ServerHandshake {
             reject(out);
             return Err(HandshakeError::Socks4Refused("authentication is required"));
         }
-        if req.command != Socks4Command::Connect {
-            reject(out);
-            return Err(HandshakeError::Socks4Refused("only CONNECT is supported"));
-        }
         self.state = State::RequestPending {
             socks4: true,
-            bind: false,
+            bind: req.command == Socks4Command::Bind,
         };
         Ok(Some((n, Some(Event::Socks4Request(req)))))
     }
+}
+
+/// A SOCKS4 reply: granted with `bound` (an IPv4 address; another kind of address is sent as
+/// 0.0.0.0, which SOCKS4 clients replace with the server's, with the port kept), or rejected.
+fn socks4_reply(ok: bool, bound: &Address, out: &mut Vec<u8>) {
+    let bound = match (&bound.host, ok) {
+        (Host::Ip(IpAddr::V4(v4)), true) => SocketAddrV4::new(*v4, bound.port),
+        (_, true) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, bound.port),
+        (_, false) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+    };
+    let code = if ok { SOCKS4_GRANTED } else { SOCKS4_REJECTED };
+    Socks4Reply { code, bound }.encode(out);
 }
 
 #[cfg(test)]
@@ -783,12 +796,45 @@ mod tests {
         let mut out = Vec::new();
         assert!(hs.handle_input(&req, &mut out).is_err());
 
+        // BIND: the listening address, then the peer's; a failed wait is rejected.
         let mut hs = ServerHandshake::new(OPEN);
         let mut out = Vec::new();
-        assert!(hs
+        let p = hs
             .handle_input(&[4, 2, 0, 80, 10, 0, 0, 1, 0], &mut out)
-            .is_err());
-        assert_eq!(out[1], 91);
+            .unwrap();
+        assert!(
+            matches!(p.event, Some(Event::Socks4Request(ref r)) if r.command == Socks4Command::Bind)
+        );
+        let listening = Address::ip("192.0.2.1:4000".parse().unwrap());
+        hs.reply(ReplyCode::SUCCEEDED, &listening, &mut out)
+            .unwrap();
+        assert_eq!(out, [0, 90, 0x0f, 0xa0, 192, 0, 2, 1]);
+        assert!(!hs.is_done());
+        out.clear();
+        let peer = Address::ip("10.0.0.1:5555".parse().unwrap());
+        hs.reply(ReplyCode::SUCCEEDED, &peer, &mut out).unwrap();
+        assert_eq!(out, [0, 90, 0x15, 0xb3, 10, 0, 0, 1]);
+        assert!(hs.is_done());
+
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        hs.handle_input(&[4, 2, 0, 80, 10, 0, 0, 1, 0], &mut out)
+            .unwrap();
+        hs.reply(ReplyCode::SUCCEEDED, &listening, &mut out)
+            .unwrap();
+        out.clear();
+        hs.reply(ReplyCode::TTL_EXPIRED, &Address::unspecified(), &mut out)
+            .unwrap();
+        assert_eq!(out, [0, 91, 0, 0, 0, 0, 0, 0]);
+        // A listening address SOCKS4 cannot carry keeps its port (the client substitutes
+        // the server's address for 0.0.0.0).
+        let mut hs = ServerHandshake::new(OPEN);
+        let mut out = Vec::new();
+        hs.handle_input(&[4, 2, 0, 80, 10, 0, 0, 1, 0], &mut out)
+            .unwrap();
+        let v6 = Address::ip("[2001:db8::1]:4000".parse().unwrap());
+        hs.reply(ReplyCode::SUCCEEDED, &v6, &mut out).unwrap();
+        assert_eq!(out, [0, 90, 0x0f, 0xa0, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub struct AuthConfig {
     /// Check passwords with PAM under this service name (`/etc/pam.d/NAME`), as the system's
     /// own logins are, instead of a users file. Needs a build with the `pam` feature.
     pub pam_service: Option<String>,
-    /// Serve SOCKS4/4a CONNECT (only possible when "none" is accepted).
+    /// Serve SOCKS4/4a CONNECT and BIND (only possible when "none" is accepted); refused
+    /// requests get SOCKS4's "rejected" (91).
     pub socks4: bool,
     /// Refuse username/password logins that would cross the network in the clear: a client
     /// that is neither on TLS nor on this host is not offered method 0x02.

@@ -288,7 +288,10 @@ async fn handshake(
             },
             Some(Event::NgRequest(r)) => Asked::Ng(r),
             Some(Event::Socks4Request(r)) => Asked::Socks {
-                command: Command::Connect,
+                command: match r.command {
+                    socksng_proto::Socks4Command::Connect => Command::Connect,
+                    socksng_proto::Socks4Command::Bind => Command::Bind,
+                },
                 address: r.address,
                 socks4: true,
             },
@@ -358,6 +361,7 @@ async fn dispatch(mut conn: Handshaken, asked: Asked, log: &mut SessionLog) {
         } => {
             log.command = match (command, socks4) {
                 (Command::Connect, true) => "socks4-connect",
+                (Command::Bind, true) => "socks4-bind",
                 (c, _) => c.name(),
             };
             log.target = Some(address.clone());

@@ -94,3 +94,44 @@ async fn bind_half_close_before_peer_arrives() {
     assert_eq!(read_to_end(&mut ctl).await, b"answer");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn socks4_bind_two_replies_and_relay() {
+    // SOCKS4 BIND (CD 2): DSTIP names the host the connection must come from. The first
+    // reply gives the listening port and address; the second, the peer's.
+    let srv = start(ALLOW_LOOPBACK).await;
+    let mut ctl = TcpStream::connect(srv.addr).await.unwrap();
+    ctl.write_all(&[4, 2, 0, 21, 127, 0, 0, 5, b'u', 0])
+        .await
+        .unwrap();
+    let mut first = [0u8; 8];
+    within("first SOCKS4 reply", ctl.read_exact(&mut first))
+        .await
+        .unwrap();
+    assert_eq!(first[..2], [0, 90], "{first:?}");
+    let port = u16::from_be_bytes([first[2], first[3]]);
+    let ip = std::net::Ipv4Addr::new(first[4], first[5], first[6], first[7]);
+    assert!(port != 0 && ip.is_loopback(), "{first:?}");
+
+    let mut stranger = connect_from("127.0.0.6:0", SocketAddr::from((ip, port))).await;
+    assert!(closed_silently(&mut stranger).await);
+    let mut peer = connect_from("127.0.0.5:0", SocketAddr::from((ip, port))).await;
+    let mut second = [0u8; 8];
+    within("second SOCKS4 reply", ctl.read_exact(&mut second))
+        .await
+        .unwrap();
+    let from = peer.local_addr().unwrap();
+    let mut expected = vec![0, 90];
+    expected.extend_from_slice(&from.port().to_be_bytes());
+    expected.extend_from_slice(&[127, 0, 0, 5]);
+    assert_eq!(second[..], expected[..]);
+
+    peer.write_all(b"from peer").await.unwrap();
+    let mut b = [0u8; 9];
+    ctl.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"from peer");
+    ctl.write_all(b"to peer").await.unwrap();
+    ctl.shutdown().await.unwrap();
+    assert_eq!(read_to_end(&mut peer).await, b"to peer");
+    srv.stop().await;
+}

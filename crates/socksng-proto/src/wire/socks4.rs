@@ -17,7 +17,7 @@ pub const SOCKS4_REJECTED: u8 = 91;
 pub enum Socks4Command {
     /// CD = 1.
     Connect,
-    /// CD = 2 (decoded so it can be refused with a proper reply).
+    /// CD = 2: a listening socket for one connection from the given host.
     Bind,
 }
 
