@@ -147,12 +147,11 @@ fn exchange(
     socket
         .bind(&SockAddr::from(from))
         .map_err(|e| io(&format!("binding port {}", from.port()), e))?;
-    socket
-        .send_to(message, &SockAddr::from(to))
-        .map_err(|e| io("sending", e))?;
+    let socket = std::net::UdpSocket::from(socket);
+    socket.send_to(message, to).map_err(|e| io("sending", e))?;
     let deadline = std::time::Instant::now() + wait;
     let mut found: Vec<Announced> = Vec::new();
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    let mut buf = [0u8; 2048];
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
         socket
             .set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))))
@@ -160,17 +159,10 @@ fn exchange(
         let Ok((n, sender)) = socket.recv_from(&mut buf) else {
             break;
         };
-        // SAFETY: recv_from initialised the first `n` bytes.
-        let reply: Vec<u8> = buf[..n]
-            .iter()
-            .map(|b| unsafe { b.assume_init() })
-            .collect();
-        let Some(urls) = read(&reply) else {
+        let Some(urls) = read(&buf[..n]) else {
             continue;
         };
-        let server = sender
-            .as_socket()
-            .map_or_else(String::new, |a| a.ip().to_string());
+        let server = sender.ip().to_string();
         for url in urls {
             if !carries_credentials(&url) && !found.iter().any(|a| a.url == url) {
                 found.push(Announced {
