@@ -177,33 +177,14 @@ fn exchange(
 
 /// The first IPv4 address of `interface`.
 fn interface_ipv4(interface: &str) -> Option<std::net::Ipv4Addr> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list`, freed below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return None;
-    }
-    let mut found = None;
-    let mut p = list;
-    while !p.is_null() {
-        // SAFETY: a node of the list getifaddrs made.
-        let ifa = unsafe { &*p };
-        // SAFETY: ifa_name is a NUL-terminated string.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() == interface.as_bytes() && !ifa.ifa_addr.is_null() {
-            // SAFETY: a non-null address of the family it says.
-            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-            if family == libc::AF_INET {
-                // SAFETY: an AF_INET address is a sockaddr_in.
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                found = Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-                break;
-            }
-        }
-        p = ifa.ifa_next;
-    }
-    // SAFETY: the list getifaddrs made.
-    unsafe { libc::freeifaddrs(list) };
-    found
+    if_addrs::get_if_addrs()
+        .ok()?
+        .into_iter()
+        .filter(|i| i.name == interface)
+        .find_map(|i| match i.addr {
+            if_addrs::IfAddr::V4(v4) => Some(v4.ip),
+            if_addrs::IfAddr::V6(_) => None,
+        })
 }
 
 /// The proxies a provisioning domain's JSON names (RFC 8801 with the proxy-config draft's
