@@ -955,28 +955,8 @@ impl Config {
                 self.discovery.dhcp_code
             ));
         }
-        if let Err(e) = socksng_proto::wire::discovery::encode_list(
-            &self
-                .discovery
-                .urls
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        ) {
+        if let Err(e) = crate::discovery::check_urls(&self.discovery.urls) {
             return invalid(format!("`discovery.urls`: {e}"));
-        }
-        // Announcements go to whoever asks (draft 10.4): never a login.
-        if let Some(i) = self.discovery.urls.iter().position(|u| {
-            let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
-            rest.split(['/', '?', '#'])
-                .next()
-                .unwrap_or(rest)
-                .contains('@')
-        }) {
-            return invalid(format!(
-                "`discovery.urls`: URL {} carries credentials (user@); announced URLs must not",
-                i + 1
-            ));
         }
         if self.audit.file.is_some() && self.audit.syslog {
             return invalid("`audit`: give `file` or `syslog = true`, not both".into());
@@ -1029,11 +1009,10 @@ impl Config {
             );
         }
         for (i, rule) in self.rules.iter().enumerate() {
-            for d in &rule.domains {
-                if d.trim_start_matches('.').is_empty() {
-                    return invalid(format!("rules[{i}]: empty domain suffix {d:?}"));
-                }
-            }
+            check_domains(&format!("rules[{i}]"), &rule.domains)?;
+        }
+        for (i, served) in self.ng.served.iter().enumerate() {
+            check_domains(&format!("ng.served[{i}]"), &served.domains)?;
         }
         for net in &self.nat64_prefixes {
             if !net.addr().is_ipv6() || ![32, 40, 48, 56, 64, 96].contains(&net.prefix_len()) {
@@ -1137,11 +1116,7 @@ impl Config {
                     return invalid(format!("routes[{i}]: no upstream is called {v:?}"));
                 }
             }
-            for d in &route.domains {
-                if d.trim_start_matches('.').is_empty() {
-                    return invalid(format!("routes[{i}]: empty domain suffix {d:?}"));
-                }
-            }
+            check_domains(&format!("routes[{i}]"), &route.domains)?;
         }
         Ok(())
     }
@@ -1300,6 +1275,26 @@ pub fn names_user(
 /// An annotated example configuration, shown by `socksngd --print-config` and in the README.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../../docs/socksngd.example.toml");
 
+/// Domain suffixes as requests carry them and CAPABILITIES announces them: not empty, and
+/// ASCII (draft section 4.3: internationalised names travel as A-labels, so one written in
+/// Unicode would never match a request and must not be announced).
+fn check_domains(what: &str, domains: &[String]) -> Result<(), ConfigError> {
+    for d in domains {
+        if d.trim_start_matches('.').is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{what}: empty domain suffix {d:?}"
+            )));
+        }
+        if !d.is_ascii() {
+            return Err(ConfigError::Invalid(format!(
+                "{what}: {d:?} is not ASCII: write an internationalised name as its A-label \
+                 (xn--...), as clients send it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1407,6 +1402,11 @@ mod tests {
         assert!(parse("[access]\nclients = []\n").is_err());
         assert!(parse("[timeouts]\nbind = \"600000000y\"\n").is_err());
         assert!(parse("[[rules]]\naction = \"allow\"\ndomains = [\".\"]\n").is_err());
+        assert!(
+            parse("[[rules]]\naction = \"allow\"\ndomains = [\"b\u{fc}cher.example\"]\n").is_err()
+        );
+        assert!(parse("[[ng.served]]\ndomains = [\"b\u{fc}cher.example\"]\n").is_err());
+        assert!(parse("[[ng.served]]\ndomains = [\"xn--bcher-kva.example\"]\n").is_ok());
         assert!(parse("[limits]\nlookups = 0\n").is_err());
         let e = parse("[ng]\n[[ng.ports]]\nports = []\n").unwrap_err();
         assert!(

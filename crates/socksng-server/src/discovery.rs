@@ -49,6 +49,26 @@ pub fn endpoints(cfg: &Config) -> Vec<Endpoint> {
     plain.chain(tls_only).collect()
 }
 
+/// Whether `urls` can be announced (draft 10.1): printable ASCII without spaces, and no
+/// credentials (announcements go to whoever asks, draft 10.4).
+pub fn check_urls(urls: &[String]) -> Result<(), String> {
+    encode_list(&urls.iter().map(String::as_str).collect::<Vec<_>>()).map_err(|e| e.to_string())?;
+    let with_login = urls.iter().position(|u| {
+        let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
+        rest.split(['/', '?', '#'])
+            .next()
+            .unwrap_or(rest)
+            .contains('@')
+    });
+    match with_login {
+        Some(i) => Err(format!(
+            "URL {} carries credentials (user@); announced URLs must not",
+            i + 1
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The URLs this server announces to the network, in order: `discovery.urls`, else one per
 /// listen address (`socks5h://`, or `socks5s://` for a TLS-only one; unspecified and
 /// loopback addresses are left out: no other host can reach them).

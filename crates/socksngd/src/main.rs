@@ -168,6 +168,8 @@ fn main() -> Result<()> {
             let urls = if urls.is_empty() {
                 socksng_server::discovery::urls(&cfg)
             } else {
+                socksng_server::discovery::check_urls(&urls)
+                    .map_err(|e| anyhow::anyhow!("--url: {e}"))?;
                 urls
             };
             // PAC files and PvD documents can only name a plain SOCKS5 proxy.
